@@ -1,0 +1,72 @@
+"""The wire format of database access isolation: SQLAlchemy statements and typed values as JSON.
+
+No I/O here - no HTTP, no engines. ``to_wire()`` / ``from_wire()`` carry statement *structure*
+(never SQL strings); ``encode_value()`` / ``decode_value()`` carry values with their exact Python
+type. See ``docs/wire-format.md``.
+"""
+
+from __future__ import annotations
+
+from .decode import NODE_TYPES, StatementDecoder, StatementInfo, from_wire
+from .encode import WIRE_VERSION, StatementEncoder, to_wire
+from .exceptions import (
+    MalformedStatementError,
+    MalformedValueError,
+    StatementCodecError,
+    TranslationError,
+    UnknownColumnError,
+    UnknownEnumError,
+    UnknownNodeError,
+    UnknownTableError,
+    UnknownValueTagError,
+    UnsupportedStatementError,
+    UnsupportedValueError,
+    ValueCodecError,
+    WireVersionError,
+)
+from .schemas import validate_document
+from .type_codec import TypeResolver, encode_type
+from .values import (
+    decode_params,
+    decode_rows,
+    decode_value,
+    encode_params,
+    encode_row,
+    encode_value,
+    enum_path,
+    enum_resolver_for,
+)
+
+__all__ = [
+    "NODE_TYPES",
+    "WIRE_VERSION",
+    "MalformedStatementError",
+    "MalformedValueError",
+    "StatementCodecError",
+    "StatementDecoder",
+    "StatementEncoder",
+    "StatementInfo",
+    "TranslationError",
+    "TypeResolver",
+    "UnknownColumnError",
+    "UnknownEnumError",
+    "UnknownNodeError",
+    "UnknownTableError",
+    "UnknownValueTagError",
+    "UnsupportedStatementError",
+    "UnsupportedValueError",
+    "ValueCodecError",
+    "WireVersionError",
+    "decode_params",
+    "decode_rows",
+    "decode_value",
+    "encode_params",
+    "encode_row",
+    "encode_type",
+    "encode_value",
+    "enum_path",
+    "enum_resolver_for",
+    "from_wire",
+    "to_wire",
+    "validate_document",
+]

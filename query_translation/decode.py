@@ -1,0 +1,467 @@
+"""Wire structure -> Core statement (``from_wire``), rebuilt against the server's own metadata.
+
+Decoding never imports, evaluates or looks up anything named on the wire outside allowlists:
+tables and columns come from the given ``MetaData``, operators from SQLAlchemy's operator module,
+types from :class:`~query_translation.type_codec.TypeResolver`. While rebuilding, the decoder
+records what the statement touches (:class:`StatementInfo`) so a policy can judge it without a
+second walk. Structure is validated first by :mod:`query_translation.schemas`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.sql import elements, operators, selectable
+from sqlalchemy.sql import expression as sql_expr
+
+from . import _operators
+from .encode import WIRE_VERSION
+from .exceptions import (
+    MalformedStatementError,
+    UnknownColumnError,
+    UnknownNodeError,
+    UnknownTableError,
+    WireVersionError,
+)
+from .schemas import validate_document
+from .type_codec import TypeResolver
+from .values import decode_value
+
+__all__ = ["StatementDecoder", "StatementInfo", "from_wire"]
+
+_Json = Mapping[str, Any]
+
+READ_KINDS = {"select", "compound_select"}
+
+
+@dataclass
+class StatementInfo:
+    """What a decoded statement touches, for the policy."""
+
+    kind: str = ""
+    read_tables: set[str] = field(default_factory=set)
+    write_table: str | None = None
+    columns: set[tuple[str, str]] = field(default_factory=set)
+    functions: set[str] = field(default_factory=set)
+    custom_operators: set[str] = field(default_factory=set)
+    literal_sql: list[str] = field(default_factory=list)
+    for_update: bool = False
+    depth: int = 0
+
+    @property
+    def is_read_only(self) -> bool:
+        return self.kind in READ_KINDS and not self.for_update
+
+
+def _anon(name: Any, seed: object) -> Any:
+    if isinstance(name, Mapping):
+        return elements._anonymous_label.safe_construct(id(seed), name["anon"])
+    return name
+
+
+class StatementDecoder:
+    """Rebuilds one statement; instances are single-use."""
+
+    def __init__(self, metadata: sa.MetaData, types: TypeResolver) -> None:
+        self._metadata = metadata
+        self._types = types
+        self._refs: dict[int, Any] = {}
+        self._depth = 0
+        self.info = StatementInfo()
+
+    def decode(self, node: _Json) -> Any:
+        self.info.kind = node["t"]
+        return self.visit(node)
+
+    # -- dispatch -----------------------------------------------------------------------------
+    def visit(self, node: _Json) -> Any:
+        kind = node["t"]
+        if kind == "ref":
+            try:
+                return self._refs[node["@"]]
+            except KeyError:
+                raise MalformedStatementError({"@": ["dangling reference"]}, f"Reference @{node['@']} is used before its definition.") from None
+        method = _DECODERS.get(kind)
+        if method is None:
+            raise UnknownNodeError(kind)
+        self._depth += 1
+        self.info.depth = max(self.info.depth, self._depth)
+        try:
+            result = method(self, node)
+        finally:
+            self._depth -= 1
+        if "@" in node:
+            self._refs[node["@"]] = result
+        return result
+
+    def opt(self, node: _Json | None) -> Any:
+        return None if node is None else self.visit(node)
+
+    def all(self, nodes: list[_Json] | None) -> list[Any]:
+        return [self.visit(n) for n in nodes or ()]
+
+    def type(self, node: _Json | None) -> Any:
+        return None if node is None else self._types.resolve(node)
+
+    # -- FROM clauses -------------------------------------------------------------------------
+    def table(self, node: _Json) -> sa.Table:
+        name = node["name"]
+        key = f"{node['schema']}.{name}" if node.get("schema") else name
+        table = self._metadata.tables.get(key)
+        if table is None:
+            raise UnknownTableError(f"The table {key!r} is not part of the server's metadata.")
+        self.info.read_tables.add(key)
+        return table
+
+    def alias(self, node: _Json) -> Any:
+        element = self.visit(node["element"])
+        alias = element.alias()
+        alias.name = _anon(node["name"], alias)
+        return alias
+
+    def subquery(self, node: _Json) -> Any:
+        element = self.visit(node["element"])
+        subq = element.subquery()
+        subq.name = _anon(node["name"], subq)
+        return subq
+
+    def cte(self, node: _Json) -> Any:
+        element = self.visit(node["element"])
+        name = node["name"]
+        cte = element.cte(name=None if isinstance(name, Mapping) else name,
+                          recursive=node.get("recursive", False), nesting=node.get("nesting", False))
+        if isinstance(name, Mapping):
+            cte.name = _anon(name, cte)
+        return cte
+
+    def lateral(self, node: _Json) -> Any:
+        lateral = self.visit(node["element"]).lateral()
+        lateral.name = _anon(node["name"], lateral)
+        return lateral
+
+    def join(self, node: _Json) -> Any:
+        return sa.join(self.visit(node["left"]), self.visit(node["right"]), self.opt(node.get("on")),
+                       isouter=node.get("outer", False), full=node.get("full", False))
+
+    # -- statements ---------------------------------------------------------------------------
+    def select(self, node: _Json) -> Any:
+        stmt = sa.Select(*self.all(node["cols"]))
+        if node.get("froms"):
+            stmt = stmt.select_from(*self.all(node["froms"]))
+        for join in node.get("joins", ()):
+            target, on = self.visit(join["target"]), self.opt(join.get("on"))
+            from_ = self.opt(join.get("from"))
+            kw = {"isouter": join.get("outer", False), "full": join.get("full", False)}
+            stmt = stmt.join_from(from_, target, on, **kw) if from_ is not None else stmt.join(target, on, **kw)
+        if node.get("where"):
+            stmt = stmt.where(*self.all(node["where"]))
+        if node.get("group_by"):
+            stmt = stmt.group_by(*self.all(node["group_by"]))
+        if node.get("having"):
+            stmt = stmt.having(*self.all(node["having"]))
+        if node.get("order_by"):
+            stmt = stmt.order_by(*self.all(node["order_by"]))
+        if node.get("distinct"):
+            stmt = stmt.distinct()
+        if node.get("distinct_on"):
+            stmt._distinct_on = tuple(self.all(node["distinct_on"]))
+            stmt._distinct = True
+        if node.get("correlate"):
+            stmt = stmt.correlate(*self.all(node["correlate"]))
+        if "correlate_except" in node:
+            stmt = stmt.correlate_except(*self.all(node["correlate_except"]))
+        for cte in self.all(node.get("ctes")):
+            stmt = stmt.add_cte(cte)
+        if "label_style" in node:
+            stmt = stmt.set_label_style(_label_style(node["label_style"]))
+        return self._limits(stmt, node)
+
+    def _limits(self, stmt: Any, node: _Json) -> Any:
+        if "limit" in node:
+            stmt = stmt.limit(self.visit(node["limit"]))
+        if "offset" in node:
+            stmt = stmt.offset(self.visit(node["offset"]))
+        if "fetch" in node:
+            fetch = dict(node["fetch"])
+            stmt = stmt.fetch(self.visit(fetch.pop("clause")), **fetch)
+        if node.get("for_update"):
+            arg = dict(node["for_update"])
+            arg["of"] = self.all(arg["of"]) if arg.get("of") else None
+            stmt = stmt.with_for_update(**arg)
+            self.info.for_update = True
+        return stmt
+
+    def compound_select(self, node: _Json) -> Any:
+        keyword = selectable._CompoundSelectKeyword[node["keyword"]]
+        stmt = selectable.CompoundSelect(keyword, *self.all(node["selects"]))
+        if node.get("order_by"):
+            stmt = stmt.order_by(*self.all(node["order_by"]))
+        if node.get("group_by"):
+            stmt = stmt.group_by(*self.all(node["group_by"]))
+        return self._limits(stmt, node)
+
+    def select_grouping(self, node: _Json) -> Any:
+        return selectable.SelectStatementGrouping(self.visit(node["element"]))
+
+    def _target(self, node: _Json) -> sa.Table:
+        table = self.visit(node["table"])
+        name = table.fullname
+        self.info.write_table = name
+        self.info.read_tables.discard(name)
+        return table
+
+    def _dml_common(self, stmt: Any, node: _Json) -> Any:
+        if node.get("returning"):
+            stmt = stmt.returning(*self.all(node["returning"]),
+                                  sort_by_parameter_order=node.get("sort_by_parameter_order", False))
+        if node.get("return_defaults"):
+            stmt = stmt.return_defaults(
+                *self.all(node.get("return_defaults_cols")),
+                supplemental_cols=self.all(node.get("supplemental_returning")) or None,
+                sort_by_parameter_order=node.get("sort_by_parameter_order", False))
+        for cte in self.all(node.get("ctes")):
+            stmt = stmt.add_cte(cte)
+        if node.get("inline"):
+            stmt = stmt.inline()
+        return stmt
+
+    def _values(self, pairs: list[list[Any]]) -> dict[Any, Any]:
+        out: dict[Any, Any] = {}
+        for key, value in pairs:
+            column = key if isinstance(key, str) else self.visit(key)
+            out[column] = decode_value(value["v"]) if value.get("t") == "value" else self.visit(value)
+        return out
+
+    def insert(self, node: _Json) -> Any:
+        stmt = sa.insert(self._target(node))
+        if node.get("values"):
+            stmt = stmt.values(self._values(node["values"]))
+        if node.get("multi_values"):
+            for batch in node["multi_values"]:
+                stmt = stmt.values([self._values(row) for row in batch])
+        if "select" in node:
+            stmt = stmt.from_select(node["select_names"], self.visit(node["select"]),
+                                    include_defaults=node.get("include_defaults", True))
+        return self._dml_common(stmt, node)
+
+    def update(self, node: _Json) -> Any:
+        stmt = sa.update(self._target(node))
+        if node.get("values"):
+            values = self._values(node["values"])
+            stmt = stmt.ordered_values(*values.items()) if node.get("ordered") else stmt.values(values)
+        if node.get("where"):
+            stmt = stmt.where(*self.all(node["where"]))
+        return self._dml_common(stmt, node)
+
+    def delete(self, node: _Json) -> Any:
+        stmt = sa.delete(self._target(node))
+        if node.get("where"):
+            stmt = stmt.where(*self.all(node["where"]))
+        for extra in self.all(node.get("extra_froms")):
+            stmt._extra_froms += (extra,)
+        return self._dml_common(stmt, node)
+
+    def savepoint(self, node: _Json) -> Any:
+        return sql_expr.SavepointClause(node["name"])
+
+    def rollback_to_savepoint(self, node: _Json) -> Any:
+        return sql_expr.RollbackToSavepointClause(node["name"])
+
+    def release_savepoint(self, node: _Json) -> Any:
+        return sql_expr.ReleaseSavepointClause(node["name"])
+
+    def text(self, node: _Json) -> Any:
+        self.info.literal_sql.append(node["text"])
+        clause = sa.text(node["text"])
+        binds = [self.visit(b) for _, b in node.get("binds", ())]
+        return clause.bindparams(*binds) if binds else clause
+
+    # -- column expressions -------------------------------------------------------------------
+    def col(self, node: _Json) -> Any:
+        from_ = self.visit(node["from"])
+        column = from_.c.get(node["key"])
+        if column is None:
+            raise UnknownColumnError(f"{getattr(from_, 'name', '?')!s} has no column {node['key']!r} in the server's metadata.")
+        if isinstance(from_, sa.Table):
+            self.info.columns.add((from_.fullname, node["key"]))
+        return column
+
+    def column_clause(self, node: _Json) -> Any:
+        literal = node.get("literal", False)
+        if literal:
+            self.info.literal_sql.append(node["name"])
+        column = sa.ColumnClause(node["name"], type_=self.type(node.get("type")), is_literal=literal)
+        if "from" in node:
+            column.table = self.visit(node["from"])
+        return column
+
+    def bind(self, node: _Json) -> Any:
+        cls = selectable._OffsetLimitParam if node.get("offset_limit") else elements.BindParameter
+        anon = node.get("anon")
+        return cls(anon if anon is not None else node["key"], type_=self.type(node.get("type")),
+                   unique=anon is not None, required=True, expanding=node.get("expanding", False),
+                   literal_execute=node.get("literal_execute", False))
+
+    def label(self, node: _Json) -> Any:
+        label = elements.Label(None, self.visit(node["element"]), type_=self.type(node.get("type")))
+        label.name = _anon(node["name"], label)
+        if not isinstance(node["name"], Mapping):
+            label.key = label._tq_label = label._tq_key_label = node["name"]
+        return label
+
+    def label_reference(self, node: _Json) -> Any:
+        return elements._label_reference(self.visit(node["element"]))
+
+    def _op(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return _operators.operator_by_name(value)
+        self.info.custom_operators.add(value["custom"])
+        return operators.custom_op(
+            value["custom"], precedence=value.get("precedence", 0),
+            is_comparison=value.get("is_comparison", False),
+            natural_self_precedent=value.get("natural_self_precedent", False),
+            eager_grouping=value.get("eager_grouping", False),
+            return_type=self.type(value.get("return_type")))
+
+    def binary(self, node: _Json) -> Any:
+        modifiers = {k: self.visit(v["expr"]) if isinstance(v, Mapping) and "expr" in v else decode_value(v)
+                     for k, v in node.get("modifiers", {}).items()}
+        cls = elements.IndexExpression if node.get("index") else elements.BinaryExpression
+        return cls(self.visit(node["left"]), self.visit(node["right"]), self._op(node["op"]),
+                   type_=self.type(node.get("type")),
+                   negate=self._op(node["negate"]) if "negate" in node else None,
+                   modifiers=modifiers or None)
+
+    def _unary_like(self, cls: type, node: _Json) -> Any:
+        obj = cls.__new__(cls)
+        elements.UnaryExpression.__init__(
+            obj, self.visit(node["element"]),
+            operator=self._op(node["op"]) if "op" in node else None,
+            modifier=self._op(node["modifier"]) if "modifier" in node else None,
+            type_=self.type(node.get("type")))
+        return obj
+
+    def unary(self, node: _Json) -> Any:
+        return self._unary_like(elements.UnaryExpression, node)
+
+    def exists(self, node: _Json) -> Any:
+        return self._unary_like(selectable.Exists, node)
+
+    def collection(self, node: _Json) -> Any:
+        return self._unary_like(elements.CollectionAggregate, node)
+
+    def as_boolean(self, node: _Json) -> Any:
+        return elements.AsBoolean(self.visit(node["element"]), self._op(node["op"]),
+                                  self._op(node["negate"]))
+
+    def clause_list(self, node: _Json) -> Any:
+        op = self._op(node["op"]) if "op" in node else operators.comma_op
+        return elements.ClauseList(*self.all(node["clauses"]), operator=op,
+                                   group=node.get("group", True),
+                                   group_contents=node.get("group_contents", True))
+
+    def boolean_list(self, node: _Json) -> Any:
+        return elements.BooleanClauseList._construct_raw(self._op(node["op"]), self.all(node["clauses"]))
+
+    def expression_list(self, node: _Json) -> Any:
+        return elements.ExpressionClauseList(self._op(node["op"]), *self.all(node["clauses"]),
+                                             type_=self.type(node.get("type")))
+
+    def grouping(self, node: _Json) -> Any:
+        return elements.Grouping(self.visit(node["element"]))
+
+    def from_grouping(self, node: _Json) -> Any:
+        return selectable.FromGrouping(self.visit(node["element"]))
+
+    def scalar_select(self, node: _Json) -> Any:
+        scalar = self.visit(node["element"]).scalar_subquery()
+        scalar.type = self.type(node.get("type"))
+        return scalar
+
+    def cast(self, node: _Json) -> Any:
+        return sa.cast(self.visit(node["element"]), self.type(node.get("type")))
+
+    def type_coerce(self, node: _Json) -> Any:
+        return sa.type_coerce(self.visit(node["element"]), self.type(node.get("type")))
+
+    def case(self, node: _Json) -> Any:
+        whens = [(self.visit(c), self.visit(r)) for c, r in node["whens"]]
+        case = sa.case(*whens, value=self.opt(node.get("value")), else_=self.opt(node.get("else")))
+        case.type = self.type(node.get("type"))
+        return case
+
+    def over(self, node: _Json) -> Any:
+        return elements.Over(self.visit(node["element"]), partition_by=self.opt(node.get("partition_by")),
+                             order_by=self.opt(node.get("order_by")))
+
+    def funcfilter(self, node: _Json) -> Any:
+        return elements.FunctionFilter(self.visit(node["func"]), self.visit(node["criterion"]))
+
+    def within_group(self, node: _Json) -> Any:
+        return elements.WithinGroup(self.visit(node["element"]), self.opt(node.get("order_by")))
+
+    def extract(self, node: _Json) -> Any:
+        return sa.extract(node["field"], self.visit(node["expr"]))
+
+    def function(self, node: _Json) -> Any:
+        name = node["name"]
+        packages = node.get("packages") or []
+        self.info.functions.add(".".join([*packages, name]).lower())
+        builder: Any = sa.func
+        for package in packages:
+            builder = getattr(builder, package)
+        fn = getattr(builder, name)(*self.all(node["args"]))
+        fn.type = self.type(node.get("type"))
+        return fn
+
+    def tuple(self, node: _Json) -> Any:
+        tup = elements.Tuple(*self.all(node["clauses"]))
+        tup.type = self.type(node.get("type"))
+        return tup
+
+    def null(self, _: _Json) -> Any:
+        return sa.null()
+
+    def true(self, _: _Json) -> Any:
+        return sa.true()
+
+    def false(self, _: _Json) -> Any:
+        return sa.false()
+
+
+def _label_style(name: str) -> Any:
+    style = getattr(selectable.SelectLabelStyle, name, None)
+    if style is None:
+        raise MalformedStatementError({"label_style": [name]}, f"Unknown label style {name!r}.")
+    return style
+
+
+_DECODERS: dict[str, Callable[[StatementDecoder, _Json], Any]] = {
+    name: getattr(StatementDecoder, name)
+    for name in (
+        "table", "alias", "subquery", "cte", "lateral", "join", "select", "compound_select",
+        "select_grouping", "insert", "update", "delete", "savepoint", "rollback_to_savepoint",
+        "release_savepoint", "text", "col", "column_clause", "bind", "label", "label_reference",
+        "binary", "unary", "exists", "collection", "as_boolean", "clause_list", "boolean_list",
+        "expression_list", "grouping", "from_grouping", "scalar_select", "cast", "type_coerce",
+        "case", "over", "funcfilter", "within_group", "extract", "function", "tuple", "null",
+        "true", "false",
+    )
+}
+NODE_TYPES = frozenset(_DECODERS) | {"ref"}
+
+
+def from_wire(document: _Json, metadata: sa.MetaData, types: TypeResolver | None = None,
+              *, validate: bool = True) -> tuple[Any, StatementInfo]:
+    """Validate and rebuild a wire document; returns the statement and what it touches."""
+    if validate:
+        validate_document(document)
+    version = document.get("version")
+    if version != WIRE_VERSION:
+        raise WireVersionError(f"The statement uses wire version {version!r}; this server speaks version {WIRE_VERSION}. Upgrade the older side.")
+    decoder = StatementDecoder(metadata, types or TypeResolver(metadata))
+    statement = decoder.decode(document["statement"])
+    return statement, decoder.info

@@ -1,0 +1,515 @@
+"""Core statement -> wire structure (``to_wire``).
+
+The encoder walks the *Core* statement that SQLAlchemy compiles - for ORM statements, the
+``compile_state.statement`` the ORM produced - and describes each node by kind, tables and columns
+by name, operators by registered name, and bound parameters by the name the client's compiler gave
+them (their values travel separately, as the execution's parameters). Nodes reached more than once
+(a label used in ORDER BY, a subquery referenced by its columns, a reused bind) are encoded once
+and referenced by ``{"t": "ref", "@": n}``, so the server rebuilds the same object graph and
+compiles the same SQL.
+
+The node catalogue is documented in ``docs/wire-format.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.sql import dml as sql_dml
+from sqlalchemy.sql import elements, functions, selectable
+from sqlalchemy.sql.base import _NoArg
+from sqlalchemy.sql.compiler import Compiled
+from sqlalchemy.types import TypeEngine
+
+from . import _operators
+from .exceptions import UnsupportedStatementError
+from .type_codec import encode_type
+from .values import encode_value
+
+__all__ = ["WIRE_VERSION", "StatementEncoder", "to_wire"]
+
+WIRE_VERSION = 1
+
+_ANON = re.compile(r"^%\((\S+) (.*)\)s$", re.S)
+
+_Json = dict[str, Any]
+
+
+def _base(element: Any) -> Any:
+    """The element without ORM annotations."""
+    if getattr(element, "_annotations", None):
+        return element._deannotate()
+    return element
+
+
+def _identity(element: Any) -> Any:
+    """What makes two encountered objects *the same node*.
+
+    An ORM-annotated table, alias or column is the same FROM / column as its plain original, and
+    must become the same node on the server. Anything else is identified by itself: an annotated
+    *statement* may have been cloned and changed after annotation, and its original is stale.
+    """
+    if isinstance(element, (selectable.FromClause, sa.ColumnClause)):
+        return _base(element)
+    return element
+
+
+def encode_name(name: Any) -> Any:
+    """A plain name stays a string; an anonymous one becomes ``{"anon": base}``."""
+    if name is None or name is _NoArg.NO_ARG:
+        return None
+    if isinstance(name, elements._anonymous_label):
+        match = _ANON.match(name)
+        if match is None:
+            raise UnsupportedStatementError(f"Cannot send the composite anonymous name {name!r}.")
+        return {"anon": match.group(2).replace("%%", "%")}
+    return str(name)
+
+
+class StatementEncoder:
+    """Encodes one statement; instances are single-use."""
+
+    def __init__(self, bind_names: Mapping[Any, str] | None = None,
+                 core_statements: Mapping[int, Any] | None = None) -> None:
+        self._bind_names = bind_names or {}
+        self._core = core_statements or {}
+        self._memo: dict[int, tuple[Any, _Json]] = {}
+        self._next_ref = 0
+        self._types: list[tuple[_Json, str, TypeEngine[Any]]] = []
+        self._tables: dict[str, sa.Table] = {}
+
+    # -- entry points -------------------------------------------------------------------------
+    def encode_statement(self, statement: Any) -> _Json:
+        node = self.visit(statement)
+        column_types: dict[int, tuple[str, str]] = {}
+        for table in self._tables.values():
+            for column in table.columns:
+                column_types.setdefault(id(column.type), (table.fullname, column.key))
+        for holder, field, type_ in self._types:
+            holder[field] = encode_type(type_, column_types)
+        return node
+
+    # -- dispatch -----------------------------------------------------------------------------
+    def visit(self, element: Any) -> _Json:
+        identity = _identity(element)
+        seen = self._memo.get(id(identity))
+        if seen is not None:
+            node = seen[1]
+            if "@" not in node:
+                self._next_ref += 1
+                node["@"] = self._next_ref
+            return {"t": "ref", "@": node["@"]}
+        node = _dispatch(type(element))(self, element)
+        self._memo[id(identity)] = (identity, node)
+        return node
+
+    def visit_opt(self, element: Any) -> _Json | None:
+        return None if element is None else self.visit(element)
+
+    def visit_all(self, items: Sequence[Any] | None) -> list[_Json]:
+        return [self.visit(i) for i in items or ()]
+
+    def _typed(self, node: _Json, type_: TypeEngine[Any], field: str = "type") -> _Json:
+        self._types.append((node, field, type_))
+        node[field] = None
+        return node
+
+    # -- FROM clauses -------------------------------------------------------------------------
+    def visit_table(self, table: sa.TableClause) -> _Json:
+        if isinstance(table, sa.Table):
+            self._tables[table.fullname] = table
+        node: _Json = {"t": "table", "name": table.name}
+        if table.schema:
+            node["schema"] = table.schema
+        return node
+
+    def visit_alias(self, alias: selectable.Alias) -> _Json:
+        return {"t": "alias", "element": self.visit(alias.element), "name": encode_name(alias.name)}
+
+    def visit_subquery(self, subq: selectable.Subquery) -> _Json:
+        return {"t": "subquery", "element": self.visit(subq.element), "name": encode_name(subq.name)}
+
+    def visit_cte(self, cte: selectable.CTE) -> _Json:
+        node = {"t": "cte", "element": self.visit(cte.element), "name": encode_name(cte.name)}
+        if cte.recursive:
+            node["recursive"] = True
+        if cte.nesting:
+            node["nesting"] = True
+        if cte._cte_alias is not None:
+            node["alias_of"] = self.visit(cte._cte_alias)
+        if cte._restates is not None:
+            node["restates"] = self.visit(cte._restates)
+        return node
+
+    def visit_lateral(self, lateral: selectable.Lateral) -> _Json:
+        return {"t": "lateral", "element": self.visit(lateral.element), "name": encode_name(lateral.name)}
+
+    def visit_join(self, join: selectable.Join) -> _Json:
+        node = {"t": "join", "left": self.visit(join.left), "right": self.visit(join.right),
+                "on": self.visit_opt(join.onclause)}
+        if join.isouter:
+            node["outer"] = True
+        if join.full:
+            node["full"] = True
+        return node
+
+    # -- statements ---------------------------------------------------------------------------
+    def visit_select(self, select: sa.Select[Any]) -> _Json:
+        core = self._core.get(id(select))
+        if core is not None and core is not select:
+            return self.visit(core)
+        self._refuse_extras(select, "_prefixes", "_suffixes", "_hints", "_statement_hints",
+                            "_post_select_clause", "_pre_columns_clause",
+                            "_post_criteria_clause", "_post_body_clause")
+        node: _Json = {"t": "select", "cols": self.visit_all(select._raw_columns)}
+        self._put_list(node, "froms", select._from_obj)
+        self._put_list(node, "where", select._where_criteria)
+        self._put_list(node, "group_by", select._group_by_clauses)
+        self._put_list(node, "having", select._having_criteria)
+        self._put_list(node, "order_by", select._order_by_clauses)
+        self._put_list(node, "distinct_on", select._distinct_on)
+        self._put_list(node, "correlate", select._correlate)
+        self._put_list(node, "ctes", select._independent_ctes)
+        if select._correlate_except is not None:
+            node["correlate_except"] = self.visit_all(select._correlate_except)
+        if select._distinct:
+            node["distinct"] = True
+        if select._setup_joins:
+            node["joins"] = [self._setup_join(j) for j in select._setup_joins]
+        self._put_limits(node, select)
+        style = select._label_style
+        if style is not selectable.LABEL_STYLE_DEFAULT:
+            node["label_style"] = style.name
+        return node
+
+    def _setup_join(self, setup: tuple[Any, ...]) -> _Json:
+        target, onclause, from_, flags = setup
+        node = {"target": self.visit(target), "on": self.visit_opt(onclause),
+                "from": self.visit_opt(from_)}
+        node["outer"], node["full"] = bool(flags.get("isouter")), bool(flags.get("full"))
+        return node
+
+    def _put_limits(self, node: _Json, stmt: Any) -> None:
+        if stmt._limit_clause is not None:
+            node["limit"] = self.visit(stmt._limit_clause)
+        if stmt._offset_clause is not None:
+            node["offset"] = self.visit(stmt._offset_clause)
+        if stmt._fetch_clause is not None:
+            node["fetch"] = {"clause": self.visit(stmt._fetch_clause),
+                             **stmt._fetch_clause_options}
+        arg = stmt._for_update_arg
+        if arg is not None:
+            node["for_update"] = {"nowait": arg.nowait, "read": arg.read,
+                                  "skip_locked": arg.skip_locked, "key_share": arg.key_share,
+                                  "of": self.visit_all(arg.of) if arg.of else None}
+
+    def _put_list(self, node: _Json, name: str, items: Sequence[Any] | None) -> None:
+        if items:
+            node[name] = self.visit_all(items)
+
+    def _refuse_extras(self, stmt: Any, *attrs: str) -> None:
+        for attr in attrs:
+            if getattr(stmt, attr, None):
+                raise UnsupportedStatementError(
+                    f"{type(stmt).__name__} with {attr.strip('_')} (raw SQL fragments) "
+                    "cannot be sent to the DB-API."
+                )
+
+    def visit_compound_select(self, compound: selectable.CompoundSelect[Any]) -> _Json:
+        node: _Json = {"t": "compound_select", "keyword": compound.keyword.name,
+                       "selects": self.visit_all(compound.selects)}
+        self._put_list(node, "order_by", compound._order_by_clauses)
+        self._put_list(node, "group_by", compound._group_by_clauses)
+        self._put_limits(node, compound)
+        return node
+
+    def visit_select_statement_grouping(self, grouping: Any) -> _Json:
+        return {"t": "select_grouping", "element": self.visit(grouping.element)}
+
+    def _dml_common(self, node: _Json, stmt: Any) -> _Json:
+        self._refuse_extras(stmt, "_prefixes", "_hints", "_post_values_clause",
+                            "_post_criteria_clause")
+        self._put_list(node, "returning", stmt._returning)
+        if stmt._return_defaults:
+            node["return_defaults"] = True
+            self._put_list(node, "return_defaults_cols", stmt._return_defaults_columns)
+        self._put_list(node, "supplemental_returning", stmt._supplemental_returning)
+        self._put_list(node, "ctes", getattr(stmt, "_independent_ctes", ()))
+        if getattr(stmt, "_sort_by_parameter_order", False):
+            node["sort_by_parameter_order"] = True
+        if getattr(stmt, "_inline", False):
+            node["inline"] = True
+        return node
+
+    def _values(self, values: Mapping[Any, Any] | None) -> list[list[Any]] | None:
+        if not values:
+            return None
+        return [[self._value_key(k), self.visit(v) if isinstance(v, sa.ClauseElement)
+                 else {"t": "value", "v": encode_value(v)}] for k, v in values.items()]
+
+    def _value_key(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return key
+        return self.visit(key)
+
+    def visit_insert(self, insert: sql_dml.Insert) -> _Json:
+        core = self._core.get(id(insert))
+        if core is not None and core is not insert:
+            return self.visit(core)
+        node: _Json = {"t": "insert", "table": self.visit(insert.table)}
+        values = self._values(insert._values)
+        if values:
+            node["values"] = values
+        if insert._multi_values:
+            node["multi_values"] = [[self._values(row) if isinstance(row, Mapping)
+                                     else [self.visit(v) for v in row] for row in batch]
+                                    for batch in insert._multi_values]
+        if insert.select is not None:
+            node["select"] = self.visit(insert.select)
+            node["select_names"] = list(insert._select_names or ())
+            node["include_defaults"] = insert.include_insert_from_select_defaults
+        return self._dml_common(node, insert)
+
+    def visit_update(self, update: sql_dml.Update) -> _Json:
+        core = self._core.get(id(update))
+        if core is not None and core is not update:
+            return self.visit(core)
+        node: _Json = {"t": "update", "table": self.visit(update.table)}
+        values = self._values(update._values)
+        if values:
+            node["values"] = values
+            if getattr(update, "_maintain_values_ordering", False) or getattr(
+                    update, "_preserve_parameter_order", False):
+                node["ordered"] = True
+        self._put_list(node, "where", update._where_criteria)
+        return self._dml_common(node, update)
+
+    def visit_delete(self, delete: sql_dml.Delete) -> _Json:
+        core = self._core.get(id(delete))
+        if core is not None and core is not delete:
+            return self.visit(core)
+        node: _Json = {"t": "delete", "table": self.visit(delete.table)}
+        self._put_list(node, "where", delete._where_criteria)
+        self._put_list(node, "extra_froms", delete._extra_froms)
+        return self._dml_common(node, delete)
+
+    def visit_savepoint(self, clause: Any) -> _Json:
+        return {"t": clause.__visit_name__, "name": str(clause.ident)}
+
+    def visit_text(self, clause: elements.TextClause) -> _Json:
+        binds = [[k, self.visit(v)] for k, v in clause._bindparams.items()]
+        return {"t": "text", "text": clause.text, "binds": binds}
+
+    # -- column expressions -------------------------------------------------------------------
+    def visit_column(self, column: sa.ColumnClause[Any]) -> _Json:
+        table = column.table
+        if table is not None and not column.is_literal:
+            key = _column_key(table, column)
+            if key is not None:
+                return {"t": "col", "from": self.visit(table), "key": key}
+        node = {"t": "column_clause", "name": str(column.name)}
+        if column.is_literal:
+            node["literal"] = True
+        if table is not None:
+            node["from"] = self.visit(table)
+        return self._typed(node, column.type)
+
+    def visit_bindparam(self, bind: elements.BindParameter[Any]) -> _Json:
+        anonymous = isinstance(bind.key, elements._anonymous_label)
+        # the compiler may render a copy (crud names a values() bind after its column), so a
+        # bind it did not see by identity keeps its own key; the fingerprint check on the
+        # server proves the names came out the same
+        name = self._bind_names.get(bind) or (encode_name(bind.key)["anon"] if anonymous else bind.key)
+        node: _Json = {"t": "bind", "key": str(name)}
+        if anonymous:
+            # stays anonymous: the server's compiler then numbers it exactly as ours did, even
+            # around binds a dialect creates while compiling (SQLite's "OFFSET 0")
+            node["anon"] = encode_name(bind.key)["anon"]
+        if bind.expanding:
+            node["expanding"] = True
+        if bind.literal_execute:
+            node["literal_execute"] = True
+        if isinstance(bind, selectable._OffsetLimitParam):
+            node["offset_limit"] = True
+        return self._typed(node, bind.type)
+
+    def visit_label(self, label: elements.Label[Any]) -> _Json:
+        node = {"t": "label", "name": encode_name(label.name), "element": self.visit(label.element)}
+        return self._typed(node, label.type)
+
+    def visit_label_reference(self, ref: Any) -> _Json:
+        return {"t": "label_reference", "element": self.visit(ref.element)}
+
+    def visit_binary(self, binary: elements.BinaryExpression[Any]) -> _Json:
+        node: _Json = {"t": "binary", "op": self._op(binary.operator),
+                       "left": self.visit(binary.left), "right": self.visit(binary.right)}
+        if binary.negate is not None:
+            node["negate"] = self._op(binary.negate)
+        if binary.modifiers:
+            node["modifiers"] = {k: self._modifier(v) for k, v in binary.modifiers.items()}
+        if isinstance(binary, elements.IndexExpression):
+            node["index"] = True
+        return self._typed(node, binary.type)
+
+    def _modifier(self, value: Any) -> Any:
+        if isinstance(value, sa.ClauseElement):
+            return {"expr": self.visit(value)}
+        return encode_value(value)
+
+    def _op(self, op: Any) -> Any:
+        name = _operators.operator_name(op)
+        if name is not None:
+            return name
+        if isinstance(op, sa.sql.operators.custom_op):
+            node: _Json = {"custom": op.opstring, "precedence": op.precedence,
+                           "is_comparison": op.is_comparison,
+                           "natural_self_precedent": op.natural_self_precedent,
+                           "eager_grouping": op.eager_grouping}
+            if op.return_type is not None:
+                self._typed(node, op.return_type, "return_type")
+            return node
+        raise UnsupportedStatementError(f"Cannot send the operator {op!r}.")
+
+    def visit_unary(self, unary: elements.UnaryExpression[Any]) -> _Json:
+        kind = {selectable.Exists: "exists", elements.CollectionAggregate: "collection",
+                elements.AsBoolean: "as_boolean"}.get(type(unary), "unary")
+        node: _Json = {"t": kind, "element": self.visit(unary.element)}
+        if unary.operator is not None:
+            node["op"] = self._op(unary.operator)
+        if unary.modifier is not None:
+            node["modifier"] = self._op(unary.modifier)
+        if kind == "as_boolean":
+            node["negate"] = self._op(unary.negate)
+        return self._typed(node, unary.type)
+
+    def visit_clauselist(self, clauses: elements.ClauseList) -> _Json:
+        node: _Json = {"t": "clause_list", "clauses": self.visit_all(clauses.clauses)}
+        if clauses.operator is not sa.sql.operators.comma_op:
+            node["op"] = self._op(clauses.operator)
+        if not clauses.group:
+            node["group"] = False
+        if not clauses.group_contents:
+            node["group_contents"] = False
+        return node
+
+    def visit_expression_clauselist(self, clauses: Any) -> _Json:
+        kind = "boolean_list" if isinstance(clauses, elements.BooleanClauseList) else "expression_list"
+        node: _Json = {"t": kind, "op": self._op(clauses.operator),
+                       "clauses": self.visit_all(clauses.clauses)}
+        return self._typed(node, clauses.type)
+
+    def visit_grouping(self, grouping: Any) -> _Json:
+        if isinstance(grouping, selectable.ScalarSelect):
+            return self._typed({"t": "scalar_select", "element": self.visit(grouping.element)},
+                               grouping.type)
+        if isinstance(grouping, selectable.FromGrouping):
+            return {"t": "from_grouping", "element": self.visit(grouping.element)}
+        return {"t": "grouping", "element": self.visit(grouping.element)}
+
+    def visit_cast(self, cast: elements.Cast[Any]) -> _Json:
+        return self._typed({"t": "cast", "element": self.visit(cast.clause)}, cast.type)
+
+    def visit_type_coerce(self, coerce: elements.TypeCoerce[Any]) -> _Json:
+        return self._typed({"t": "type_coerce", "element": self.visit(coerce.clause)}, coerce.type)
+
+    def visit_case(self, case: elements.Case[Any]) -> _Json:
+        node: _Json = {"t": "case", "whens": [[self.visit(c), self.visit(r)] for c, r in case.whens]}
+        if case.value is not None:
+            node["value"] = self.visit(case.value)
+        if case.else_ is not None:
+            node["else"] = self.visit(case.else_)
+        return self._typed(node, case.type)
+
+    def visit_over(self, over: elements.Over[Any]) -> _Json:
+        for frame in ("range_", "rows", "groups"):
+            if getattr(over, frame, None) is not None:
+                raise UnsupportedStatementError("Window frames (ROWS / RANGE) cannot be sent yet.")
+        node = {"t": "over", "element": self.visit(over.element),
+                "partition_by": self.visit_opt(over.partition_by),
+                "order_by": self.visit_opt(over.order_by)}
+        return node
+
+    def visit_funcfilter(self, ff: elements.FunctionFilter[Any]) -> _Json:
+        return {"t": "funcfilter", "func": self.visit(ff.func), "criterion": self.visit(ff.criterion)}
+
+    def visit_withingroup(self, wg: elements.WithinGroup[Any]) -> _Json:
+        return {"t": "within_group", "element": self.visit(wg.element),
+                "order_by": self.visit_opt(wg.order_by)}
+
+    def visit_extract(self, extract: elements.Extract[Any]) -> _Json:
+        return {"t": "extract", "field": extract.field, "expr": self.visit(extract.expr)}
+
+    def visit_function(self, fn: functions.FunctionElement[Any]) -> _Json:
+        if type(fn) is functions.Function or isinstance(fn, functions.GenericFunction):
+            node: _Json = {"t": "function", "name": fn.name,
+                           "args": self.visit_all(fn.clause_expr.element.clauses)}
+            packages = getattr(fn, "packagenames", ())
+            if packages:
+                node["packages"] = list(packages)
+            return self._typed(node, fn.type)
+        raise UnsupportedStatementError(f"The function construct {type(fn).__name__} cannot be sent yet.")
+
+    def visit_tuple(self, tup: elements.Tuple) -> _Json:
+        return self._typed({"t": "tuple", "clauses": self.visit_all(tup.clauses)}, tup.type)
+
+    def visit_null(self, _: Any) -> _Json:
+        return {"t": "null"}
+
+    def visit_true(self, _: Any) -> _Json:
+        return {"t": "true"}
+
+    def visit_false(self, _: Any) -> _Json:
+        return {"t": "false"}
+
+
+def _column_key(table: Any, column: Any) -> str | None:
+    """The key under which *column* is found in ``table.c`` (by identity)."""
+    base = _base(column)
+    candidate = table.c.get(base.key)
+    if candidate is not None and _base(candidate) is base:
+        return str(base.key)
+    for key, col in table.c.items():
+        if _base(col) is base:
+            return str(key)
+    return None
+
+
+_VISITORS: dict[type, Callable[[StatementEncoder, Any], _Json]] = {}
+
+_BY_VISIT_NAME = {
+    "savepoint": StatementEncoder.visit_savepoint,
+    "rollback_to_savepoint": StatementEncoder.visit_savepoint,
+    "release_savepoint": StatementEncoder.visit_savepoint,
+    "textclause": StatementEncoder.visit_text,
+}
+
+
+def _dispatch(cls: type) -> Callable[[StatementEncoder, Any], _Json]:
+    found = _VISITORS.get(cls)
+    if found is not None:
+        return found
+    visit_name = getattr(cls, "__visit_name__", None)
+    method = _BY_VISIT_NAME.get(visit_name) or getattr(StatementEncoder, f"visit_{visit_name}", None)
+    if method is None:
+        raise UnsupportedStatementError(
+            f"The SQL construct {cls.__module__}.{cls.__qualname__} ({visit_name}) cannot be sent "
+            "to the DB-API yet."
+        )
+    _VISITORS[cls] = method
+    return method
+
+
+def to_wire(statement: Any, *, compiled: Compiled | None = None,
+            core_statements: Mapping[int, Any] | None = None) -> _Json:
+    """Encode *statement* (a Core or ORM statement) as a versioned wire document.
+
+    With *compiled*, bound parameters are named as that compilation named them, and ORM
+    statements are replaced by the Core statements their compile states produced (recorded by
+    the compiler into *core_statements*).
+    """
+    bind_names = getattr(compiled, "bind_names", None)
+    encoder = StatementEncoder(bind_names, core_statements)
+    return {"version": WIRE_VERSION, "statement": encoder.encode_statement(statement)}

@@ -1,0 +1,109 @@
+"""Errors raised by ``query_translation``.
+
+Every error is a ``ValueError`` subclass, because all of them mean "this input
+(a value, a statement, a wire document) cannot be translated"::
+
+    TranslationError(ValueError)            # base of everything query_translation raises
+     +-- ValueCodecError
+     |    +-- UnsupportedValueError
+     |    +-- UnknownValueTagError
+     |    +-- MalformedValueError
+     |    +-- UnknownEnumError
+     +-- StatementCodecError
+          +-- UnknownNodeError           (attribute .node_type)
+          +-- MalformedStatementError    (attribute .errors: dict, marshmallow-style errors keyed by path)
+          +-- UnknownTableError
+          +-- UnknownColumnError
+          +-- UnsupportedStatementError
+          +-- WireVersionError
+
+Messages are full sentences that say what to do about the problem.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "MalformedStatementError",
+    "MalformedValueError",
+    "StatementCodecError",
+    "TranslationError",
+    "UnknownColumnError",
+    "UnknownEnumError",
+    "UnknownNodeError",
+    "UnknownTableError",
+    "UnknownValueTagError",
+    "UnsupportedStatementError",
+    "UnsupportedValueError",
+    "ValueCodecError",
+    "WireVersionError",
+]
+
+
+class TranslationError(ValueError):
+    """Base class of every error raised by query_translation."""
+
+
+class ValueCodecError(TranslationError):
+    """A value could not be encoded to, or decoded from, its JSON wire form."""
+
+
+class UnsupportedValueError(ValueCodecError):
+    """The Python value has a type the wire format cannot carry exactly."""
+
+
+class UnknownValueTagError(ValueCodecError):
+    """A tagged object on the wire uses a ``$tag`` this codec does not know."""
+
+
+class MalformedValueError(ValueCodecError):
+    """A wire value is not valid JSON for the value codec (bad shape or payload)."""
+
+
+class UnknownEnumError(ValueCodecError):
+    """An enum class or member named on the wire is not in the allowlist."""
+
+
+class StatementCodecError(TranslationError):
+    """A statement could not be encoded to, or decoded from, its JSON wire form."""
+
+
+class UnknownNodeError(StatementCodecError):
+    """A statement node type is not supported by the statement codec."""
+
+    def __init__(self, node_type: str, message: str | None = None) -> None:
+        self.node_type = node_type
+        super().__init__(
+            message
+            or f"The statement node type {node_type!r} is not supported; rewrite the "
+            "query with supported constructs or add a codec for this node type."
+        )
+
+
+class MalformedStatementError(StatementCodecError):
+    """A statement wire document failed validation; ``.errors`` says where."""
+
+    def __init__(self, errors: dict[str, Any], message: str | None = None) -> None:
+        self.errors = errors
+        super().__init__(
+            message
+            or f"The statement document is malformed: {errors!r}; make sure client "
+            "and server run the same query_translation version."
+        )
+
+
+class UnknownTableError(StatementCodecError):
+    """A table named on the wire is not in the server's metadata."""
+
+
+class UnknownColumnError(StatementCodecError):
+    """A column named on the wire is not part of its table in the server's metadata."""
+
+
+class UnsupportedStatementError(StatementCodecError):
+    """The statement uses a feature that cannot be sent to the DB-API."""
+
+
+class WireVersionError(StatementCodecError):
+    """The wire document was written by an incompatible codec version."""

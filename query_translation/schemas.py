@@ -1,0 +1,198 @@
+"""marshmallow schemas for wire documents.
+
+Every node kind has a schema listing exactly its fields (unknown keys are errors); node-valued
+fields dispatch on the nested node's ``"t"``. Validation runs before decoding, reports every
+problem at once keyed by path, and rejects an unknown node kind by name. Nesting depth is checked
+iteratively first, so a hostile document cannot exhaust the interpreter's stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from .exceptions import MalformedStatementError, UnknownNodeError
+
+__all__ = ["MAX_DEPTH", "NODE_SPECS", "validate_document"]
+
+MAX_DEPTH = 200
+
+
+class _Node(fields.Field):
+    """A nested node: dispatches on ``"t"`` to that kind's schema."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise ValidationError("Expected a node object.")
+        kind = value.get("t")
+        if not isinstance(kind, str):
+            raise ValidationError("A node needs a string field 't'.")
+        schema = _SCHEMAS.get(kind)
+        if schema is None:
+            raise UnknownNodeError(kind)
+        return schema.load(value)
+
+
+class _Name(fields.Field):
+    """A plain name or ``{"anon": base}``."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, Mapping) and set(value) == {"anon"} and isinstance(value["anon"], str):
+            return value
+        raise ValidationError("Expected a name: a string or {'anon': string}.")
+
+
+class _Op(fields.Field):
+    """An operator name or a custom operator object."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, Mapping) and isinstance(value.get("custom"), str):
+            return value
+        raise ValidationError("Expected an operator name or {'custom': opstring, ...}.")
+
+
+def _node(**kw: Any) -> fields.Field:
+    return _Node(**kw)
+
+
+def _nodes(**kw: Any) -> fields.Field:
+    return fields.List(_Node(), **kw)
+
+
+_TYPE = fields.Dict(allow_none=True, load_default=None)
+
+
+def _dml(**spec: Any) -> dict[str, Any]:
+    """Fields every INSERT / UPDATE / DELETE node may carry, plus *spec*."""
+    return {"table": _node(required=True), "returning": _nodes(), "return_defaults": fields.Bool(),
+            "return_defaults_cols": _nodes(), "supplemental_returning": _nodes(), "ctes": _nodes(),
+            "sort_by_parameter_order": fields.Bool(), "inline": fields.Bool(), **spec}
+_PAIRS = fields.List(fields.List(fields.Raw(), validate=validate.Length(equal=2)))
+
+# field specs per node kind; "t" and "@" are implied
+NODE_SPECS: dict[str, dict[str, Any]] = {
+    "ref": {},
+    "table": {"name": fields.Str(required=True), "schema": fields.Str()},
+    "alias": {"element": _node(required=True), "name": _Name(required=True)},
+    "subquery": {"element": _node(required=True), "name": _Name(required=True)},
+    "lateral": {"element": _node(required=True), "name": _Name(required=True)},
+    "cte": {"element": _node(required=True), "name": _Name(required=True),
+            "recursive": fields.Bool(), "nesting": fields.Bool(), "alias_of": _node(),
+            "restates": _node()},
+    "join": {"left": _node(required=True), "right": _node(required=True),
+             "on": _node(allow_none=True), "outer": fields.Bool(), "full": fields.Bool()},
+    "select": {"cols": _nodes(required=True), "froms": _nodes(), "where": _nodes(),
+               "group_by": _nodes(), "having": _nodes(), "order_by": _nodes(),
+               "distinct_on": _nodes(), "correlate": _nodes(), "correlate_except": _nodes(),
+               "ctes": _nodes(), "distinct": fields.Bool(), "joins": fields.List(fields.Dict()),
+               "label_style": fields.Str(), "limit": _node(), "offset": _node(),
+               "fetch": fields.Dict(), "for_update": fields.Dict()},
+    "compound_select": {"keyword": fields.Str(required=True), "selects": _nodes(required=True),
+                        "order_by": _nodes(), "group_by": _nodes(), "limit": _node(),
+                        "offset": _node(), "fetch": fields.Dict(), "for_update": fields.Dict()},
+    "select_grouping": {"element": _node(required=True)},
+    "insert": _dml(values=_PAIRS, multi_values=fields.List(fields.List(fields.Raw())),
+                   select=_node(), select_names=fields.List(fields.Str()), include_defaults=fields.Bool()),
+    "update": _dml(values=_PAIRS, ordered=fields.Bool(), where=_nodes()),
+    "delete": _dml(where=_nodes(), extra_froms=_nodes()),
+    "savepoint": {"name": fields.Str(required=True)},
+    "rollback_to_savepoint": {"name": fields.Str(required=True)},
+    "release_savepoint": {"name": fields.Str(required=True)},
+    "text": {"text": fields.Str(required=True), "binds": fields.List(fields.List(fields.Raw()))},
+    "col": {"from": _node(required=True), "key": fields.Str(required=True)},
+    "column_clause": {"name": fields.Str(required=True), "literal": fields.Bool(), "from": _node(),
+                      "type": _TYPE},
+    "bind": {"key": fields.Str(required=True), "anon": fields.Str(), "expanding": fields.Bool(),
+             "literal_execute": fields.Bool(), "offset_limit": fields.Bool(), "type": _TYPE},
+    "label": {"name": _Name(required=True), "element": _node(required=True), "type": _TYPE},
+    "label_reference": {"element": _node(required=True)},
+    "binary": {"op": _Op(required=True), "left": _node(required=True), "right": _node(required=True),
+               "negate": _Op(), "modifiers": fields.Dict(), "index": fields.Bool(), "type": _TYPE},
+    "unary": {"element": _node(required=True), "op": _Op(), "modifier": _Op(), "type": _TYPE},
+    "exists": {"element": _node(required=True), "op": _Op(), "modifier": _Op(), "type": _TYPE},
+    "collection": {"element": _node(required=True), "op": _Op(), "modifier": _Op(), "type": _TYPE},
+    "as_boolean": {"element": _node(required=True), "op": _Op(required=True),
+                   "negate": _Op(required=True), "type": _TYPE},
+    "clause_list": {"clauses": _nodes(required=True), "op": _Op(), "group": fields.Bool(),
+                    "group_contents": fields.Bool()},
+    "boolean_list": {"op": _Op(required=True), "clauses": _nodes(required=True), "type": _TYPE},
+    "expression_list": {"op": _Op(required=True), "clauses": _nodes(required=True), "type": _TYPE},
+    "grouping": {"element": _node(required=True)},
+    "from_grouping": {"element": _node(required=True)},
+    "scalar_select": {"element": _node(required=True), "type": _TYPE},
+    "cast": {"element": _node(required=True), "type": _TYPE},
+    "type_coerce": {"element": _node(required=True), "type": _TYPE},
+    "case": {"whens": fields.List(fields.List(_Node(), validate=validate.Length(equal=2)), required=True),
+             "value": _node(), "else": _node(), "type": _TYPE},
+    "over": {"element": _node(required=True), "partition_by": _node(allow_none=True),
+             "order_by": _node(allow_none=True)},
+    "funcfilter": {"func": _node(required=True), "criterion": _node(required=True)},
+    "within_group": {"element": _node(required=True), "order_by": _node(allow_none=True)},
+    "extract": {"field": fields.Str(required=True), "expr": _node(required=True)},
+    "function": {"name": fields.Str(required=True, validate=validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_]*$")),
+                 "packages": fields.List(fields.Str(validate=validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_]*$"))),
+                 "args": _nodes(required=True), "type": _TYPE},
+    "tuple": {"clauses": _nodes(required=True), "type": _TYPE},
+    "null": {}, "true": {}, "false": {},
+}
+
+
+def _schema_for(kind: str, spec: Mapping[str, Any]) -> Schema:
+    attrs: dict[str, Any] = {"t": fields.Str(required=True, validate=validate.Equal(kind)),
+                             "@": fields.Int(data_key="@", attribute="ref_id"),
+                             **dict(spec)}
+
+    class Meta:
+        unknown = RAISE
+
+    attrs["Meta"] = Meta
+    schema_cls = type(f"{kind.title().replace('_', '')}NodeSchema", (Schema,), attrs)
+    return schema_cls()
+
+
+_SCHEMAS: dict[str, Schema] = {kind: _schema_for(kind, spec) for kind, spec in NODE_SPECS.items()}
+_SCHEMAS["ref"] = _schema_for("ref", {"@": fields.Int(data_key="@", attribute="ref_id", required=True)})
+
+
+class DocumentSchema(Schema):
+    """The envelope: ``{"version": int, "statement": node}``."""
+
+    version = fields.Int(required=True)
+    statement = _Node(required=True)
+
+    class Meta:
+        unknown = RAISE
+
+
+_DOCUMENT = DocumentSchema()
+
+
+def _depth(document: Any) -> int:
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_DEPTH:
+                break
+        if isinstance(value, Mapping):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return deepest
+
+
+def validate_document(document: Any) -> None:
+    """Raise :class:`MalformedStatementError` (all problems, by path) or :class:`UnknownNodeError`."""
+    if _depth(document) > MAX_DEPTH:
+        raise MalformedStatementError({"statement": ["too deep"]}, f"The statement is nested more than {MAX_DEPTH} levels deep.")
+    try:
+        _DOCUMENT.load(document)
+    except ValidationError as exc:
+        raise MalformedStatementError(exc.normalized_messages(), "The statement document is malformed.") from None

@@ -1,0 +1,207 @@
+"""SQL types on the wire.
+
+A bound parameter's type decides how the server processes its value (date formatting on SQLite,
+JSON serialisation, enum names, UUID storage, PostgreSQL bind casts), so it must arrive exactly.
+Three forms, tried in order:
+
+``{"col": [table, key]}``
+    The type *is* the type of a column the statement touches - the usual case, since
+    ``col == value`` and every ORM flush bind reuse the column's own type object. The server uses
+    its own column's type, so custom ``TypeDecorator`` s and enums with callables need no encoding.
+``{"n": "String", "k": {...}}``
+    A SQLAlchemy type, by class name from an allowlist of SQLAlchemy's own type classes, with the
+    constructor arguments that differ from their defaults.
+``{"n": "myapp.types.UtcDateTime", "r": "UtcDateTime()"}``
+    Any other type: resolved on the server among the types its metadata already uses, by class
+    path and ``repr``. Nothing named on the wire is ever imported.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import types as sqltypes
+from sqlalchemy.types import TypeEngine
+
+from .exceptions import MalformedStatementError, UnsupportedStatementError
+from .values import decode_value, encode_value, enum_path
+
+__all__ = ["TypeResolver", "encode_type"]
+
+_SIMPLE = (str, int, float, bool, type(None))
+
+
+def _is_sqlalchemy_type(cls: type) -> bool:
+    return cls.__module__.startswith("sqlalchemy.")
+
+
+def _init_kwargs(type_: TypeEngine[Any]) -> dict[str, Any]:
+    """Constructor arguments of *type_* that differ from their defaults (like ``generic_repr``)."""
+    init = type(type_).__init__
+    if init is object.__init__:
+        return {}
+    kwargs: dict[str, Any] = {}
+    for name, param in inspect.signature(init).parameters.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if not hasattr(type_, name):
+            continue
+        value = getattr(type_, name)
+        if param.default is not param.empty and _same(value, param.default):
+            continue
+        kwargs[name] = value
+    return kwargs
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b) and type(a) is type(b)
+    except Exception:  # pragma: no cover - exotic __eq__
+        return a is b
+
+
+def encode_type(type_: TypeEngine[Any], column_types: Mapping[int, tuple[str, str]]) -> dict[str, Any]:
+    """Encode *type_*; *column_types* maps ``id(column.type)`` to ``(table name, column key)``."""
+    ref = column_types.get(id(type_))
+    if ref is not None:
+        return {"col": list(ref)}
+    cls = type(type_)
+    if cls is sqltypes.NullType:
+        return {"n": "NullType"}
+    if not _is_sqlalchemy_type(cls):
+        return {"n": f"{cls.__module__}.{cls.__qualname__}", "r": repr(type_)}
+    if isinstance(type_, sa.Enum):
+        return {"n": cls.__name__, "k": _enum_kwargs(type_)}
+    if isinstance(type_, sqltypes.TupleType):
+        return {"n": "TupleType", "types": [encode_type(t, column_types) for t in type_.types]}
+    kwargs: dict[str, Any] = {}
+    for name, value in _init_kwargs(type_).items():
+        if isinstance(value, TypeEngine):
+            kwargs[name] = {"type": encode_type(value, column_types)}
+        elif isinstance(value, type) and issubclass(value, TypeEngine):
+            kwargs[name] = {"type": encode_type(value(), column_types)}
+        elif isinstance(value, _SIMPLE) or isinstance(value, (list, tuple)):
+            kwargs[name] = encode_value(value)
+        else:
+            raise UnsupportedStatementError(
+                f"The type {type_!r} has an argument {name}={value!r} that cannot be sent; "
+                "use it only through a mapped column, whose type the server knows."
+            )
+    out: dict[str, Any] = {"n": cls.__name__}
+    if kwargs:
+        out["k"] = kwargs
+    return out
+
+
+def _enum_kwargs(type_: sa.Enum) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "name": type_.name,
+        "native_enum": type_.native_enum,
+        "length": type_.length,
+        "validate_strings": type_.validate_strings,
+        "create_constraint": type_.create_constraint,
+    }
+    if type_.enum_class is not None:
+        if type_.values_callable is not None:
+            raise UnsupportedStatementError(
+                f"The enum type {type_!r} uses values_callable; use it through a mapped column."
+            )
+        kwargs["enum_class"] = enum_path(type_.enum_class)
+    else:
+        kwargs["enums"] = list(type_.enums)
+    return kwargs
+
+
+def _sqlalchemy_type_classes() -> dict[str, type[TypeEngine[Any]]]:
+    found: dict[str, type[TypeEngine[Any]]] = {}
+    pending: list[type] = [TypeEngine]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if _is_sqlalchemy_type(cls) and not cls.__name__.startswith("_"):
+            # generic (sqlalchemy.sql.sqltypes) names win over dialect-specific ones
+            if cls.__name__ not in found or cls.__module__ == "sqlalchemy.sql.sqltypes":
+                found[cls.__name__] = cls
+    return found
+
+
+class TypeResolver:
+    """Server side: turns encoded types back into type objects, from allowlists only."""
+
+    def __init__(self, metadata: sa.MetaData, enum_classes: Iterable[type[enum.Enum]] = ()) -> None:
+        self._metadata = metadata
+        self._builtin = _sqlalchemy_type_classes()
+        self._custom: dict[tuple[str, str], TypeEngine[Any]] = {}
+        enums = {enum_path(e): e for e in enum_classes}
+        for table in metadata.tables.values():
+            for column in table.columns:
+                t = column.type
+                cls = type(t)
+                self._custom.setdefault((f"{cls.__module__}.{cls.__qualname__}", repr(t)), t)
+                if isinstance(t, sa.Enum) and t.enum_class is not None:
+                    enums[enum_path(t.enum_class)] = t.enum_class
+        self.enum_classes: Mapping[str, type[enum.Enum]] = enums
+
+    def resolve_enum(self, path: str) -> type[enum.Enum]:
+        try:
+            return self.enum_classes[path]
+        except KeyError:
+            raise UnsupportedStatementError(
+                f"The enum class {path!r} is not used by the server's metadata."
+            ) from None
+
+    def resolve(self, data: Mapping[str, Any]) -> TypeEngine[Any]:
+        if "col" in data:
+            table, key = data["col"]
+            try:
+                return self._metadata.tables[table].c[key].type
+            except KeyError:
+                raise MalformedStatementError({"type": ["unknown column"]}, f"Type reference to unknown column {table}.{key}.") from None
+        name = data.get("n")
+        if "r" in data:
+            found = self._custom.get((name, data["r"]))
+            if found is None:
+                raise UnsupportedStatementError(
+                    f"The type {data['r']} ({name}) is not used by any column of the server's "
+                    "metadata, so the server cannot process values of it."
+                )
+            return found
+        if name == "NullType":
+            return sqltypes.NULLTYPE
+        cls = self._builtin.get(name)  # type: ignore[arg-type]
+        if cls is None:
+            raise UnsupportedStatementError(f"Unknown SQL type {name!r}.")
+        if name == "TupleType":
+            return sqltypes.TupleType(*[self.resolve(t) for t in data.get("types", [])])
+        kwargs = dict(data.get("k", {}))
+        if issubclass(cls, sa.Enum):
+            return self._build_enum(cls, kwargs)
+        for key, value in kwargs.items():
+            kwargs[key] = self.resolve(value["type"]) if isinstance(value, dict) and "type" in value else decode_value(value)
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:
+            raise MalformedStatementError({"type": [str(exc)]}, f"Bad arguments for type {name}: {exc}") from None
+
+    def _build_enum(self, cls: type[sa.Enum], kwargs: dict[str, Any]) -> TypeEngine[Any]:
+        if "enum_class" in kwargs:
+            args: list[Any] = [self.resolve_enum(kwargs.pop("enum_class"))]
+        else:
+            args = list(kwargs.pop("enums", []))
+        return cls(*args, **kwargs)
+
+
+def column_type_map(tables: Iterable[sa.Table]) -> dict[int, tuple[str, str]]:
+    """``id(column.type) -> (table, key)`` for the columns of *tables* (first column wins)."""
+    found: dict[int, tuple[str, str]] = {}
+    for table in tables:
+        for column in table.columns:
+            found.setdefault(id(column.type), (table.fullname, column.key))
+    return found
+
+
+ResolveEnum = Callable[[str], type[enum.Enum]]

@@ -1,0 +1,467 @@
+"""Typed value codec: Python values <-> JSON that survives ``orjson`` exactly.
+
+Bound parameters and result rows cross HTTP as JSON, and the other side must get
+back the *same type and value*: ``Decimal("1.50")`` is not ``1.5``, ``True`` is
+not ``1``, an aware datetime keeps its offset.
+
+* ``None``, ``bool``, ``str``, int64 ints and finite floats are plain JSON
+  (orjson always writes a float with ``.`` or an exponent).
+* Everything else is a tagged object ``{"$tag": payload}`` (``ENCODERS`` and
+  ``DECODERS``).  Dicts are always wrapped in ``{"$o": ...}``, so user data can
+  never be mistaken for a tag.
+* Enum members travel by name; decoding needs an allowlist resolver
+  (``enum_resolver_for``) - modules named on the wire are never imported.
+* ``fold`` is kept where it changes the value's meaning (repeated or skipped wall
+  times in a ``ZoneInfo`` zone, recovered from the UTC offset); it is not sent for
+  naive or fixed-offset datetimes and times, where databases ignore it.
+"""
+
+from __future__ import annotations
+
+import base64
+import decimal
+import enum
+import math
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any, TypeAlias
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy.types import JSON
+from sqlalchemy.util import symbol
+
+from .exceptions import (
+    MalformedValueError,
+    UnknownEnumError,
+    UnknownValueTagError,
+    UnsupportedValueError,
+    ValueCodecError,
+)
+
+__all__ = [
+    "DECODERS",
+    "ENCODERS",
+    "SYMBOLS",
+    "EnumResolver",
+    "JSONable",
+    "decode_params",
+    "decode_rows",
+    "decode_value",
+    "encode_params",
+    "encode_row",
+    "encode_value",
+    "enum_path",
+    "enum_resolver_for",
+]
+
+JSONable: TypeAlias = (
+    "None | bool | int | float | str | list[JSONable] | dict[str, JSONable]"
+)
+EnumResolver: TypeAlias = Callable[[str], type[enum.Enum]]
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_INT_RE = re.compile(r"-?[0-9]+")
+_CONTAINERS = frozenset({dict, list})  # the only JSON values that need decoding
+_FLOAT_SPECIALS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+#: Sentinels allowed on the wire as ``{"$s": name}``; identity round-trips.
+SYMBOLS: dict[str, object] = {"JSON_NULL": JSON.NULL}
+
+
+# --- encoding ------------------------------------------------------------------
+
+
+def _unsupported(value: Any, hint: str) -> UnsupportedValueError:
+    kind = type(value)
+    return UnsupportedValueError(
+        f"cannot send a value of type {kind.__module__}.{kind.__qualname__} {hint}"
+    )
+
+
+def _check_str(items: Iterable[Any], where: str) -> None:
+    for item in items:
+        if type(item) is not str:
+            raise _unsupported(item, f"{where}; only str is allowed there.")
+
+
+def _encode_int(value: int) -> JSONable:
+    if _INT64_MIN <= value <= _INT64_MAX:
+        return value
+    try:
+        return {"$i": str(value)}
+    except ValueError:  # more digits than sys.get_int_max_str_digits()
+        raise _unsupported(value, "this large; send it as a Decimal.") from None
+
+
+def _encode_float(value: float) -> JSONable:
+    if value - value == 0.0:  # finite: inf - inf and nan - nan are nan
+        return value
+    return {"$f": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+
+
+def _unsupported_tz(value: datetime | time) -> UnsupportedValueError:
+    return _unsupported(
+        value,
+        f"with tzinfo {type(value.tzinfo).__qualname__}; use datetime.timezone "
+        "or zoneinfo.ZoneInfo (for times: datetime.timezone only).",
+    )
+
+
+def _encode_datetime(value: datetime) -> JSONable:
+    tz = value.tzinfo
+    if tz is None or type(tz) is timezone:
+        return {"$dt": value.isoformat()}
+    if type(tz) is ZoneInfo and tz.key is not None:
+        return {"$dtz": [value.isoformat(), tz.key]}
+    raise _unsupported_tz(value)
+
+
+def _encode_time(value: time) -> JSONable:
+    if value.tzinfo is None or type(value.tzinfo) is timezone:
+        return {"$t": value.isoformat()}
+    raise _unsupported_tz(value)
+
+
+def _b64(data: bytes | bytearray | memoryview) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _encode_memoryview(value: memoryview) -> JSONable:
+    if value.format != "B" or value.ndim != 1:
+        raise _unsupported(value, "unless it is a flat view of bytes (format 'B').")
+    return {"$mv": _b64(value)}
+
+
+def _encode_dict(value: dict[Any, Any]) -> JSONable:
+    _check_str(value, "as a dict key")
+    return {"$o": {key: encode_value(item) for key, item in value.items()}}
+
+
+def _encode_set(value: set[Any]) -> JSONable:
+    _check_str(value, "inside a set (sets are for MySQL SET values)")
+    return {"$set": sorted(value)}
+
+
+def _encode_symbol(value: symbol) -> JSONable:
+    if SYMBOLS.get(value.name) is not value:
+        raise _unsupported(value, f"({value!r}); only values.SYMBOLS can be sent.")
+    return {"$s": value.name}
+
+
+def _encode_enum(value: enum.Enum) -> JSONable:
+    cls = type(value)
+    if cls.__members__.get(value.name) is not value:
+        raise _unsupported(value, f"({value!r}); only named members can be sent.")
+    return {"$e": [enum_path(cls), value.name]}
+
+
+#: Exact Python type -> encoder.  Subclasses are refused (their type would be
+#: lost), except enum members, which ``encode_value`` handles itself.
+ENCODERS: dict[type, Callable[[Any], JSONable]] = {
+    type(None): lambda v: v,
+    bool: lambda v: v,
+    str: lambda v: v,
+    int: _encode_int,
+    float: _encode_float,
+    decimal.Decimal: lambda v: {"$dec": str(v)},
+    datetime: _encode_datetime,
+    date: lambda v: {"$d": v.isoformat()},
+    time: _encode_time,
+    timedelta: lambda v: {"$td": [v.days, v.seconds, v.microseconds]},
+    bytes: lambda v: {"$b": _b64(v)},
+    bytearray: lambda v: {"$ba": _b64(v)},
+    memoryview: _encode_memoryview,
+    uuid.UUID: lambda v: {"$u": str(v)},
+    dict: _encode_dict,
+    list: lambda v: [encode_value(item) for item in v],
+    tuple: lambda v: {"$tu": [encode_value(item) for item in v]},
+    set: _encode_set,
+    symbol: _encode_symbol,
+}
+
+
+def encode_value(value: Any) -> JSONable:
+    """Encode one value to JSON-able data that ``decode_value`` turns back into it."""
+    encoder = ENCODERS.get(type(value))
+    if encoder is not None:
+        return encoder(value)
+    if isinstance(value, enum.Enum):
+        return _encode_enum(value)
+    raise _unsupported(value, "to the database; convert it to a supported type first.")
+
+
+def encode_row(row: Iterable[Any]) -> list[JSONable]:
+    """Encode a result row; common plain values skip the registry (hot path)."""
+    return [
+        v
+        if (t := type(v)) is str
+        or v is None
+        or (t is int and _INT64_MIN <= v <= _INT64_MAX)
+        or (t is float and v - v == 0.0)
+        else encode_value(v)
+        for v in row
+    ]
+
+
+def encode_params(params: Iterable[Mapping[str, Any]]) -> list[dict[str, JSONable]]:
+    """Encode bound-parameter sets (bind name -> value, one dict per execution).
+
+    Names may be ``str`` subclasses (SQLAlchemy's quoted / truncated labels); they travel as
+    plain strings. Anything else as a name is refused.
+    """
+    out = []
+    for param_set in params:
+        keys = list(param_set)
+        if any(type(k) is not str for k in keys):
+            _check_str_like(keys)
+            keys = [str(k) for k in keys]
+        out.append(dict(zip(keys, encode_row(param_set.values()), strict=True)))
+    return out
+
+
+def _check_str_like(keys: Iterable[Any]) -> None:
+    for key in keys:
+        if not isinstance(key, str):
+            raise _unsupported(key, "as a bind parameter name; only str is allowed there")
+
+
+# --- decoding ------------------------------------------------------------------
+
+
+def _str(payload: Any) -> str:
+    if type(payload) is not str:
+        raise TypeError(f"expected a JSON string, got {type(payload).__name__}")
+    return payload
+
+
+def _array(payload: Any, length: int | None = None) -> list[Any]:
+    if type(payload) is not list or length not in (None, len(payload)):
+        raise TypeError(f"expected a JSON array of {length or 'any number of'} items")
+    return payload
+
+
+def _decode_float(payload: Any, _: EnumResolver | None = None) -> float:
+    value = _FLOAT_SPECIALS.get(_str(payload))
+    if value is None:
+        raise ValueError("expected 'nan', 'inf' or '-inf'")
+    return value
+
+
+def _decode_int(payload: Any, _: EnumResolver | None = None) -> int:
+    if not _INT_RE.fullmatch(_str(payload)):
+        raise ValueError("expected decimal digits with an optional '-'")
+    return int(payload)
+
+
+def _decode_decimal(payload: Any, _: EnumResolver | None = None) -> decimal.Decimal:
+    try:
+        return decimal.Decimal(_str(payload))
+    except decimal.InvalidOperation:
+        raise ValueError("not a decimal number") from None
+
+
+def _zone(key: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(key)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise MalformedValueError(
+            f"time zone {key!r} is not known here; install the tzdata package or "
+            "send a datetime with a fixed-offset datetime.timezone."
+        ) from exc
+
+
+def _decode_zoned(payload: Any, _: EnumResolver | None = None) -> datetime:
+    iso, key = map(_str, _array(payload, 2))
+    parsed = datetime.fromisoformat(iso)
+    offset = parsed.utcoffset()
+    if offset is None:
+        raise ValueError("the ISO string must carry a UTC offset")
+    wall = parsed.replace(tzinfo=_zone(key))
+    if wall.utcoffset() != offset and wall.replace(fold=1).utcoffset() == offset:
+        return wall.replace(fold=1)  # the later of a repeated or skipped wall time
+    return wall
+
+
+def _decode_timedelta(payload: Any, _: EnumResolver | None = None) -> timedelta:
+    days, seconds, microseconds = _array(payload, 3)
+    if not type(days) is type(seconds) is type(microseconds) is int:
+        raise TypeError("expected [days, seconds, microseconds] as ints")
+    return timedelta(days=days, seconds=seconds, microseconds=microseconds)
+
+
+def _unb64(payload: Any) -> bytes:
+    return base64.b64decode(_str(payload), validate=True)
+
+
+def _decode_symbol(payload: Any, _: EnumResolver | None = None) -> object:
+    if _str(payload) not in SYMBOLS:
+        raise ValueError(f"unknown symbol; known symbols are {sorted(SYMBOLS)}")
+    return SYMBOLS[payload]
+
+
+def _decode_enum(payload: Any, resolver: EnumResolver | None) -> enum.Enum:
+    path, name = map(_str, _array(payload, 2))
+    if resolver is None:
+        raise UnsupportedValueError(
+            f"cannot decode enum member {path}.{name}: no enum classes are allowed "
+            "here; pass enum_resolver=enum_resolver_for([...]) with your enums."
+        )
+    try:
+        cls = resolver(path)
+    except LookupError as exc:  # e.g. a dict-based resolver's KeyError
+        raise UnknownEnumError(f"enum class {path!r} is not allowed here.") from exc
+    member = cls.__members__.get(name)
+    if member is None:
+        raise UnknownEnumError(
+            f"enum {path!r} has no member {name!r}; make sure client and server "
+            "use the same version of it."
+        )
+    return member
+
+
+def _items(payload: Any, resolver: EnumResolver | None) -> list[Any]:
+    return [decode_value(item, enum_resolver=resolver) for item in _array(payload)]
+
+
+def _decode_dict(payload: Any, resolver: EnumResolver | None) -> dict[str, Any]:
+    if type(payload) is not dict:
+        raise TypeError(f"expected a JSON object, got {type(payload).__name__}")
+    return {
+        key: decode_value(item, enum_resolver=resolver) for key, item in payload.items()
+    }
+
+
+#: Wire tag -> decoder(payload, enum_resolver).
+DECODERS: dict[str, Callable[[Any, EnumResolver | None], Any]] = {
+    "$f": _decode_float,
+    "$i": _decode_int,
+    "$dec": _decode_decimal,
+    "$dt": lambda p, _: datetime.fromisoformat(_str(p)),
+    "$dtz": _decode_zoned,
+    "$d": lambda p, _: date.fromisoformat(_str(p)),
+    "$t": lambda p, _: time.fromisoformat(_str(p)),
+    "$td": _decode_timedelta,
+    "$b": lambda p, _: _unb64(p),
+    "$ba": lambda p, _: bytearray(_unb64(p)),
+    "$mv": lambda p, _: memoryview(_unb64(p)),
+    "$u": lambda p, _: uuid.UUID(_str(p)),
+    "$o": _decode_dict,
+    "$tu": lambda p, r: tuple(_items(p, r)),
+    "$set": lambda p, _: set(map(_str, _array(p))),
+    "$s": _decode_symbol,
+    "$e": _decode_enum,
+}
+
+
+def _short(data: Any) -> str:
+    text = repr(data)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _decode_tagged(data: dict[str, Any], resolver: EnumResolver | None) -> Any:
+    if len(data) != 1:
+        raise MalformedValueError(
+            f"a tagged value must be a JSON object with exactly one '$tag' key, got "
+            f"{_short(data)}; encode values with encode_value()."
+        )
+    ((tag, payload),) = data.items()
+    decoder = DECODERS.get(tag)
+    if decoder is None and not str(tag).startswith("$"):
+        raise MalformedValueError(
+            f"JSON object key {tag!r} is not a '$tag'; encode values with encode_value()."
+        )
+    if decoder is None:
+        raise UnknownValueTagError(
+            f"unknown value tag {tag!r}; make sure client and server run the same "
+            "query_translation version."
+        )
+    try:
+        return decoder(payload, resolver)
+    except ValueCodecError:
+        raise
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise MalformedValueError(
+            f"malformed {tag!r} payload {_short(payload)} ({exc}); encode values "
+            "with encode_value()."
+        ) from exc
+
+
+def decode_value(data: Any, *, enum_resolver: EnumResolver | None = None) -> Any:
+    """Decode data produced by ``encode_value`` (after a JSON round trip)."""
+    kind = type(data)
+    if kind is dict:
+        return _decode_tagged(data, enum_resolver)
+    if kind is list:
+        return _items(data, enum_resolver)
+    if data is None or kind is str or kind is int or kind is float or kind is bool:
+        return data
+    raise MalformedValueError(
+        f"cannot decode a {kind.__qualname__}; pass data loaded from JSON."
+    )
+
+
+def _decode_plain(values: Iterable[Any], resolver: EnumResolver | None) -> list[Any]:
+    return [
+        decode_value(v, enum_resolver=resolver) if type(v) in _CONTAINERS else v
+        for v in values
+    ]
+
+
+def decode_rows(
+    rows: list[list[Any]], *, enum_resolver: EnumResolver | None = None
+) -> list[tuple[Any, ...]]:
+    """Decode result rows produced by ``encode_row``; plain values pass through."""
+    if type(rows) is not list:
+        raise MalformedValueError(f"expected rows as a JSON array, got {_short(rows)}.")
+    out = []
+    for row in rows:
+        if type(row) is not list:
+            raise MalformedValueError(
+                f"expected a row as a JSON array, got {_short(row)}."
+            )
+        out.append(tuple(_decode_plain(row, enum_resolver)))
+    return out
+
+
+def decode_params(
+    params: list[dict[str, Any]], *, enum_resolver: EnumResolver | None = None
+) -> list[dict[str, Any]]:
+    """Decode bound-parameter sets produced by ``encode_params``."""
+    if type(params) is not list or any(type(p) is not dict for p in params):
+        raise MalformedValueError(
+            f"expected parameter sets as a JSON array of objects, got {_short(params)}."
+        )
+    return [
+        dict(zip(p, _decode_plain(p.values(), enum_resolver), strict=True))
+        for p in params
+    ]
+
+
+# --- enums ---------------------------------------------------------------------
+
+
+def enum_path(cls: type[enum.Enum]) -> str:
+    """Return the wire name ``"module:QualName"`` of an enum class."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def enum_resolver_for(classes: Iterable[type[enum.Enum]]) -> EnumResolver:
+    """Build a resolver that knows only ``classes``, so the wire never imports code."""
+    allowed: dict[str, type[enum.Enum]] = {}
+    for cls in classes:
+        if not (isinstance(cls, type) and issubclass(cls, enum.Enum)):
+            raise TypeError(f"enum_resolver_for() expects enum classes, got {cls!r}")
+        if allowed.setdefault(enum_path(cls), cls) is not cls:
+            raise ValueError(f"two enum classes share the name {enum_path(cls)!r}")
+
+    def resolve(path: str) -> type[enum.Enum]:
+        if path not in allowed:
+            raise UnknownEnumError(
+                f"enum class {path!r} is not allowed here; add it to the classes "
+                "passed to enum_resolver_for()."
+            )
+        return allowed[path]
+
+    return resolve
