@@ -1,0 +1,27 @@
+"""The DB-API: a Flask application that executes isolated clients' statements on the real database.
+
+``create_app()`` builds it; ``flask --app dbapi_server run`` and the ``dbapi-server serve``
+command (waitress) serve it. See ``docs/architecture.md``.
+"""
+
+from __future__ import annotations
+
+from .app import ConfigError, create_app, load_metadata
+from .auth import AllowAll, JWTAuthenticator, Principal, mint_token
+from .errors import APIError
+from .policy import DefaultPolicy, PolicyViolation
+from .transactions import TransactionManager
+
+__all__ = [
+    "APIError",
+    "AllowAll",
+    "ConfigError",
+    "DefaultPolicy",
+    "JWTAuthenticator",
+    "PolicyViolation",
+    "Principal",
+    "TransactionManager",
+    "create_app",
+    "load_metadata",
+    "mint_token",
+]

@@ -1,0 +1,120 @@
+"""``create_app()``: the DB-API as a Flask application.
+
+Arguments win over environment variables, which exist so ``flask --app dbapi_server run`` and the
+``dbapi-server`` command need no code:
+
+=========================  ===================================================================
+``DBAPI_DATABASE_URL``     the real database (only the server ever holds it)
+``DBAPI_METADATA``         import path of the application's tables, ``myapp.models:Base.metadata``
+``DBAPI_AUTH``             ``jwt`` (default) or ``none`` (development only)
+``DBAPI_JWT_KEY_FILE``     public key (PEM) that verifies tokens (EdDSA / RS256)
+``DBAPI_JWT_SECRET``       shared HS256 secret - only if ``DBAPI_JWT_ALGORITHMS`` names HS256
+``DBAPI_JWT_ALGORITHMS``   comma-separated allowlist, default ``EdDSA,RS256``
+``DBAPI_JWT_AUDIENCE``     default ``dbsession``; ``DBAPI_JWT_ISSUER`` optional
+``DBAPI_TXN_IDLE_TIMEOUT`` seconds before an idle transaction is rolled back (default 60)
+``DBAPI_MAX_BODY_BYTES``   largest accepted request body (default 16 MiB)
+=========================  ===================================================================
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+from .auth import AllowAll, Authenticator, JWTAuthenticator
+from .errors import envelope_for_exception
+from .policy import DefaultPolicy
+from .state import ServerState
+from .views import api
+
+__all__ = ["ConfigError", "create_app", "load_metadata"]
+
+log = logging.getLogger("dbapi_server")
+
+
+class ConfigError(RuntimeError):
+    """The server's configuration is incomplete or wrong."""
+
+
+def load_metadata(path: str) -> sa.MetaData:
+    """Import ``module:attr.attr`` and return the ``MetaData`` it names."""
+    module_name, _, attr_path = path.partition(":")
+    if not module_name or not attr_path:
+        raise ConfigError(f"DBAPI_METADATA must look like 'package.module:Base.metadata', got {path!r}.")
+    target: Any = importlib.import_module(module_name)
+    for attr in attr_path.split("."):
+        target = getattr(target, attr)
+    if not isinstance(target, sa.MetaData):
+        raise ConfigError(f"{path} is a {type(target).__name__}, not a sqlalchemy MetaData.")
+    return target
+
+
+def _authenticator_from_env() -> Authenticator:
+    mode = os.environ.get("DBAPI_AUTH", "jwt").lower()
+    if mode == "none":
+        log.warning("DBAPI_AUTH=none: the DB-API accepts every caller; never do this in production")
+        return AllowAll()
+    algorithms = [a.strip() for a in os.environ.get("DBAPI_JWT_ALGORITHMS", "EdDSA,RS256").split(",") if a.strip()]
+    key: Any
+    if os.environ.get("DBAPI_JWT_KEY_FILE"):
+        with open(os.environ["DBAPI_JWT_KEY_FILE"], "rb") as handle:
+            key = handle.read()
+    elif os.environ.get("DBAPI_JWT_SECRET"):
+        if not any(a.startswith("HS") for a in algorithms):
+            raise ConfigError("DBAPI_JWT_SECRET is a shared secret: set DBAPI_JWT_ALGORITHMS=HS256 "
+                              "explicitly to accept symmetric tokens (asymmetric keys are safer).")
+        key = os.environ["DBAPI_JWT_SECRET"]
+    else:
+        raise ConfigError("Set DBAPI_JWT_KEY_FILE (a public key) to verify tokens, or DBAPI_AUTH=none "
+                          "for local development.")
+    return JWTAuthenticator(key, algorithms=algorithms,
+                            audience=os.environ.get("DBAPI_JWT_AUDIENCE", "dbsession"),
+                            issuer=os.environ.get("DBAPI_JWT_ISSUER") or None)
+
+
+def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData | str | None = None, *,
+               engine: sa.Engine | None = None, authenticator: Authenticator | None = None,
+               policy: DefaultPolicy | None = None, idle_timeout: float | None = None,
+               max_body_bytes: int | None = None, engine_options: dict[str, Any] | None = None) -> Flask:
+    """Build the DB-API application for one database and one application's tables."""
+    metadata = metadata if metadata is not None else os.environ.get("DBAPI_METADATA")
+    if metadata is None:
+        raise ConfigError("Tell the DB-API which tables it serves: metadata= or DBAPI_METADATA.")
+    if isinstance(metadata, str):
+        metadata = load_metadata(metadata)
+    if engine is None:
+        database_url = database_url or os.environ.get("DBAPI_DATABASE_URL")
+        if not database_url:
+            raise ConfigError("Tell the DB-API which database to serve: database_url= or DBAPI_DATABASE_URL.")
+        engine = sa.create_engine(database_url, **(engine_options or {}))
+    if idle_timeout is None:
+        idle_timeout = float(os.environ.get("DBAPI_TXN_IDLE_TIMEOUT", "60"))
+    state = ServerState(engine=engine, metadata=metadata,
+                        auth=authenticator if authenticator is not None else _authenticator_from_env(),
+                        policy=policy or DefaultPolicy(), idle_timeout=idle_timeout)
+
+    app = Flask("dbapi_server")
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes or int(os.environ.get("DBAPI_MAX_BODY_BYTES", 16 << 20))
+    app.extensions["dbapi_server"] = state
+    app.register_blueprint(api)
+    app.register_error_handler(Exception, _handle_error)
+    return app
+
+
+def _handle_error(exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.code or 500, "http_error")
+        message = exc.description or exc.name
+        if exc.code == 413:
+            message = "The request body is larger than the DB-API accepts (DBAPI_MAX_BODY_BYTES)."
+        body = {"error": {"code": code, "message": message, "error_id": None, "retryable": False}}
+        return Response(orjson.dumps(body), status=exc.code or 500, mimetype="application/json")
+    status, envelope = envelope_for_exception(exc)
+    return Response(orjson.dumps(envelope), status=status, mimetype="application/json")

@@ -1,0 +1,118 @@
+"""The error envelope, and how server-side failures map onto it.
+
+Every error answer has the same shape, which the client maps to exception classes by ``code``
+and HTTP status, never by parsing messages::
+
+    {"error": {"code": "policy_violation", "message": "...", "error_id": "3f2a...",
+               "retryable": false, ...}}
+
+Database errors answer 422 with the driver's PEP 249 class name (``IntegrityError``...), so the
+client can raise the same SQLAlchemy exception a direct session would. Nothing in an envelope
+carries SQL text, a stack trace or a connection URL; unexpected failures are logged with their
+``error_id`` and answered with that id only.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+
+from query_translation import exceptions as qt_exc
+
+log = logging.getLogger("dbapi_server")
+
+__all__ = ["APIError", "envelope_for_exception"]
+
+_PEP249 = ("IntegrityError", "DataError", "OperationalError", "ProgrammingError", "InternalError",
+           "NotSupportedError", "InterfaceError", "DatabaseError", "Error")
+_SAFE_ORIG = {"TypeError", "ValueError", "LookupError", "KeyError", "OverflowError",
+              "ArithmeticError", "UnicodeError", "AttributeError"}
+
+
+class APIError(Exception):
+    """An error answer: HTTP status, stable code, a sentence for the user."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+        self.extra = extra
+
+
+def new_error_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def _envelope(code: str, message: str, error_id: str, *, retryable: bool = False,
+              **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "error_id": error_id,
+                      "retryable": retryable, **extra}}
+
+
+def _pep249_name(orig: BaseException) -> str:
+    for cls in type(orig).__mro__:
+        if cls.__name__ in _PEP249:
+            return cls.__name__
+    return "DatabaseError"
+
+
+def _database_envelope(exc: sa.exc.DBAPIError, error_id: str) -> dict[str, Any]:
+    orig = exc.orig
+    extra: dict[str, Any] = {"dbapi_class": _pep249_name(orig)}
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if sqlstate:
+        extra["sqlstate"] = sqlstate
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):  # MySQL drivers: (errno, message)
+        extra["errno"] = args[0]
+        message = str(args[1]) if len(args) > 1 else str(orig)
+    else:
+        message = str(orig)
+    retryable = bool(getattr(exc, "connection_invalidated", False))
+    return _envelope("database_error", message, error_id, retryable=retryable, **extra)
+
+
+_TRANSLATION_CODES: dict[type[Exception], str] = {
+    qt_exc.UnknownNodeError: "unknown_node",
+    qt_exc.MalformedStatementError: "malformed_statement",
+    qt_exc.UnknownTableError: "unknown_table",
+    qt_exc.UnknownColumnError: "unknown_column",
+    qt_exc.UnsupportedStatementError: "unsupported_statement",
+    qt_exc.WireVersionError: "wire_version",
+    qt_exc.ValueCodecError: "bad_value",
+}
+
+
+def envelope_for_exception(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, envelope) for any exception raised while handling a request."""
+    error_id = new_error_id()
+    if isinstance(exc, APIError):
+        return exc.status, _envelope(exc.code, exc.message, error_id, **exc.extra)
+    if isinstance(exc, qt_exc.TranslationError):
+        code = next((c for cls, c in _TRANSLATION_CODES.items() if isinstance(exc, cls)), "bad_statement")
+        extra: dict[str, Any] = {}
+        if isinstance(exc, qt_exc.MalformedStatementError):
+            extra["details"] = exc.errors
+        if isinstance(exc, qt_exc.UnknownNodeError):
+            extra["node_type"] = exc.node_type
+        return 400, _envelope(code, str(exc), error_id, **extra)
+    if isinstance(exc, sa.exc.DBAPIError):
+        log.info("database error %s: %s", error_id, exc.orig)
+        return 422, _database_envelope(exc, error_id)
+    if isinstance(exc, sa.exc.StatementError) and exc.orig is not None and type(exc.orig).__name__ in _SAFE_ORIG:
+        return 422, _envelope("statement_error", str(exc.orig), error_id,
+                              orig_type=type(exc.orig).__name__)
+    log.error("unexpected error %s", error_id, exc_info=exc)
+    return 500, _envelope("internal_error",
+                          f"The DB-API failed unexpectedly; its log has the details under error id {error_id}.",
+                          error_id)

@@ -1,0 +1,168 @@
+"""Rebuild, check and execute one client statement; answer with raw driver rows.
+
+The hot path. Decoding (validation, rebuild, what-it-touches) is cached per distinct statement
+structure - values travel separately, so an ORM application reuses a small set of structures.
+Execution goes through a real SQLAlchemy ``Connection`` (bind processing, insertmanyvalues,
+expanding IN all happen here, once). Two guards make a rebuild mistake loud instead of subtly
+wrong: every bound parameter is *required* (a missing value is an error, never NULL), and the SQL
+the server compiles must hash to what the client compiled (checked at the cursor, for free).
+Rows are taken from the cursor before result processing, so the client's own result processors
+run exactly once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from query_translation import (
+    TypeResolver,
+    decode_params,
+    encode_row,
+    encode_value,
+    from_wire,
+)
+from query_translation.decode import StatementInfo
+from query_translation.fingerprint import sql_fingerprint
+
+from .errors import APIError
+
+__all__ = ["StatementExecutor", "StatementMismatch"]
+
+_expected_sql: ContextVar[str | None] = ContextVar("dbs_expected_sql", default=None)
+
+_FORWARDED_OPTIONS = ("preserve_rowcount", "insertmanyvalues_page_size")
+
+
+class StatementMismatch(APIError):
+    code = "statement_mismatch"
+
+
+class StatementExecutor:
+    """Per application: the decode cache and the engine hooks."""
+
+    def __init__(self, engine: sa.Engine, metadata: sa.MetaData, *, cache_size: int = 4096) -> None:
+        self.engine = engine
+        self.metadata = metadata
+        self.types = TypeResolver(metadata)
+        self._cache: OrderedDict[bytes, tuple[Any, StatementInfo]] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        event.listen(engine, "before_cursor_execute", _check_sql)
+        event.listen(engine, "after_cursor_execute", _capture_cursor)
+
+    def decode(self, document: Mapping[str, Any]) -> tuple[Any, StatementInfo]:
+        key = orjson.dumps(document)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        decoded = from_wire(document, self.metadata, self.types)
+        with self._lock:
+            self._cache[key] = decoded
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return decoded
+
+    def decode_params(self, params: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+        return decode_params(params or [{}], enum_resolver=self.types.resolve_enum)
+
+    def execute(self, connection: sa.Connection, statement: Any, params: list[dict[str, Any]],
+                *, many: bool, sql_hash: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        opts = {k: v for k, v in (options or {}).items() if k in _FORWARDED_OPTIONS}
+        token = _expected_sql.set(sql_hash)
+        try:
+            result = connection.execute(statement, params if many else params[0],
+                                        execution_options=opts or None)
+        finally:
+            _expected_sql.reset(token)
+        return _reply(result)
+
+
+class _RecordingCursor:
+    """Wraps the DBAPI cursor after execution and keeps every row fetched from it, raw.
+
+    SQLAlchemy may consume rows itself before we see the result (``return_defaults()`` fetches
+    and processes the RETURNING row); the raw rows are what the client needs.
+    """
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+        self.rows: list[Any] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+    def fetchone(self) -> Any:
+        row = self._cursor.fetchone()
+        if row is not None:
+            self.rows.append(row)
+        return row
+
+    def fetchmany(self, *args: Any) -> Any:
+        rows = self._cursor.fetchmany(*args)
+        self.rows.extend(rows)
+        return rows
+
+    def fetchall(self) -> Any:
+        rows = self._cursor.fetchall()
+        self.rows.extend(rows)
+        return rows
+
+
+def _reply(result: sa.CursorResult[Any]) -> dict[str, Any]:
+    context: Any = result.context
+    description, rowcount, lastrowid = getattr(context, "_dbs_cursor", None) or (None, -1, None)
+    reply: dict[str, Any] = {"rowcount": rowcount}
+    if lastrowid is not None:
+        reply["lastrowid"] = encode_value(lastrowid)
+    imv_rows = getattr(context, "_insertmanyvalues_rows", None)
+    if result.returns_rows:
+        result.cursor_strategy.fetchall(result, result.cursor)  # drain through the recorder
+    result.close()
+    if imv_rows is not None:
+        raw = imv_rows  # insertmanyvalues: the batches' RETURNING rows, raw and in order
+    elif isinstance(context.cursor, _RecordingCursor):
+        raw = context.cursor.rows
+    else:
+        raw = []
+    if description is not None:
+        reply["description"] = description
+        reply["rows"] = [encode_row(row) for row in raw]
+    return reply
+
+
+def _check_sql(conn: Any, cursor: Any, statement: Any, parameters: Any, context: Any,
+               executemany: bool) -> None:
+    expected = _expected_sql.get()
+    if expected is None:
+        return
+    compiled = getattr(context, "compiled", None)
+    if compiled is None or sql_fingerprint(compiled) != expected:
+        raise StatementMismatch(
+            "The statement rebuilt on the server does not compile to the SQL the client "
+            "compiled; client and server disagree about the schema or the library version. "
+            "Nothing was executed.")
+    _expected_sql.set(None)  # insertmanyvalues batches of the same statement need no re-check
+
+
+def _capture_cursor(conn: Any, cursor: Any, statement: Any, parameters: Any, context: Any,
+                    executemany: bool) -> None:
+    description = cursor.description
+    if description is not None:
+        description = [[encode_value(x) for x in tuple(d)[:7]] for d in description]
+    try:
+        lastrowid = cursor.lastrowid
+    except Exception:  # some drivers raise when there is no last row id
+        lastrowid = None
+    context._dbs_cursor = (description, cursor.rowcount, lastrowid)
+    if not isinstance(context.cursor, _RecordingCursor):
+        context.cursor = _RecordingCursor(context.cursor)

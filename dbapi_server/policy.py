@@ -1,0 +1,65 @@
+"""What a caller may execute.
+
+The server knows exactly what each statement touches (the decoder records tables, columns,
+functions, operators and any literal SQL while rebuilding it), so the policy judges structure,
+never SQL text. This default policy - the seam the per-role policy of ``docs/security.md`` grows
+from - allows the application's own tables, refuses literal SQL except ``*`` (``count(*)``) and
+refuses functions that reach outside the database's data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from query_translation.decode import StatementInfo
+
+from .auth import Principal
+from .errors import APIError
+
+__all__ = ["DefaultPolicy", "PolicyViolation"]
+
+# functions that read files, run programs, sleep, or reach other servers
+DANGEROUS_FUNCTIONS = frozenset({
+    "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "lo_import", "lo_export",
+    "pg_sleep", "pg_terminate_backend", "pg_cancel_backend", "dblink", "dblink_exec",
+    "pg_reload_conf", "set_config", "current_setting", "load_extension", "sleep", "benchmark",
+    "load_file", "sys_exec", "sys_eval", "readfile", "writefile", "fts3_tokenizer",
+})
+
+
+class PolicyViolation(APIError):
+    status = 403
+    code = "policy_violation"
+
+
+@dataclass
+class DefaultPolicy:
+    """Allow the metadata's tables; refuse raw SQL and dangerous functions."""
+
+    allow_raw_sql: bool = False
+    allowed_literals: frozenset[str] = frozenset({"*"})
+    denied_functions: frozenset[str] = DANGEROUS_FUNCTIONS
+    denied_tables: frozenset[str] = field(default_factory=frozenset)
+
+    def check(self, info: StatementInfo, principal: Principal) -> None:
+        self._check_literal_sql(info.literal_sql)
+        self._check_functions(info.functions)
+        self._check_tables(info.read_tables | ({info.write_table} if info.write_table else set()))
+
+    def _check_literal_sql(self, fragments: Iterable[str]) -> None:
+        for fragment in fragments:
+            if not self.allow_raw_sql and fragment not in self.allowed_literals:
+                raise PolicyViolation(
+                    "Raw SQL text is not allowed by the DB-API's policy; express the statement "
+                    "with SQLAlchemy constructs (select(), text() is refused).")
+
+    def _check_functions(self, names: Iterable[str]) -> None:
+        for name in names:
+            if name.rsplit(".", 1)[-1] in self.denied_functions:
+                raise PolicyViolation(f"The SQL function {name}() is not allowed by the DB-API's policy.")
+
+    def _check_tables(self, tables: Iterable[str]) -> None:
+        for table in tables:
+            if table in self.denied_tables:
+                raise PolicyViolation(f"Access to the table {table!r} is not allowed by the DB-API's policy.")

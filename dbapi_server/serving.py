@@ -1,0 +1,38 @@
+"""Serving the application with waitress, in the foreground (CLI) or in a thread (tests, demo)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from waitress.server import create_server
+
+__all__ = ["BackgroundServer", "serve", "start_background"]
+
+
+def serve(app: Any, host: str = "127.0.0.1", port: int = 9180, threads: int = 8) -> None:
+    """Serve *app* until interrupted."""
+    server = create_server(app, host=host, port=port, threads=threads, ident="dbapi-server",
+                           channel_timeout=300)
+    server.print_listen("dbapi-server listening on http://{}:{}")
+    server.run()
+
+
+@dataclass
+class BackgroundServer:
+    url: str
+    server: Any
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.close()
+        self.thread.join(timeout=10)
+
+
+def start_background(app: Any, host: str = "127.0.0.1", port: int = 0, threads: int = 8) -> BackgroundServer:
+    """Serve *app* on a real loopback socket from a daemon thread; ``port=0`` picks a free one."""
+    server = create_server(app, host=host, port=port, threads=threads, ident="dbapi-server")
+    thread = threading.Thread(target=server.run, name="dbapi-server", daemon=True)
+    thread.start()
+    return BackgroundServer(f"http://{host}:{server.effective_port}", server, thread)

@@ -1,0 +1,77 @@
+"""Everything one DB-API application holds: engine, metadata, executor, transactions, auth, policy."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from query_translation import WIRE_VERSION
+
+from .auth import Authenticator
+from .executor import StatementExecutor
+from .policy import DefaultPolicy
+from .transactions import TransactionManager
+
+__all__ = ["ServerState", "dialect_state", "schema_fingerprint"]
+
+_SIMPLE = (bool, int, float, str, type(None))
+# instance attributes that describe the client side or objects, not the database's behaviour
+_NOT_STATE = {"dbapi", "loaded_dbapi", "_on_connect_isolation_level", "isolation_level"}
+
+
+def _simple(value: Any) -> bool:
+    if isinstance(value, _SIMPLE):
+        return True
+    return isinstance(value, (tuple, list)) and all(isinstance(v, _SIMPLE) for v in value)
+
+
+def dialect_state(dialect: sa.Dialect) -> dict[str, Any]:
+    """The initialized dialect's plain-valued state (server version, capability flags...)."""
+    return {name: list(value) if isinstance(value, tuple) else value
+            for name, value in vars(dialect).items()
+            if name not in _NOT_STATE and _simple(value)}
+
+
+def schema_fingerprint(metadata: sa.MetaData) -> str:
+    """A hash of tables, columns and types, to tell whether two sides mean the same schema."""
+    parts = []
+    for table in sorted(metadata.tables.values(), key=lambda t: t.fullname):
+        for column in table.columns:
+            parts.append(f"{table.fullname}.{column.key}:{column.type!r}:{column.nullable}:{column.primary_key}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+@dataclass
+class ServerState:
+    engine: sa.Engine
+    metadata: sa.MetaData
+    auth: Authenticator
+    policy: DefaultPolicy
+    idle_timeout: float = 60.0
+    executor: StatementExecutor = field(init=False)
+    transactions: TransactionManager = field(init=False)
+    info: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.executor = StatementExecutor(self.engine, self.metadata)
+        self.transactions = TransactionManager(self.engine, idle_timeout=self.idle_timeout)
+        with self.engine.connect():
+            pass  # first connect initializes the dialect (server version, flags)
+        dialect = self.engine.dialect
+        self.info = {
+            "wire_version": WIRE_VERSION,
+            "dialect": dialect.name,
+            "driver": dialect.driver,
+            "server_version_info": list(dialect.server_version_info or ()),
+            "dialect_state": dialect_state(dialect),
+            "schema_hash": schema_fingerprint(self.metadata),
+            "sqlalchemy": sa.__version__,
+        }
+        self.transactions.start()
+
+    def close(self) -> None:
+        self.transactions.close()
+        self.engine.dispose()

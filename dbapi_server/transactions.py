@@ -1,0 +1,207 @@
+"""Server-side interactive transactions.
+
+A client's transaction lives here, holding one database connection, from the first statement
+that needs it until commit, rollback, or ``idle_timeout`` seconds without a request (then it is
+rolled back and its connection returned). Requests carry the transaction id and a sequence
+number: a retried request (same number) gets the stored answer instead of running twice, and the
+outcome of a finished transaction is remembered for ``outcome_ttl`` seconds, so a commit whose
+answer was lost can be asked again and never commits twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from .errors import APIError
+
+log = logging.getLogger("dbapi_server.transactions")
+
+__all__ = ["Transaction", "TransactionManager"]
+
+
+class TransactionGone(APIError):
+    status = 410
+    code = "transaction_gone"
+
+
+class TransactionConflict(APIError):
+    status = 409
+    code = "transaction_conflict"
+
+
+@dataclass
+class Transaction:
+    id: str
+    owner: str | None
+    connection: sa.Connection
+    root: sa.RootTransaction
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    last_seq: int = 0
+    last_reply: tuple[int, bytes] | None = None
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class TransactionManager:
+    """Open transactions by id, finished outcomes by id, and the idle reaper."""
+
+    def __init__(self, engine: sa.Engine, *, idle_timeout: float = 60.0,
+                 outcome_ttl: float = 600.0, max_outcomes: int = 100_000) -> None:
+        self.engine = engine
+        self.idle_timeout = idle_timeout
+        self.outcome_ttl = outcome_ttl
+        self._max_outcomes = max_outcomes
+        self._open: dict[str, Transaction] = {}
+        self._outcomes: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reaper: threading.Thread | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._reaper is None:
+            self._reaper = threading.Thread(target=self._reap_loop, name="dbapi-txn-reaper", daemon=True)
+            self._reaper.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            transactions = list(self._open.values())
+            self._open.clear()
+        for txn in transactions:
+            self._end(txn, "rollback")
+
+    # -- lookup -------------------------------------------------------------------------------
+    def begin(self, txn_id: str, owner: str | None) -> tuple[Transaction, bool]:
+        """The transaction *txn_id*, created if new; second item: whether it was created."""
+        with self._lock:
+            txn = self._open.get(txn_id)
+            if txn is not None:
+                self._check_owner(txn, owner)
+                return txn, False
+            if txn_id in self._outcomes:
+                raise TransactionConflict(f"Transaction {txn_id} has already ended.")
+            connection = self.engine.connect()
+            try:
+                root = connection.begin()
+            except BaseException:
+                connection.close()
+                raise
+            txn = self._open[txn_id] = Transaction(txn_id, owner, connection, root)
+            return txn, True
+
+    def get(self, txn_id: str, owner: str | None) -> Transaction:
+        with self._lock:
+            txn = self._open.get(txn_id)
+        if txn is None:
+            outcome = self.outcome(txn_id)
+            if outcome == "expired":
+                raise TransactionGone(
+                    f"Transaction {txn_id} was idle for more than {self.idle_timeout:g}s and was "
+                    "rolled back; start a new transaction.")
+            raise TransactionGone(
+                f"Transaction {txn_id} is not open on this DB-API instance (it ended, expired, "
+                "or the request reached another instance).")
+        self._check_owner(txn, owner)
+        return txn
+
+    @staticmethod
+    def _check_owner(txn: Transaction, owner: str | None) -> None:
+        if txn.owner != owner:
+            raise TransactionConflict("This transaction belongs to another caller.", status=403,
+                                      code="forbidden_transaction")
+
+    def outcome(self, txn_id: str) -> str | None:
+        with self._lock:
+            found = self._outcomes.get(txn_id)
+        return found[1] if found else None
+
+    # -- ending -------------------------------------------------------------------------------
+    def finish(self, txn_id: str, verb: str, owner: str | None) -> str:
+        """Commit or roll back; asking again for a finished transaction returns its outcome."""
+        with self._lock:
+            txn = self._open.get(txn_id)
+        if txn is None:
+            outcome = self.outcome(txn_id)
+            if outcome is None:
+                raise TransactionGone(f"Transaction {txn_id} is unknown to this DB-API instance.")
+            if verb == "commit" and outcome != "committed":
+                raise TransactionGone(
+                    f"Transaction {txn_id} was not committed: it was {outcome.replace('_', ' ')}.",
+                    outcome=outcome)
+            return outcome
+        self._check_owner(txn, owner)
+        with txn.lock:
+            with self._lock:
+                if self._open.get(txn_id) is not txn:  # a concurrent retry finished it
+                    return self.finish(txn_id, verb, owner)
+                del self._open[txn_id]
+            outcome = self._end(txn, verb)
+        return outcome
+
+    def _end(self, txn: Transaction, verb: str) -> str:
+        outcome = "committed" if verb == "commit" else ("expired" if verb == "expire" else "rolled_back")
+        try:
+            if verb == "commit":
+                txn.root.commit()
+            else:
+                txn.root.rollback()
+        except BaseException:
+            outcome = "failed"
+            raise
+        finally:
+            txn.connection.close()
+            self._remember(txn.id, outcome)
+        return outcome
+
+    def _remember(self, txn_id: str, outcome: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._outcomes[txn_id] = (now, outcome)
+            while self._outcomes:
+                oldest_id, (at, _) = next(iter(self._outcomes.items()))
+                if now - at < self.outcome_ttl and len(self._outcomes) <= self._max_outcomes:
+                    break
+                del self._outcomes[oldest_id]
+
+    # -- idle reaper --------------------------------------------------------------------------
+    def reap(self, now: float | None = None) -> int:
+        """Roll back transactions idle for longer than ``idle_timeout``; returns how many."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            idle = [t for t in self._open.values() if now - t.last_used > self.idle_timeout]
+        reaped = 0
+        for txn in idle:
+            if not txn.lock.acquire(blocking=False):
+                continue  # a request is running on it right now
+            try:
+                with self._lock:
+                    if self._open.get(txn.id) is not txn:
+                        continue
+                    del self._open[txn.id]
+                log.warning("rolling back transaction %s after %.0fs idle", txn.id, now - txn.last_used)
+                self._end(txn, "expire")
+                reaped += 1
+            except Exception:
+                log.exception("rolling back idle transaction %s failed", txn.id)
+            finally:
+                txn.lock.release()
+        return reaped
+
+    def _reap_loop(self) -> None:
+        interval = max(0.05, min(self.idle_timeout / 4, 5.0))
+        while not self._stop.wait(interval):
+            self.reap()
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+    def stats(self) -> dict[str, Any]:
+        return {"open": self.open_count, "remembered_outcomes": len(self._outcomes)}

@@ -1,0 +1,146 @@
+"""HTTP routes of the DB-API (blueprint ``dbapi``, mounted at ``/dbapi/v1``).
+
+======  ===================================  ==================================================
+GET     ``/info``                            handshake: dialect, driver, versions, dialect state
+GET     ``/health``                          liveness plus a database round trip
+POST    ``/execute``                         run one statement (optionally in a transaction)
+POST    ``/transactions/<id>/commit``        commit; asking again returns the same outcome
+POST    ``/transactions/<id>/rollback``      roll back
+======  ===================================  ==================================================
+
+The request and answer formats are documented in ``docs/wire-format.md``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from flask import Blueprint, Response, current_app, request
+
+from .auth import Principal
+from .errors import APIError, envelope_for_exception
+from .state import ServerState
+
+__all__ = ["api"]
+
+api = Blueprint("dbapi", __name__, url_prefix="/dbapi/v1")
+
+_JSON = "application/json"
+
+
+def _state() -> ServerState:
+    return current_app.extensions["dbapi_server"]  # type: ignore[no-any-return]
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status=status, mimetype=_JSON)
+
+
+def _principal() -> Principal:
+    return _state().auth.authenticate(request.headers.get("Authorization"))
+
+
+def _body() -> Mapping[str, Any]:
+    try:
+        body = orjson.loads(request.get_data(cache=False))
+    except orjson.JSONDecodeError as exc:
+        raise APIError(f"The request body is not valid JSON: {exc}.", code="malformed_json") from None
+    if not isinstance(body, dict):
+        raise APIError("The request body must be a JSON object.", code="malformed_request")
+    return body
+
+
+def _field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...], required: bool = False) -> Any:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise APIError(f"The request needs the field {name!r}.", code="malformed_request")
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise APIError(f"The field {name!r} has the wrong type.", code="malformed_request")
+    return value
+
+
+@api.get("/info")
+def info() -> Response:
+    return _json(_state().info)
+
+
+@api.get("/health")
+def health() -> Response:
+    state = _state()
+    try:
+        with state.engine.connect() as conn:
+            conn.execute(sa.select(sa.literal(1)))
+    except sa.exc.DBAPIError:
+        return _json({"status": "unhealthy", "database": "unreachable"}, 503)
+    return _json({"status": "ok", "database": "ok", "transactions": state.transactions.stats()})
+
+
+@api.post("/execute")
+def execute() -> Response:
+    state = _state()
+    principal = _principal()
+    body = _body()
+    document = _field(body, "stmt", dict, required=True)
+    sql_hash = _field(body, "sql", str, required=True)
+    raw_params = _field(body, "params", list)
+    many = bool(_field(body, "many", bool))
+    options = _field(body, "options", dict)
+    txn_id = _field(body, "txn", str)
+
+    statement, stmt_info = state.executor.decode(document)
+    state.policy.check(stmt_info, principal)
+    params = state.executor.decode_params(raw_params)
+    if many and not params:
+        raise APIError("An executemany request needs at least one parameter set.", code="malformed_request")
+
+    if txn_id is None:
+        if not stmt_info.is_read_only:
+            raise APIError("Writes, locking reads and savepoints must run in a transaction "
+                           "(send 'txn' and 'seq').", code="transaction_required")
+        with state.engine.connect() as conn:
+            reply = state.executor.execute(conn, statement, params, many=many, sql_hash=sql_hash,
+                                           options=options)
+        return _json(reply)
+    seq = _field(body, "seq", int, required=True)
+    return _in_transaction(state, principal, txn_id, seq, bool(body.get("begin")),
+                           lambda conn: state.executor.execute(
+                               conn, statement, params, many=many, sql_hash=sql_hash, options=options))
+
+
+def _in_transaction(state: ServerState, principal: Principal, txn_id: str, seq: int, begin: bool,
+                    run: Any) -> Response:
+    if begin:
+        txn, _ = state.transactions.begin(txn_id, principal.subject)
+    else:
+        txn = state.transactions.get(txn_id, principal.subject)
+    with txn.lock:
+        if txn.last_reply is not None and seq == txn.last_seq:
+            status, payload = txn.last_reply  # a retry: answer as before, run nothing
+            return Response(payload, status=status, mimetype=_JSON)
+        if seq != txn.last_seq + 1:
+            raise APIError(f"Request {seq} of transaction {txn_id} arrived out of order "
+                           f"(expected {txn.last_seq + 1}).", status=409, code="out_of_order")
+        try:
+            status, payload = 200, orjson.dumps(run(txn.connection))
+        except Exception as exc:  # answered in the envelope; the transaction stays open
+            status, envelope = envelope_for_exception(exc)
+            envelope["error"]["txn_state"] = "open"
+            payload = orjson.dumps(envelope)
+        txn.last_seq, txn.last_reply, txn.last_used = seq, (status, payload), time.monotonic()
+    return Response(payload, status=status, mimetype=_JSON)
+
+
+@api.post("/transactions/<txn_id>/<verb>")
+def finish_transaction(txn_id: str, verb: str) -> Response:
+    if verb not in ("commit", "rollback"):
+        raise APIError(f"Unknown transaction action {verb!r}; use commit or rollback.",
+                       status=404, code="not_found")
+    principal = _principal()
+    outcome = _state().transactions.finish(txn_id, verb, principal.subject)
+    return _json({"outcome": outcome})
