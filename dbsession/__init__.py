@@ -1,0 +1,48 @@
+"""Database access isolation for SQLAlchemy.
+
+``DBSession`` is a drop-in ``Session``: direct mode is a plain session; with
+``database_access_isolation`` on, every statement goes to the DB-API and behaves exactly as on a
+direct connection. See ``README.md`` and ``docs/architecture.md``.
+"""
+
+from __future__ import annotations
+
+from . import guard
+from .config import Settings, configure, get_settings, reset_configuration
+from .dialect import DBSessionDialect, create_isolated_engine, isolated_url
+from .exceptions import (
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    DBAPIRequestError,
+    DBSessionError,
+    DirectDatabaseAccessError,
+    IncompatibleServerError,
+    PolicyViolationError,
+    ServerError,
+    TransactionError,
+)
+from .session import DBSession, isolated_engine
+
+__all__ = [
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "DBAPIRequestError",
+    "DBSession",
+    "DBSessionDialect",
+    "DBSessionError",
+    "DirectDatabaseAccessError",
+    "IncompatibleServerError",
+    "PolicyViolationError",
+    "ServerError",
+    "Settings",
+    "TransactionError",
+    "configure",
+    "create_isolated_engine",
+    "get_settings",
+    "guard",
+    "isolated_engine",
+    "isolated_url",
+    "reset_configuration",
+]

@@ -1,0 +1,244 @@
+"""A PEP 249 stand-in "driver" whose connections talk to the DB-API.
+
+SQLAlchemy's engine, pool and execution context run unchanged on top of it. What differs from a
+real driver: ``execute`` receives the execution context (via the dialect's ``do_execute``) and
+sends the statement's *structure* and its Python-level parameters, not a SQL string; rows come
+back raw, exactly as the server's driver produced them, so the client's result processors run
+once, as on a direct connection.
+
+Transactions are lazy: a connection holds no server transaction until a statement that needs one
+(a write, ``SELECT ... FOR UPDATE``, a savepoint). Plain reads before that run on any pooled server
+connection, and committing or rolling back a connection that never wrote costs no round trip.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from query_translation import decode_rows
+
+from .config import get_settings
+from .transport import DatabaseErrorReply, ServerUnreachable, Transport, transport_for
+
+apilevel = "2.0"
+threadsafety = 1
+paramstyle = "named"  # unused: the dialect is constructed with the server driver's paramstyle
+
+
+class Warning(Exception):
+    pass
+
+
+class Error(Exception):
+    pass
+
+
+class InterfaceError(Error):
+    pass
+
+
+class DatabaseError(Error):
+    pass
+
+
+class DataError(DatabaseError):
+    pass
+
+
+class OperationalError(DatabaseError):
+    pass
+
+
+class IntegrityError(DatabaseError):
+    pass
+
+
+class InternalError(DatabaseError):
+    pass
+
+
+class ProgrammingError(DatabaseError):
+    pass
+
+
+class NotSupportedError(DatabaseError):
+    pass
+
+
+class DisconnectError(OperationalError):
+    """The DB-API is unreachable or lost our transaction: SQLAlchemy treats it as a disconnect."""
+
+
+PEP249_ERRORS: dict[str, type[Error]] = {
+    cls.__name__: cls
+    for cls in (Error, InterfaceError, DatabaseError, DataError, OperationalError, IntegrityError,
+                InternalError, ProgrammingError, NotSupportedError)
+}
+
+# exceptions a server-side bind processor may raise that are safe to re-create by name
+_SAFE_BUILTINS: dict[str, type[Exception]] = {
+    cls.__name__: cls for cls in (TypeError, ValueError, LookupError, KeyError, OverflowError,
+                                  ArithmeticError, UnicodeError, AttributeError)
+}
+
+
+def _database_error(envelope: Mapping[str, Any]) -> Exception:
+    """Re-create the error the server's driver raised, under its PEP 249 class name."""
+    message = envelope.get("message", "database error")
+    if envelope.get("code") == "statement_error":
+        cls = _SAFE_BUILTINS.get(envelope.get("orig_type", ""), ValueError)
+        return cls(message)
+    error = PEP249_ERRORS.get(envelope.get("dbapi_class", ""), DatabaseError)(message)
+    for attr in ("sqlstate", "pgcode", "errno"):
+        if envelope.get(attr) is not None:
+            setattr(error, attr, envelope[attr])
+    if envelope.get("sqlstate") is not None:
+        error.pgcode = envelope["sqlstate"]  # type: ignore[attr-defined]
+    if envelope.get("errno") is not None:
+        error.args = (envelope["errno"], message)
+    return error
+
+
+class Connection:
+    """One logical client connection; owns at most one server-side transaction."""
+
+    def __init__(self, transport: Transport, *, eager_transactions: bool = False) -> None:
+        self.transport = transport
+        self.eager_transactions = eager_transactions
+        self.txn: str | None = None
+        self.seq = 0
+        self.closed = False
+
+    def cursor(self) -> Cursor:
+        return Cursor(self)
+
+    # -- transaction control ----------------------------------------------------------------
+    def commit(self) -> None:
+        self._finish("commit")
+
+    def rollback(self) -> None:
+        self._finish("rollback")
+
+    def _finish(self, verb: str) -> None:
+        if self.txn is None:
+            return
+        txn, self.txn = self.txn, None
+        self.seq += 1
+        try:
+            self.transport.post(f"/transactions/{txn}/{verb}", {"seq": self.seq}, replay_safe=True)
+        except ServerUnreachable as exc:
+            raise DisconnectError(str(exc)) from exc
+        except DatabaseErrorReply as exc:
+            raise _database_error(exc.envelope) from None
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.txn is not None:
+            try:
+                self.rollback()
+            except Error:
+                pass  # the server's idle timeout rolls back what we could not
+
+    # -- statement execution ----------------------------------------------------------------
+    def run(self, payload: dict[str, Any], *, needs_txn: bool) -> dict[str, Any]:
+        if self.closed:
+            raise InterfaceError("This DB-API connection is closed.")
+        begin = False
+        if self.txn is None and (needs_txn or self.eager_transactions):
+            self.txn, self.seq, begin = uuid.uuid4().hex, 0, True
+        if self.txn is not None:
+            self.seq += 1
+            payload["txn"], payload["seq"] = self.txn, self.seq
+            if begin:
+                payload["begin"] = True
+        try:
+            return self.transport.post("/execute", payload, replay_safe=True)  # type: ignore[no-any-return]
+        except ServerUnreachable as exc:
+            self.txn = None
+            raise DisconnectError(str(exc)) from exc
+        except DatabaseErrorReply as exc:
+            if begin and exc.envelope.get("txn_state") == "none":
+                self.txn = None
+            raise _database_error(exc.envelope) from None
+        except Exception:
+            if begin:
+                self.txn = None  # the server refuses before creating the transaction
+            raise
+
+
+class Cursor:
+    """Holds one statement's outcome: description, raw rows, rowcount, lastrowid."""
+
+    arraysize = 1
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.description: list[tuple[Any, ...]] | None = None
+        self.rowcount = -1
+        self.lastrowid: Any = None
+        self._rows: list[tuple[Any, ...]] = []
+        self._pos = 0
+
+    def run(self, payload: dict[str, Any], *, needs_txn: bool,
+            enum_resolver: Any = None) -> None:
+        reply = self.connection.run(payload, needs_txn=needs_txn)
+        description = reply.get("description")
+        self.description = [tuple(d) for d in description] if description is not None else None
+        self._rows = decode_rows(reply.get("rows") or [], enum_resolver=enum_resolver)
+        self._pos = 0
+        self.rowcount = reply.get("rowcount", -1)
+        self.lastrowid = reply.get("lastrowid")
+
+    def execute(self, operation: Any, parameters: Any = None) -> None:
+        raise NotSupportedError(
+            "Raw SQL strings cannot be sent to the DB-API; execute SQLAlchemy constructs instead.")
+
+    def executemany(self, operation: Any, seq_of_parameters: Any) -> None:
+        self.execute(operation)
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        if self._pos >= len(self._rows):
+            return None
+        row = self._rows[self._pos]
+        self._pos += 1
+        return row
+
+    def fetchmany(self, size: int | None = None) -> Sequence[tuple[Any, ...]]:
+        size = size or self.arraysize
+        rows = self._rows[self._pos:self._pos + size]
+        self._pos += len(rows)
+        return rows
+
+    def fetchall(self) -> Sequence[tuple[Any, ...]]:
+        rows = self._rows[self._pos:]
+        self._pos = len(self._rows)
+        return rows
+
+    def close(self) -> None:
+        self._rows = []
+
+    def setinputsizes(self, *args: Any) -> None:
+        pass
+
+    def setoutputsize(self, *args: Any) -> None:
+        pass
+
+
+def connect(*, host: str, token: str | None = None, token_file: str | None = None,
+            timeout: float | None = None, eager_transactions: bool = False) -> Connection:
+    """PEP 249 ``connect()``: a lazily transactional connection to the DB-API at *host*.
+
+    Without *token* / *token_file*, the token comes from the isolation settings (environment or
+    ``dbsession.configure``). Tokens are passed here, never in the URL, so they cannot leak
+    through ``repr(engine.url)`` or logs.
+    """
+    if token is None and token_file is None:
+        settings = get_settings()
+        token, token_file = settings.token, settings.token_file
+        timeout = timeout or settings.timeout
+    transport = transport_for(host, token, token_file, timeout or 30.0)
+    return Connection(transport, eager_transactions=eager_transactions)

@@ -1,0 +1,95 @@
+"""Isolation settings: arguments first, then ``dbsession.configure()``, then the environment.
+
+=============================  ==========================================================
+setting                        environment variable
+=============================  ==========================================================
+``database_access_isolation``  ``DATABASE_ACCESS_ISOLATION`` (``true``/``false``/``1``/``0``)
+``database_api_host``          ``DATABASE_API_HOST`` (``http://host:port``)
+``token``                      ``DATABASE_API_TOKEN``
+``token_file``                 ``DATABASE_API_TOKEN_FILE`` (re-read when it changes)
+=============================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .exceptions import ConfigurationError
+
+__all__ = ["Settings", "configure", "get_settings", "reset_configuration"]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+_ENV = {
+    "database_access_isolation": "DATABASE_ACCESS_ISOLATION",
+    "database_api_host": "DATABASE_API_HOST",
+    "token": "DATABASE_API_TOKEN",
+    "token_file": "DATABASE_API_TOKEN_FILE",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved isolation settings for one session or engine."""
+
+    database_access_isolation: bool = False
+    database_api_host: str | None = None
+    token: str | None = None
+    token_file: str | None = None
+    timeout: float = 30.0
+
+    def validate(self) -> Settings:
+        if self.database_access_isolation and not self.database_api_host:
+            raise ConfigurationError(
+                "database_access_isolation is on but database_api_host is not set; set "
+                "DATABASE_API_HOST (for example http://127.0.0.1:9180) or pass database_api_host=."
+            )
+        if self.token and self.token_file:
+            raise ConfigurationError("Set either a token or a token_file, not both.")
+        return self
+
+
+_configured: dict[str, Any] = {}
+
+
+def configure(**settings: Any) -> None:
+    """Set process-wide defaults (overriding the environment); unknown names are errors."""
+    unknown = set(settings) - set(Settings.__dataclass_fields__)
+    if unknown:
+        raise ConfigurationError(f"Unknown setting(s): {', '.join(sorted(unknown))}.")
+    _configured.update(settings)
+
+
+def reset_configuration() -> None:
+    """Forget everything passed to :func:`configure` (for tests)."""
+    _configured.clear()
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigurationError(f"{name}={raw!r} is not a boolean; use true or false.")
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for field_name, var in _ENV.items():
+        if var in environ:
+            raw = environ[var]
+            found[field_name] = _parse_bool(var, raw) if field_name == "database_access_isolation" else raw or None
+    return found
+
+
+def get_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Resolve settings: explicit *overrides* > :func:`configure` > environment > defaults."""
+    values = _from_env(os.environ if environ is None else environ)
+    values.update(_configured)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return replace(Settings(), **values).validate()

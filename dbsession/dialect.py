@@ -1,0 +1,364 @@
+"""The isolation seam: a SQLAlchemy dialect whose "driver" is the DB-API.
+
+``create_engine("dbsession://127.0.0.1:9180")`` asks the server (``GET /dbapi/v1/info``) which
+dialect and driver it uses, then builds a subclass of *that* dialect class - so compilation,
+capabilities, type processing and result handling are exactly the server's - with these changes:
+
+* ``do_execute`` / ``do_executemany`` / ``do_execute_no_params`` send the statement's Core
+  structure (:func:`query_translation.to_wire`), a hash of the SQL the client compiled, and the
+  Python-level ``context.compiled_parameters``; the server rebuilds the statement, checks that it
+  compiles to the same SQL, executes it, and answers with raw driver rows;
+* the compiler records, for every ORM statement, the Core statement its compile state produced,
+  so the wire carries Core structure only, and it skips bind processing (the server does it, once);
+* "insertmanyvalues" runs as one batch (the server batches), RETURNING rows arrive in order;
+* ``initialize()`` copies the server dialect's state instead of querying a database.
+
+``postgresql+dbsession://...`` (and ``sqlite+``, ``mysql+``, ``mariadb+``) also work and insist
+that the server's database is of that kind.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, default
+from sqlalchemy.engine.interfaces import Dialect
+from sqlalchemy.sql import compiler as sql_compiler
+from sqlalchemy.util import memoized_property
+
+from query_translation import WIRE_VERSION, encode_params, to_wire
+from query_translation.fingerprint import sql_fingerprint
+
+from . import _dbapi
+from .config import get_settings
+from .exceptions import IncompatibleServerError
+from .transport import ServerUnreachable, Transport, transport_for
+
+__all__ = ["DBSessionDialect", "create_isolated_engine", "isolated_url", "server_info"]
+
+_infos: dict[str, dict[str, Any]] = {}
+_classes: dict[tuple[str, str], type[Dialect]] = {}
+
+
+def server_info(transport: Transport) -> dict[str, Any]:
+    """The server's handshake, fetched once per host."""
+    info = _infos.get(transport.base_url)
+    if info is None:
+        try:
+            info = transport.get("/info")
+        except ServerUnreachable as exc:
+            raise sa.exc.OperationalError(None, None, _dbapi.DisconnectError(str(exc))) from exc
+        if info.get("wire_version") != WIRE_VERSION:
+            raise IncompatibleServerError(
+                f"The DB-API at {transport.base_url} speaks wire version {info.get('wire_version')}; "
+                f"this client speaks {WIRE_VERSION}. Install matching versions of dbsession.")
+        _infos[transport.base_url] = info
+    return info
+
+
+# -- the compiler --------------------------------------------------------------------------------
+class _RecordingCompilerMixin:
+    """Records ORM statement -> Core statement while compiling; never processes binds."""
+
+    _dbs_pending: list[Any]
+    _dbs_core: dict[int, Any]
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        self._dbs_pending = []
+        self._dbs_core = {}
+        super().__init__(*args, **kw)
+
+    def _dbs_visit(self, method: str, stmt: Any, kw: dict[str, Any]) -> Any:
+        self._dbs_pending.append(stmt)
+        try:
+            return getattr(super(), method)(stmt, **kw)
+        finally:
+            self._dbs_pending.pop()
+
+    def visit_select(self, select_stmt: Any, **kw: Any) -> Any:
+        return self._dbs_visit("visit_select", select_stmt, kw)
+
+    def _setup_select_stack(self, select: Any, compile_state: Any, *args: Any) -> Any:
+        self._dbs_record(select)
+        return super()._setup_select_stack(select, compile_state, *args)  # type: ignore[misc]
+
+    def visit_insert(self, insert_stmt: Any, **kw: Any) -> Any:
+        return self._dbs_dml("visit_insert", insert_stmt, kw)
+
+    def visit_update(self, update_stmt: Any, **kw: Any) -> Any:
+        return self._dbs_dml("visit_update", update_stmt, kw)
+
+    def visit_delete(self, delete_stmt: Any, **kw: Any) -> Any:
+        return self._dbs_dml("visit_delete", delete_stmt, kw)
+
+    def _dbs_dml(self, method: str, stmt: Any, kw: dict[str, Any]) -> Any:
+        result = self._dbs_visit(method, stmt, kw)
+        state = getattr(self, "compile_state", None)
+        if state is not None and getattr(state, "statement", None) is not None and self._dbs_core.get(id(stmt)) is None:
+            if not self.stack:  # toplevel DML: its compile state is the compiler's
+                self._dbs_core[id(stmt)] = state.statement
+        return result
+
+    def _dbs_record(self, core: Any) -> None:
+        if self._dbs_pending:
+            original = self._dbs_pending[-1]
+            if original is not core:
+                self._dbs_core.setdefault(id(original), core)
+
+    @memoized_property
+    def _bind_processors(self) -> Mapping[str, Any]:
+        return {}  # the server processes bound values; doing it here too would run it twice
+
+
+def _compiler_for(base: type) -> type:
+    return type(f"DBSession{base.__name__}", (_RecordingCompilerMixin, base), {})
+
+
+class _ContextMixin:
+    """Keeps the parameters as they were before expanding IN lists / literal-execute binds.
+
+    SQLAlchemy rewrites ``compiled_parameters`` in place when it expands ``IN`` parameters for
+    the driver; the server must receive the original lists and expand them itself.
+    """
+
+    _dbs_params: list[dict[str, Any]] | None = None
+
+    @classmethod
+    def _init_compiled(cls, dialect: Any, connection: Any, dbapi_connection: Any, execution_options: Any,
+                       compiled: Any, parameters: Any, invoked_statement: Any,
+                       extracted_parameters: Any, *args: Any, **kw: Any) -> Any:
+        self = super()._init_compiled(  # type: ignore[misc]
+            dialect, connection, dbapi_connection, execution_options, compiled, parameters,
+            invoked_statement, extracted_parameters, *args, **kw)
+        if compiled.literal_execute_params or compiled.post_compile_params:
+            collected = kw.get("param_dict") or (args[1] if len(args) > 1 else None)
+            extra = {"_collected_params": collected} if collected is not None else {}
+            self._dbs_params = [
+                compiled.construct_params(m, escape_names=False, _group_number=grp,
+                                          extracted_parameters=extracted_parameters, **extra)
+                for grp, m in enumerate(parameters or [None])]
+        return self
+
+
+def _context_for(base: type) -> type:
+    return type(f"DBSession{base.__name__}", (_ContextMixin, base), {})
+
+
+# -- the dialect ---------------------------------------------------------------------------------
+_wire_cache: weakref.WeakKeyDictionary[Any, tuple[dict[str, Any], str, bool]] = weakref.WeakKeyDictionary()
+
+
+def _wire_for(compiled: sql_compiler.SQLCompiler) -> tuple[dict[str, Any], str, bool]:
+    """(wire document, SQL hash, needs a transaction) for a compiled statement, cached on it."""
+    cached = _wire_cache.get(compiled)
+    if cached is None:
+        root = compiled.compile_state.statement if compiled.compile_state is not None else compiled.statement
+        document = to_wire(root, compiled=compiled, core_statements=getattr(compiled, "_dbs_core", None))
+        node = document["statement"]
+        needs_txn = node["t"] not in ("select", "compound_select") or "for_update" in node
+        digest = sql_fingerprint(compiled)
+        cached = _wire_cache[compiled] = (document, digest, needs_txn)
+    return cached
+
+
+_FORWARDED_OPTIONS = ("preserve_rowcount", "insertmanyvalues_page_size")
+
+
+class _IsolatedDialectMixin:
+    """Mixed in front of the server's dialect class."""
+
+    is_dbsession = True
+    supports_server_side_cursors = False
+    supports_statement_cache = True
+    _dbs_state: Mapping[str, Any] = {}
+
+    def __init__(self, **kw: Any) -> None:
+        # The server driver's module is not here (nor needed): construct as if it were absent,
+        # then take the server dialect's state, so nothing probes a driver we do not have.
+        kw["dbapi"] = None
+        kw.setdefault("paramstyle", self._dbs_state.get("paramstyle"))
+        super().__init__(**kw)
+        self.dbapi = _dbapi
+        _apply_state(self, self._dbs_state)
+
+    @classmethod
+    def import_dbapi(cls) -> Any:
+        return _dbapi
+
+    @classmethod
+    def get_pool_class(cls, url: URL) -> type[sa.pool.Pool]:
+        return sa.pool.QueuePool  # every client connection is independent, whatever the backend
+
+    def get_dialect_pool_class(self, url: URL) -> type[sa.pool.Pool]:
+        return sa.pool.QueuePool
+
+    def create_connect_args(self, url: URL) -> tuple[list[Any], dict[str, Any]]:
+        return [], {"host": base_url(url), "eager_transactions": _truthy(url.query.get("eager_transactions"))}
+
+    def on_connect(self) -> None:
+        return None
+
+    def _builtin_onconnect(self) -> None:
+        return None
+
+    def on_connect_url(self, url: URL) -> None:
+        return None
+
+    def initialize(self, connection: Any) -> None:
+        _apply_state(self, self._dbs_state)
+
+    def get_default_isolation_level(self, dbapi_conn: Any) -> Any:
+        return self._dbs_state.get("default_isolation_level")
+
+    def get_isolation_level(self, dbapi_connection: Any) -> Any:
+        return self._dbs_state.get("default_isolation_level")
+
+    def set_isolation_level(self, dbapi_connection: Any, level: Any) -> None:
+        if level != self._dbs_state.get("default_isolation_level"):
+            raise NotImplementedError("Per-connection isolation levels are not supported through the DB-API yet.")
+
+    def reset_isolation_level(self, dbapi_conn: Any) -> None:
+        return None
+
+    def do_ping(self, dbapi_connection: Any) -> bool:
+        return True
+
+    def is_disconnect(self, e: Any, connection: Any, cursor: Any) -> bool:
+        return isinstance(e, _dbapi.DisconnectError)
+
+    def do_begin(self, dbapi_connection: Any) -> None:
+        return None
+
+    def do_commit(self, dbapi_connection: Any) -> None:
+        dbapi_connection.commit()
+
+    def do_rollback(self, dbapi_connection: Any) -> None:
+        dbapi_connection.rollback()
+
+    def do_close(self, dbapi_connection: Any) -> None:
+        dbapi_connection.close()
+
+    def do_terminate(self, dbapi_connection: Any) -> None:
+        dbapi_connection.close()
+
+    def do_set_input_sizes(self, cursor: Any, list_of_tuples: Any, context: Any) -> None:
+        return None
+
+    def do_execute(self, cursor: Any, statement: Any, parameters: Any, context: Any = None) -> None:
+        self._dbs_send(cursor, context, many=False)
+
+    def do_execute_no_params(self, cursor: Any, statement: Any, context: Any = None) -> None:
+        self._dbs_send(cursor, context, many=False)
+
+    def do_executemany(self, cursor: Any, statement: Any, parameters: Any, context: Any = None) -> None:
+        self._dbs_send(cursor, context, many=True)
+
+    def _dbs_send(self, cursor: Any, context: Any, *, many: bool) -> None:
+        compiled = getattr(context, "compiled", None)
+        if not isinstance(compiled, sql_compiler.SQLCompiler):
+            raise _dbapi.NotSupportedError(
+                "Only SQLAlchemy statements can be sent to the DB-API: raw SQL strings "
+                "(exec_driver_sql, DDL) are not allowed in isolation mode.")
+        document, digest, needs_txn = _wire_for(compiled)
+        payload: dict[str, Any] = {"stmt": document, "sql": digest,
+                                   "params": encode_params(context._dbs_params or context.compiled_parameters)}
+        if many or context.executemany:
+            payload["many"] = True
+        options = {k: context.execution_options[k] for k in _FORWARDED_OPTIONS if k in context.execution_options}
+        if options:
+            payload["options"] = options
+        cursor.run(payload, needs_txn=needs_txn)
+
+    def _deliver_insertmanyvalues_batches(self, connection: Any, cursor: Any, statement: Any,
+                                          parameters: Any, generic_setinputsizes: Any, context: Any) -> Any:
+        """One batch with every parameter set: the server splits it into its own batches."""
+        compiled = context.compiled
+        returning = bool(compiled.effective_returning)
+        params = context.compiled_parameters
+        yield sql_compiler._InsertManyValuesBatch(
+            statement, parameters, None, params, [], len(params), 1, 1,
+            bool(compiled._insertmanyvalues and compiled._insertmanyvalues.sort_by_parameter_order),
+            False)
+        if returning:
+            context._insertmanyvalues_rows = list(cursor.fetchall())
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).lower() in ("1", "true", "yes", "on")
+
+
+def base_url(url: URL) -> str:
+    """``http://host:port[/prefix]`` of the DB-API named by a ``dbsession://`` URL."""
+    if not url.host:
+        raise sa.exc.ArgumentError(
+            "A dbsession URL names the DB-API host: dbsession://HOST:PORT (no database credentials).")
+    scheme = "https" if _truthy(url.query.get("tls")) else "http"
+    port = f":{url.port}" if url.port else ""
+    path = f"/{url.database}" if url.database else ""
+    return f"{scheme}://{url.host}{port}{path}"
+
+
+def isolated_url(api_host: str) -> URL:
+    """The ``dbsession://`` URL for a ``database_api_host`` such as ``http://127.0.0.1:9180``."""
+    parts = urlsplit(api_host if "://" in api_host else f"http://{api_host}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise sa.exc.ArgumentError(f"database_api_host must look like http://host:port, got {api_host!r}.")
+    query = {"tls": "true"} if parts.scheme == "https" else {}
+    return URL.create("dbsession", host=parts.hostname, port=parts.port,
+                      database=parts.path.strip("/") or None, query=query)
+
+
+def _apply_state(dialect: Any, state: Mapping[str, Any]) -> None:
+    for name, value in state.items():
+        setattr(dialect, name, tuple(value) if isinstance(value, list) else value)
+    if hasattr(dialect, "_server_ansiquotes"):  # MySQL builds its quoting from server state
+        dialect.identifier_preparer = dialect.preparer(dialect, server_ansiquotes=dialect._server_ansiquotes)
+
+
+def isolated_dialect_class(info: Mapping[str, Any]) -> type[Dialect]:
+    """The client dialect class for a server's handshake (cached per dialect+driver)."""
+    key = (info["dialect"], info["driver"])
+    cls = _classes.get(key)
+    if cls is None:
+        base = sa.dialects.registry.load(f"{info['dialect']}.{info['driver']}")
+        attrs = {"statement_compiler": _compiler_for(base.statement_compiler), "supports_statement_cache": True,
+                 "execution_ctx_cls": _context_for(base.execution_ctx_cls),
+                 "_dbs_state": dict(info.get("dialect_state", {}))}
+        cls = type(f"DBSession{base.__name__}", (_IsolatedDialectMixin, base), attrs)
+        _classes[key] = cls
+    return cls
+
+
+class DBSessionDialect(default.DefaultDialect):
+    """Entry point for ``dbsession://`` URLs; resolves to the server's dialect via the handshake."""
+
+    name = "dbsession"
+    driver = "dbsession"
+
+    @classmethod
+    def import_dbapi(cls) -> Any:
+        return _dbapi
+
+    @classmethod
+    def get_dialect_cls(cls, url: URL) -> type[Dialect]:
+        info = server_info(transport_for(base_url(url), timeout=get_settings().timeout))
+        wanted = url.get_backend_name()
+        if wanted != "dbsession" and wanted != info["dialect"] and not (
+                {wanted, info["dialect"]} <= {"mysql", "mariadb"}):
+            raise IncompatibleServerError(
+                f"The URL asks for a {wanted} database but the DB-API at {url.host} serves "
+                f"{info['dialect']}; use dbsession://{url.host}:{url.port} to accept any.")
+        return isolated_dialect_class(info)
+
+
+def create_isolated_engine(api_host: str, *, token: str | None = None, token_file: str | None = None,
+                           **kw: Any) -> sa.Engine:
+    """An engine whose every statement goes to the DB-API at *api_host* (``http://host:port``)."""
+    connect_args = dict(kw.pop("connect_args", {}))
+    if token is not None or token_file is not None:
+        connect_args.update(token=token, token_file=token_file)
+    return sa.create_engine(isolated_url(api_host), connect_args=connect_args, **kw)

@@ -1,0 +1,102 @@
+"""Errors raised by ``dbsession``.
+
+Database errors are *not* here: in isolation mode a failing statement raises the same SQLAlchemy
+exception class (``IntegrityError``, ``OperationalError``, ...) that a direct session would raise.
+An unreachable DB-API counts as a lost database connection and surfaces as SQLAlchemy's
+``OperationalError``. What remains are errors only isolation can cause::
+
+    DBSessionError(Exception)
+     +-- ConfigurationError          settings missing or contradictory
+     +-- DirectDatabaseAccessError   a direct engine/connection used while isolation is on
+     +-- DBAPIRequestError           the DB-API refused a request (carries code, error_id, status)
+     |    +-- AuthenticationError    401: token missing, expired, forged
+     |    +-- PolicyViolationError   403: the policy does not allow this statement
+     |    +-- BadRequestError        400/413: malformed, unsupported or oversized request
+     |    +-- TransactionError       409/410: transaction expired, unknown, misrouted, out of order
+     |    +-- ServerError            5xx: the DB-API failed (see its log under error_id)
+     +-- IncompatibleServerError     the DB-API speaks another wire version or dialect
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "DBAPIRequestError",
+    "DBSessionError",
+    "DirectDatabaseAccessError",
+    "IncompatibleServerError",
+    "PolicyViolationError",
+    "ServerError",
+    "TransactionError",
+    "error_class_for",
+]
+
+
+class DBSessionError(Exception):
+    """Base class of the errors only database access isolation can cause."""
+
+
+class ConfigurationError(DBSessionError, RuntimeError):
+    """The isolation settings are missing or contradict each other."""
+
+
+class DirectDatabaseAccessError(DBSessionError, RuntimeError):
+    """Code tried to reach the database directly while ``database_access_isolation`` is on."""
+
+
+class IncompatibleServerError(DBSessionError):
+    """The DB-API server speaks another wire version or database dialect than this client."""
+
+
+class DBAPIRequestError(DBSessionError):
+    """The DB-API answered a request with an error envelope."""
+
+    def __init__(self, message: str, *, code: str = "error", error_id: str | None = None,
+                 status: int | None = None, details: Any = None) -> None:
+        suffix = f" (error id {error_id})" if error_id else ""
+        super().__init__(f"{message}{suffix}")
+        self.code = code
+        self.error_id = error_id
+        self.status = status
+        self.details = details
+
+
+class AuthenticationError(DBAPIRequestError):
+    """The DB-API did not accept the token (HTTP 401)."""
+
+
+class PolicyViolationError(DBAPIRequestError):
+    """The DB-API's policy refused the statement (HTTP 403)."""
+
+
+class BadRequestError(DBAPIRequestError):
+    """The request was malformed, unsupported or too large (HTTP 400 / 413)."""
+
+
+class TransactionError(DBAPIRequestError):
+    """The server-side transaction is gone, unknown, on another instance, or out of order."""
+
+
+class ServerError(DBAPIRequestError):
+    """The DB-API failed while handling the request (HTTP 5xx)."""
+
+
+_BY_STATUS: dict[int, type[DBAPIRequestError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PolicyViolationError,
+    409: TransactionError,
+    410: TransactionError,
+    413: BadRequestError,
+}
+
+
+def error_class_for(status: int) -> type[DBAPIRequestError]:
+    """The exception class for an HTTP error status from the DB-API."""
+    if status >= 500:
+        return ServerError
+    return _BY_STATUS.get(status, DBAPIRequestError)

@@ -1,0 +1,64 @@
+"""``DBSession``: a drop-in ``sqlalchemy.orm.Session`` that can run without database credentials.
+
+Direct mode (the default) *is* a plain ``Session``: nothing is overridden on any execution path.
+Isolation mode (``database_access_isolation``) binds the session to an engine whose dialect sends
+every statement to the DB-API at ``database_api_host`` (:mod:`dbsession.dialect`); the ORM above it
+- identity map, unit of work, relationship loading, events - is SQLAlchemy's own, unchanged.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from . import guard
+from .config import Settings, get_settings
+from .dialect import create_isolated_engine
+from .exceptions import DirectDatabaseAccessError
+
+__all__ = ["DBSession", "isolated_engine"]
+
+_engines_lock = threading.Lock()
+_engines: dict[tuple[str, str | None, str | None], sa.Engine] = {}
+
+
+def isolated_engine(settings: Settings) -> sa.Engine:
+    """The process-wide engine for the DB-API named by *settings* (created once)."""
+    assert settings.database_api_host is not None
+    key = (settings.database_api_host, settings.token, settings.token_file)
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = create_isolated_engine(
+                settings.database_api_host, token=settings.token, token_file=settings.token_file,
+                pool_size=10, max_overflow=20)
+        return engine
+
+
+def _is_isolated_bind(bind: Any) -> bool:
+    return bool(getattr(getattr(bind, "dialect", None), "is_dbsession", False))
+
+
+class DBSession(Session):
+    """A ``Session`` that, when ``database_access_isolation`` is on, talks to the DB-API."""
+
+    def __init__(self, bind: Any = None, *, database_access_isolation: bool | None = None,
+                 database_api_host: str | None = None, token: str | None = None,
+                 token_file: str | None = None, **kw: Any) -> None:
+        settings = get_settings(database_access_isolation=database_access_isolation,
+                                database_api_host=database_api_host, token=token, token_file=token_file)
+        self.isolated = settings.database_access_isolation
+        if self.isolated:
+            for candidate in [bind, *(kw.get("binds") or {}).values()]:
+                if candidate is not None and not _is_isolated_bind(candidate):
+                    raise DirectDatabaseAccessError(
+                        f"DBSession was given a direct database bind ({candidate!r}) while "
+                        "database_access_isolation is on; leave bind unset - the session talks "
+                        "to the DB-API at database_api_host.")
+            if bind is None and not kw.get("binds"):
+                bind = isolated_engine(settings)
+            guard.install()
+        super().__init__(bind=bind, **kw)
