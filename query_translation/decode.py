@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.sql import elements, operators, selectable
+from sqlalchemy.sql import elements, functions, operators, selectable
 from sqlalchemy.sql import expression as sql_expr
 
 from . import _operators
@@ -56,10 +56,6 @@ class StatementInfo:
         return self.kind in READ_KINDS and not self.for_update
 
 
-def _anon(name: Any, seed: object) -> Any:
-    if isinstance(name, Mapping):
-        return elements._anonymous_label.safe_construct(id(seed), name["anon"])
-    return name
 
 
 class StatementDecoder:
@@ -69,21 +65,30 @@ class StatementDecoder:
         self._metadata = metadata
         self._types = types
         self._refs: dict[int, Any] = {}
+        self._definitions: dict[int, _Json] = {}
+        self._building: set[int] = set()
+        self._binds: dict[str, Any] = {}
         self._depth = 0
         self.info = StatementInfo()
 
+    def name(self, name: Any) -> Any:
+        """A wire name back to a name; anonymous ones keep the client's sameness (see encode)."""
+        if isinstance(name, Mapping):
+            return elements._anonymous_label.safe_construct(int(name["n"]), name["anon"])
+        return name
+
     def decode(self, node: _Json) -> Any:
         self.info.kind = node["t"]
+        self._definitions = _index_definitions(node)
         return self.visit(node)
 
     # -- dispatch -----------------------------------------------------------------------------
     def visit(self, node: _Json) -> Any:
         kind = node["t"]
         if kind == "ref":
-            try:
-                return self._refs[node["@"]]
-            except KeyError:
-                raise MalformedStatementError({"@": ["dangling reference"]}, f"Reference @{node['@']} is used before its definition.") from None
+            return self._resolve(node["@"])
+        if "@" in node and node["@"] in self._refs:
+            return self._refs[node["@"]]  # already built on demand through a reference
         method = _DECODERS.get(kind)
         if method is None:
             raise UnknownNodeError(kind)
@@ -96,6 +101,23 @@ class StatementDecoder:
         if "@" in node:
             self._refs[node["@"]] = result
         return result
+
+    def _resolve(self, ref: int) -> Any:
+        """A referenced node, built now if its definition has not been reached yet."""
+        if ref in self._refs:
+            return self._refs[ref]
+        definition = self._definitions.get(ref)
+        if definition is None:
+            raise MalformedStatementError({"@": [f"dangling reference @{ref}"]},
+                                          f"Reference @{ref} has no definition in the statement.")
+        if ref in self._building:
+            raise MalformedStatementError({"@": [f"cyclic reference @{ref}"]},
+                                          f"Node @{ref} refers to itself.")
+        self._building.add(ref)
+        try:
+            return self.visit(definition)
+        finally:
+            self._building.discard(ref)
 
     def opt(self, node: _Json | None) -> Any:
         return None if node is None else self.visit(node)
@@ -119,27 +141,25 @@ class StatementDecoder:
     def alias(self, node: _Json) -> Any:
         element = self.visit(node["element"])
         alias = element.alias()
-        alias.name = _anon(node["name"], alias)
+        alias.name = self.name(node["name"])
         return alias
 
     def subquery(self, node: _Json) -> Any:
         element = self.visit(node["element"])
         subq = element.subquery()
-        subq.name = _anon(node["name"], subq)
+        subq.name = self.name(node["name"])
         return subq
 
     def cte(self, node: _Json) -> Any:
+        restates = self.opt(node.get("restates"))
         element = self.visit(node["element"])
-        name = node["name"]
-        cte = element.cte(name=None if isinstance(name, Mapping) else name,
-                          recursive=node.get("recursive", False), nesting=node.get("nesting", False))
-        if isinstance(name, Mapping):
-            cte.name = _anon(name, cte)
-        return cte
+        return selectable.CTE._construct(
+            element, name=self.name(node["name"]), recursive=node.get("recursive", False),
+            nesting=node.get("nesting", False), _restates=restates)
 
     def lateral(self, node: _Json) -> Any:
         lateral = self.visit(node["element"]).lateral()
-        lateral.name = _anon(node["name"], lateral)
+        lateral.name = self.name(node["name"])
         return lateral
 
     def join(self, node: _Json) -> Any:
@@ -166,6 +186,10 @@ class StatementDecoder:
             stmt = stmt.order_by(*self.all(node["order_by"]))
         if node.get("distinct"):
             stmt = stmt.distinct()
+        if node.get("ext_distinct_on"):
+            from sqlalchemy.dialects.postgresql import distinct_on  # 2.1+
+
+            stmt = stmt.ext(distinct_on(*self.all(node["ext_distinct_on"])))
         if node.get("distinct_on"):
             stmt._distinct_on = tuple(self.all(node["distinct_on"]))
             stmt._distinct = True
@@ -228,12 +252,22 @@ class StatementDecoder:
             stmt = stmt.inline()
         return stmt
 
+    def _value(self, value: _Json) -> Any:
+        if value.get("t") == "value":
+            return decode_value(value["v"], enum_resolver=self._types.resolve_enum)
+        return self.visit(value)
+
     def _values(self, pairs: list[list[Any]]) -> dict[Any, Any]:
-        out: dict[Any, Any] = {}
-        for key, value in pairs:
-            column = key if isinstance(key, str) else self.visit(key)
-            out[column] = decode_value(value["v"]) if value.get("t") == "value" else self.visit(value)
-        return out
+        return {key if isinstance(key, str) else self.visit(key): self._value(value) for key, value in pairs}
+
+    def _row(self, row: Any) -> Any:
+        """A multi-VALUES row: ``{"pairs": [...]}`` (by column) or ``{"seq": [...]}`` (positional)."""
+        if not isinstance(row, Mapping) or not ({"pairs"} == set(row) or {"seq"} == set(row)):
+            raise MalformedStatementError({"multi_values": ["bad row"]},
+                                          "A multi-VALUES row must be {'pairs': [...]} or {'seq': [...]}.")
+        if "pairs" in row:
+            return self._values(row["pairs"])
+        return tuple(self._value(v) for v in row["seq"])
 
     def insert(self, node: _Json) -> Any:
         stmt = sa.insert(self._target(node))
@@ -241,7 +275,7 @@ class StatementDecoder:
             stmt = stmt.values(self._values(node["values"]))
         if node.get("multi_values"):
             for batch in node["multi_values"]:
-                stmt = stmt.values([self._values(row) for row in batch])
+                stmt = stmt.values([self._row(row) for row in batch])
         if "select" in node:
             stmt = stmt.from_select(node["select_names"], self.visit(node["select"]),
                                     include_defaults=node.get("include_defaults", True))
@@ -273,6 +307,9 @@ class StatementDecoder:
     def release_savepoint(self, node: _Json) -> Any:
         return sql_expr.ReleaseSavepointClause(node["name"])
 
+    def textual_select(self, node: _Json) -> Any:
+        return self.visit(node["element"]).columns(*self.all(node["columns"]))
+
     def text(self, node: _Json) -> Any:
         self.info.literal_sql.append(node["text"])
         clause = sa.text(node["text"])
@@ -300,20 +337,31 @@ class StatementDecoder:
 
     def bind(self, node: _Json) -> Any:
         cls = selectable._OffsetLimitParam if node.get("offset_limit") else elements.BindParameter
-        anon = node.get("anon")
-        return cls(anon if anon is not None else node["key"], type_=self.type(node.get("type")),
-                   unique=anon is not None, required=True, expanding=node.get("expanding", False),
-                   literal_execute=node.get("literal_execute", False))
+        if "anon" not in node:
+            return cls(node["key"], type_=self.type(node.get("type")), unique=False, required=True,
+                       expanding=node.get("expanding", False),
+                       literal_execute=node.get("literal_execute", False))
+        key = self.name({"anon": node["anon"], "n": node["n"]})
+        bind = self._binds.get(key)
+        if bind is None:  # distinct client objects with one label are clones: one bind here
+            bind = self._binds[key] = cls(key, type_=self.type(node.get("type")), unique=False,
+                                          required=True, expanding=node.get("expanding", False),
+                                          literal_execute=node.get("literal_execute", False))
+            bind.unique = node.get("unique", False)  # set after: unique=True would re-key it
+        return bind
 
     def label(self, node: _Json) -> Any:
         label = elements.Label(None, self.visit(node["element"]), type_=self.type(node.get("type")))
-        label.name = _anon(node["name"], label)
+        label.name = self.name(node["name"])
         if not isinstance(node["name"], Mapping):
             label.key = label._tq_label = label._tq_key_label = node["name"]
         return label
 
     def label_reference(self, node: _Json) -> Any:
         return elements._label_reference(self.visit(node["element"]))
+
+    def textual_label_reference(self, node: _Json) -> Any:
+        return elements._textual_label_reference(node["name"])
 
     def _op(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -364,11 +412,15 @@ class StatementDecoder:
                                    group_contents=node.get("group_contents", True))
 
     def boolean_list(self, node: _Json) -> Any:
-        return elements.BooleanClauseList._construct_raw(self._op(node["op"]), self.all(node["clauses"]))
+        clauses = elements.BooleanClauseList._construct_raw(self._op(node["op"]), self.all(node["clauses"]))
+        clauses.group = node.get("group", True)
+        return clauses
 
     def expression_list(self, node: _Json) -> Any:
-        return elements.ExpressionClauseList(self._op(node["op"]), *self.all(node["clauses"]),
-                                             type_=self.type(node.get("type")))
+        clauses = elements.ExpressionClauseList(self._op(node["op"]), *self.all(node["clauses"]),
+                                                type_=self.type(node.get("type")))
+        clauses.group = node.get("group", True)
+        return clauses
 
     def grouping(self, node: _Json) -> Any:
         return elements.Grouping(self.visit(node["element"]))
@@ -410,10 +462,14 @@ class StatementDecoder:
         name = node["name"]
         packages = node.get("packages") or []
         self.info.functions.add(".".join([*packages, name]).lower())
-        builder: Any = sa.func
-        for package in packages:
-            builder = getattr(builder, package)
-        fn = getattr(builder, name)(*self.all(node["args"]))
+        args = self.all(node["args"])
+        # as sqlalchemy's func generator does it, but from the registry only: no attribute
+        # lookups driven by the wire
+        registered = functions._registry[packages[0] if packages else "_default"].get(name.lower())
+        if registered is not None and len(packages) <= 1:
+            fn = registered(*args)
+        else:
+            fn = functions.Function(name, *args, packagenames=tuple(packages))
         fn.type = self.type(node.get("type"))
         return fn
 
@@ -432,6 +488,21 @@ class StatementDecoder:
         return sa.false()
 
 
+def _index_definitions(document: Any) -> dict[int, _Json]:
+    """Every node that carries an ``"@"`` id, by id (references may precede definitions)."""
+    found: dict[int, _Json] = {}
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, Mapping):
+            if "@" in value and value.get("t") != "ref":
+                found[value["@"]] = value
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return found
+
+
 def _label_style(name: str) -> Any:
     style = getattr(selectable.SelectLabelStyle, name, None)
     if style is None:
@@ -444,8 +515,8 @@ _DECODERS: dict[str, Callable[[StatementDecoder, _Json], Any]] = {
     for name in (
         "table", "alias", "subquery", "cte", "lateral", "join", "select", "compound_select",
         "select_grouping", "insert", "update", "delete", "savepoint", "rollback_to_savepoint",
-        "release_savepoint", "text", "col", "column_clause", "bind", "label", "label_reference",
-        "binary", "unary", "exists", "collection", "as_boolean", "clause_list", "boolean_list",
+        "release_savepoint", "text", "textual_select", "col", "column_clause", "bind", "label", "label_reference",
+        "textual_label_reference", "binary", "unary", "exists", "collection", "as_boolean", "clause_list", "boolean_list",
         "expression_list", "grouping", "from_grouping", "scalar_select", "cast", "type_coerce",
         "case", "over", "funcfilter", "within_group", "extract", "function", "tuple", "null",
         "true", "false",

@@ -57,16 +57,11 @@ def _identity(element: Any) -> Any:
     return element
 
 
-def encode_name(name: Any) -> Any:
-    """A plain name stays a string; an anonymous one becomes ``{"anon": base}``."""
-    if name is None or name is _NoArg.NO_ARG:
-        return None
-    if isinstance(name, elements._anonymous_label):
-        match = _ANON.match(name)
-        if match is None:
-            raise UnsupportedStatementError(f"Cannot send the composite anonymous name {name!r}.")
-        return {"anon": match.group(2).replace("%%", "%")}
-    return str(name)
+def _anon_parts(name: str) -> tuple[str, str]:
+    match = _ANON.match(name)
+    if match is None:
+        raise UnsupportedStatementError(f"Cannot send the composite anonymous name {name!r}.")
+    return match.group(1), match.group(2).replace("%%", "%")
 
 
 class StatementEncoder:
@@ -80,6 +75,22 @@ class StatementEncoder:
         self._next_ref = 0
         self._types: list[tuple[_Json, str, TypeEngine[Any]]] = []
         self._tables: dict[str, sa.Table] = {}
+        self._seeds: dict[str, int] = {}
+
+    def name(self, name: Any) -> Any:
+        """A plain name stays a string; an anonymous one becomes ``{"anon": base, "n": k}``.
+
+        ``k`` numbers the client's distinct anonymous seeds in order of appearance: names that
+        were the same label on the client (a CTE and its restatement, a bind and its clone) are
+        the same label on the server, and the document stays the same for the same structure.
+        """
+        if name is None or name is _NoArg.NO_ARG:
+            return None
+        if isinstance(name, elements._anonymous_label):
+            seed, base = _anon_parts(name)
+            ordinal = self._seeds.setdefault(seed, len(self._seeds) + 1)
+            return {"anon": base, "n": ordinal}
+        return str(name)
 
     # -- entry points -------------------------------------------------------------------------
     def encode_statement(self, statement: Any) -> _Json:
@@ -127,13 +138,13 @@ class StatementEncoder:
         return node
 
     def visit_alias(self, alias: selectable.Alias) -> _Json:
-        return {"t": "alias", "element": self.visit(alias.element), "name": encode_name(alias.name)}
+        return {"t": "alias", "element": self.visit(alias.element), "name": self.name(alias.name)}
 
     def visit_subquery(self, subq: selectable.Subquery) -> _Json:
-        return {"t": "subquery", "element": self.visit(subq.element), "name": encode_name(subq.name)}
+        return {"t": "subquery", "element": self.visit(subq.element), "name": self.name(subq.name)}
 
     def visit_cte(self, cte: selectable.CTE) -> _Json:
-        node = {"t": "cte", "element": self.visit(cte.element), "name": encode_name(cte.name)}
+        node = {"t": "cte", "element": self.visit(cte.element), "name": self.name(cte.name)}
         if cte.recursive:
             node["recursive"] = True
         if cte.nesting:
@@ -145,7 +156,7 @@ class StatementEncoder:
         return node
 
     def visit_lateral(self, lateral: selectable.Lateral) -> _Json:
-        return {"t": "lateral", "element": self.visit(lateral.element), "name": encode_name(lateral.name)}
+        return {"t": "lateral", "element": self.visit(lateral.element), "name": self.name(lateral.name)}
 
     def visit_join(self, join: selectable.Join) -> _Json:
         node = {"t": "join", "left": self.visit(join.left), "right": self.visit(join.right),
@@ -161,10 +172,13 @@ class StatementEncoder:
         core = self._core.get(id(select))
         if core is not None and core is not select:
             return self.visit(core)
+        distinct_on = _distinct_on_extension(select)
         self._refuse_extras(select, "_prefixes", "_suffixes", "_hints", "_statement_hints",
-                            "_post_select_clause", "_pre_columns_clause",
-                            "_post_criteria_clause", "_post_body_clause")
+                            "_post_select_clause", "_post_criteria_clause", "_post_body_clause",
+                            *(() if distinct_on is not None else ("_pre_columns_clause",)))
         node: _Json = {"t": "select", "cols": self.visit_all(select._raw_columns)}
+        if distinct_on is not None:  # 2.1: select(...).ext(postgresql.distinct_on(...))
+            node["ext_distinct_on"] = self.visit_all(distinct_on)
         self._put_list(node, "froms", select._from_obj)
         self._put_list(node, "where", select._where_criteria)
         self._put_list(node, "group_by", select._group_by_clauses)
@@ -212,7 +226,8 @@ class StatementEncoder:
 
     def _refuse_extras(self, stmt: Any, *attrs: str) -> None:
         for attr in attrs:
-            if getattr(stmt, attr, None):
+            value = getattr(stmt, attr, None)
+            if value is not None and (not isinstance(value, (tuple, list, dict)) or len(value) > 0):
                 raise UnsupportedStatementError(
                     f"{type(stmt).__name__} with {attr.strip('_')} (raw SQL fragments) "
                     "cannot be sent to the DB-API."
@@ -247,8 +262,12 @@ class StatementEncoder:
     def _values(self, values: Mapping[Any, Any] | None) -> list[list[Any]] | None:
         if not values:
             return None
-        return [[self._value_key(k), self.visit(v) if isinstance(v, sa.ClauseElement)
-                 else {"t": "value", "v": encode_value(v)}] for k, v in values.items()]
+        return [[self._value_key(k), self._value(v)] for k, v in values.items()]
+
+    def _value(self, value: Any) -> _Json:
+        if isinstance(value, sa.ClauseElement):
+            return self.visit(value)
+        return {"t": "value", "v": encode_value(value)}
 
     def _value_key(self, key: Any) -> Any:
         if isinstance(key, str):
@@ -264,8 +283,8 @@ class StatementEncoder:
         if values:
             node["values"] = values
         if insert._multi_values:
-            node["multi_values"] = [[self._values(row) if isinstance(row, Mapping)
-                                     else [self.visit(v) for v in row] for row in batch]
+            node["multi_values"] = [[{"pairs": self._values(row)} if isinstance(row, Mapping)
+                                     else {"seq": [self._value(v) for v in row]} for row in batch]
                                     for batch in insert._multi_values]
         if insert.select is not None:
             node["select"] = self.visit(insert.select)
@@ -293,7 +312,7 @@ class StatementEncoder:
             return self.visit(core)
         node: _Json = {"t": "delete", "table": self.visit(delete.table)}
         self._put_list(node, "where", delete._where_criteria)
-        self._put_list(node, "extra_froms", delete._extra_froms)
+        self._put_list(node, "extra_froms", getattr(delete, "_extra_froms", ()))  # 2.1+
         return self._dml_common(node, delete)
 
     def visit_savepoint(self, clause: Any) -> _Json:
@@ -302,6 +321,10 @@ class StatementEncoder:
     def visit_text(self, clause: elements.TextClause) -> _Json:
         binds = [[k, self.visit(v)] for k, v in clause._bindparams.items()]
         return {"t": "text", "text": clause.text, "binds": binds}
+
+    def visit_textual_select(self, select: selectable.TextualSelect) -> _Json:
+        return {"t": "textual_select", "element": self.visit(select.element),
+                "columns": self.visit_all(select.column_args)}
 
     # -- column expressions -------------------------------------------------------------------
     def visit_column(self, column: sa.ColumnClause[Any]) -> _Json:
@@ -322,12 +345,15 @@ class StatementEncoder:
         # the compiler may render a copy (crud names a values() bind after its column), so a
         # bind it did not see by identity keeps its own key; the fingerprint check on the
         # server proves the names came out the same
-        name = self._bind_names.get(bind) or (encode_name(bind.key)["anon"] if anonymous else bind.key)
+        label = self.name(bind.key)
+        name = self._bind_names.get(bind) or (label["anon"] if anonymous else bind.key)
         node: _Json = {"t": "bind", "key": str(name)}
         if anonymous:
             # stays anonymous: the server's compiler then numbers it exactly as ours did, even
             # around binds a dialect creates while compiling (SQLite's "OFFSET 0")
-            node["anon"] = encode_name(bind.key)["anon"]
+            node["anon"], node["n"] = label["anon"], label["n"]
+            if bind.unique:  # crud renames unique anonymous values() binds after their column
+                node["unique"] = True
         if bind.expanding:
             node["expanding"] = True
         if bind.literal_execute:
@@ -337,11 +363,16 @@ class StatementEncoder:
         return self._typed(node, bind.type)
 
     def visit_label(self, label: elements.Label[Any]) -> _Json:
-        node = {"t": "label", "name": encode_name(label.name), "element": self.visit(label.element)}
+        node = {"t": "label", "name": self.name(label.name), "element": self.visit(label.element)}
         return self._typed(node, label.type)
 
     def visit_label_reference(self, ref: Any) -> _Json:
         return {"t": "label_reference", "element": self.visit(ref.element)}
+
+    def visit_textual_label_reference(self, ref: Any) -> _Json:
+        # order_by("name"): resolved by the compiler against the statement's own labels and
+        # refused by it otherwise - a name, not SQL text
+        return {"t": "textual_label_reference", "name": str(ref.element)}
 
     def visit_binary(self, binary: elements.BinaryExpression[Any]) -> _Json:
         node: _Json = {"t": "binary", "op": self._op(binary.operator),
@@ -399,6 +430,8 @@ class StatementEncoder:
         kind = "boolean_list" if isinstance(clauses, elements.BooleanClauseList) else "expression_list"
         node: _Json = {"t": kind, "op": self._op(clauses.operator),
                        "clauses": self.visit_all(clauses.clauses)}
+        if not getattr(clauses, "group", True):
+            node["group"] = False  # BETWEEN's "lower AND upper" renders without parentheses
         return self._typed(node, clauses.type)
 
     def visit_grouping(self, grouping: Any) -> _Json:
@@ -463,6 +496,14 @@ class StatementEncoder:
 
     def visit_false(self, _: Any) -> _Json:
         return {"t": "false"}
+
+
+def _distinct_on_extension(select: Any) -> Sequence[Any] | None:
+    """The expressions of a PostgreSQL ``distinct_on`` syntax extension, if that is all there is."""
+    clause = getattr(select, "_pre_columns_clause", None)
+    if clause is not None and type(clause).__name__ == "DistinctOnClause":
+        return tuple(clause._distinct_on)
+    return None
 
 
 def _column_key(table: Any, column: Any) -> str | None:

@@ -41,9 +41,10 @@ class _Name(fields.Field):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if value is None or isinstance(value, str):
             return value
-        if isinstance(value, Mapping) and set(value) == {"anon"} and isinstance(value["anon"], str):
+        if (isinstance(value, Mapping) and set(value) == {"anon", "n"} and isinstance(value["anon"], str)
+                and type(value["n"]) is int and value["n"] > 0):
             return value
-        raise ValidationError("Expected a name: a string or {'anon': string}.")
+        raise ValidationError("Expected a name: a string or {'anon': string, 'n': positive int}.")
 
 
 class _Op(fields.Field):
@@ -89,7 +90,7 @@ NODE_SPECS: dict[str, dict[str, Any]] = {
              "on": _node(allow_none=True), "outer": fields.Bool(), "full": fields.Bool()},
     "select": {"cols": _nodes(required=True), "froms": _nodes(), "where": _nodes(),
                "group_by": _nodes(), "having": _nodes(), "order_by": _nodes(),
-               "distinct_on": _nodes(), "correlate": _nodes(), "correlate_except": _nodes(),
+               "distinct_on": _nodes(), "ext_distinct_on": _nodes(), "correlate": _nodes(), "correlate_except": _nodes(),
                "ctes": _nodes(), "distinct": fields.Bool(), "joins": fields.List(fields.Dict()),
                "label_style": fields.Str(), "limit": _node(), "offset": _node(),
                "fetch": fields.Dict(), "for_update": fields.Dict()},
@@ -105,13 +106,16 @@ NODE_SPECS: dict[str, dict[str, Any]] = {
     "rollback_to_savepoint": {"name": fields.Str(required=True)},
     "release_savepoint": {"name": fields.Str(required=True)},
     "text": {"text": fields.Str(required=True), "binds": fields.List(fields.List(fields.Raw()))},
+    "textual_select": {"element": _node(required=True), "columns": _nodes(required=True)},
     "col": {"from": _node(required=True), "key": fields.Str(required=True)},
     "column_clause": {"name": fields.Str(required=True), "literal": fields.Bool(), "from": _node(),
                       "type": _TYPE},
-    "bind": {"key": fields.Str(required=True), "anon": fields.Str(), "expanding": fields.Bool(),
+    "bind": {"key": fields.Str(required=True), "anon": fields.Str(), "n": fields.Int(validate=validate.Range(min=1)),
+             "unique": fields.Bool(), "expanding": fields.Bool(),
              "literal_execute": fields.Bool(), "offset_limit": fields.Bool(), "type": _TYPE},
     "label": {"name": _Name(required=True), "element": _node(required=True), "type": _TYPE},
     "label_reference": {"element": _node(required=True)},
+    "textual_label_reference": {"name": fields.Str(required=True)},
     "binary": {"op": _Op(required=True), "left": _node(required=True), "right": _node(required=True),
                "negate": _Op(), "modifiers": fields.Dict(), "index": fields.Bool(), "type": _TYPE},
     "unary": {"element": _node(required=True), "op": _Op(), "modifier": _Op(), "type": _TYPE},
@@ -121,8 +125,10 @@ NODE_SPECS: dict[str, dict[str, Any]] = {
                    "negate": _Op(required=True), "type": _TYPE},
     "clause_list": {"clauses": _nodes(required=True), "op": _Op(), "group": fields.Bool(),
                     "group_contents": fields.Bool()},
-    "boolean_list": {"op": _Op(required=True), "clauses": _nodes(required=True), "type": _TYPE},
-    "expression_list": {"op": _Op(required=True), "clauses": _nodes(required=True), "type": _TYPE},
+    "boolean_list": {"op": _Op(required=True), "clauses": _nodes(required=True), "group": fields.Bool(),
+                     "type": _TYPE},
+    "expression_list": {"op": _Op(required=True), "clauses": _nodes(required=True), "group": fields.Bool(),
+                        "type": _TYPE},
     "grouping": {"element": _node(required=True)},
     "from_grouping": {"element": _node(required=True)},
     "scalar_select": {"element": _node(required=True), "type": _TYPE},
@@ -135,8 +141,9 @@ NODE_SPECS: dict[str, dict[str, Any]] = {
     "funcfilter": {"func": _node(required=True), "criterion": _node(required=True)},
     "within_group": {"element": _node(required=True), "order_by": _node(allow_none=True)},
     "extract": {"field": fields.Str(required=True), "expr": _node(required=True)},
-    "function": {"name": fields.Str(required=True, validate=validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_]*$")),
-                 "packages": fields.List(fields.Str(validate=validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_]*$"))),
+    # identifiers only, and never underscore-led (no dunders reaching Python objects)
+    "function": {"name": fields.Str(required=True, validate=validate.Regexp(r"^[A-Za-z][A-Za-z0-9_]*$")),
+                 "packages": fields.List(fields.Str(validate=validate.Regexp(r"^[A-Za-z][A-Za-z0-9_]*$"))),
                  "args": _nodes(required=True), "type": _TYPE},
     "tuple": {"clauses": _nodes(required=True), "type": _TYPE},
     "null": {}, "true": {}, "false": {},
