@@ -93,6 +93,20 @@ _TRANSLATION_CODES: dict[type[Exception], str] = {
 }
 
 
+# SQLAlchemy's own refusals of a statement the client sent (never raised by the database);
+# InvalidRequestError only exactly: its subclasses (PendingRollbackError...) are server states
+_CLIENT_MISTAKES = (sa.exc.CompileError, sa.exc.ArgumentError)
+
+
+def _json_keys(value: Any) -> Any:
+    """*value* with every mapping key made a string, so the envelope is valid JSON."""
+    if isinstance(value, dict):
+        return {str(k): _json_keys(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_keys(v) for v in value]
+    return value
+
+
 def envelope_for_exception(exc: BaseException) -> tuple[int, dict[str, Any]]:
     """(HTTP status, envelope) for any exception raised while handling a request."""
     error_id = new_error_id()
@@ -102,7 +116,7 @@ def envelope_for_exception(exc: BaseException) -> tuple[int, dict[str, Any]]:
         code = next((c for cls, c in _TRANSLATION_CODES.items() if isinstance(exc, cls)), "bad_statement")
         extra: dict[str, Any] = {}
         if isinstance(exc, qt_exc.MalformedStatementError):
-            extra["details"] = exc.errors
+            extra["details"] = _json_keys(exc.errors)  # marshmallow keys list items by int
         if isinstance(exc, qt_exc.UnknownNodeError):
             extra["node_type"] = exc.node_type
         return 400, _envelope(code, str(exc), error_id, **extra)
@@ -110,8 +124,20 @@ def envelope_for_exception(exc: BaseException) -> tuple[int, dict[str, Any]]:
         log.info("database error %s: %s", error_id, exc.orig)
         return 422, _database_envelope(exc, error_id)
     if isinstance(exc, sa.exc.StatementError) and exc.orig is not None and type(exc.orig).__name__ in _SAFE_ORIG:
+        # a bind processor failed: a direct session raises StatementError wrapping it
         return 422, _envelope("statement_error", str(exc.orig), error_id,
                               orig_type=type(exc.orig).__name__)
+    client_mistake = exc.orig if isinstance(exc, sa.exc.StatementError) else exc
+    if isinstance(client_mistake, _CLIENT_MISTAKES) or type(client_mistake) is sa.exc.InvalidRequestError:
+        # the statement as sent cannot run (a bind value missing, an uncompilable structure):
+        # the request is wrong, not the server
+        log.info("unexecutable statement %s: %s", error_id, client_mistake)
+        reason = client_mistake.args[0] if client_mistake.args else type(client_mistake).__name__
+        return 400, _envelope("bad_statement", f"The DB-API cannot execute the statement as sent: {reason}",
+                              error_id)
+    if type(exc).__name__ in _SAFE_ORIG and type(exc).__module__ == "builtins":
+        # the driver itself raised a builtin (sqlite3: int too large); direct sessions see it raw
+        return 422, _envelope("driver_error", str(exc), error_id, orig_type=type(exc).__name__)
     log.error("unexpected error %s", error_id, exc_info=exc)
     return 500, _envelope("internal_error",
                           f"The DB-API failed unexpectedly; its log has the details under error id {error_id}.",

@@ -12,6 +12,7 @@ run exactly once.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from query_translation import (
+    MalformedStatementError,
+    TranslationError,
     TypeResolver,
     decode_params,
     encode_row,
@@ -35,6 +38,8 @@ from query_translation.fingerprint import sql_fingerprint
 from .errors import APIError
 
 __all__ = ["StatementExecutor", "StatementMismatch"]
+
+log = logging.getLogger("dbapi_server")
 
 _expected_sql: ContextVar[str | None] = ContextVar("dbs_expected_sql", default=None)
 
@@ -59,13 +64,16 @@ class StatementExecutor:
         event.listen(engine, "after_cursor_execute", _capture_cursor)
 
     def decode(self, document: Mapping[str, Any]) -> tuple[Any, StatementInfo]:
-        key = orjson.dumps(document)
+        try:
+            key = orjson.dumps(document)
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes: validation refuses it
+            return _rebuild(document, self.metadata, self.types)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        decoded = from_wire(document, self.metadata, self.types)
+        decoded = _rebuild(document, self.metadata, self.types)
         with self._lock:
             self._cache[key] = decoded
             if len(self._cache) > self._cache_size:
@@ -85,6 +93,24 @@ class StatementExecutor:
         finally:
             _expected_sql.reset(token)
         return _reply(result)
+
+
+def _rebuild(document: Mapping[str, Any], metadata: sa.MetaData, types: TypeResolver) -> tuple[Any, StatementInfo]:
+    """``from_wire``, with any failure it was not written to expect answered as the client's fault.
+
+    The document is untrusted input: whatever it makes the rebuild raise (a ``TypeError`` from
+    nonsense options, a ``RecursionError``) is a malformed request, never a server error.
+    """
+    try:
+        return from_wire(document, metadata, types)
+    except TranslationError:
+        raise
+    except (RecursionError, TypeError, ValueError, LookupError, AttributeError, sa.exc.SQLAlchemyError) as exc:
+        log.info("statement document not rebuildable: %r", exc)
+        raise MalformedStatementError(
+            {"statement": [f"cannot be rebuilt ({type(exc).__name__})"]},
+            "The statement document is malformed: it cannot be rebuilt into a statement "
+            f"({type(exc).__name__}); make sure client and server run the same versions.") from None
 
 
 class _RecordingCursor:

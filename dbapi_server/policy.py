@@ -3,7 +3,7 @@
 The server knows exactly what each statement touches (the decoder records tables, columns,
 functions, operators and any literal SQL while rebuilding it), so the policy judges structure,
 never SQL text. This default policy - the seam the per-role policy of ``docs/security.md`` grows
-from - allows the application's own tables, refuses literal SQL except ``*`` (``count(*)``) and
+from - allows the application's own tables, refuses literal SQL except ``*`` and bare integers (``count(*)``, ``EXISTS (SELECT 1 ...)``) and
 refuses functions that reach outside the database's data.
 """
 
@@ -28,6 +28,20 @@ DANGEROUS_FUNCTIONS = frozenset({
 })
 
 
+# What a custom operator (``column.op("@>")``) may render. Its string goes into the SQL verbatim,
+# so anything else - ``= (SELECT ... FROM other_table) OR 1 =`` - would be raw SQL in disguise.
+# SQLAlchemy's own dialect operators (JSON, arrays, ranges, full text) and the common symbolic and
+# keyword operators; compared case-insensitively with whitespace collapsed.
+SAFE_CUSTOM_OPERATORS = frozenset({
+    "->", "->>", "#>", "#>>", "#-", "?", "?&", "?|", "@?", "@@", "@@@", "@>", "<@", "&&", "<<", ">>",
+    "&<", "&>", "-|-", "<<=", ">>=", "@", "||", "&", "|", "^", "#", "~", "!~", "~*", "!~*", "~~", "!~~",
+    "~~*", "!~~*", "<->", "<#>", "<=>", "+", "-", "*", "/", "%", "=", "==", "!=", "<>", "<", ">", "<=",
+    ">=", "like", "not like", "ilike", "not ilike", "regexp", "not regexp", "rlike", "glob", "match",
+    "similar to", "not similar to", "is", "is not", "is distinct from", "is not distinct from", "div",
+    "mod", "xor",
+})
+
+
 class PolicyViolation(APIError):
     status = 403
     code = "policy_violation"
@@ -41,18 +55,33 @@ class DefaultPolicy:
     allowed_literals: frozenset[str] = frozenset({"*"})
     denied_functions: frozenset[str] = DANGEROUS_FUNCTIONS
     denied_tables: frozenset[str] = field(default_factory=frozenset)
+    allowed_custom_operators: frozenset[str] = SAFE_CUSTOM_OPERATORS
 
     def check(self, info: StatementInfo, principal: Principal) -> None:
         self._check_literal_sql(info.literal_sql)
+        self._check_custom_operators(info.custom_operators)
         self._check_functions(info.functions)
         self._check_tables(info.read_tables | ({info.write_table} if info.write_table else set()))
 
     def _check_literal_sql(self, fragments: Iterable[str]) -> None:
+        if self.allow_raw_sql:
+            return
         for fragment in fragments:
-            if not self.allow_raw_sql and fragment not in self.allowed_literals:
+            # "*" and bare integers are what SQLAlchemy itself emits (count(*), EXISTS (SELECT 1))
+            if fragment not in self.allowed_literals and not fragment.isdigit():
                 raise PolicyViolation(
                     "Raw SQL text is not allowed by the DB-API's policy; express the statement "
                     "with SQLAlchemy constructs (select(), text() is refused).")
+
+    def _check_custom_operators(self, opstrings: Iterable[str]) -> None:
+        if self.allow_raw_sql:
+            return
+        for opstring in opstrings:
+            if " ".join(opstring.split()).lower() not in self.allowed_custom_operators:
+                shown = f" {opstring!r}" if len(opstring) <= 12 else ""  # never echo SQL back
+                raise PolicyViolation(
+                    f"The custom SQL operator{shown} is not allowed by the DB-API's policy; use "
+                    "SQLAlchemy's operators, or add it to the policy's allowed_custom_operators.")
 
     def _check_functions(self, names: Iterable[str]) -> None:
         for name in names:

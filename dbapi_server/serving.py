@@ -26,8 +26,17 @@ class BackgroundServer:
     thread: threading.Thread
 
     def stop(self) -> None:
-        self.server.close()
+        """Close the listener and every open keep-alive channel from inside the server's loop."""
+
+        def close_all() -> None:
+            for channel in list(self.server._map.values()):
+                if channel is not self.server.trigger:
+                    channel.close()
+            self.server.trigger.close()  # the map is now empty: the loop returns
+
+        self.server.trigger.pull_trigger(close_all)
         self.thread.join(timeout=10)
+        self.server.task_dispatcher.shutdown()
 
 
 def start_background(app: Any, host: str = "127.0.0.1", port: int = 0, threads: int = 8) -> BackgroundServer:

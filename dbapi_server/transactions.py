@@ -129,9 +129,11 @@ class TransactionManager:
             txn = self._open.get(txn_id)
         if txn is None:
             outcome = self.outcome(txn_id)
+            if verb == "rollback":
+                return outcome or "rolled_back"  # gone already: nothing of it can remain
             if outcome is None:
                 raise TransactionGone(f"Transaction {txn_id} is unknown to this DB-API instance.")
-            if verb == "commit" and outcome != "committed":
+            if outcome != "committed":
                 raise TransactionGone(
                     f"Transaction {txn_id} was not committed: it was {outcome.replace('_', ' ')}.",
                     outcome=outcome)

@@ -93,24 +93,31 @@ def execute() -> Response:
     options = _field(body, "options", dict)
     txn_id = _field(body, "txn", str)
 
-    statement, stmt_info = state.executor.decode(document)
-    state.policy.check(stmt_info, principal)
-    params = state.executor.decode_params(raw_params)
-    if many and not params:
+    if many and not raw_params:  # checked before decoding, which turns "no params" into [{}]
         raise APIError("An executemany request needs at least one parameter set.", code="malformed_request")
 
-    if txn_id is None:
-        if not stmt_info.is_read_only:
-            raise APIError("Writes, locking reads and savepoints must run in a transaction "
-                           "(send 'txn' and 'seq').", code="transaction_required")
-        with state.engine.connect() as conn:
-            reply = state.executor.execute(conn, statement, params, many=many, sql_hash=sql_hash,
-                                           options=options)
-        return _json(reply)
-    seq = _field(body, "seq", int, required=True)
-    return _in_transaction(state, principal, txn_id, seq, bool(body.get("begin")),
-                           lambda conn: state.executor.execute(
-                               conn, statement, params, many=many, sql_hash=sql_hash, options=options))
+    def prepare() -> tuple[Any, Any, list[dict[str, Any]]]:
+        statement, stmt_info = state.executor.decode(document)
+        state.policy.check(stmt_info, principal)
+        return statement, stmt_info, state.executor.decode_params(raw_params)
+
+    def run(conn: sa.Connection) -> dict[str, Any]:
+        statement, _, params = prepare()
+        return state.executor.execute(conn, statement, params, many=many, sql_hash=sql_hash,
+                                      options=options)
+
+    if txn_id is not None:
+        # inside the transaction even a refusal consumes its sequence number and leaves the
+        # transaction open, exactly as a failed statement would on a direct connection
+        seq = _field(body, "seq", int, required=True)
+        return _in_transaction(state, principal, txn_id, seq, bool(body.get("begin")), run)
+    statement, stmt_info, params = prepare()
+    if not stmt_info.is_read_only:
+        raise APIError("Writes, locking reads and savepoints must run in a transaction "
+                       "(send 'txn' and 'seq').", code="transaction_required")
+    with state.engine.connect() as conn:
+        return _json(state.executor.execute(conn, statement, params, many=many, sql_hash=sql_hash,
+                                            options=options))
 
 
 def _in_transaction(state: ServerState, principal: Principal, txn_id: str, seq: int, begin: bool,

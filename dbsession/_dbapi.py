@@ -17,9 +17,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from query_translation import decode_rows
+from sqlalchemy import exc as sa_exc
+
+from query_translation import decode_rows, decode_value
 
 from .config import get_settings
+from .exceptions import DBAPIRequestError
 from .transport import DatabaseErrorReply, ServerUnreachable, Transport, transport_for
 
 apilevel = "2.0"
@@ -87,9 +90,12 @@ _SAFE_BUILTINS: dict[str, type[Exception]] = {
 def _database_error(envelope: Mapping[str, Any]) -> Exception:
     """Re-create the error the server's driver raised, under its PEP 249 class name."""
     message = envelope.get("message", "database error")
-    if envelope.get("code") == "statement_error":
-        cls = _SAFE_BUILTINS.get(envelope.get("orig_type", ""), ValueError)
-        return cls(message)
+    code = envelope.get("code")
+    if code in ("statement_error", "driver_error"):
+        orig = _SAFE_BUILTINS.get(envelope.get("orig_type", ""), ValueError)(message)
+        if code == "statement_error":  # a bind processor failed: wrapped, as on a direct session
+            return sa_exc.StatementError(message, None, None, orig)
+        return orig
     error = PEP249_ERRORS.get(envelope.get("dbapi_class", ""), DatabaseError)(message)
     for attr in ("sqlstate", "pgcode", "errno"):
         if envelope.get(attr) is not None:
@@ -161,13 +167,20 @@ class Connection:
             self.txn = None
             raise DisconnectError(str(exc)) from exc
         except DatabaseErrorReply as exc:
-            if begin and exc.envelope.get("txn_state") == "none":
-                self.txn = None
+            self._unless_recorded(exc.envelope.get("txn_state"), begin)
             raise _database_error(exc.envelope) from None
-        except Exception:
-            if begin:
-                self.txn = None  # the server refuses before creating the transaction
+        except DBAPIRequestError as exc:
+            self._unless_recorded(exc.txn_state, begin)
             raise
+
+    def _unless_recorded(self, txn_state: str | None, begin: bool) -> None:
+        """After an error: did the request reach the server transaction (and use its number)?"""
+        if txn_state == "open":
+            return
+        if begin:
+            self.txn = None  # refused before the transaction existed
+        elif self.txn is not None:
+            self.seq -= 1  # refused before reaching it (e.g. authentication): number unused
 
 
 class Cursor:
@@ -191,7 +204,7 @@ class Cursor:
         self._rows = decode_rows(reply.get("rows") or [], enum_resolver=enum_resolver)
         self._pos = 0
         self.rowcount = reply.get("rowcount", -1)
-        self.lastrowid = reply.get("lastrowid")
+        self.lastrowid = decode_value(reply["lastrowid"]) if "lastrowid" in reply else None
 
     def execute(self, operation: Any, parameters: Any = None) -> None:
         raise NotSupportedError(

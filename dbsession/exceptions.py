@@ -56,13 +56,14 @@ class DBAPIRequestError(DBSessionError):
     """The DB-API answered a request with an error envelope."""
 
     def __init__(self, message: str, *, code: str = "error", error_id: str | None = None,
-                 status: int | None = None, details: Any = None) -> None:
+                 status: int | None = None, details: Any = None, txn_state: str | None = None) -> None:
         suffix = f" (error id {error_id})" if error_id else ""
         super().__init__(f"{message}{suffix}")
         self.code = code
         self.error_id = error_id
         self.status = status
         self.details = details
+        self.txn_state = txn_state  # "open": the request ran inside the server transaction
 
 
 class AuthenticationError(DBAPIRequestError):

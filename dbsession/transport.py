@@ -112,11 +112,12 @@ class Transport:
             raise error_class_for(status)(
                 f"The DB-API answered HTTP {status} without an error envelope; is "
                 f"{self.base_url} really a DB-API server?", status=status)
-        if status == 422 and envelope.get("code") in ("database_error", "statement_error"):
+        if status == 422 and envelope.get("code") in ("database_error", "statement_error", "driver_error"):
             raise DatabaseErrorReply(envelope)
         raise error_class_for(status)(
             envelope.get("message", f"HTTP {status}"), code=envelope.get("code", "error"),
-            error_id=envelope.get("error_id"), status=status, details=envelope.get("details"))
+            error_id=envelope.get("error_id"), status=status, details=envelope.get("details"),
+            txn_state=envelope.get("txn_state"))
 
 
 _registry_lock = threading.Lock()
