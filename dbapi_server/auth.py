@@ -4,7 +4,7 @@
 verifies with PyJWT against a fixed algorithm allowlist, audience and (optionally) issuer, with a
 small clock skew; verified tokens are cached until they expire so the signature is checked once
 per token, not once per request. The full security model (asymmetric keys by ``kid``, JWKS,
-minting, per-task scopes) extends this seam - see ``docs/security.md``.
+per-task scopes) extends this seam; it is not built yet.
 """
 
 from __future__ import annotations

@@ -44,7 +44,10 @@ def keygen(out_dir: str, name: str) -> None:
     """Generate an Ed25519 key pair: the private key stays on the trusted side."""
     from .keys import write_keypair
 
-    private, public = write_keypair(out_dir, name)
+    try:
+        private, public = write_keypair(out_dir, name)
+    except FileExistsError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"private key: {private} (keep it on the trusted side)\npublic key:  {public} "
                f"(give it to the DB-API: DBAPI_JWT_KEY_FILE)")
 
@@ -60,5 +63,8 @@ def mint_token(key_file: str, subject: str, ttl: int, algorithm: str, claims: tu
     """Sign a short-lived token for an untrusted process (printed to stdout)."""
     from .auth import mint_token as mint
 
+    bad = [c for c in claims if "=" not in c]
+    if bad:
+        raise click.BadParameter(f"claims look like NAME=VALUE, got {bad[0]!r}", param_hint="--claim")
     extra = dict(c.split("=", 1) for c in claims)
     click.echo(mint(Path(key_file).read_bytes(), subject=subject, ttl=ttl, algorithm=algorithm, **extra))

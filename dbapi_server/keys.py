@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -26,7 +27,12 @@ def write_keypair(directory: str | Path, name: str = "dbapi") -> tuple[Path, Pat
     directory.mkdir(parents=True, exist_ok=True)
     private, public = generate_keypair()
     private_path, public_path = directory / f"{name}.key", directory / f"{name}.pub"
-    private_path.touch(mode=0o600)
-    private_path.write_bytes(private)
+    for path in (private_path, public_path):
+        if path.exists():
+            raise FileExistsError(f"{path} exists; keys are never overwritten - move it away first.")
+    # created 0600 atomically: the private key is never readable by others, not even briefly
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(private)
     public_path.write_bytes(public)
     return private_path, public_path

@@ -2,8 +2,8 @@
 
 The server knows exactly what each statement touches (the decoder records tables, columns,
 functions, operators and any literal SQL while rebuilding it), so the policy judges structure,
-never SQL text. This default policy - the seam the per-role policy of ``docs/security.md`` grows
-from - allows the application's own tables, refuses literal SQL except ``*`` and bare integers (``count(*)``, ``EXISTS (SELECT 1 ...)``) and
+never SQL text. This default policy - the seam the per-role, per-column, row-filter policy grows from
+(not built yet) - allows the application's own tables, refuses literal SQL except ``*`` and bare integers (``count(*)``, ``EXISTS (SELECT 1 ...)``) and
 refuses functions that reach outside the database's data.
 """
 

@@ -1,0 +1,1 @@
+"""A runnable demonstration of database access isolation (``python examples/demo.py``)."""
