@@ -86,10 +86,13 @@ def _(s: Session):
 
 @op("order.distinct_on", backends={"postgresql"})
 def _(s: Session):
-    from sqlalchemy.dialects.postgresql import distinct_on
-
-    stmt = select(DagRun).ext(distinct_on(DagRun.dag_id)).order_by(DagRun.dag_id, DagRun.id.desc())
-    return s.scalars(stmt).all()
+    try:  # SQLAlchemy 2.1 spelling; 2.0 has only select().distinct(expr) (deprecated in 2.1)
+        from sqlalchemy.dialects.postgresql import distinct_on
+    except ImportError:
+        stmt = select(DagRun).distinct(DagRun.dag_id)
+    else:
+        stmt = select(DagRun).ext(distinct_on(DagRun.dag_id))
+    return s.scalars(stmt.order_by(DagRun.dag_id, DagRun.id.desc())).all()
 
 
 @op("order.case_expression")
