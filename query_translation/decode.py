@@ -98,6 +98,8 @@ class StatementDecoder:
             result = method(self, node)
         finally:
             self._depth -= 1
+        if "al" in node and kind not in ("col", "ref", "label", "table"):
+            result.__dict__["_anon_name_label"] = self.name(node["al"])  # see encode: implicit labels
         if "@" in node:
             self._refs[node["@"]] = result
         return result
@@ -446,17 +448,20 @@ class StatementDecoder:
         return case
 
     def over(self, node: _Json) -> Any:
-        return elements.Over(self.visit(node["element"]), partition_by=self.opt(node.get("partition_by")),
-                             order_by=self.opt(node.get("order_by")))
+        return elements.Over(self.visit(node["element"]), partition_by=_items(self.opt(node.get("partition_by"))),
+                             order_by=_items(self.opt(node.get("order_by"))))
 
     def funcfilter(self, node: _Json) -> Any:
         return elements.FunctionFilter(self.visit(node["func"]), self.visit(node["criterion"]))
 
     def within_group(self, node: _Json) -> Any:
-        return elements.WithinGroup(self.visit(node["element"]), self.opt(node.get("order_by")))
+        return elements.WithinGroup(self.visit(node["element"]), *_items(self.opt(node.get("order_by"))))
 
     def extract(self, node: _Json) -> Any:
-        return sa.extract(node["field"], self.visit(node["expr"]))
+        field = node["field"]
+        if not (isinstance(field, str) and field.isidentifier() and len(field) <= 32):
+            raise MalformedStatementError({"field": ["not a field name"]}, f"Bad EXTRACT field {field!r}.")
+        return sa.extract(field, self.visit(node["expr"]))
 
     def function(self, node: _Json) -> Any:
         name = node["name"]
@@ -486,6 +491,15 @@ class StatementDecoder:
 
     def false(self, _: _Json) -> Any:
         return sa.false()
+
+
+def _items(clause: Any) -> list[Any]:
+    """The members of a ClauseList the constructor will wrap again, or the single element."""
+    if clause is None:
+        return []
+    if isinstance(clause, elements.ClauseList):
+        return list(clause.clauses)
+    return [clause]
 
 
 def _index_definitions(document: Any) -> dict[int, _Json]:

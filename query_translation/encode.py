@@ -114,6 +114,12 @@ class StatementEncoder:
                 node["@"] = self._next_ref
             return {"t": "ref", "@": node["@"]}
         node = _dispatch(type(element))(self, element)
+        implicit = element.__dict__.get("_anon_name_label") if isinstance(element, sa.ColumnElement) else None
+        if implicit is not None and node["t"] not in ("col", "ref", "label") and isinstance(
+                implicit, elements._anonymous_label):
+            # the implicit "AS count_1" label the compiler memoized; clones share it, and so
+            # must the rebuilt expressions
+            node["al"] = self.name(implicit)
         self._memo[id(identity)] = (identity, node)
         return node
 

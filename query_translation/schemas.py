@@ -17,7 +17,7 @@ from .exceptions import MalformedStatementError, UnknownNodeError
 
 __all__ = ["MAX_DEPTH", "NODE_SPECS", "validate_document"]
 
-MAX_DEPTH = 200
+MAX_DEPTH = 100  # JSON levels; marshmallow needs ~6 frames a level
 
 
 class _Node(fields.Field):
@@ -58,6 +58,23 @@ class _Op(fields.Field):
         raise ValidationError("Expected an operator name or {'custom': opstring, ...}.")
 
 
+class _StrictBool(fields.Field):
+    """Exactly JSON true / false: no "false" strings or 1s that a decoder would read as true."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if type(value) is not bool:
+            raise ValidationError("Expected true or false.")
+        return value
+
+
+def _bool() -> fields.Field:
+    return _StrictBool()
+
+
+def _int(**kw: Any) -> fields.Field:
+    return fields.Int(strict=True, **kw)
+
+
 def _node(**kw: Any) -> fields.Field:
     return _Node(**kw)
 
@@ -71,9 +88,9 @@ _TYPE = fields.Dict(allow_none=True, load_default=None)
 
 def _dml(**spec: Any) -> dict[str, Any]:
     """Fields every INSERT / UPDATE / DELETE node may carry, plus *spec*."""
-    return {"table": _node(required=True), "returning": _nodes(), "return_defaults": fields.Bool(),
+    return {"table": _node(required=True), "returning": _nodes(), "return_defaults": _bool(),
             "return_defaults_cols": _nodes(), "supplemental_returning": _nodes(), "ctes": _nodes(),
-            "sort_by_parameter_order": fields.Bool(), "inline": fields.Bool(), **spec}
+            "sort_by_parameter_order": _bool(), "inline": _bool(), **spec}
 _PAIRS = fields.List(fields.List(fields.Raw(), validate=validate.Length(equal=2)))
 
 # field specs per node kind; "t" and "@" are implied
@@ -84,14 +101,14 @@ NODE_SPECS: dict[str, dict[str, Any]] = {
     "subquery": {"element": _node(required=True), "name": _Name(required=True)},
     "lateral": {"element": _node(required=True), "name": _Name(required=True)},
     "cte": {"element": _node(required=True), "name": _Name(required=True),
-            "recursive": fields.Bool(), "nesting": fields.Bool(), "alias_of": _node(),
+            "recursive": _bool(), "nesting": _bool(), "alias_of": _node(),
             "restates": _node()},
     "join": {"left": _node(required=True), "right": _node(required=True),
-             "on": _node(allow_none=True), "outer": fields.Bool(), "full": fields.Bool()},
+             "on": _node(allow_none=True), "outer": _bool(), "full": _bool()},
     "select": {"cols": _nodes(required=True), "froms": _nodes(), "where": _nodes(),
                "group_by": _nodes(), "having": _nodes(), "order_by": _nodes(),
                "distinct_on": _nodes(), "ext_distinct_on": _nodes(), "correlate": _nodes(), "correlate_except": _nodes(),
-               "ctes": _nodes(), "distinct": fields.Bool(), "joins": fields.List(fields.Dict()),
+               "ctes": _nodes(), "distinct": _bool(), "joins": fields.List(fields.Dict()),
                "label_style": fields.Str(), "limit": _node(), "offset": _node(),
                "fetch": fields.Dict(), "for_update": fields.Dict()},
     "compound_select": {"keyword": fields.Str(required=True), "selects": _nodes(required=True),
@@ -99,8 +116,8 @@ NODE_SPECS: dict[str, dict[str, Any]] = {
                         "offset": _node(), "fetch": fields.Dict(), "for_update": fields.Dict()},
     "select_grouping": {"element": _node(required=True)},
     "insert": _dml(values=_PAIRS, multi_values=fields.List(fields.List(fields.Raw())),
-                   select=_node(), select_names=fields.List(fields.Str()), include_defaults=fields.Bool()),
-    "update": _dml(values=_PAIRS, ordered=fields.Bool(), where=_nodes()),
+                   select=_node(), select_names=fields.List(fields.Str()), include_defaults=_bool()),
+    "update": _dml(values=_PAIRS, ordered=_bool(), where=_nodes()),
     "delete": _dml(where=_nodes(), extra_froms=_nodes()),
     "savepoint": {"name": fields.Str(required=True)},
     "rollback_to_savepoint": {"name": fields.Str(required=True)},
@@ -108,26 +125,26 @@ NODE_SPECS: dict[str, dict[str, Any]] = {
     "text": {"text": fields.Str(required=True), "binds": fields.List(fields.List(fields.Raw()))},
     "textual_select": {"element": _node(required=True), "columns": _nodes(required=True)},
     "col": {"from": _node(required=True), "key": fields.Str(required=True)},
-    "column_clause": {"name": fields.Str(required=True), "literal": fields.Bool(), "from": _node(),
+    "column_clause": {"name": fields.Str(required=True), "literal": _bool(), "from": _node(),
                       "type": _TYPE},
-    "bind": {"key": fields.Str(required=True), "anon": fields.Str(), "n": fields.Int(validate=validate.Range(min=1)),
-             "unique": fields.Bool(), "expanding": fields.Bool(),
-             "literal_execute": fields.Bool(), "offset_limit": fields.Bool(), "type": _TYPE},
+    "bind": {"key": fields.Str(required=True), "anon": fields.Str(), "n": _int(validate=validate.Range(min=1)),
+             "unique": _bool(), "expanding": _bool(),
+             "literal_execute": _bool(), "offset_limit": _bool(), "type": _TYPE},
     "label": {"name": _Name(required=True), "element": _node(required=True), "type": _TYPE},
     "label_reference": {"element": _node(required=True)},
     "textual_label_reference": {"name": fields.Str(required=True)},
     "binary": {"op": _Op(required=True), "left": _node(required=True), "right": _node(required=True),
-               "negate": _Op(), "modifiers": fields.Dict(), "index": fields.Bool(), "type": _TYPE},
+               "negate": _Op(), "modifiers": fields.Dict(), "index": _bool(), "type": _TYPE},
     "unary": {"element": _node(required=True), "op": _Op(), "modifier": _Op(), "type": _TYPE},
     "exists": {"element": _node(required=True), "op": _Op(), "modifier": _Op(), "type": _TYPE},
     "collection": {"element": _node(required=True), "op": _Op(), "modifier": _Op(), "type": _TYPE},
     "as_boolean": {"element": _node(required=True), "op": _Op(required=True),
                    "negate": _Op(required=True), "type": _TYPE},
-    "clause_list": {"clauses": _nodes(required=True), "op": _Op(), "group": fields.Bool(),
-                    "group_contents": fields.Bool()},
-    "boolean_list": {"op": _Op(required=True), "clauses": _nodes(required=True), "group": fields.Bool(),
+    "clause_list": {"clauses": _nodes(required=True), "op": _Op(), "group": _bool(),
+                    "group_contents": _bool()},
+    "boolean_list": {"op": _Op(required=True), "clauses": _nodes(required=True), "group": _bool(),
                      "type": _TYPE},
-    "expression_list": {"op": _Op(required=True), "clauses": _nodes(required=True), "group": fields.Bool(),
+    "expression_list": {"op": _Op(required=True), "clauses": _nodes(required=True), "group": _bool(),
                         "type": _TYPE},
     "grouping": {"element": _node(required=True)},
     "from_grouping": {"element": _node(required=True)},
@@ -140,7 +157,9 @@ NODE_SPECS: dict[str, dict[str, Any]] = {
              "order_by": _node(allow_none=True)},
     "funcfilter": {"func": _node(required=True), "criterion": _node(required=True)},
     "within_group": {"element": _node(required=True), "order_by": _node(allow_none=True)},
-    "extract": {"field": fields.Str(required=True), "expr": _node(required=True)},
+    # rendered verbatim by the compiler (EXTRACT(<field> FROM ...)): a bare word only
+    "extract": {"field": fields.Str(required=True, validate=validate.Regexp(r"^[A-Za-z_]{1,32}$")),
+                "expr": _node(required=True)},
     # identifiers only, and never underscore-led (no dunders reaching Python objects)
     "function": {"name": fields.Str(required=True, validate=validate.Regexp(r"^[A-Za-z][A-Za-z0-9_]*$")),
                  "packages": fields.List(fields.Str(validate=validate.Regexp(r"^[A-Za-z][A-Za-z0-9_]*$"))),
@@ -152,7 +171,8 @@ NODE_SPECS: dict[str, dict[str, Any]] = {
 
 def _schema_for(kind: str, spec: Mapping[str, Any]) -> Schema:
     attrs: dict[str, Any] = {"t": fields.Str(required=True, validate=validate.Equal(kind)),
-                             "@": fields.Int(data_key="@", attribute="ref_id"),
+                             "@": _int(data_key="@", attribute="ref_id"),
+                             "al": _Name(data_key="al", attribute="implicit_label"),
                              **dict(spec)}
 
     class Meta:
@@ -164,13 +184,13 @@ def _schema_for(kind: str, spec: Mapping[str, Any]) -> Schema:
 
 
 _SCHEMAS: dict[str, Schema] = {kind: _schema_for(kind, spec) for kind, spec in NODE_SPECS.items()}
-_SCHEMAS["ref"] = _schema_for("ref", {"@": fields.Int(data_key="@", attribute="ref_id", required=True)})
+_SCHEMAS["ref"] = _schema_for("ref", {"@": _int(data_key="@", attribute="ref_id", required=True)})
 
 
 class DocumentSchema(Schema):
     """The envelope: ``{"version": int, "statement": node}``."""
 
-    version = fields.Int(required=True)
+    version = _int(required=True)
     statement = _Node(required=True)
 
     class Meta:

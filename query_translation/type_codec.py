@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -27,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy import types as sqltypes
 from sqlalchemy.types import TypeEngine
 
-from .exceptions import MalformedStatementError, UnsupportedStatementError
+from .exceptions import MalformedStatementError, UnknownEnumError, UnsupportedStatementError
 from .values import decode_value, encode_value, enum_path
 
 __all__ = ["TypeResolver", "encode_type"]
@@ -150,8 +151,9 @@ class TypeResolver:
         try:
             return self.enum_classes[path]
         except KeyError:
-            raise UnsupportedStatementError(
-                f"The enum class {path!r} is not used by the server's metadata."
+            raise UnknownEnumError(
+                f"The enum class {path!r} is not used by the server's metadata; only enums of "
+                "mapped columns can be sent."
             ) from None
 
     def resolve(self, data: Mapping[str, Any]) -> TypeEngine[Any]:
@@ -178,10 +180,13 @@ class TypeResolver:
         if name == "TupleType":
             return sqltypes.TupleType(*[self.resolve(t) for t in data.get("types", [])])
         kwargs = dict(data.get("k", {}))
+        for key, value in kwargs.items():
+            if isinstance(value, dict) and "type" in value:
+                kwargs[key] = self.resolve(value["type"])
+            else:
+                kwargs[key] = _checked_argument(name, key, decode_value(value))
         if issubclass(cls, sa.Enum):
             return self._build_enum(cls, kwargs)
-        for key, value in kwargs.items():
-            kwargs[key] = self.resolve(value["type"]) if isinstance(value, dict) and "type" in value else decode_value(value)
         try:
             return cls(**kwargs)
         except TypeError as exc:
@@ -193,6 +198,28 @@ class TypeResolver:
         else:
             args = list(kwargs.pop("enums", []))
         return cls(*args, **kwargs)
+
+
+# Type arguments end up inside SQL (CAST(x AS NUMERIC(10, 2)), COLLATE "..."): only plain numbers,
+# flags and name-like tokens are accepted, never free text.
+_TOKEN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_FREE_TEXT_ARGUMENTS = {"enums"}  # enum values are bound as parameters, never rendered
+
+
+def _checked_argument(type_name: Any, key: str, value: Any) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    if key == "enum_class" and isinstance(value, str):
+        return value  # a path, resolved only against the metadata's own enum classes
+    if isinstance(value, int) and 0 <= value <= 1_000_000:
+        return value
+    if key in _FREE_TEXT_ARGUMENTS and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return value
+    if isinstance(value, str) and _TOKEN.match(value):
+        return value
+    raise UnsupportedStatementError(  # the value itself is not echoed back
+        f"The argument {key!r} of type {type_name} is not allowed: type arguments must be "
+        "small non-negative integers, flags or plain names.")
 
 
 def column_type_map(tables: Iterable[sa.Table]) -> dict[int, tuple[str, str]]:
