@@ -34,7 +34,14 @@ class BackgroundServer:
                     channel.close()
             self.server.trigger.close()  # the map is now empty: the loop returns
 
-        self.server.trigger.pull_trigger(close_all)
+        trigger = self.server.trigger
+        # not trigger.pull_trigger(close_all): it appends the thunk, then writes to the pipe; a
+        # wake-up from a worker thread in between runs close_all, which closes the pipe, and the
+        # write fails (EBADF) - or lands in whatever reused the descriptor. The loop runs thunks
+        # under trigger.lock, so holding it across both steps closes that window.
+        with trigger.lock:
+            trigger.thunks.append(close_all)
+            trigger._physical_pull()
         self.thread.join(timeout=10)
         self.server.task_dispatcher.shutdown()
 

@@ -52,11 +52,15 @@ class ServerState:
     policy: DefaultPolicy
     idle_timeout: float = 60.0
     executor: StatementExecutor = field(init=False)
+    read_engine: sa.Engine = field(init=False)
     transactions: TransactionManager = field(init=False)
     info: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
         self.executor = StatementExecutor(self.engine, self.metadata)
+        # one-shot reads (no client transaction) run in autocommit: a single SELECT is then one
+        # database round trip instead of BEGIN + SELECT + ROLLBACK, with the same visibility
+        self.read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self.transactions = TransactionManager(self.engine, idle_timeout=self.idle_timeout)
         with self.engine.connect():
             pass  # first connect initializes the dialect (server version, flags)

@@ -115,7 +115,7 @@ def execute() -> Response:
     if not stmt_info.is_read_only:
         raise APIError("Writes, locking reads and savepoints must run in a transaction "
                        "(send 'txn' and 'seq').", code="transaction_required")
-    with state.engine.connect() as conn:
+    with state.read_engine.connect() as conn:
         return _json(state.executor.execute(conn, statement, params, many=many, sql_hash=sql_hash,
                                             options=options))
 
