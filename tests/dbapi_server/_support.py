@@ -1,0 +1,135 @@
+"""A raw HTTP client for the DB-API: builds requests as an isolated client would, or breaks them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+import urllib3
+
+from dbsession.dialect import isolated_dialect_class
+from query_translation import encode_params, to_wire
+from query_translation.fingerprint import sql_fingerprint
+from tests.servers import RunningServer
+
+PREFIX = "/dbapi/v1"
+DEFAULT: Any = object()  # "the server's own valid token"
+# what no answer may ever contain: tracebacks, SQL text, SQLAlchemy's own error decoration
+LEAK_MARKERS = ("Traceback", 'File "', "[SQL:", "sqlalche.me", "SELECT ", "INSERT INTO", "UPDATE ")
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+    @property
+    def error(self) -> dict[str, Any]:
+        envelope = self.json["error"]
+        assert set(envelope) >= {"code", "message", "error_id", "retryable"}, envelope
+        assert isinstance(envelope["message"], str) and envelope["message"]
+        return envelope  # type: ignore[no-any-return]
+
+
+class RawApi:
+    """Sends requests to a running DB-API and remembers every answer for the leak check."""
+
+    def __init__(self, server: RunningServer, secrets: Iterable[str] = ()) -> None:
+        self.server = server
+        self.http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=5, read=30))
+        self.replies: list[Reply] = []
+        self.secrets = [s for s in secrets if s]
+        self.info = self.get("/info").json
+        self.dialect = isolated_dialect_class(self.info)()
+
+    # -- HTTP -------------------------------------------------------------------------------------
+    def request(self, method: str, path: str, body: Any = None, *, token: Any = DEFAULT,
+                headers: dict[str, str] | None = None) -> Reply:
+        sent = dict(headers or {})
+        token = self.server.token if token is DEFAULT else token
+        if token is not None:
+            sent.setdefault("Authorization", f"Bearer {token}")
+        if body is not None and not isinstance(body, bytes):
+            body = orjson.dumps(body)
+        if body is not None:
+            sent.setdefault("Content-Type", "application/json")
+        response = self.http.request(method, self.server.url + PREFIX + path, body=body, headers=sent)
+        reply = Reply(response.status, response.data)
+        self.replies.append(reply)
+        return reply
+
+    def get(self, path: str, **kw: Any) -> Reply:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body: Any, **kw: Any) -> Reply:
+        return self.request("POST", path, body, **kw)
+
+    # -- statements -------------------------------------------------------------------------------
+    def payload(self, stmt: Any, params: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+        """The /execute body an isolated client sends for *stmt*."""
+        compiled = stmt.compile(dialect=self.dialect)
+        state = getattr(compiled, "compile_state", None)
+        root = state.statement if state is not None and getattr(state, "statement", None) is not None \
+            else compiled.statement
+        document = to_wire(root, compiled=compiled, core_statements=compiled._dbs_core)
+        return {"stmt": document, "sql": sql_fingerprint(compiled),
+                "params": encode_params([compiled.construct_params(params)]), **extra}
+
+    def execute(self, stmt: Any, params: dict[str, Any] | None = None, *, token: Any = DEFAULT,
+                **extra: Any) -> Reply:
+        return self.post("/execute", self.payload(stmt, params, **extra), token=token)
+
+    def transaction(self, token: Any = DEFAULT) -> Txn:
+        return Txn(self, uuid.uuid4().hex, token)
+
+    # -- checks -----------------------------------------------------------------------------------
+    def assert_no_leaks(self) -> None:
+        for reply in self.replies:
+            text = reply.body.decode("utf-8", "replace")
+            for marker in (*LEAK_MARKERS, *self.secrets):
+                assert marker not in text, f"answer {reply.status} leaks {marker!r}: {text[:500]}"
+
+
+@dataclass
+class Txn:
+    """A client transaction: numbers its requests like ``dbsession._dbapi.Connection`` does."""
+
+    api: RawApi
+    id: str
+    token: Any = DEFAULT
+    seq: int = 0
+    begun: bool = field(default=False)
+
+    def execute(self, stmt: Any, params: dict[str, Any] | None = None, **extra: Any) -> Reply:
+        return self.api.post("/execute", self.next_payload(stmt, params, **extra), token=self.token)
+
+    def next_payload(self, stmt: Any, params: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+        self.seq += 1
+        payload = self.api.payload(stmt, params, txn=self.id, seq=self.seq, **extra)
+        if not self.begun:
+            payload["begin"], self.begun = True, True
+        return payload
+
+    def finish(self, verb: str, *, token: Any = DEFAULT) -> Reply:
+        self.seq += 1
+        return self.api.post(f"/transactions/{self.id}/{verb}", {"seq": self.seq},
+                             token=self.token if token is DEFAULT else token)
+
+    def commit(self, **kw: Any) -> Reply:
+        return self.finish("commit", **kw)
+
+    def rollback(self, **kw: Any) -> Reply:
+        return self.finish("rollback", **kw)
+
+
+def count_rows(engine: sa.Engine, table: sa.Table, *where: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one())
