@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +11,7 @@ import orjson
 import sqlalchemy as sa
 import urllib3
 
+from dbsession import guard
 from dbsession.dialect import isolated_dialect_class
 from query_translation import encode_params, to_wire
 from query_translation.fingerprint import sql_fingerprint
@@ -20,6 +21,38 @@ PREFIX = "/dbapi/v1"
 DEFAULT: Any = object()  # "the server's own valid token"
 # what no answer may ever contain: tracebacks, SQL text, SQLAlchemy's own error decoration
 LEAK_MARKERS = ("Traceback", 'File "', "[SQL:", "sqlalche.me", "SELECT ", "INSERT INTO", "UPDATE ")
+
+
+Rows = Mapping[sa.Table, Sequence[Mapping[str, Any]]]
+
+
+def define_items(metadata: sa.MetaData, *, unique: bool = True, qty_default: str | None = "0") -> sa.Table:
+    """The ``items(id, name, qty)`` table most modules serve, added to *metadata*."""
+    return sa.Table(
+        "items", metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(40), nullable=False, unique=unique),
+        sa.Column("qty", sa.Integer, nullable=False, server_default=qty_default),
+    )
+
+
+# the shared schema: a metadata holding nothing but the standard ``items`` table
+metadata = sa.MetaData()
+items = define_items(metadata)
+
+
+def make_engine(url: str | sa.URL, metadata: sa.MetaData, rows: Rows | None = None,
+                seed: Callable[[sa.Connection], object] | None = None) -> sa.Engine:
+    """A guard-exempt engine on *url* with *metadata*'s tables created, *rows* and then *seed* inserted."""
+    engine = guard.exempt(sa.create_engine(url))
+    metadata.create_all(engine)
+    if rows or seed is not None:
+        with engine.begin() as conn:
+            for table, batch in (rows or {}).items():
+                conn.execute(table.insert(), list(batch))
+            if seed is not None:
+                seed(conn)
+    return engine
 
 
 @dataclass

@@ -6,7 +6,7 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -16,8 +16,7 @@ import sqlalchemy as sa
 
 from dbapi_server import mint_token
 from dbapi_server.keys import generate_keypair
-from dbsession import guard
-from tests.servers import _PRIVATE, _PUBLIC, RunningServer, running_dbapi
+from tests.servers import _PRIVATE, _PUBLIC, RunningServer
 
 from ._support import RawApi, count_rows
 
@@ -29,23 +28,10 @@ notes = sa.Table(
 )
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine]:
-    engine = guard.exempt(sa.create_engine(f"sqlite:///{tmp_path_factory.mktemp('auth') / 'auth.sqlite'}"))
-    metadata.create_all(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def server(engine: sa.Engine) -> Iterator[RunningServer]:
-    with running_dbapi(engine, metadata) as server:
-        yield server
-
 
 @pytest.fixture
-def api(server: RunningServer, engine: sa.Engine, raw_api: Callable[..., RawApi]) -> RawApi:
-    return raw_api(server, secrets=[str(engine.url), server.token, _PUBLIC.decode().splitlines()[1]])
+def api_secrets(engine: sa.Engine, server: RunningServer) -> list[str]:
+    return [str(engine.url), server.token, _PUBLIC.decode().splitlines()[1]]
 
 
 # -- forged tokens --------------------------------------------------------------------------------

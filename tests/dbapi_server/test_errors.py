@@ -2,52 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 import pytest
 import sqlalchemy as sa
 
-from dbsession import guard
 from query_translation.schemas import MAX_DEPTH
-from tests.servers import RunningServer, running_dbapi
 
-from ._support import RawApi, count_rows
+from ._support import RawApi, count_rows, items
 
-metadata = sa.MetaData()
-items = sa.Table(
-    "items", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("name", sa.String(40), nullable=False, unique=True),
-    sa.Column("qty", sa.Integer, nullable=False, server_default="0"),
-)
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine]:
-    path = tmp_path_factory.mktemp("errors") / "errors.sqlite"
-    engine = guard.exempt(sa.create_engine(f"sqlite:///{path}"))
-    metadata.create_all(engine)
-    with engine.begin() as conn:
-        conn.execute(items.insert(), [{"name": "apple", "qty": 3}])
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def server(engine: sa.Engine) -> Iterator[RunningServer]:
-    with running_dbapi(engine, metadata) as server:
-        yield server
-
-
-@pytest.fixture
-def api(server: RunningServer, engine: sa.Engine, raw_api: Callable[..., RawApi]) -> Iterator[RawApi]:
-    api = raw_api(server, secrets=[str(engine.url)])
-    before = server.state.transactions.open_count
-    yield api
-    opened = server.state.transactions.open_count - before
-    assert opened == 0, "the test left a transaction open"
+ROWS = {items: [{"name": "apple", "qty": 3}]}
+NO_OPEN_TRANSACTIONS = True
 
 
 def select_doc(api: RawApi) -> dict[str, Any]:

@@ -2,58 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
 
 from dbapi_server import DefaultPolicy
-from dbsession import guard
 from query_translation import decode_rows
-from tests.servers import RunningServer, running_dbapi
+from tests.servers import running_dbapi
 
-from ._support import RawApi, count_rows
+from ._support import RawApi, count_rows, define_items
 
 SECRET = "TOPSECRET-7f3a"
 
 metadata = sa.MetaData()
-items = sa.Table(
-    "items", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("name", sa.String(40), nullable=False),
-    sa.Column("qty", sa.Integer, nullable=False),
-)
+items = define_items(metadata, unique=False, qty_default=None)
 secrets = sa.Table(
     "secrets", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("token", sa.String(40), nullable=False),
 )
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine]:
-    engine = guard.exempt(sa.create_engine(f"sqlite:///{tmp_path_factory.mktemp('policy') / 'policy.sqlite'}"))
-    metadata.create_all(engine)
-    with engine.begin() as conn:
-        conn.execute(items.insert(), [{"name": "apple", "qty": 1}, {"name": "pear", "qty": 2}])
-        conn.execute(secrets.insert().values(token=SECRET))
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def server(engine: sa.Engine) -> Iterator[RunningServer]:
-    with running_dbapi(engine, metadata, policy=DefaultPolicy(denied_tables=frozenset({"secrets"}))) as server:
-        yield server
-
-
-@pytest.fixture
-def api(server: RunningServer, engine: sa.Engine, raw_api: Callable[..., RawApi]) -> Iterator[RawApi]:
-    api = raw_api(server, secrets=[str(engine.url), SECRET])  # the leak check covers the secret too
-    before = server.state.transactions.open_count
-    yield api
-    opened = server.state.transactions.open_count - before
-    assert opened == 0, "the test left a transaction open"
+ROWS = {items: [{"name": "apple", "qty": 1}, {"name": "pear", "qty": 2}], secrets: [{"token": SECRET}]}
+POLICY = DefaultPolicy(denied_tables=frozenset({"secrets"}))
+SECRETS = [SECRET]  # the leak check covers the secret too
+NO_OPEN_TRANSACTIONS = True
 
 
 def assert_forbidden(reply: object, match: str = "") -> None:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from dbapi_server import DefaultPolicy
-from dbsession import guard
 from query_translation import decode_rows
-from tests.servers import RunningServer, running_dbapi
 
 from ._support import RawApi
 
@@ -33,28 +31,14 @@ secrets = sa.Table(
     sa.Column("token", sa.String(40), nullable=False),
 )
 
-
-@pytest.fixture(scope="module")
-def engine(pg_url: sa.URL) -> Iterator[sa.Engine]:
-    engine = guard.exempt(sa.create_engine(pg_url))
-    metadata.create_all(engine)
-    with engine.begin() as conn:
-        conn.execute(docs.insert().values(id=1, data={"k": "v", "n": {"a": 1}}, tags=[1, 2, 3],
-                                          created=sa.func.now()))
-        conn.execute(secrets.insert().values(token=SECRET))
-    yield engine
-    engine.dispose()
+DATABASE = "postgresql"
+POLICY = DefaultPolicy(denied_tables=frozenset({"secrets"}))
+SECRETS = [SECRET]
 
 
-@pytest.fixture(scope="module")
-def server(engine: sa.Engine) -> Iterator[RunningServer]:
-    with running_dbapi(engine, metadata, policy=DefaultPolicy(denied_tables=frozenset({"secrets"}))) as server:
-        yield server
-
-
-@pytest.fixture
-def api(server: RunningServer, engine: sa.Engine, raw_api: Callable[..., RawApi]) -> RawApi:
-    return raw_api(server, secrets=[engine.url.render_as_string(), str(engine.url.database), SECRET])
+def seed(conn: sa.Connection) -> None:
+    conn.execute(docs.insert().values(id=1, data={"k": "v", "n": {"a": 1}}, tags=[1, 2, 3], created=sa.func.now()))
+    conn.execute(secrets.insert().values(token=SECRET))
 
 
 @pytest.mark.parametrize("where", [

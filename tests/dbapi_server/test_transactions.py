@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.sql.expression import RollbackToSavepointClause, SavepointClause
 
-from dbsession import guard
 from query_translation import decode_rows
 from tests.servers import RunningServer, running_dbapi
 
@@ -26,24 +25,7 @@ accounts = sa.Table(
     sa.Column("balance", sa.Integer, nullable=False, server_default="0"),
 )
 
-
-@pytest.fixture(scope="module")
-def engine(pg_url: sa.URL) -> Iterator[sa.Engine]:
-    engine = guard.exempt(sa.create_engine(pg_url))
-    metadata.create_all(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def server(engine: sa.Engine) -> Iterator[RunningServer]:
-    with running_dbapi(engine, metadata) as server:
-        yield server
-
-
-@pytest.fixture
-def api(server: RunningServer, engine: sa.Engine, raw_api: Callable[..., RawApi]) -> RawApi:
-    return raw_api(server, secrets=[engine.url.render_as_string(), str(engine.url.database)])
+DATABASE = "postgresql"
 
 
 @pytest.fixture

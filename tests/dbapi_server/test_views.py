@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,41 +10,17 @@ import pytest
 import sqlalchemy as sa
 
 from dbapi_server.state import schema_fingerprint
-from dbsession import guard
 from query_translation import WIRE_VERSION, decode_rows
-from tests.servers import RunningServer, running_dbapi
+from tests.servers import running_dbapi
 
-from ._support import RawApi, count_rows
+from ._support import RawApi, count_rows, items, metadata
 
-metadata = sa.MetaData()
-items = sa.Table(
-    "items", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("name", sa.String(40), nullable=False, unique=True),
-    sa.Column("qty", sa.Integer, nullable=False, server_default="0"),
-)
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine]:
-    path = tmp_path_factory.mktemp("views") / "views.sqlite"
-    engine = guard.exempt(sa.create_engine(f"sqlite:///{path}"))
-    metadata.create_all(engine)
-    with engine.begin() as conn:
-        conn.execute(items.insert(), [{"name": "apple", "qty": 3}, {"name": "pear", "qty": 0}])
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def server(engine: sa.Engine) -> Iterator[RunningServer]:
-    with running_dbapi(engine, metadata) as server:
-        yield server
+ROWS = {items: [{"name": "apple", "qty": 3}, {"name": "pear", "qty": 0}]}
 
 
 @pytest.fixture
-def api(server: RunningServer, engine: sa.Engine, raw_api: Callable[..., RawApi]) -> RawApi:
-    return raw_api(server, secrets=[str(engine.url), str(Path(engine.url.database or "").name)])
+def api_secrets(engine: sa.Engine) -> list[str]:
+    return [str(engine.url), str(Path(engine.url.database or "").name)]
 
 
 # -- handshake and health -------------------------------------------------------------------------
