@@ -66,6 +66,7 @@ class _RecordingCompilerMixin:
 
     _dbs_pending: list[Any]
     _dbs_core: dict[int, Any]
+    stack: list[Any]  # the SQLCompiler's own, declared for the type checker
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         self._dbs_pending = []
@@ -312,11 +313,26 @@ def isolated_url(api_host: str) -> URL:
                       database=parts.path.strip("/") or None, query=query)
 
 
+# capabilities of the client side itself, never taken from the server: results arrive in one
+# response (no server-side cursors to stream from; yield_per buffers on the client)
+_CLIENT_OWNED = frozenset({"supports_server_side_cursors", "server_side_cursors"})
+
+
 def _apply_state(dialect: Any, state: Mapping[str, Any]) -> None:
+    """Make *dialect* behave as the server's initialized dialect.
+
+    Plain-valued state is copied. What a dialect derives from it in ``initialize()`` as objects
+    is replayed with the dialect's own methods, as its ``initialize()`` would: MySQL/MariaDB
+    install MariaDB's type implementations and quoting (``_set_mariadb``) and rebuild quoting
+    for ANSI_QUOTES servers.
+    """
+    if state.get("is_mariadb") and hasattr(dialect, "_set_mariadb") and not getattr(dialect, "is_mariadb", False):
+        dialect._set_mariadb(True, tuple(state.get("server_version_info") or ()))
     for name, value in state.items():
-        setattr(dialect, name, tuple(value) if isinstance(value, list) else value)
-    if hasattr(dialect, "_server_ansiquotes"):  # MySQL builds its quoting from server state
-        dialect.identifier_preparer = dialect.preparer(dialect, server_ansiquotes=dialect._server_ansiquotes)
+        if name not in _CLIENT_OWNED:
+            setattr(dialect, name, tuple(value) if isinstance(value, list) else value)
+    if getattr(dialect, "_server_ansiquotes", False):
+        dialect.identifier_preparer = dialect.preparer(dialect, server_ansiquotes=True)
 
 
 def isolated_dialect_class(info: Mapping[str, Any]) -> type[Dialect]:

@@ -11,8 +11,9 @@ test).  Backends:
   ``$DBSESSION_TEST_PG_URL`` (default ``postgresql+psycopg://root@127.0.0.1:5432/postgres``),
   dropped ``WITH (FORCE)`` at teardown.  Unreachable: the tests fail when
   ``$CI`` is set, and are skipped (with the reason) otherwise.
-* ``mysql``: only with ``DBSESSION_TEST_MYSQL=1``; two fresh databases on
-  ``$DBSESSION_TEST_MYSQL_URL`` (default ``mysql+pymysql://root@127.0.0.1:3306/``).
+* ``mysql`` (MariaDB): two fresh databases on ``$DBSESSION_TEST_MYSQL_URL`` (default
+  ``mysql+pymysql://root@127.0.0.1:3306/``); unreachable: fail under ``$CI``, skip otherwise, as
+  for PostgreSQL. ``DBSESSION_TEST_MYSQL=0`` leaves it out.
 
 Read-only operations share the seeded state; after a write operation (or a
 read operation that changed something) both databases are reset and re-seeded
@@ -44,7 +45,7 @@ def _backend_params() -> list:
         pytest.param("sqlite", id="sqlite"),
         pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgresql),
     ]
-    if os.environ.get("DBSESSION_TEST_MYSQL") == "1":
+    if os.environ.get("DBSESSION_TEST_MYSQL", "1") != "0":
         params.append(pytest.param("mysql", id="mysql", marks=pytest.mark.mysql))
     return params
 
