@@ -59,7 +59,7 @@ def _envelope(code: str, message: str, error_id: str, *, retryable: bool = False
                       "retryable": retryable, **extra}}
 
 
-def _pep249_name(orig: BaseException) -> str:
+def _pep249_name(orig: BaseException | None) -> str:
     for cls in type(orig).__mro__:
         if cls.__name__ in _PEP249:
             return cls.__name__

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -80,7 +80,7 @@ class StatementExecutor:
                 self._cache.popitem(last=False)
         return decoded
 
-    def decode_params(self, params: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    def decode_params(self, params: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
         return decode_params(params or [{}], enum_resolver=self.types.resolve_enum)
 
     def execute(self, connection: sa.Connection, statement: Any, params: list[dict[str, Any]],

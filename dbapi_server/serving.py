@@ -51,4 +51,5 @@ def start_background(app: Any, host: str = "127.0.0.1", port: int = 0, threads: 
     server = create_server(app, host=host, port=port, threads=threads, ident="dbapi-server")
     thread = threading.Thread(target=server.run, name="dbapi-server", daemon=True)
     thread.start()
-    return BackgroundServer(f"http://{host}:{server.effective_port}", server, thread)
+    # effective_port is set in BaseWSGIServer.__init__ but missing from types-waitress
+    return BackgroundServer(f"http://{host}:{server.effective_port}", server, thread)  # type: ignore[union-attr]

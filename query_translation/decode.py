@@ -9,6 +9,7 @@ second walk. Structure is validated first by :mod:`query_translation.schemas`.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,7 +171,7 @@ class StatementDecoder:
 
     # -- statements ---------------------------------------------------------------------------
     def select(self, node: _Json) -> Any:
-        stmt = sa.Select(*self.all(node["cols"]))
+        stmt: sa.Select[Any] = sa.Select(*self.all(node["cols"]))
         if node.get("froms"):
             stmt = stmt.select_from(*self.all(node["froms"]))
         for join in node.get("joins", ()):
@@ -222,7 +223,7 @@ class StatementDecoder:
 
     def compound_select(self, node: _Json) -> Any:
         keyword = selectable._CompoundSelectKeyword[node["keyword"]]
-        stmt = selectable.CompoundSelect(keyword, *self.all(node["selects"]))
+        stmt: selectable.CompoundSelect[Any] = selectable.CompoundSelect(keyword, *self.all(node["selects"]))
         if node.get("order_by"):
             stmt = stmt.order_by(*self.all(node["order_by"]))
         if node.get("group_by"):
@@ -233,7 +234,7 @@ class StatementDecoder:
         return selectable.SelectStatementGrouping(self.visit(node["element"]))
 
     def _target(self, node: _Json) -> sa.Table:
-        table = self.visit(node["table"])
+        table: sa.Table = self.visit(node["table"])
         name = table.fullname
         self.info.write_table = name
         self.info.read_tables.discard(name)
@@ -301,13 +302,13 @@ class StatementDecoder:
         return self._dml_common(stmt, node)
 
     def savepoint(self, node: _Json) -> Any:
-        return sql_expr.SavepointClause(node["name"])
+        return sql_expr.SavepointClause(node["name"])  # type: ignore[no-untyped-call]  # untyped in SQLAlchemy
 
     def rollback_to_savepoint(self, node: _Json) -> Any:
-        return sql_expr.RollbackToSavepointClause(node["name"])
+        return sql_expr.RollbackToSavepointClause(node["name"])  # type: ignore[no-untyped-call]  # untyped in SQLAlchemy
 
     def release_savepoint(self, node: _Json) -> Any:
-        return sql_expr.ReleaseSavepointClause(node["name"])
+        return sql_expr.ReleaseSavepointClause(node["name"])  # type: ignore[no-untyped-call]  # untyped in SQLAlchemy
 
     def textual_select(self, node: _Json) -> Any:
         return self.visit(node["element"]).columns(*self.all(node["columns"]))
@@ -385,7 +386,7 @@ class StatementDecoder:
                    negate=self._op(node["negate"]) if "negate" in node else None,
                    modifiers=modifiers or None)
 
-    def _unary_like(self, cls: type, node: _Json) -> Any:
+    def _unary_like(self, cls: builtins.type[elements.UnaryExpression[Any]], node: _Json) -> Any:
         obj = cls.__new__(cls)
         elements.UnaryExpression.__init__(
             obj, self.visit(node["element"]),
@@ -404,7 +405,7 @@ class StatementDecoder:
         return self._unary_like(elements.CollectionAggregate, node)
 
     def as_boolean(self, node: _Json) -> Any:
-        return elements.AsBoolean(self.visit(node["element"]), self._op(node["op"]),
+        return elements.AsBoolean(self.visit(node["element"]), self._op(node["op"]),  # type: ignore[no-untyped-call]  # untyped in SQLAlchemy
                                   self._op(node["negate"]))
 
     def clause_list(self, node: _Json) -> Any:

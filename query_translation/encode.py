@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.sql import dml as sql_dml
@@ -165,7 +165,7 @@ class StatementEncoder:
         return {"t": "lateral", "element": self.visit(lateral.element), "name": self.name(lateral.name)}
 
     def visit_join(self, join: selectable.Join) -> _Json:
-        node = {"t": "join", "left": self.visit(join.left), "right": self.visit(join.right),
+        node: _Json = {"t": "join", "left": self.visit(join.left), "right": self.visit(join.right),
                 "on": self.visit_opt(join.onclause)}
         if join.isouter:
             node["outer"] = True
@@ -207,7 +207,7 @@ class StatementEncoder:
 
     def _setup_join(self, setup: tuple[Any, ...]) -> _Json:
         target, onclause, from_, flags = setup
-        node = {"target": self.visit(target), "on": self.visit_opt(onclause),
+        node: _Json = {"target": self.visit(target), "on": self.visit_opt(onclause),
                 "from": self.visit_opt(from_)}
         node["outer"], node["full"] = bool(flags.get("isouter")), bool(flags.get("full"))
         return node
@@ -339,7 +339,7 @@ class StatementEncoder:
             key = _column_key(table, column)
             if key is not None:
                 return {"t": "col", "from": self.visit(table), "key": key}
-        node = {"t": "column_clause", "name": str(column.name)}
+        node: _Json = {"t": "column_clause", "name": str(column.name)}
         if column.is_literal:
             node["literal"] = True
         if table is not None:
@@ -478,13 +478,13 @@ class StatementEncoder:
         return {"t": "within_group", "element": self.visit(wg.element),
                 "order_by": self.visit_opt(wg.order_by)}
 
-    def visit_extract(self, extract: elements.Extract[Any]) -> _Json:
+    def visit_extract(self, extract: elements.Extract) -> _Json:
         return {"t": "extract", "field": extract.field, "expr": self.visit(extract.expr)}
 
     def visit_function(self, fn: functions.FunctionElement[Any]) -> _Json:
         if type(fn) is functions.Function or isinstance(fn, functions.GenericFunction):
             node: _Json = {"t": "function", "name": fn.name,
-                           "args": self.visit_all(fn.clause_expr.element.clauses)}
+                           "args": self.visit_all(cast("elements.ClauseList", fn.clause_expr.element).clauses)}
             packages = getattr(fn, "packagenames", ())
             if packages:
                 node["packages"] = list(packages)
@@ -539,7 +539,7 @@ def _dispatch(cls: type) -> Callable[[StatementEncoder, Any], _Json]:
     if found is not None:
         return found
     visit_name = getattr(cls, "__visit_name__", None)
-    method = _BY_VISIT_NAME.get(visit_name) or getattr(StatementEncoder, f"visit_{visit_name}", None)
+    method = _BY_VISIT_NAME.get(visit_name) or getattr(StatementEncoder, f"visit_{visit_name}", None)  # type: ignore[arg-type]  # None just misses
     if method is None:
         raise UnsupportedStatementError(
             f"The SQL construct {cls.__module__}.{cls.__qualname__} ({visit_name}) cannot be sent "

@@ -9,7 +9,7 @@ iteratively first, so a hostile document cannot exhaust the interpreter's stack.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
@@ -20,7 +20,7 @@ __all__ = ["MAX_DEPTH", "NODE_SPECS", "validate_document"]
 MAX_DEPTH = 100  # JSON levels; marshmallow needs ~6 frames a level
 
 
-class _Node(fields.Field):
+class _Node(fields.Field):  # type: ignore[type-arg]  # generic only in marshmallow 4
     """A nested node: dispatches on ``"t"`` to that kind's schema."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
@@ -35,7 +35,7 @@ class _Node(fields.Field):
         return schema.load(value)
 
 
-class _Name(fields.Field):
+class _Name(fields.Field):  # type: ignore[type-arg]  # generic only in marshmallow 4
     """A plain name or ``{"anon": base}``."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
@@ -47,7 +47,7 @@ class _Name(fields.Field):
         raise ValidationError("Expected a name: a string or {'anon': string, 'n': positive int}.")
 
 
-class _Op(fields.Field):
+class _Op(fields.Field):  # type: ignore[type-arg]  # generic only in marshmallow 4
     """An operator name or a custom operator object."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
@@ -58,7 +58,7 @@ class _Op(fields.Field):
         raise ValidationError("Expected an operator name or {'custom': opstring, ...}.")
 
 
-class _StrictBool(fields.Field):
+class _StrictBool(fields.Field):  # type: ignore[type-arg]  # generic only in marshmallow 4
     """Exactly JSON true / false: no "false" strings or 1s that a decoder would read as true."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
@@ -67,19 +67,19 @@ class _StrictBool(fields.Field):
         return value
 
 
-def _bool() -> fields.Field:
+def _bool() -> fields.Field[Any]:
     return _StrictBool()
 
 
-def _int(**kw: Any) -> fields.Field:
+def _int(**kw: Any) -> fields.Field[Any]:
     return fields.Int(strict=True, **kw)
 
 
-def _node(**kw: Any) -> fields.Field:
+def _node(**kw: Any) -> fields.Field[Any]:
     return _Node(**kw)
 
 
-def _nodes(**kw: Any) -> fields.Field:
+def _nodes(**kw: Any) -> fields.Field[Any]:
     return fields.List(_Node(), **kw)
 
 
@@ -179,7 +179,7 @@ def _schema_for(kind: str, spec: Mapping[str, Any]) -> Schema:
         unknown = RAISE
 
     attrs["Meta"] = Meta
-    schema_cls = type(f"{kind.title().replace('_', '')}NodeSchema", (Schema,), attrs)
+    schema_cls = cast("type[Schema]", type(f"{kind.title().replace('_', '')}NodeSchema", (Schema,), attrs))
     return schema_cls()
 
 
@@ -222,4 +222,4 @@ def validate_document(document: Any) -> None:
     try:
         _DOCUMENT.load(document)
     except ValidationError as exc:
-        raise MalformedStatementError(exc.normalized_messages(), "The statement document is malformed.") from None
+        raise MalformedStatementError(exc.normalized_messages(), "The statement document is malformed.") from None  # type: ignore[no-untyped-call]  # untyped in marshmallow

@@ -158,6 +158,8 @@ class TypeResolver:
 
     def resolve(self, data: Mapping[str, Any]) -> TypeEngine[Any]:
         if "col" in data:
+            table: str
+            key: str
             table, key = data["col"]
             try:
                 return self._metadata.tables[table].c[key].type
@@ -165,7 +167,7 @@ class TypeResolver:
                 raise MalformedStatementError({"type": ["unknown column"]}, f"Type reference to unknown column {table}.{key}.") from None
         name = data.get("n")
         if "r" in data:
-            found = self._custom.get((name, data["r"]))
+            found = self._custom.get((name, data["r"]))  # type: ignore[arg-type]  # None just misses
             if found is None:
                 raise UnsupportedStatementError(
                     f"The type {data['r']} ({name}) is not used by any column of the server's "
