@@ -1,35 +1,48 @@
-"""Make direct database access fail loudly while isolation is on.
+"""Make direct database access fail loudly while the process is in isolation mode.
 
-Installed by the first isolated ``DBSession``: any engine whose dialect is not the DB-API dialect
-then refuses to open a DBAPI connection or execute, with an error naming the setting. Engines
-that legitimately reach the database from the same process - an in-process DB-API server in a
-test, a fixture that seeds data - must be exempted explicitly with :func:`exempt`.
-SQLAlchemy offers no global hook on ``create_engine()`` itself, so creating an engine is allowed;
-using it is not.
+Installed by the first ``DBSession`` created while isolation is the *process* setting
+(``DATABASE_ACCESS_ISOLATION`` or ``dbsession.configure()``; a single session isolated by argument
+leaves the process alone). From then on, for any dialect other than the DB-API's:
+
+* ``create_engine()`` raises (through ``Dialect.engine_created``, the hook SQLAlchemy calls for
+  every new engine just before returning it);
+* an engine created earlier refuses to open a DBAPI connection or to execute.
+
+The errors name the setting. Engines that legitimately reach the database from the same process -
+an in-process DB-API server in a test, a fixture that seeds data - are created inside
+:func:`trusted` or exempted explicitly with :func:`exempt`. The guard is a tripwire for code that
+still touches the database directly; the security boundary is that the untrusted process holds
+no credentials.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.engine.interfaces import Dialect
 
 from .exceptions import DirectDatabaseAccessError
 
-__all__ = ["exempt", "install", "is_installed", "uninstall"]
+__all__ = ["exempt", "install", "is_installed", "trusted", "uninstall"]
 
 _lock = threading.Lock()
 _installed = False
 _exempt: weakref.WeakSet[Any] = weakref.WeakSet()
+_trusted: ContextVar[bool] = ContextVar("dbsession_guard_trusted", default=False)
+_original_engine_created: Any = None
 
 _MESSAGE = (
     "Direct database access through {what} ({url}) while database_access_isolation is on. "
     "In isolation mode every database operation must go through DBSession and the DB-API at "
     "database_api_host; if this engine is trusted (a test fixture or an in-process server), "
-    "exempt it with dbsession.guard.exempt(engine)."
+    "create it inside dbsession.guard.trusted() or exempt it with dbsession.guard.exempt(engine)."
 )
 
 
@@ -48,6 +61,24 @@ def _on_execute(conn: Any, cursor: Any, statement: Any, parameters: Any, context
         raise DirectDatabaseAccessError(_MESSAGE.format(what="a statement", url=conn.engine.url))
 
 
+def _on_engine_created(cls: Any, engine: sa.Engine) -> None:
+    if _trusted.get():
+        exempt(engine)
+    elif not _allowed(engine.dialect):
+        raise DirectDatabaseAccessError(_MESSAGE.format(what="create_engine()", url=engine.url))
+    _original_engine_created.__func__(cls, engine)
+
+
+@contextmanager
+def trusted() -> Iterator[None]:
+    """Engines created inside this block may reach their database (they are exempted)."""
+    token = _trusted.set(True)
+    try:
+        yield
+    finally:
+        _trusted.reset(token)
+
+
 def exempt(engine: sa.Engine) -> sa.Engine:
     """Allow *engine* to reach its database even while isolation is on; returns it."""
     _exempt.add(engine.dialect)
@@ -55,11 +86,13 @@ def exempt(engine: sa.Engine) -> sa.Engine:
 
 
 def install() -> None:
-    global _installed
+    global _installed, _original_engine_created
     with _lock:
         if not _installed:
             event.listen(sa.Engine, "do_connect", _on_connect)
             event.listen(sa.Engine, "before_cursor_execute", _on_execute)
+            _original_engine_created = Dialect.__dict__["engine_created"]
+            Dialect.engine_created = classmethod(_on_engine_created)  # type: ignore[method-assign,assignment]
             _installed = True
 
 
@@ -69,6 +102,7 @@ def uninstall() -> None:
         if _installed:
             event.remove(sa.Engine, "do_connect", _on_connect)
             event.remove(sa.Engine, "before_cursor_execute", _on_execute)
+            Dialect.engine_created = _original_engine_created  # type: ignore[method-assign]
             _installed = False
 
 

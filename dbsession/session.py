@@ -60,5 +60,6 @@ class DBSession(Session):
                         "to the DB-API at database_api_host.")
             if bind is None and not kw.get("binds"):
                 bind = isolated_engine(settings)
-            guard.install()
+            if get_settings().database_access_isolation:
+                guard.install()  # the process itself is in isolation mode, not just this session
         super().__init__(bind=bind, **kw)

@@ -132,7 +132,7 @@ def test_isolated_session_reads_through_the_server(server: RunningServer) -> Non
         assert s.get_bind().dialect.name == "sqlite"
         assert sorted(s.scalars(sa.select(Gadget.name)).all())[:2] == ["clock", "lamp"]
         assert s.get(Gadget, 1).name == "lamp"
-    assert guard.is_installed()
+    assert not guard.is_installed()  # isolated by argument: the process itself is not in isolation mode
 
 
 def test_isolated_session_writes_through_the_server(server: RunningServer, server_engine: sa.Engine) -> None:
@@ -207,28 +207,32 @@ def test_server_going_away_mid_session_is_an_operational_error(server_engine: sa
 
 
 # -- the guard ------------------------------------------------------------------------------------
+def process_isolated(server: RunningServer) -> DBSession:
+    """A session of a process whose *setting* is isolation (as a worker's environment would say)."""
+    dbsession.configure(database_access_isolation=True, database_api_host=server.url, token=server.token)
+    return DBSession()
+
+
 @pytest.fixture
 def guarded(server: RunningServer) -> Iterator[None]:
-    """An isolated session exists: from now on direct database access must fail."""
-    with isolated(server) as s:
+    """The process is in isolation mode and a session exists: direct access must now fail."""
+    with process_isolated(server) as s:
         s.execute(sa.select(Gadget.id))
     assert guard.is_installed()
     yield
 
 
-def test_guard_refuses_a_fresh_engine(guarded: None) -> None:
-    engine = sa.create_engine("sqlite://")  # creating is allowed...
+def test_guard_refuses_creating_an_engine(guarded: None) -> None:
     with pytest.raises(DirectDatabaseAccessError, match="database_access_isolation") as caught:
-        engine.connect()  # ...using is not
-    assert "guard.exempt" in str(caught.value)
-    engine.dispose()
+        sa.create_engine("sqlite://")
+    assert "guard.trusted" in str(caught.value)
 
 
 def test_guard_refuses_an_engine_connected_before(db_path: Path, server: RunningServer) -> None:
     engine = sa.create_engine(f"sqlite:///{db_path}")
     with engine.connect() as conn:
         conn.execute(sa.select(1))  # a pooled connection exists before isolation starts
-    with isolated(server) as s:
+    with process_isolated(server) as s:
         s.execute(sa.select(Gadget.id))
     with pytest.raises(DirectDatabaseAccessError, match="database_access_isolation"):
         with engine.connect() as conn:
@@ -236,20 +240,33 @@ def test_guard_refuses_an_engine_connected_before(db_path: Path, server: Running
     engine.dispose()
 
 
-def test_guard_refuses_a_plain_session(guarded: None, db_path: Path) -> None:
-    engine = sa.create_engine(f"sqlite:///{db_path}")
+def test_guard_refuses_a_plain_session(db_path: Path, server: RunningServer) -> None:
+    engine = sa.create_engine(f"sqlite:///{db_path}")  # created before isolation started
+    with process_isolated(server) as s:
+        s.execute(sa.select(Gadget.id))
     with Session(engine) as s, pytest.raises(DirectDatabaseAccessError):
         s.scalars(sa.select(Gadget)).all()
     engine.dispose()
 
 
-def test_guard_spares_exempt_engines_and_isolated_sessions(guarded: None, db_path: Path,
-                                                           server: RunningServer) -> None:
-    engine = guard.exempt(sa.create_engine(f"sqlite:///{db_path}"))
+def test_guard_spares_trusted_engines_and_isolated_sessions(guarded: None, db_path: Path,
+                                                            server: RunningServer) -> None:
+    with guard.trusted():
+        engine = sa.create_engine(f"sqlite:///{db_path}")
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(Gadget)).scalar_one() >= 2
     with isolated(server) as s:
         assert s.scalar(sa.select(sa.func.count()).select_from(Gadget)) >= 2
+    engine.dispose()
+
+
+def test_session_isolated_by_argument_leaves_the_process_alone(server: RunningServer) -> None:
+    with isolated(server) as s:
+        s.execute(sa.select(Gadget.id))
+    assert not guard.is_installed()
+    engine = sa.create_engine("sqlite://")
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(1)).scalar_one() == 1
     engine.dispose()
 
 
