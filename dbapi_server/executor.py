@@ -94,6 +94,37 @@ class StatementExecutor:
             _expected_sql.reset(token)
         return _reply(result)
 
+    def execute_streamed(self, connection: sa.Connection, statement: Any, params: list[dict[str, Any]],
+                         *, sql_hash: str, page_size: int, options: Mapping[str, Any] | None = None,
+                         ) -> tuple[dict[str, Any], sa.CursorResult[Any] | None]:
+        """Execute with a server-side cursor; answer the first page.
+
+        Returns the reply and, when more rows remain, the open result to fetch them from later.
+        """
+        opts = {k: v for k, v in (options or {}).items() if k in _FORWARDED_OPTIONS}
+        opts.update(stream_results=True, max_row_buffer=page_size)
+        token = _expected_sql.set(sql_hash)
+        try:
+            result = connection.execute(statement, params[0], execution_options=opts)
+        finally:
+            _expected_sql.reset(token)
+        if not result.returns_rows:
+            return _reply(result), None
+        description, rowcount, _ = getattr(result.context, "_dbs_cursor", None) or (None, -1, None)
+        rows, more = fetch_page(result, page_size)
+        reply = {"rowcount": rowcount, "description": _encoded_description(result.context, description),
+                 "rows": rows, "more": more}
+        return reply, (result if more else None)
+
+
+def fetch_page(result: sa.CursorResult[Any], size: int) -> tuple[list[list[Any]], bool]:
+    """The next *size* raw rows of a streamed result, and whether more may follow."""
+    raw = result.cursor_strategy.fetchmany(result, result.cursor, size)
+    more = len(raw) == size
+    if not more:
+        result.close()
+    return [encode_row(row) for row in raw], more
+
 
 def _rebuild(document: Mapping[str, Any], metadata: sa.MetaData, types: TypeResolver) -> tuple[Any, StatementInfo]:
     """``from_wire``, with any failure it was not written to expect answered as the client's fault.
@@ -204,5 +235,7 @@ def _capture_cursor(conn: Any, cursor: Any, statement: Any, parameters: Any, con
     except Exception:  # some drivers raise when there is no last row id
         lastrowid = None
     context._dbs_cursor = (description, cursor.rowcount, lastrowid)
+    if context.execution_options.get("stream_results"):
+        return  # streamed: rows are taken page by page, never all kept
     if not isinstance(context.cursor, _RecordingCursor):
         context.cursor = _RecordingCursor(context.cursor)

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from query_translation import WIRE_VERSION
 
 from .auth import Authenticator
+from .cursors import CursorRegistry
 from .executor import StatementExecutor
 from .policy import DefaultPolicy
 from .transactions import TransactionManager
@@ -54,6 +55,7 @@ class ServerState:
     executor: StatementExecutor = field(init=False)
     read_engine: sa.Engine = field(init=False)
     transactions: TransactionManager = field(init=False)
+    cursors: CursorRegistry = field(init=False)
     info: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -62,6 +64,8 @@ class ServerState:
         # database round trip instead of BEGIN + SELECT + ROLLBACK, with the same visibility
         self.read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self.transactions = TransactionManager(self.engine, idle_timeout=self.idle_timeout)
+        self.cursors = CursorRegistry(idle_timeout=self.idle_timeout)
+        self.transactions.also_reap.append(self.cursors.reap)
         with self.engine.connect():
             pass  # first connect initializes the dialect (server version, flags)
         dialect = self.engine.dialect
@@ -77,5 +81,6 @@ class ServerState:
         self.transactions.start()
 
     def close(self) -> None:
+        self.cursors.close_all()
         self.transactions.close()
         self.engine.dispose()

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,7 @@ class TransactionManager:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
+        self.also_reap: list[Callable[[], object]] = []  # other idle resources (result cursors)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -200,6 +202,8 @@ class TransactionManager:
         interval = max(0.05, min(self.idle_timeout / 4, 5.0))
         while not self._stop.wait(interval):
             self.reap()
+            for reap in self.also_reap:
+                reap()
 
     @property
     def open_count(self) -> int:

@@ -4,6 +4,8 @@
 GET     ``/info``                            handshake: dialect, driver, versions, dialect state
 GET     ``/health``                          liveness plus a database round trip
 POST    ``/execute``                         run one statement (optionally in a transaction)
+POST    ``/cursors/<id>/fetch``              next page of a streamed result (numbered, replayable)
+POST    ``/cursors/<id>/close``              end a streamed result early
 POST    ``/transactions/<id>/commit``        commit; asking again returns the same outcome
 POST    ``/transactions/<id>/rollback``      roll back
 ======  ===================================  ==================================================
@@ -14,7 +16,7 @@ The request and answer formats are documented in ``docs/wire-format.md``.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -22,7 +24,9 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, request
 
 from .auth import Principal
+from .cursors import CursorGone
 from .errors import APIError, envelope_for_exception
+from .executor import fetch_page
 from .state import ServerState
 
 __all__ = ["api"]
@@ -30,6 +34,7 @@ __all__ = ["api"]
 api = Blueprint("dbapi", __name__, url_prefix="/dbapi/v1")
 
 _JSON = "application/json"
+MAX_PAGE_ROWS = 100_000
 
 
 def _state() -> ServerState:
@@ -92,6 +97,10 @@ def execute() -> Response:
     many = bool(_field(body, "many", bool))
     options = _field(body, "options", dict)
     txn_id = _field(body, "txn", str)
+    stream = _field(body, "stream", int)
+    if stream is not None and not (1 <= stream <= MAX_PAGE_ROWS) or (stream and many):
+        raise APIError(f"'stream' is a page size from 1 to {MAX_PAGE_ROWS}, for single executions.",
+                       code="malformed_request")
 
     if many and not raw_params:  # checked before decoding, which turns "no params" into [{}]
         raise APIError("An executemany request needs at least one parameter set.", code="malformed_request")
@@ -101,8 +110,11 @@ def execute() -> Response:
         state.policy.check(stmt_info, principal)
         return statement, stmt_info, state.executor.decode_params(raw_params)
 
-    def run(conn: sa.Connection) -> dict[str, Any]:
+    def run(conn: sa.Connection, release: Callable[[], None] = lambda: None) -> dict[str, Any]:
         statement, _, params = prepare()
+        if stream:
+            return _streamed(state, principal, conn, statement, params, sql_hash, stream, options,
+                             txn_id, release)
         return state.executor.execute(conn, statement, params, many=many, sql_hash=sql_hash,
                                       options=options)
 
@@ -115,9 +127,30 @@ def execute() -> Response:
     if not stmt_info.is_read_only:
         raise APIError("Writes, locking reads and savepoints must run in a transaction "
                        "(send 'txn' and 'seq').", code="transaction_required")
+    if stream:
+        # a streamed read keeps its connection until the cursor ends; it needs a transaction of
+        # its own (PostgreSQL server-side cursors live in one)
+        conn = state.engine.connect()
+        try:
+            return _json(run(conn, release=conn.close))
+        except BaseException:
+            conn.close()
+            raise
     with state.read_engine.connect() as conn:
         return _json(state.executor.execute(conn, statement, params, many=many, sql_hash=sql_hash,
                                             options=options))
+
+
+def _streamed(state: ServerState, principal: Principal, conn: sa.Connection, statement: Any,
+              params: list[dict[str, Any]], sql_hash: str, page_size: int, options: Any,
+              txn_id: str | None, release: Callable[[], None]) -> dict[str, Any]:
+    reply, result = state.executor.execute_streamed(conn, statement, params, sql_hash=sql_hash,
+                                                    page_size=page_size, options=options)
+    if result is None:
+        release()
+    else:
+        reply["cursor"] = state.cursors.open(principal.subject, result, page_size, txn_id, release).id
+    return reply
 
 
 def _in_transaction(state: ServerState, principal: Principal, txn_id: str, seq: int, begin: bool,
@@ -143,11 +176,43 @@ def _in_transaction(state: ServerState, principal: Principal, txn_id: str, seq: 
     return Response(payload, status=status, mimetype=_JSON)
 
 
+@api.post("/cursors/<cursor_id>/fetch")
+def fetch_cursor(cursor_id: str) -> Response:
+    principal = _principal()
+    page = _field(_body(), "page", int, required=True)
+    cursor = _state().cursors.get(cursor_id, principal.subject)
+    with cursor.lock:
+        if cursor.last_reply is not None and page == cursor.page:
+            return _json(cursor.last_reply)  # a retry: the same page again, no rows skipped
+        if page != cursor.page + 1 or cursor.closed:
+            raise APIError(f"Page {page} of cursor {cursor_id} cannot be fetched now (expected "
+                           f"{cursor.page + 1}).", status=409, code="out_of_order")
+        rows, more = fetch_page(cursor.result, cursor.page_size)
+        if not more:
+            cursor.close()  # exhausted: connection freed now; the entry stays for a replay
+        cursor.page, cursor.last_reply, cursor.last_used = page, {"rows": rows, "more": more}, time.monotonic()
+        return _json(cursor.last_reply)
+
+
+@api.post("/cursors/<cursor_id>/close")
+def close_cursor(cursor_id: str) -> Response:
+    principal = _principal()
+    state = _state()
+    try:
+        state.cursors.get(cursor_id, principal.subject)
+    except CursorGone:
+        return _json({"closed": True})
+    state.cursors.close(cursor_id)
+    return _json({"closed": True})
+
+
 @api.post("/transactions/<txn_id>/<verb>")
 def finish_transaction(txn_id: str, verb: str) -> Response:
     if verb not in ("commit", "rollback"):
         raise APIError(f"Unknown transaction action {verb!r}; use commit or rollback.",
                        status=404, code="not_found")
     principal = _principal()
-    outcome = _state().transactions.finish(txn_id, verb, principal.subject)
+    state = _state()
+    state.cursors.close_for_transaction(txn_id)
+    outcome = state.transactions.finish(txn_id, verb, principal.subject)
     return _json({"outcome": outcome})

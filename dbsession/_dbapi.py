@@ -117,8 +117,8 @@ class Connection:
         self.seq = 0
         self.closed = False
 
-    def cursor(self) -> Cursor:
-        return Cursor(self)
+    def cursor(self, stream: bool = False) -> Cursor:
+        return StreamingCursor(self) if stream else Cursor(self)
 
     # -- transaction control ----------------------------------------------------------------
     def commit(self) -> None:
@@ -239,6 +239,73 @@ class Cursor:
 
     def setoutputsize(self, *args: Any) -> None:
         pass
+
+
+class StreamingCursor(Cursor):
+    """A "server-side cursor": rows arrive page by page as they are consumed.
+
+    Only the current page is held; a consumed page is dropped before the next is fetched, so
+    client memory stays bounded by the page size (``yield_per`` / ``max_row_buffer``).
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__(connection)
+        self._cursor_id: str | None = None
+        self._page = 0
+        self._more = False
+
+    def run(self, payload: dict[str, Any], *, needs_txn: bool, enum_resolver: Any = None) -> None:
+        reply = self.connection.run(payload, needs_txn=needs_txn)
+        description = reply.get("description")
+        self.description = [tuple(d) for d in description] if description is not None else None
+        self._rows, self._pos = decode_rows(reply.get("rows") or []), 0
+        self.rowcount = reply.get("rowcount", -1)
+        self._cursor_id, self._more = reply.get("cursor"), bool(reply.get("more"))
+
+    def _next_page(self) -> bool:
+        if not self._more or self._cursor_id is None:
+            return False
+        self._page += 1
+        reply = self._call("fetch", {"page": self._page})
+        self._rows, self._pos = decode_rows(reply.get("rows") or []), 0
+        self._more = bool(reply.get("more"))
+        return bool(self._rows)
+
+    def _call(self, verb: str, body: dict[str, Any]) -> Any:
+        try:
+            return self.connection.transport.post(f"/cursors/{self._cursor_id}/{verb}", body,
+                                                  replay_safe=True)
+        except ServerUnreachable as exc:
+            raise DisconnectError(str(exc)) from exc
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        if self._pos >= len(self._rows) and not self._next_page():
+            return None
+        return super().fetchone()
+
+    def fetchmany(self, size: int | None = None) -> Sequence[tuple[Any, ...]]:
+        size = size or self.arraysize
+        rows: list[tuple[Any, ...]] = []
+        while len(rows) < size:
+            if self._pos >= len(self._rows) and not self._next_page():
+                break
+            rows.extend(super().fetchmany(size - len(rows)))
+        return rows
+
+    def fetchall(self) -> Sequence[tuple[Any, ...]]:
+        rows = list(super().fetchall())
+        while self._next_page():
+            rows.extend(super().fetchall())
+        return rows
+
+    def close(self) -> None:
+        if self._more and self._cursor_id is not None:
+            self._more = False
+            try:
+                self._call("close", {})
+            except Error:
+                pass  # the server's idle timeout frees it
+        super().close()
 
 
 def connect(*, host: str, token: str | None = None, token_file: str | None = None,

@@ -145,8 +145,13 @@ class _ContextMixin:
         return self
 
 
+def _create_server_side_cursor(self: Any) -> Any:
+    return self._dbapi_connection.cursor(stream=True)
+
+
 def _context_for(base: type) -> type:
-    return type(f"DBSession{base.__name__}", (_ContextMixin, base), {})
+    return type(f"DBSession{base.__name__}", (_ContextMixin, base),
+                {"create_server_side_cursor": _create_server_side_cursor})
 
 
 # -- the dialect ---------------------------------------------------------------------------------
@@ -167,13 +172,16 @@ def _wire_for(compiled: sql_compiler.SQLCompiler) -> tuple[dict[str, Any], str, 
 
 
 _FORWARDED_OPTIONS = ("preserve_rowcount", "insertmanyvalues_page_size")
+_DEFAULT_PAGE_ROWS = 1000  # stream_results without yield_per / max_row_buffer
 
 
 class _IsolatedDialectMixin:
     """Mixed in front of the server's dialect class."""
 
     is_dbsession = True
-    supports_server_side_cursors = False
+    # streamed results: the DB-API keeps the driver's cursor and sends pages (dbapi_server.cursors)
+    supports_server_side_cursors = True
+    server_side_cursors = False
     supports_statement_cache = True
     _dbs_state: Mapping[str, Any] = {}
 
@@ -269,6 +277,8 @@ class _IsolatedDialectMixin:
                                    "params": encode_params(context._dbs_params or context.compiled_parameters)}
         if many or context.executemany:
             payload["many"] = True
+        if isinstance(cursor, _dbapi.StreamingCursor):
+            payload["stream"] = int(context.execution_options.get("max_row_buffer") or _DEFAULT_PAGE_ROWS)
         options = {k: context.execution_options[k] for k in _FORWARDED_OPTIONS if k in context.execution_options}
         if options:
             payload["options"] = options
@@ -313,8 +323,8 @@ def isolated_url(api_host: str) -> URL:
                       database=parts.path.strip("/") or None, query=query)
 
 
-# capabilities of the client side itself, never taken from the server: results arrive in one
-# response (no server-side cursors to stream from; yield_per buffers on the client)
+# capabilities of the client side itself, never taken from the server: streamed results always
+# come page by page through the DB-API, whatever the server's driver calls its cursors
 _CLIENT_OWNED = frozenset({"supports_server_side_cursors", "server_side_cursors"})
 
 
