@@ -449,8 +449,10 @@ class StatementDecoder:
         return case
 
     def over(self, node: _Json) -> Any:
+        frames = {attr: tuple(node[key]) for key, attr in (("rows", "rows"), ("range", "range_"),
+                                                           ("groups", "groups")) if key in node}
         return elements.Over(self.visit(node["element"]), partition_by=_items(self.opt(node.get("partition_by"))),
-                             order_by=_items(self.opt(node.get("order_by"))))
+                             order_by=_items(self.opt(node.get("order_by"))), **frames)
 
     def funcfilter(self, node: _Json) -> Any:
         return elements.FunctionFilter(self.visit(node["func"]), self.visit(node["criterion"]))

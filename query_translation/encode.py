@@ -13,6 +13,7 @@ The node catalogue is documented in ``docs/wire-format.md``.
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
@@ -463,12 +464,15 @@ class StatementEncoder:
         return self._typed(node, case.type)
 
     def visit_over(self, over: elements.Over[Any]) -> _Json:
-        for frame in ("range_", "rows", "groups"):
-            if getattr(over, frame, None) is not None:
-                raise UnsupportedStatementError("Window frames (ROWS / RANGE) cannot be sent yet.")
-        node = {"t": "over", "element": self.visit(over.element),
-                "partition_by": self.visit_opt(over.partition_by),
-                "order_by": self.visit_opt(over.order_by)}
+        node: _Json = {"t": "over", "element": self.visit(over.element),
+                       "partition_by": self.visit_opt(over.partition_by),
+                       "order_by": self.visit_opt(over.order_by)}
+        for attr, key in (("rows", "rows"), ("range_", "range"), ("groups", "groups")):
+            frame = getattr(over, attr, None)
+            if frame is not None:
+                node[key] = _frame_bounds(frame)
+        if getattr(over, "exclude", None):
+            raise UnsupportedStatementError("Window frame EXCLUDE clauses cannot be sent yet.")
         return node
 
     def visit_funcfilter(self, ff: elements.FunctionFilter[Any]) -> _Json:
@@ -502,6 +506,26 @@ class StatementEncoder:
 
     def visit_false(self, _: Any) -> _Json:
         return {"t": "false"}
+
+
+def _frame_bound(kind: Any, bind: Any) -> int | None:
+    name = getattr(kind, "name", str(kind))
+    if "UNBOUNDED" in name:
+        return None
+    if "CURRENT" in name:
+        return 0
+    value = int(bind.value)
+    return -value if "PRECEDING" in name else value
+
+
+def _frame_bounds(frame: Any) -> list[int | None]:
+    """A window frame as ``Over(rows=(lower, upper))`` spells it: None unbounded, 0 current row,
+    negative preceding, positive following - from 2.1's FrameClause or 2.0's tuple."""
+    if isinstance(frame, tuple):  # SQLAlchemy 2.0
+        return [_frame_bound(b, None) if not isinstance(b, int) or isinstance(b, enum.Enum) else int(b)
+                for b in frame]
+    return [_frame_bound(frame.lower_type, frame.lower_bind),
+            _frame_bound(frame.upper_type, frame.upper_bind)]
 
 
 def _distinct_on_extension(select: Any) -> Sequence[Any] | None:

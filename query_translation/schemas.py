@@ -75,6 +75,12 @@ def _int(**kw: Any) -> fields.Field[Any]:
     return fields.Int(strict=True, **kw)
 
 
+def _frame() -> fields.Field[Any]:
+    """A window frame ``[lower, upper]``: null (unbounded) or an integer offset (0: current row)."""
+    return fields.List(_int(allow_none=True, validate=validate.Range(min=-1_000_000, max=1_000_000)),
+                       validate=validate.Length(equal=2))
+
+
 def _node(**kw: Any) -> fields.Field[Any]:
     return _Node(**kw)
 
@@ -154,7 +160,7 @@ NODE_SPECS: dict[str, dict[str, Any]] = {
     "case": {"whens": fields.List(fields.List(_Node(), validate=validate.Length(equal=2)), required=True),
              "value": _node(), "else": _node(), "type": _TYPE},
     "over": {"element": _node(required=True), "partition_by": _node(allow_none=True),
-             "order_by": _node(allow_none=True)},
+             "order_by": _node(allow_none=True), "rows": _frame(), "range": _frame(), "groups": _frame()},
     "funcfilter": {"func": _node(required=True), "criterion": _node(required=True)},
     "within_group": {"element": _node(required=True), "order_by": _node(allow_none=True)},
     # rendered verbatim by the compiler (EXTRACT(<field> FROM ...)): a bare word only

@@ -285,6 +285,14 @@ ORM: dict[str, Callable[[], Any]] = {
     "orm-subquery-join": _orm_subquery_join,
     "orm-union-entity": _orm_union_entity,
     "orm-aliased-subquery-entity": _orm_aliased_subquery_entity,
+    "window-rows-unbounded-current": lambda: sa.select(
+        User.id, sa.func.sum(User.balance).over(order_by=User.id, rows=(None, 0))),
+    "window-rows-preceding-following": lambda: sa.select(
+        User.id, sa.func.avg(User.balance).over(partition_by=User.status, order_by=User.id, rows=(-2, 2))),
+    "window-range-unbounded": lambda: sa.select(
+        User.id, sa.func.count().over(order_by=User.id, range_=(None, None))),
+    "window-range-preceding-current": lambda: sa.select(
+        User.id, sa.func.max(User.id).over(order_by=User.id, range_=(-5, 0))),
     "orm-exists": lambda: sa.select(User.id).where(sa.exists().where(Address.user_id == User.id)),
     "orm-for-update": lambda: sa.select(User).where(User.id == 1).with_for_update(),
     "orm-insert": lambda: sa.insert(User).values(name="n", status=Status.active),
