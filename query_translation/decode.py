@@ -449,7 +449,7 @@ class StatementDecoder:
         return case
 
     def over(self, node: _Json) -> Any:
-        frames = {attr: tuple(node[key]) for key, attr in (("rows", "rows"), ("range", "range_"),
+        frames: dict[str, Any] = {attr: tuple(node[key]) for key, attr in (("rows", "rows"), ("range", "range_"),
                                                            ("groups", "groups")) if key in node}
         return elements.Over(self.visit(node["element"]), partition_by=_items(self.opt(node.get("partition_by"))),
                              order_by=_items(self.opt(node.get("order_by"))), **frames)
