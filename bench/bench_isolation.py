@@ -208,7 +208,7 @@ def free_port() -> int:
 class Server:
     """``dbapi-server serve`` in a subprocess, with a key pair and a token made for the run."""
 
-    def __init__(self, url: str, port: int, threads: int, workdir: Path) -> None:
+    def __init__(self, url: str, port: int, threads: int, workdir: Path, metadata: str = METADATA_PATH) -> None:
         self.port = port
         self.base = f"http://127.0.0.1:{port}"
         private_path, public_path = write_keypair(workdir / "keys")
@@ -219,7 +219,7 @@ class Server:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from dbapi_server.cli import main; main()", "serve",
-             "--database-url", url, "--metadata", METADATA_PATH, "--port", str(port),
+             "--database-url", url, "--metadata", metadata, "--port", str(port),
              "--threads", str(threads)],
             cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self.http = urllib3.HTTPConnectionPool("127.0.0.1", port, maxsize=1, retries=False,

@@ -2,6 +2,9 @@
 
 ``dag``, ``dag_run``, ``task_instance`` (four-column composite primary key, as in Airflow 2.x/3.x)
 and ``variable``. The DB-API subprocess imports ``bench.models:Base.metadata``.
+
+``StreamingBase`` holds the one table of the streaming benchmark (``bench.bench_streaming``),
+apart so that neither benchmark creates the other's tables.
 """
 
 from __future__ import annotations
@@ -94,3 +97,16 @@ class Variable(Base):
     val: Mapped[str | None] = mapped_column(sa.Text)
     description: Mapped[str | None] = mapped_column(sa.Text)
     is_encrypted: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, default=False)
+
+
+class StreamingBase(DeclarativeBase):
+    pass
+
+
+class Payload(StreamingBase):
+    """Many narrow rows: an id and a ~100-byte string (``bench.bench_streaming``)."""
+
+    __tablename__ = "stream_payload"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    payload: Mapped[str] = mapped_column(sa.String(120), nullable=False)
