@@ -219,13 +219,13 @@ def test_idle_transaction_is_rolled_back_and_its_lock_released(engine: sa.Engine
                                                                raw_api: Callable[..., RawApi]) -> None:
     with engine.begin() as conn:
         conn.execute(insert(name + "-locked"))
-    with running_dbapi(engine, metadata, idle_timeout=0.3) as impatient:
+    with running_dbapi(engine, metadata, idle_timeout=1.0) as impatient:  # ample between two requests
         api = raw_api(impatient, secrets=[engine.url.render_as_string()])
         txn = api.transaction()
         assert txn.execute(insert(name)).status == 200
         locked = sa.select(accounts.c.id).where(named(name + "-locked")).with_for_update()
         assert txn.execute(locked).status == 200
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 15
         while impatient.state.transactions.open_count and time.monotonic() < deadline:
             time.sleep(0.05)
         assert impatient.state.transactions.open_count == 0

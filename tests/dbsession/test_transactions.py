@@ -139,11 +139,11 @@ def test_for_update_lock_is_held_until_commit(server: RunningServer, job: int) -
 
 
 def test_abandoned_transaction_is_rolled_back_and_its_lock_released(engine: sa.Engine, job: int) -> None:
-    with running_dbapi(engine, Base.metadata, idle_timeout=0.4) as impatient:
+    with running_dbapi(engine, Base.metadata, idle_timeout=1.0) as impatient:  # ample between two requests
         crashed = isolated(impatient)
         crashed.scalars(sa.select(Job).where(Job.id == job).with_for_update()).one().state = "lost"
         crashed.flush()  # ...and the process "dies": no commit, no rollback, no close, no request
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 15
         while impatient.state.transactions.open_count and time.monotonic() < deadline:
             time.sleep(0.05)
         assert impatient.state.transactions.open_count == 0
