@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.sql import compiler as sql_compiler
 
 from query_translation import (
     MalformedStatementError,
@@ -84,12 +85,16 @@ class StatementExecutor:
         return decode_params(params or [{}], enum_resolver=self.types.resolve_enum)
 
     def execute(self, connection: sa.Connection, statement: Any, params: list[dict[str, Any]],
-                *, many: bool, sql_hash: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                *, many: bool, sql_hash: str, options: Mapping[str, Any] | None = None,
+                column_keys: list[str] | None = None) -> dict[str, Any]:
         opts = {k: v for k, v in (options or {}).items() if k in _FORWARDED_OPTIONS}
         token = _expected_sql.set(sql_hash)
         try:
-            result = connection.execute(statement, params if many else params[0],
-                                        execution_options=opts or None)
+            if column_keys is not None:
+                result = _execute_with_column_keys(connection, statement, params, column_keys, many, opts)
+            else:
+                result = connection.execute(statement, params if many else params[0],
+                                            execution_options=opts or None)
         finally:
             _expected_sql.reset(token)
         return _reply(result)
@@ -115,6 +120,31 @@ class StatementExecutor:
         reply = {"rowcount": rowcount, "description": _encoded_description(result.context, description),
                  "rows": rows, "more": more}
         return reply, (result if more else None)
+
+
+def _execute_with_column_keys(connection: sa.Connection, statement: Any, params: list[dict[str, Any]],
+                              column_keys: list[str], many: bool, options: Mapping[str, Any]) -> Any:
+    """``Connection.execute`` compiling with the client's column keys instead of the params' keys.
+
+    What ``Connection._execute_clauseelement`` does, except that the column keys - which decide
+    crud's choices, e.g. which Python defaults an INSERT ... FROM SELECT adds to its SELECT - are
+    the ones the client compiled with, while the parameters also carry the client's evaluated
+    default values. (Private SQLAlchemy API, the same in 2.0 and 2.1; the fingerprint check
+    catches any drift.)
+    """
+    conn: Any = connection
+    dialect = conn.dialect
+    exec_opts = statement._execution_options.merge_with(conn._execution_options, options or None)
+    compiled = statement._compile_w_cache(
+        dialect=dialect, compiled_cache=exec_opts.get("compiled_cache", conn.engine._compiled_cache),
+        column_keys=sorted(column_keys), for_executemany=many, schema_translate_map=None,
+        linting=dialect.compiler_linting | sql_compiler.WARN_LINTING)
+    compiled_sql, extracted, *rest = compiled
+    extra = {"cache_hit": rest[-1]}
+    if len(rest) == 2:  # 2.1 also returns the collected parameters
+        extra["param_dict"] = rest[0]
+    return conn._execute_context(dialect, dialect.execution_ctx_cls._init_compiled, compiled_sql, params,
+                                 exec_opts, compiled_sql, params, statement, extracted, **extra)
 
 
 def fetch_page(result: sa.CursorResult[Any], size: int) -> tuple[list[list[Any]], bool]:

@@ -34,6 +34,9 @@ class BackgroundServer:
                     channel.close()
             self.server.trigger.close()  # the map is now empty: the loop returns
 
+        # worker threads first: one finishing a response after the channels are closed would
+        # wake the loop through a closed pipe (EBADF in that thread)
+        self.server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
         trigger = self.server.trigger
         # not trigger.pull_trigger(close_all): it appends the thunk, then writes to the pipe; a
         # wake-up from a worker thread in between runs close_all, which closes the pipe, and the
@@ -43,7 +46,6 @@ class BackgroundServer:
             trigger.thunks.append(close_all)
             trigger._physical_pull()
         self.thread.join(timeout=10)
-        self.server.task_dispatcher.shutdown()
 
 
 def start_background(app: Any, host: str = "127.0.0.1", port: int = 0, threads: int = 8) -> BackgroundServer:

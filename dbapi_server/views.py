@@ -97,6 +97,9 @@ def execute() -> Response:
     many = bool(_field(body, "many", bool))
     options = _field(body, "options", dict)
     txn_id = _field(body, "txn", str)
+    column_keys = _field(body, "keys", list)
+    if column_keys is not None and not all(isinstance(k, str) for k in column_keys):
+        raise APIError("'keys' must be a list of column key strings.", code="malformed_request")
     stream = _field(body, "stream", int)
     if stream is not None and not (1 <= stream <= MAX_PAGE_ROWS) or (stream and many):
         raise APIError(f"'stream' is a page size from 1 to {MAX_PAGE_ROWS}, for single executions.",
@@ -116,7 +119,7 @@ def execute() -> Response:
             return _streamed(state, principal, conn, statement, params, sql_hash, stream, options,
                              txn_id, release)
         return state.executor.execute(conn, statement, params, many=many, sql_hash=sql_hash,
-                                      options=options)
+                                      options=options, column_keys=column_keys)
 
     if txn_id is not None:
         # inside the transaction even a refusal consumes its sequence number and leaves the

@@ -277,6 +277,10 @@ class _IsolatedDialectMixin:
                                    "params": encode_params(context._dbs_params or context.compiled_parameters)}
         if many or context.executemany:
             payload["many"] = True
+        if compiled.isinsert and "select" in document["statement"]:
+            # INSERT ... FROM SELECT: crud decides from the compiled column keys which Python
+            # defaults join the SELECT; the parameters carry more keys than were compiled with
+            payload["keys"] = list(compiled.column_keys or ())
         if isinstance(cursor, _dbapi.StreamingCursor):
             payload["stream"] = int(context.execution_options.get("max_row_buffer") or _DEFAULT_PAGE_ROWS)
         options = {k: context.execution_options[k] for k in _FORWARDED_OPTIONS if k in context.execution_options}

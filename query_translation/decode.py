@@ -351,6 +351,7 @@ class StatementDecoder:
                                           required=True, expanding=node.get("expanding", False),
                                           literal_execute=node.get("literal_execute", False))
             bind.unique = node.get("unique", False)  # set after: unique=True would re-key it
+            bind._orig_key = node["anon"]  # a unique bind's clones are re-keyed from its base name
         return bind
 
     def label(self, node: _Json) -> Any:

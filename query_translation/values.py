@@ -140,8 +140,9 @@ def _encode_dict(value: dict[Any, Any]) -> JSONable:
 
 
 def _encode_set(value: set[Any]) -> JSONable:
-    _check_str(value, "inside a set (sets are for MySQL SET values)")
-    return {"$set": sorted(value)}
+    """A set (MySQL SET values; or inside JSON, where the server's serializer refuses it exactly
+    as a direct session's would). Sorted by repr so the document is deterministic."""
+    return {"$set": [encode_value(v) for v in sorted(value, key=repr)]}
 
 
 def _encode_symbol(value: symbol) -> JSONable:
@@ -325,6 +326,14 @@ def _items(payload: Any, resolver: EnumResolver | None) -> list[Any]:
     return [decode_value(item, enum_resolver=resolver) for item in _array(payload)]
 
 
+def _decode_set(payload: Any, resolver: EnumResolver | None) -> set[Any]:
+    items = [decode_value(v, enum_resolver=resolver) for v in _array(payload)]
+    try:
+        return set(items)
+    except TypeError:
+        raise MalformedValueError("a '$set' payload holds an unhashable value") from None
+
+
 def _decode_dict(payload: Any, resolver: EnumResolver | None) -> dict[str, Any]:
     if type(payload) is not dict:
         raise TypeError(f"expected a JSON object, got {type(payload).__name__}")
@@ -349,7 +358,7 @@ DECODERS: dict[str, Callable[[Any, EnumResolver | None], Any]] = {
     "$u": lambda p, _: uuid.UUID(_str(p)),
     "$o": _decode_dict,
     "$tu": lambda p, r: tuple(_items(p, r)),
-    "$set": lambda p, _: set(map(_str, _array(p))),
+    "$set": lambda p, r: _decode_set(p, r),
     "$s": _decode_symbol,
     "$e": _decode_enum,
 }
