@@ -359,3 +359,23 @@ def _(s: Session):
     # MariaDB, psycopg itself (a raw TypeError) on PostgreSQL
     s.add(Log(event="bad_json", payload={"x": {1, 2}}))
     s.flush()
+
+
+@op("error.lock_nowait_conflict", writes=True)
+def _(s: Session):
+    # a row locked FOR UPDATE by this session, and a second session on the same bind - on the
+    # isolated side a second server transaction - asking for it with NOWAIT: a lock error on
+    # PostgreSQL and MariaDB (SQLite has no row locks), and both sessions stay usable
+    locked = s.scalars(select(Variable).order_by(Variable.id).limit(1).with_for_update()).one()
+    outcome = None
+    with Session(bind=s.get_bind()) as other:
+        try:
+            other.scalars(select(Variable).where(Variable.id == locked.id).with_for_update(nowait=True)).one()
+        except sa_exc.OperationalError as e:
+            outcome = exc_name(e)
+        other.rollback()
+        after = other.scalar(select(func.count()).select_from(Variable))
+    if s.get_bind().dialect.name != "sqlite":  # the op proves nothing unless the conflict happened
+        assert outcome is not None, "NOWAIT on a locked row must fail"
+    s.rollback()
+    return [outcome, after, s.scalar(select(func.count()).select_from(Variable))]
