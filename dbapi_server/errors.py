@@ -20,6 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from query_translation import TRANSMITTED_BUILTINS
 from query_translation import exceptions as qt_exc
 
 log = logging.getLogger("dbapi_server")
@@ -28,8 +29,6 @@ __all__ = ["APIError", "envelope_for_exception"]
 
 _PEP249 = ("IntegrityError", "DataError", "OperationalError", "ProgrammingError", "InternalError",
            "NotSupportedError", "InterfaceError", "DatabaseError", "Error")
-_SAFE_ORIG = {"TypeError", "ValueError", "LookupError", "KeyError", "OverflowError",
-              "ArithmeticError", "UnicodeError", "AttributeError"}
 
 
 class APIError(Exception):
@@ -123,7 +122,7 @@ def envelope_for_exception(exc: BaseException) -> tuple[int, dict[str, Any]]:
     if isinstance(exc, sa.exc.DBAPIError):
         log.info("database error %s: %s", error_id, exc.orig)
         return 422, _database_envelope(exc, error_id)
-    if isinstance(exc, sa.exc.StatementError) and exc.orig is not None and type(exc.orig).__name__ in _SAFE_ORIG:
+    if isinstance(exc, sa.exc.StatementError) and exc.orig is not None and type(exc.orig).__name__ in TRANSMITTED_BUILTINS:
         # a bind processor failed: a direct session raises StatementError wrapping it
         return 422, _envelope("statement_error", str(exc.orig), error_id,
                               orig_type=type(exc.orig).__name__)
@@ -135,7 +134,7 @@ def envelope_for_exception(exc: BaseException) -> tuple[int, dict[str, Any]]:
         reason = client_mistake.args[0] if client_mistake.args else type(client_mistake).__name__
         return 400, _envelope("bad_statement", f"The DB-API cannot execute the statement as sent: {reason}",
                               error_id)
-    if type(exc).__name__ in _SAFE_ORIG and type(exc).__module__ == "builtins":
+    if type(exc).__name__ in TRANSMITTED_BUILTINS and type(exc).__module__ == "builtins":
         # the driver itself raised a builtin (sqlite3: int too large); direct sessions see it raw
         return 422, _envelope("driver_error", str(exc), error_id, orig_type=type(exc).__name__)
     log.error("unexpected error %s", error_id, exc_info=exc)

@@ -87,17 +87,8 @@ class StatementExecutor:
     def execute(self, connection: sa.Connection, statement: Any, params: list[dict[str, Any]],
                 *, many: bool, sql_hash: str, options: Mapping[str, Any] | None = None,
                 column_keys: list[str] | None = None) -> dict[str, Any]:
-        opts = {k: v for k, v in (options or {}).items() if k in _FORWARDED_OPTIONS}
-        token = _expected_sql.set(sql_hash)
-        try:
-            if column_keys is not None:
-                result = _execute_with_column_keys(connection, statement, params, column_keys, many, opts)
-            else:
-                result = connection.execute(statement, params if many else params[0],
-                                            execution_options=opts or None)
-        finally:
-            _expected_sql.reset(token)
-        return _reply(result)
+        return _reply(_checked_execute(connection, statement, params, many=many, sql_hash=sql_hash,
+                                       options=options, column_keys=column_keys))
 
     def execute_streamed(self, connection: sa.Connection, statement: Any, params: list[dict[str, Any]],
                          *, sql_hash: str, page_size: int, options: Mapping[str, Any] | None = None,
@@ -106,13 +97,8 @@ class StatementExecutor:
 
         Returns the reply and, when more rows remain, the open result to fetch them from later.
         """
-        opts = {k: v for k, v in (options or {}).items() if k in _FORWARDED_OPTIONS}
-        opts.update(stream_results=True, max_row_buffer=page_size)
-        token = _expected_sql.set(sql_hash)
-        try:
-            result = connection.execute(statement, params[0], execution_options=opts)
-        finally:
-            _expected_sql.reset(token)
+        result = _checked_execute(connection, statement, params, many=False, sql_hash=sql_hash,
+                                  options=options, stream=page_size)
         if not result.returns_rows:
             return _reply(result), None
         description, rowcount, _ = getattr(result.context, "_dbs_cursor", None) or (None, -1, None)
@@ -120,6 +106,23 @@ class StatementExecutor:
         reply = {"rowcount": rowcount, "description": _encoded_description(result.context, description),
                  "rows": rows, "more": more}
         return reply, (result if more else None)
+
+
+def _checked_execute(connection: sa.Connection, statement: Any, params: list[dict[str, Any]], *,
+                     many: bool, sql_hash: str, options: Mapping[str, Any] | None,
+                     column_keys: list[str] | None = None, stream: int | None = None) -> Any:
+    """Execute with the forwarded options, refusing at the cursor unless the SQL fingerprints as
+    the client's (see ``_check_sql``)."""
+    opts = {k: v for k, v in (options or {}).items() if k in _FORWARDED_OPTIONS}
+    if stream is not None:
+        opts.update(stream_results=True, max_row_buffer=stream)
+    token = _expected_sql.set(sql_hash)
+    try:
+        if column_keys is not None:
+            return _execute_with_column_keys(connection, statement, params, column_keys, many, opts)
+        return connection.execute(statement, params if many else params[0], execution_options=opts or None)
+    finally:
+        _expected_sql.reset(token)
 
 
 def _execute_with_column_keys(connection: sa.Connection, statement: Any, params: list[dict[str, Any]],

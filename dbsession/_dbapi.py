@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import exc as sa_exc
 
-from query_translation import decode_rows, decode_value
+from query_translation import TRANSMITTED_BUILTINS, decode_rows, decode_value
 
 from .config import get_settings
 from .exceptions import DBAPIRequestError
@@ -80,11 +80,6 @@ PEP249_ERRORS: dict[str, type[Error]] = {
                 InternalError, ProgrammingError, NotSupportedError)
 }
 
-# exceptions a server-side bind processor may raise that are safe to re-create by name
-_SAFE_BUILTINS: dict[str, type[Exception]] = {
-    cls.__name__: cls for cls in (TypeError, ValueError, LookupError, KeyError, OverflowError,
-                                  ArithmeticError, UnicodeError, AttributeError)
-}
 
 
 def _database_error(envelope: Mapping[str, Any]) -> Exception:
@@ -92,7 +87,7 @@ def _database_error(envelope: Mapping[str, Any]) -> Exception:
     message = envelope.get("message", "database error")
     code = envelope.get("code")
     if code in ("statement_error", "driver_error"):
-        orig = _SAFE_BUILTINS.get(envelope.get("orig_type", ""), ValueError)(message)
+        orig = TRANSMITTED_BUILTINS.get(envelope.get("orig_type", ""), ValueError)(message)
         if code == "statement_error":  # a bind processor failed: wrapped, as on a direct session
             return sa_exc.StatementError(message, None, None, orig)
         return orig
@@ -196,15 +191,16 @@ class Cursor:
         self._rows: list[tuple[Any, ...]] = []
         self._pos = 0
 
-    def run(self, payload: dict[str, Any], *, needs_txn: bool,
-            enum_resolver: Any = None) -> None:
-        reply = self.connection.run(payload, needs_txn=needs_txn)
+    def run(self, payload: dict[str, Any], *, needs_txn: bool) -> dict[str, Any]:
+        """Send one statement; keep its outcome. Rows are raw driver values (never enums)."""
+        reply: dict[str, Any] = self.connection.run(payload, needs_txn=needs_txn)
         description = reply.get("description")
         self.description = [tuple(d) for d in description] if description is not None else None
-        self._rows = decode_rows(reply.get("rows") or [], enum_resolver=enum_resolver)
+        self._rows = decode_rows(reply.get("rows") or [])
         self._pos = 0
         self.rowcount = reply.get("rowcount", -1)
         self.lastrowid = decode_value(reply["lastrowid"]) if "lastrowid" in reply else None
+        return reply
 
     def execute(self, operation: Any, parameters: Any = None) -> None:
         raise NotSupportedError(
@@ -254,13 +250,10 @@ class StreamingCursor(Cursor):
         self._page = 0
         self._more = False
 
-    def run(self, payload: dict[str, Any], *, needs_txn: bool, enum_resolver: Any = None) -> None:
-        reply = self.connection.run(payload, needs_txn=needs_txn)
-        description = reply.get("description")
-        self.description = [tuple(d) for d in description] if description is not None else None
-        self._rows, self._pos = decode_rows(reply.get("rows") or []), 0
-        self.rowcount = reply.get("rowcount", -1)
+    def run(self, payload: dict[str, Any], *, needs_txn: bool) -> dict[str, Any]:
+        reply = super().run(payload, needs_txn=needs_txn)
         self._cursor_id, self._more = reply.get("cursor"), bool(reply.get("more"))
+        return reply
 
     def _next_page(self) -> bool:
         if not self._more or self._cursor_id is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .decode import NODE_TYPES, StatementDecoder, StatementInfo, from_wire
 from .encode import WIRE_VERSION, StatementEncoder, to_wire
 from .exceptions import (
+    TRANSMITTED_BUILTINS,
     MalformedStatementError,
     MalformedValueError,
     StatementCodecError,
@@ -39,6 +40,7 @@ from .values import (
 
 __all__ = [
     "NODE_TYPES",
+    "TRANSMITTED_BUILTINS",
     "WIRE_VERSION",
     "MalformedStatementError",
     "MalformedValueError",

@@ -38,7 +38,16 @@ __all__ = [
     "UnsupportedValueError",
     "ValueCodecError",
     "WireVersionError",
+    "TRANSMITTED_BUILTINS",
 ]
+
+# Builtin exceptions an error envelope may name (raised by a bind processor or by the driver
+# itself). The server names only these and the client re-creates only these, by name; one list,
+# so the two sides cannot disagree about which class a caller sees.
+TRANSMITTED_BUILTINS: dict[str, type[Exception]] = {
+    cls.__name__: cls for cls in (TypeError, ValueError, LookupError, KeyError, OverflowError,
+                                  ArithmeticError, UnicodeError, AttributeError)
+}
 
 
 class TranslationError(ValueError):
