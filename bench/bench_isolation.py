@@ -185,7 +185,7 @@ def fresh_database(url: str | None, use_sqlite: bool, keep: bool) -> Iterator[st
     if not name or not name.replace("_", "").isalnum():
         raise SystemExit(f"--database-url must name a plain database, got {name!r}")
     admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    dbsession.guard.exempt(admin)  # the isolated DBSession installs the direct-access guard
+    dbsession.guard.exempt(admin)  # trusted side: usable even if the process is in isolation mode
     try:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -331,24 +331,28 @@ def counting_requests() -> Iterator[Counter[str]]:
         dbsession.transport.Transport._request = original  # type: ignore[method-assign]
 
 
+def _time_floor(server: Server, n: int, round_trip: Callable[[], object]) -> dict[str, float]:
+    """Warm up, then time *n* round trips with client and server CPU per call."""
+    for _ in range(max(20, n // 10)):
+        round_trip()
+    times = []
+    cpu0, srv0 = time.process_time(), server.cpu_seconds()
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        round_trip()
+        times.append(time.perf_counter_ns() - t0)
+    result = summarize(times)
+    result["client_cpu_ms"] = (time.process_time() - cpu0) * 1e3 / n
+    srv1 = server.cpu_seconds()
+    result["server_cpu_ms"] = (srv1 - srv0) * 1e3 / n if srv0 is not None and srv1 is not None else float("nan")
+    return result
+
+
 def http_floor(server: Server, n: int) -> dict[str, float]:
     """One keep-alive urllib3 round trip to ``GET /dbapi/v1/info`` (no database, no auth)."""
     pool = urllib3.HTTPConnectionPool("127.0.0.1", server.port, maxsize=1, retries=False)
     try:
-        for _ in range(max(20, n // 10)):
-            pool.request("GET", "/dbapi/v1/info").data  # noqa: B018
-        times = []
-        cpu0, srv0 = time.process_time(), server.cpu_seconds()
-        for _ in range(n):
-            t0 = time.perf_counter_ns()
-            response = pool.request("GET", "/dbapi/v1/info")
-            response.data  # noqa: B018
-            times.append(time.perf_counter_ns() - t0)
-        result = summarize(times)
-        result["client_cpu_ms"] = (time.process_time() - cpu0) * 1e3 / n
-        srv1 = server.cpu_seconds()
-        result["server_cpu_ms"] = (srv1 - srv0) * 1e3 / n if srv0 is not None and srv1 is not None else float("nan")
-        return result
+        return _time_floor(server, n, lambda: pool.request("GET", "/dbapi/v1/info").data)
     finally:
         pool.close()
 
@@ -378,19 +382,7 @@ def raw_http_floor(server: Server, n: int) -> dict[str, float]:
         return body
 
     try:
-        for _ in range(max(20, n // 10)):
-            round_trip()
-        times = []
-        cpu0, srv0 = time.process_time(), server.cpu_seconds()
-        for _ in range(n):
-            t0 = time.perf_counter_ns()
-            round_trip()
-            times.append(time.perf_counter_ns() - t0)
-        result = summarize(times)
-        result["client_cpu_ms"] = (time.process_time() - cpu0) * 1e3 / n
-        srv1 = server.cpu_seconds()
-        result["server_cpu_ms"] = (srv1 - srv0) * 1e3 / n if srv0 is not None and srv1 is not None else float("nan")
-        return result
+        return _time_floor(server, n, round_trip)
     finally:
         reader.close()
         sock.close()
