@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 from jwt import PyJWK
 from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
@@ -63,6 +63,8 @@ KEY_FILE_SUFFIXES = (".pub", ".pem", ".json", ".jwks")
 _THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x"),
                        "EC": ("crv", "kty", "x", "y"), "oct": ("k", "kty")}
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k")
+_PRIVATE_KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey,
+                      ed448.Ed448PrivateKey)
 
 
 class KeyFileError(ValueError):
@@ -357,7 +359,7 @@ class RemoteJWKS:
         return any(key.key_id == kid for key in jwk_set.keys)
 
     def _checked(self, key: PyJWK) -> PyJWK:
-        if key.key_type == "oct" or any(m in key._jwk_data for m in _PRIVATE_MEMBERS):
+        if key.key_type == "oct" or isinstance(key.key, _PRIVATE_KEY_TYPES):
             raise UnknownKey(str(key.key_id))  # a secret or private key is never a verification key
         return key
 

@@ -29,6 +29,8 @@ import orjson
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from jwt.algorithms import OKPAlgorithm
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import dbsession
@@ -473,6 +475,20 @@ def test_jwks_url_unknown_kids_cannot_hammer_the_key_service(engine: sa.Engine, 
         for n in range(5):
             assert f"'forged-{n}'" in str(write_attempt(server, keys.mint(kid=f"forged-{n}")))
         assert jwks_server.fetches == 1  # within the cooldown: no re-fetch at all
+    assert notes_in(engine) == []
+
+
+def test_jwks_url_publishing_private_or_secret_keys_verifies_nothing(engine: sa.Engine, keys: Keys,
+                                                                      jwks_server: JWKSServer) -> None:
+    """A misconfigured key service that leaks private keys or shared secrets is not trusted."""
+    private = OKPAlgorithm.to_jwk(load_pem_private_key(keys.private["ed"], password=None), as_dict=True)
+    secret = {"kty": "oct", "k": _b64(b"a-long-shared-secret-of-32-bytes!"), "kid": "shared", "alg": "HS256"}
+    jwks_server.document = {"keys": [{**private, "kid": "leaked"}, secret]}
+    auth = JWTAuthenticator(RemoteJWKS(jwks_server.url), algorithms=["EdDSA", "HS256"])
+    with running_dbapi(engine, Base.metadata, authenticator=auth) as server:
+        assert "'leaked'" in str(write_attempt(server, keys.mint(kid="leaked")))
+        hs_token = mint_token("a-long-shared-secret-of-32-bytes!", subject="w", algorithm="HS256", kid="shared")
+        assert "'shared'" in str(write_attempt(server, hs_token))
     assert notes_in(engine) == []
 
 
