@@ -517,9 +517,10 @@ def strict_server(engine: sa.Engine, keys: Keys) -> Iterator[RunningServer]:
 
 def test_transaction_spans_token_refreshes(strict_server: RunningServer, engine: sa.Engine, keys: Keys,
                                            tmp_path: Path) -> None:
-    """The trusted side rewrites the file every second; one transaction outlives three tokens."""
+    """The trusted side rewrites the file every second; one transaction outlives its first token."""
     path = tmp_path / "task.token"
-    with TokenFileRefresher(path, lambda: keys.mint(ttl=2), refresh_at=0.5) as refresher:
+    with TokenFileRefresher(path, lambda: keys.mint(ttl=4), refresh_at=0.25) as refresher:
+        first_expiry = jwt.decode(path.read_text(), options={"verify_signature": False})["exp"]
         assert oct(path.stat().st_mode & 0o777) == "0o600"
         with isolated(strict_server, token_file=str(path)) as s:
             for n in range(4):
@@ -527,6 +528,7 @@ def test_transaction_spans_token_refreshes(strict_server: RunningServer, engine:
                 s.flush()
                 assert notes_in(engine) == []  # not committed: one open server transaction
                 time.sleep(1.5)
+            assert time.time() > first_expiry + 0.5  # the token the transaction began with is dead
             s.commit()
         assert refresher.refreshes >= 4
     assert notes_in(engine) == [f"step {n}" for n in range(4)]
@@ -537,11 +539,13 @@ def test_401_token_expired_makes_the_client_re_read_the_file_and_retry(strict_se
                                                                        tmp_path: Path) -> None:
     """The file changed in a way ``stat`` cannot see: the 401 itself triggers the re-read."""
     path = tmp_path / "task.token"
-    write_token_file(path, keys.mint(ttl=1))
+    first = keys.mint(ttl=2)
+    write_token_file(path, first)
     with isolated(strict_server, token_file=str(path)) as s:
         s.add(Note(body="before expiry"))
         s.flush()
-        time.sleep(2.1)  # the token has expired; the open transaction has not
+        expiry = jwt.decode(first, options={"verify_signature": False})["exp"]
+        time.sleep(max(0.0, expiry - time.time()) + 0.2)  # the token has expired; the transaction has not
         before = path.stat()
         fresh = keys.mint(ttl=600)
         assert len(fresh) == before.st_size
