@@ -7,8 +7,10 @@ command (waitress) serve it. See ``docs/architecture.md``.
 from __future__ import annotations
 
 from .app import ConfigError, create_app, load_metadata
-from .auth import AllowAll, JWTAuthenticator, Principal, mint_token
+from .auth import AllowAll, JWTAuthenticator, Principal
 from .errors import APIError
+from .keyset import KeyFiles, RemoteJWKS, StaticKeys
+from .minting import TokenFileRefresher, mint_token, write_token_file
 from .policy import DefaultPolicy, PolicyViolation
 from .transactions import TransactionManager
 
@@ -18,10 +20,15 @@ __all__ = [
     "ConfigError",
     "DefaultPolicy",
     "JWTAuthenticator",
+    "KeyFiles",
     "PolicyViolation",
     "Principal",
+    "RemoteJWKS",
+    "StaticKeys",
+    "TokenFileRefresher",
     "TransactionManager",
     "create_app",
     "load_metadata",
     "mint_token",
+    "write_token_file",
 ]

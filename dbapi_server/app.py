@@ -7,10 +7,8 @@ Arguments win over environment variables, which exist so ``flask --app dbapi_ser
 ``DBAPI_DATABASE_URL``     the real database (only the server ever holds it)
 ``DBAPI_METADATA``         import path of the application's tables, ``myapp.models:Base.metadata``
 ``DBAPI_AUTH``             ``jwt`` (default) or ``none`` (development only)
-``DBAPI_JWT_KEY_FILE``     public key (PEM) that verifies tokens (EdDSA / RS256)
-``DBAPI_JWT_SECRET``       shared HS256 secret - only if ``DBAPI_JWT_ALGORITHMS`` names HS256
-``DBAPI_JWT_ALGORITHMS``   comma-separated allowlist, default ``EdDSA,RS256``
-``DBAPI_JWT_AUDIENCE``     default ``dbsession``; ``DBAPI_JWT_ISSUER`` optional
+``DBAPI_JWT_*``            verification keys, algorithms, issuer, audience, skew: see
+                           :func:`dbapi_server.auth.authenticator_from_env` and ``docs/tokens.md``
 ``DBAPI_TXN_IDLE_TIMEOUT`` seconds before an idle transaction is rolled back (default 60)
 ``DBAPI_MAX_BODY_BYTES``   largest accepted request body (default 16 MiB)
 =========================  ===================================================================
@@ -28,7 +26,7 @@ import sqlalchemy as sa
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from .auth import AllowAll, Authenticator, JWTAuthenticator
+from .auth import Authenticator, authenticator_from_env
 from .errors import envelope_for_exception
 from .policy import DefaultPolicy
 from .state import ServerState
@@ -57,26 +55,10 @@ def load_metadata(path: str) -> sa.MetaData:
 
 
 def _authenticator_from_env() -> Authenticator:
-    mode = os.environ.get("DBAPI_AUTH", "jwt").lower()
-    if mode == "none":
-        log.warning("DBAPI_AUTH=none: the DB-API accepts every caller; never do this in production")
-        return AllowAll()
-    algorithms = [a.strip() for a in os.environ.get("DBAPI_JWT_ALGORITHMS", "EdDSA,RS256").split(",") if a.strip()]
-    key: Any
-    if os.environ.get("DBAPI_JWT_KEY_FILE"):
-        with open(os.environ["DBAPI_JWT_KEY_FILE"], "rb") as handle:
-            key = handle.read()
-    elif os.environ.get("DBAPI_JWT_SECRET"):
-        if not any(a.startswith("HS") for a in algorithms):
-            raise ConfigError("DBAPI_JWT_SECRET is a shared secret: set DBAPI_JWT_ALGORITHMS=HS256 "
-                              "explicitly to accept symmetric tokens (asymmetric keys are safer).")
-        key = os.environ["DBAPI_JWT_SECRET"]
-    else:
-        raise ConfigError("Set DBAPI_JWT_KEY_FILE (a public key) to verify tokens, or DBAPI_AUTH=none "
-                          "for local development.")
-    return JWTAuthenticator(key, algorithms=algorithms,
-                            audience=os.environ.get("DBAPI_JWT_AUDIENCE", "dbsession"),
-                            issuer=os.environ.get("DBAPI_JWT_ISSUER") or None)
+    try:
+        return authenticator_from_env(os.environ)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData | str | None = None, *,

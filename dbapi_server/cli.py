@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -40,31 +42,92 @@ def serve(database_url: str, metadata: str, host: str, port: int, threads: int) 
 @main.command()
 @click.option("--out", "out_dir", default=".", show_default=True, type=click.Path(file_okay=False))
 @click.option("--name", default="dbapi", show_default=True)
-def keygen(out_dir: str, name: str) -> None:
-    """Generate an Ed25519 key pair: the private key stays on the trusted side."""
+@click.option("--type", "key_type", default="ed25519", show_default=True, type=click.Choice(["ed25519", "rsa"]),
+              help="ed25519 signs EdDSA tokens, rsa (3072 bit) RS256 tokens.")
+@click.option("--jwks", "jwks_file", type=click.Path(dir_okay=False),
+              help="Also add the public key to this JWKS document (created if missing).")
+def keygen(out_dir: str, name: str, key_type: str, jwks_file: str | None) -> None:
+    """Generate a signing key pair and print its kid: the private key stays on the trusted side."""
     from .keys import write_keypair
+    from .keyset import public_jwk
 
     try:
-        private, public = write_keypair(out_dir, name)
+        private, public = write_keypair(out_dir, name, key_type)
     except FileExistsError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"private key: {private} (keep it on the trusted side)\npublic key:  {public} "
-               f"(give it to the DB-API: DBAPI_JWT_KEY_FILE)")
+    jwk = public_jwk(public.read_bytes())
+    if jwks_file:
+        _add_to_jwks(Path(jwks_file), jwk)
+    click.echo(f"kid:         {jwk['kid']}\nprivate key: {private} (keep it on the trusted side)\n"
+               f"public key:  {public} (give it to the DB-API: DBAPI_JWT_KEY_FILE)"
+               + (f"\nJWKS:        {jwks_file} (DBAPI_JWT_KEY_FILE, or publish it for DBAPI_JWT_JWKS_URL)"
+                  if jwks_file else ""))
+
+
+def _add_to_jwks(path: Path, jwk: dict[str, Any]) -> None:
+    from .keyset import jwks_document
+    from .minting import atomic_write
+
+    keys: list[dict[str, Any]] = []
+    if path.exists():
+        try:
+            keys = json.loads(path.read_text())["keys"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise click.ClickException(f"{path} is not a JWKS document ({exc}); not changed.") from None
+    keys = [k for k in keys if k.get("kid") != jwk["kid"]] + [jwk]
+    atomic_write(path, json.dumps(jwks_document(keys), indent=2) + "\n", mode=0o644)  # public keys
+
+
+@main.command()
+@click.argument("key_files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+def jwks(key_files: tuple[str, ...]) -> None:
+    """Print a JWKS document with the public keys of KEY_FILES (PEM), e.g. to publish or rotate."""
+    from .keyset import jwks_document, public_jwk
+
+    try:
+        document = jwks_document(public_jwk(Path(f).read_bytes()) for f in key_files)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(document, indent=2))
 
 
 @main.command("mint-token")
 @click.option("--key", "key_file", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="The private key (PEM).")
-@click.option("--subject", required=True, help="Who the token is for, e.g. a task instance id.")
+              help="The private key (PEM) of the trusted side.")
+@click.option("--sub", "--subject", "subject", required=True, help="Who the token is for, e.g. a task instance id.")
+@click.option("--role", help="The caller's role, for the DB-API's policy.")
+@click.option("--scope", "scopes", multiple=True, help="A scope (repeatable); sent space-separated.")
+@click.option("--claim", "claims", multiple=True, metavar="NAME=VALUE", help="Extra claim (string value), e.g. dag_id=etl.")
 @click.option("--ttl", default=600, show_default=True, type=int, help="Lifetime in seconds.")
-@click.option("--algorithm", default="EdDSA", show_default=True)
-@click.option("--claim", "claims", multiple=True, metavar="NAME=VALUE", help="Extra claims.")
-def mint_token(key_file: str, subject: str, ttl: int, algorithm: str, claims: tuple[str, ...]) -> None:
-    """Sign a short-lived token for an untrusted process (printed to stdout)."""
-    from .auth import mint_token as mint
+@click.option("--kid", help="Key id for the header (default: the key's RFC 7638 thumbprint).")
+@click.option("--issuer", default=None, help="The iss claim (default: dbsession-trusted).")
+@click.option("--audience", default=None, help="The aud claim (default: dbsession).")
+@click.option("--algorithm", default=None, help="Default: EdDSA for Ed25519 keys, RS256 for RSA keys.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False),
+              help="Write the token to this file (mode 0600, atomic) instead of stdout.")
+def mint_token(key_file: str, subject: str, role: str | None, scopes: tuple[str, ...], claims: tuple[str, ...],
+               ttl: int, kid: str | None, issuer: str | None, audience: str | None, algorithm: str | None,
+               out_file: str | None) -> None:
+    """Sign a short-lived token for an untrusted process (printed to stdout, or --out FILE)."""
+    from .minting import RESERVED_CLAIMS, write_token_file
+    from .minting import mint_token as mint
 
-    bad = [c for c in claims if "=" not in c]
+    bad = [c for c in claims if "=" not in c or not c.split("=", 1)[0]]
     if bad:
         raise click.BadParameter(f"claims look like NAME=VALUE, got {bad[0]!r}", param_hint="--claim")
-    extra = dict(c.split("=", 1) for c in claims)
-    click.echo(mint(Path(key_file).read_bytes(), subject=subject, ttl=ttl, algorithm=algorithm, **extra))
+    extra: dict[str, Any] = dict(c.split("=", 1) for c in claims)
+    reserved = RESERVED_CLAIMS & set(extra) | {"role", "scope"} & set(extra)
+    if reserved:
+        raise click.BadParameter(f"{', '.join(sorted(reserved))} has its own option (--sub, --role, --scope, "
+                                 "--ttl, --issuer, --audience)", param_hint="--claim")
+    options: dict[str, Any] = {k: v for k, v in (("issuer", issuer), ("audience", audience)) if v}
+    try:
+        token = mint(Path(key_file).read_bytes(), subject=subject, role=role, scopes=scopes or None, ttl=ttl,
+                     kid=kid, algorithm=algorithm, **options, **extra)
+    except (ValueError, TypeError) as exc:
+        raise click.ClickException(f"Cannot mint a token with {key_file}: {exc}") from None
+    if out_file:
+        write_token_file(out_file, token)
+        click.echo(f"token written to {out_file} (mode 0600)", err=True)
+    else:
+        click.echo(token)

@@ -1,4 +1,4 @@
-"""Signing keys for the trusted side: generate an Ed25519 pair, load PEM files."""
+"""Signing keys for the trusted side: generate an Ed25519 (or RSA) pair, write PEM files."""
 
 from __future__ import annotations
 
@@ -6,14 +6,23 @@ import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-__all__ = ["generate_keypair", "write_keypair"]
+__all__ = ["KEY_TYPES", "generate_keypair", "write_keypair"]
+
+KEY_TYPES = ("ed25519", "rsa")
 
 
-def generate_keypair() -> tuple[bytes, bytes]:
-    """A fresh Ed25519 key pair as (private PEM, public PEM)."""
-    key = Ed25519PrivateKey.generate()
+def generate_keypair(key_type: str = "ed25519") -> tuple[bytes, bytes]:
+    """A fresh key pair as (private PEM, public PEM): Ed25519 (EdDSA) or RSA-3072 (RS256)."""
+    key: Ed25519PrivateKey | rsa.RSAPrivateKey
+    if key_type == "ed25519":
+        key = Ed25519PrivateKey.generate()
+    elif key_type == "rsa":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    else:
+        raise ValueError(f"Unknown key type {key_type!r}; use one of {', '.join(KEY_TYPES)}.")
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     public = key.public_key().public_bytes(serialization.Encoding.PEM,
@@ -21,11 +30,11 @@ def generate_keypair() -> tuple[bytes, bytes]:
     return private, public
 
 
-def write_keypair(directory: str | Path, name: str = "dbapi") -> tuple[Path, Path]:
+def write_keypair(directory: str | Path, name: str = "dbapi", key_type: str = "ed25519") -> tuple[Path, Path]:
     """Write ``<name>.key`` (mode 0600) and ``<name>.pub`` into *directory*."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    private, public = generate_keypair()
+    private, public = generate_keypair(key_type)
     private_path, public_path = directory / f"{name}.key", directory / f"{name}.pub"
     for path in (private_path, public_path):
         if path.exists():

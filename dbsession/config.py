@@ -8,6 +8,12 @@ setting                        environment variable
 ``token``                      ``DATABASE_API_TOKEN``
 ``token_file``                 ``DATABASE_API_TOKEN_FILE`` (re-read when it changes)
 =============================  ==========================================================
+
+``DATABASE_API_TOKEN`` is a credential, so it is taken *out* of ``os.environ`` when ``dbsession``
+is imported (and whenever settings are resolved and it has been set again): the process keeps it
+in memory and child processes - ``subprocess``, ``os.system``, a task's shell commands - do not
+inherit it. ``DATABASE_API_TOKEN_FILE`` (a path to a 0600 file, not the token) stays. See
+``docs/tokens.md``.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .auth import check_token_file
 from .exceptions import ConfigurationError
 
-__all__ = ["Settings", "configure", "get_settings", "reset_configuration"]
+__all__ = ["Settings", "configure", "get_settings", "reset_configuration", "scrub_token_from_environ"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -50,10 +57,31 @@ class Settings:
             )
         if self.token and self.token_file:
             raise ConfigurationError("Set either a token or a token_file, not both.")
+        if self.database_access_isolation and self.token_file:
+            check_token_file(self.token_file)  # refused at startup, not at the first query
         return self
+
+    def __repr__(self) -> str:  # the token never shows
+        token = "'***'" if self.token else "None"
+        return (f"Settings(database_access_isolation={self.database_access_isolation}, "
+                f"database_api_host={self.database_api_host!r}, token={token}, "
+                f"token_file={self.token_file!r}, timeout={self.timeout})")
 
 
 _configured: dict[str, Any] = {}
+_TOKEN_VAR = "DATABASE_API_TOKEN"
+_scrubbed: dict[str, str] = {}  # DATABASE_API_TOKEN, moved out of os.environ
+
+
+def scrub_token_from_environ() -> None:
+    """Move ``DATABASE_API_TOKEN`` from ``os.environ`` into this process's memory.
+
+    Child processes then do not inherit the token. Setting the variable again later (before a
+    session resolves its settings) replaces the remembered value.
+    """
+    token = os.environ.pop(_TOKEN_VAR, None)
+    if token is not None:
+        _scrubbed[_TOKEN_VAR] = token
 
 
 def configure(**settings: Any) -> None:
@@ -65,8 +93,9 @@ def configure(**settings: Any) -> None:
 
 
 def reset_configuration() -> None:
-    """Forget everything passed to :func:`configure` (for tests)."""
+    """Forget everything passed to :func:`configure` and a scrubbed ``DATABASE_API_TOKEN`` (for tests)."""
     _configured.clear()
+    _scrubbed.clear()
 
 
 def _parse_bool(name: str, raw: str) -> bool:
@@ -89,7 +118,13 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
 
 def get_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Resolve settings: explicit *overrides* > :func:`configure` > environment > defaults."""
-    values = _from_env(os.environ if environ is None else environ)
+    if environ is None:
+        scrub_token_from_environ()
+        environ = {**_scrubbed, **os.environ}
+    values = _from_env(environ)
     values.update(_configured)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return replace(Settings(), **values).validate()
+
+
+scrub_token_from_environ()

@@ -9,6 +9,8 @@ the largest remaining client-side cost, recorded in the issue notes as the next 
 Retries: a request that never reached the server (connection refused, connect timeout) is always
 retried with backoff. One whose response was lost is retried only when ``replay_safe`` - reads,
 and transactional requests, which the server de-duplicates by transaction id and sequence number.
+A 401 answer (the DB-API checks the token before anything runs) re-reads the token file and is
+retried once if the token changed, so a refresh racing a request does not fail it.
 """
 
 from __future__ import annotations
@@ -76,6 +78,14 @@ class Transport:
         return headers
 
     def _request(self, method: str, path: str, body: bytes | None, *, replay_safe: bool) -> Any:
+        response = self._send(method, path, body, replay_safe=replay_safe)
+        if response.status == 401 and self._token.reload():
+            # the DB-API checks the token before anything runs: retry once with the refreshed one
+            response = self._send(method, path, body, replay_safe=replay_safe)
+        return self._parse(response)
+
+    def _send(self, method: str, path: str, body: bytes | None, *,
+              replay_safe: bool) -> urllib3.BaseHTTPResponse:
         url = self._prefix + path
         delay = 0.05
         for attempt in range(1, self._attempts + 1):
@@ -92,7 +102,7 @@ class Transport:
                     ) from exc
                 failure = exc
             else:
-                return self._parse(response)
+                return response
             if attempt == self._attempts:
                 raise ServerUnreachable(
                     f"Cannot reach the DB-API at {self.base_url} (database_api_host) after "

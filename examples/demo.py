@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:  # `python examples/demo.py` puts examples/, not t
 
 import sqlalchemy as sa  # noqa: E402
 
-from dbapi_server import mint_token  # noqa: E402
+from dbapi_server import mint_token, write_token_file  # noqa: E402
 from dbapi_server.keys import write_keypair  # noqa: E402
 from examples.models import Base  # noqa: E402
 
@@ -100,10 +100,9 @@ def stop_server(server: subprocess.Popen[bytes]) -> None:
 
 
 def write_token(private_key: Path, path: Path) -> None:
-    token = mint_token(private_key.read_bytes(), subject="task:etl_daily.extract", ttl=300)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token)
+    token = mint_token(private_key.read_bytes(), subject="task:etl_daily.extract", role="task",
+                       dag_id="etl_daily", ttl=300)
+    write_token_file(path, token)  # mode 0600, atomic: the worker refuses a token file others can read
 
 
 def run_worker(url: str, token_file: Path, db_path: Path) -> None:

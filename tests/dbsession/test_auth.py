@@ -18,6 +18,8 @@ from tests.servers import RunningServer, running_dbapi
 def rewrite(path: Path, content: str, *, bump: float = 1.0) -> None:
     """Rewrite *path* and move its mtime on, as a refreshing writer does (coarse clocks too)."""
     before = path.stat().st_mtime if path.exists() else 0.0
+    path.touch(mode=0o600)
+    path.chmod(0o600)  # a token file must be private to its owner
     path.write_text(content, encoding="utf-8")
     os.utime(path, (before + bump, before + bump))
 
