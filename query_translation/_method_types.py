@@ -83,11 +83,16 @@ def check_type(hint: Any, where: str, *, orm: bool) -> None:
 
 
 def type_name(hint: Any) -> str:
+    """``list[TaskInstance]``, ``int | None``: how a signature listing spells a hint."""
     if hint is None or hint is type(None):
         return "None"
-    if isinstance(hint, type) and not typing.get_args(hint):
-        return hint.__name__
-    return repr(hint).replace("typing.", "").replace("datetime.", "").replace("decimal.", "")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in _UNIONS:
+        return " | ".join(type_name(a) for a in args)
+    if origin is not None and args:
+        inner = ", ".join("..." if a is Ellipsis else type_name(a) for a in args)
+        return f"{getattr(origin, '__name__', repr(origin))}[{inner}]"
+    return hint.__name__ if isinstance(hint, type) else repr(hint)
 
 
 def _walk(hints: Iterable[Any]) -> Iterator[Any]:

@@ -67,10 +67,11 @@ class Method:
 
     def describe(self) -> str:
         """``name(arg: type, ...) -> type`` for listings (the session parameter left out)."""
-        params = [str(p) for p in list(self.signature.parameters.values())[1:]]
-        params = [p.replace("'", "") for p in params]
-        returns = types.type_name(self.returns)
-        return f"{self.name}({', '.join(params)}) -> {returns}"
+        params = []
+        for param in list(self.signature.parameters.values())[1:]:
+            default = "" if param.default is param.empty else f" = {param.default!r}"
+            params.append(f"{param.name}: {types.type_name(self.parameters[param.name])}{default}")
+        return f"{self.name}({', '.join(params)}) -> {types.type_name(self.returns)}"
 
     # -- arguments --------------------------------------------------------------------------
     def encode_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, JSONable]:
