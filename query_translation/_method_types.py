@@ -127,11 +127,14 @@ def _enum_class(type_: Any) -> type[enum.Enum] | None:
 
 
 def conforms(value: Any, hint: Any) -> bool:
-    """Whether *value* is of the (checked) type *hint*; ``int`` is accepted for ``float``."""
+    """Whether *value* is of the (checked) type *hint*; ``int`` is accepted for ``float``, ``bool``
+    for neither (the codec keeps it a ``bool``: sent for a number, it is a mistake)."""
     if hint is None or hint is type(None):
         return value is None
+    if hint in (int, float) and isinstance(value, bool):
+        return False
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, (int, float))
     if isinstance(hint, type):
         return isinstance(value, hint)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
