@@ -12,6 +12,8 @@ import sqlalchemy as sa
 import dbsession
 from dbsession import guard
 
+pytest_plugins = ["pytester"]  # tests/dbsession/test_pytest_plugin.py runs sample projects
+
 PG_ADMIN_URL = os.environ.get("DBSESSION_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/postgres")
 
 
