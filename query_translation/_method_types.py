@@ -32,9 +32,14 @@ _ALLOWED = ("str, int, float, bool, None, Decimal, datetime, date, time, timedel
             "enums, and list[...], tuple[...], dict[str, ...] or unions of them")
 
 
-def resolve_hints(function: Callable[..., Any], where: str) -> dict[str, Any]:
+def resolve_hints(function: Callable[..., Any], where: str, session: str) -> dict[str, Any]:
+    """The resolved annotations, except the session parameter's (often imported for type
+    checking only, and irrelevant to the wire)."""
+    annotations = {k: v for k, v in getattr(function, "__annotations__", {}).items() if k != session}
+    holder = types.SimpleNamespace(__annotations__=annotations,
+                                   __globals__=getattr(function, "__globals__", {}))
     try:
-        return typing.get_type_hints(function)
+        return typing.get_type_hints(holder)
     except Exception as exc:  # NameError for a name the module does not define (yet)
         raise MethodDefinitionError(
             f"The annotations of the {where} cannot be resolved ({exc}); import every type "

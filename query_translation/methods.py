@@ -173,7 +173,7 @@ def _define(function: Callable[..., Any], name: str, version: int) -> Method:
     params = list(signature.parameters.values())
     if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
         raise MethodDefinitionError(f"The {where} must take the session as its first parameter.")
-    hints = types.resolve_hints(function, where)
+    hints = types.resolve_hints(function, where, session=params[0].name)
     parameters: dict[str, Any] = {}
     for param in params[1:]:
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):

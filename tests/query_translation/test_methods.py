@@ -116,6 +116,15 @@ def first(session: Session) -> int:
     return 1
 
 
+def session_type_for_checkers_only(session: OnlyImportedWhenTypeChecking, n: int) -> int:  # type: ignore[name-defined]  # noqa: F821
+    return n
+
+
+def test_the_session_annotation_need_not_resolve(registry: MethodRegistry) -> None:
+    method = registry.register(session_type_for_checkers_only)
+    assert method.describe() == "session_type_for_checkers_only(n: int) -> int"
+
+
 def test_two_functions_under_one_name_are_refused(registry: MethodRegistry) -> None:
     registry.register(first, name="shared")
     with pytest.raises(MethodDefinitionError, match="Two named methods are called 'shared'.*give one of"):
