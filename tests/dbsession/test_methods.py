@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from dbapi_server.policy import DefaultPolicy
@@ -26,6 +27,7 @@ from dbsession import (
     MethodRegistry,
     PolicyViolationError,
     RemoteMethodError,
+    cli,
     guard,
     register_safe_exception,
     server_method,
@@ -358,6 +360,24 @@ def test_another_version_is_refused_with_both_versions_named(isolated: DBSession
 def test_the_servers_policy_can_deny_a_method(isolated: DBSession) -> None:
     with pytest.raises(PolicyViolationError, match="named method 'denied' is not allowed"):
         denied(isolated)
+
+
+def test_the_client_command_lists_what_the_server_serves(server: RunningServer,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_API_TOKEN", server.token)
+    result = CliRunner().invoke(cli.main, ["methods", "--host", server.url])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [line.split()[0] for line in lines] == sorted(m.name for m in SERVED)
+    assert "parts_named  v1  parts_named(prefix: str) -> list[Part]" in lines
+    assert "renamed  v2  renamed() -> str" in lines
+
+
+def test_the_client_command_needs_a_token(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_API_TOKEN", raising=False)
+    monkeypatch.delenv("DATABASE_API_TOKEN_FILE", raising=False)
+    result = CliRunner().invoke(cli.main, ["methods", "--host", server.url])
+    assert result.exit_code == 1 and "token" in result.output.lower()
 
 
 def test_a_refused_call_leaves_the_session_usable(isolated: DBSession, engine: sa.Engine) -> None:
