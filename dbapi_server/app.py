@@ -11,6 +11,7 @@ Arguments win over environment variables, which exist so ``flask --app dbapi_ser
                            :func:`dbapi_server.auth.authenticator_from_env` and ``docs/tokens.md``
 ``DBAPI_TXN_IDLE_TIMEOUT`` seconds before an idle transaction is rolled back (default 60)
 ``DBAPI_MAX_BODY_BYTES``   largest accepted request body (default 16 MiB)
+``DBAPI_METHODS``          comma-separated modules defining named methods, imported at start
 =========================  ===================================================================
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -26,8 +28,11 @@ import sqlalchemy as sa
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
+from query_translation import MethodRegistry
+
 from .auth import Authenticator, authenticator_from_env
 from .errors import envelope_for_exception
+from .methods import load_methods, methods_api
 from .policy import DefaultPolicy
 from .state import ServerState
 from .views import api
@@ -64,7 +69,8 @@ def _authenticator_from_env() -> Authenticator:
 def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData | str | None = None, *,
                engine: sa.Engine | None = None, authenticator: Authenticator | None = None,
                policy: DefaultPolicy | None = None, idle_timeout: float | None = None,
-               max_body_bytes: int | None = None, engine_options: dict[str, Any] | None = None) -> Flask:
+               max_body_bytes: int | None = None, engine_options: dict[str, Any] | None = None,
+               methods: MethodRegistry | Iterable[str] | None = None) -> Flask:
     """Build the DB-API application for one database and one application's tables."""
     metadata = metadata if metadata is not None else os.environ.get("DBAPI_METADATA")
     if metadata is None:
@@ -80,12 +86,14 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
         idle_timeout = float(os.environ.get("DBAPI_TXN_IDLE_TIMEOUT", "60"))
     state = ServerState(engine=engine, metadata=metadata,
                         auth=authenticator if authenticator is not None else _authenticator_from_env(),
-                        policy=policy or DefaultPolicy(), idle_timeout=idle_timeout)
+                        policy=policy or DefaultPolicy(), idle_timeout=idle_timeout,
+                        methods=load_methods(methods if methods is not None else os.environ.get("DBAPI_METHODS")))
 
     app = Flask("dbapi_server")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes or int(os.environ.get("DBAPI_MAX_BODY_BYTES", 16 << 20))
     app.extensions["dbapi_server"] = state
     app.register_blueprint(api)
+    app.register_blueprint(methods_api)
     app.register_error_handler(Exception, _handle_error)
     return app
 

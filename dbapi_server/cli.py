@@ -26,14 +26,16 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=9180, show_default=True, type=int)
 @click.option("--threads", default=8, show_default=True, type=int)
-def serve(database_url: str, metadata: str, host: str, port: int, threads: int) -> None:
+@click.option("--methods", envvar="DBAPI_METHODS", default="",
+              help="Comma-separated modules defining named methods, e.g. myapp.methods.")
+def serve(database_url: str, metadata: str, host: str, port: int, threads: int, methods: str) -> None:
     """Serve the DB-API under waitress (a production WSGI server)."""
     from .app import ConfigError, create_app
     from .serving import serve as run
 
     sys.path.insert(0, os.getcwd())
     try:
-        app = create_app(database_url, metadata)
+        app = create_app(database_url, metadata, methods=methods.split(","))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     run(app, host=host, port=port, threads=threads)
@@ -131,3 +133,27 @@ def mint_token(key_file: str, subject: str, role: str | None, scopes: tuple[str,
         click.echo(f"token written to {out_file} (mode 0600)", err=True)
     else:
         click.echo(token)
+
+
+@main.command("methods")
+@click.option("--import", "modules", multiple=True, metavar="MODULE",
+              help="A module defining named methods (repeatable; default: $DBAPI_METHODS).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_methods(modules: tuple[str, ...], as_json: bool) -> None:
+    """List the named methods the DB-API would serve, with their versions and signatures."""
+    import json
+
+    from .methods import load_methods
+
+    sys.path.insert(0, os.getcwd())
+    try:
+        registry = load_methods(list(modules) or os.environ.get("DBAPI_METHODS", ""))
+    except ImportError as exc:
+        raise click.ClickException(f"Cannot import the methods module: {exc}.") from None
+    rows = [{"name": m.name, "version": m.version, "signature": m.describe()} for m in registry]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif not rows:
+        click.echo("No named methods are registered (name their modules with --import).")
+    for row in [] if as_json else rows:
+        click.echo(f"{row['name']}  v{row['version']}  {row['signature']}")

@@ -110,7 +110,9 @@ def envelope_for_exception(exc: BaseException) -> tuple[int, dict[str, Any]]:
     """(HTTP status, envelope) for any exception raised while handling a request."""
     error_id = new_error_id()
     if isinstance(exc, APIError):
-        return exc.status, _envelope(exc.code, exc.message, error_id, **exc.extra)
+        fields = dict(exc.extra)
+        error_id = fields.pop("error_id", None) or error_id  # an id already logged under
+        return exc.status, _envelope(exc.code, exc.message, error_id, **fields)
     if isinstance(exc, qt_exc.TranslationError):
         code = next((c for cls, c in _TRANSLATION_CODES.items() if isinstance(exc, cls)), "bad_statement")
         extra: dict[str, Any] = {}

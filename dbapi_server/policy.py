@@ -56,6 +56,12 @@ class DefaultPolicy:
     denied_functions: frozenset[str] = DANGEROUS_FUNCTIONS
     denied_tables: frozenset[str] = field(default_factory=frozenset)
     allowed_custom_operators: frozenset[str] = SAFE_CUSTOM_OPERATORS
+    denied_methods: frozenset[str] = field(default_factory=frozenset)
+
+    def check_method(self, name: str, principal: Principal) -> None:
+        """Every registered named method is allowed, except those in ``denied_methods``."""
+        if name in self.denied_methods:
+            raise PolicyViolation(f"The named method {name!r} is not allowed by the DB-API's policy.")
 
     def check(self, info: StatementInfo, principal: Principal) -> None:
         self._check_literal_sql(info.literal_sql)

@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from query_translation import WIRE_VERSION
+from query_translation import DEFAULT_REGISTRY, WIRE_VERSION, MethodRegistry
 
 from .auth import Authenticator
 from .cursors import CursorRegistry
@@ -52,6 +52,7 @@ class ServerState:
     auth: Authenticator
     policy: DefaultPolicy
     idle_timeout: float = 60.0
+    methods: MethodRegistry = DEFAULT_REGISTRY  # the named methods served (looked up per call)
     executor: StatementExecutor = field(init=False)
     read_engine: sa.Engine = field(init=False)
     transactions: TransactionManager = field(init=False)

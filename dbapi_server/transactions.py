@@ -73,6 +73,8 @@ class TransactionManager:
 
     def close(self) -> None:
         self._stop.set()
+        if self._reaper is not None and self._reaper is not threading.current_thread():
+            self._reaper.join(timeout=10)  # wakes at once: it waits on _stop
         with self._lock:
             transactions = list(self._open.values())
             self._open.clear()

@@ -7,7 +7,7 @@ direct connection. See ``README.md`` and ``docs/architecture.md``.
 
 from __future__ import annotations
 
-from . import guard
+from . import guard, methods
 from .config import Settings, configure, get_settings, reset_configuration
 from .dialect import DBSessionDialect, create_isolated_engine, isolated_url
 from .exceptions import (
@@ -18,10 +18,13 @@ from .exceptions import (
     DBSessionError,
     DirectDatabaseAccessError,
     IncompatibleServerError,
+    MethodNotFoundError,
     PolicyViolationError,
+    RemoteMethodError,
     ServerError,
     TransactionError,
 )
+from .methods import MethodRegistry, call_method, register_safe_exception, server_method
 from .session import DBSession, isolated_engine
 
 __all__ = [
@@ -34,15 +37,22 @@ __all__ = [
     "DBSessionError",
     "DirectDatabaseAccessError",
     "IncompatibleServerError",
+    "MethodNotFoundError",
+    "MethodRegistry",
     "PolicyViolationError",
+    "RemoteMethodError",
     "ServerError",
     "Settings",
     "TransactionError",
+    "call_method",
     "configure",
     "create_isolated_engine",
     "get_settings",
     "guard",
     "isolated_engine",
     "isolated_url",
+    "methods",
+    "register_safe_exception",
     "reset_configuration",
+    "server_method",
 ]

@@ -145,7 +145,7 @@ class Connection:
                 pass  # the server's idle timeout rolls back what we could not
 
     # -- statement execution ----------------------------------------------------------------
-    def run(self, payload: dict[str, Any], *, needs_txn: bool) -> dict[str, Any]:
+    def run(self, payload: dict[str, Any], *, needs_txn: bool, path: str = "/execute") -> dict[str, Any]:
         if self.closed:
             raise InterfaceError("This DB-API connection is closed.")
         begin = False
@@ -157,7 +157,7 @@ class Connection:
             if begin:
                 payload["begin"] = True
         try:
-            return self.transport.post("/execute", payload, replay_safe=True)  # type: ignore[no-any-return]
+            return self.transport.post(path, payload, replay_safe=True)  # type: ignore[no-any-return]
         except ServerUnreachable as exc:
             self.txn = None
             raise DisconnectError(str(exc)) from exc

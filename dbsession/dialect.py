@@ -38,7 +38,7 @@ from .config import get_settings
 from .exceptions import IncompatibleServerError
 from .transport import ServerUnreachable, Transport, transport_for
 
-__all__ = ["DBSessionDialect", "create_isolated_engine", "isolated_url", "server_info"]
+__all__ = ["DBSessionDialect", "create_isolated_engine", "forget_server_info", "isolated_url", "server_info"]
 
 _infos: dict[str, dict[str, Any]] = {}
 _classes: dict[tuple[str, str], type[Dialect]] = {}
@@ -58,6 +58,11 @@ def server_info(transport: Transport) -> dict[str, Any]:
                 f"this client speaks {WIRE_VERSION}. Install matching versions of dbsession.")
         _infos[transport.base_url] = info
     return info
+
+
+def forget_server_info(base_url: str) -> None:
+    """Drop the cached handshake of *base_url* (the server there stopped or changed)."""
+    _infos.pop(base_url, None)
 
 
 # -- the compiler --------------------------------------------------------------------------------

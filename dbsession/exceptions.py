@@ -13,7 +13,9 @@ An unreachable DB-API counts as a lost database connection and surfaces as SQLAl
      |    +-- PolicyViolationError   403: the policy does not allow this statement
      |    +-- BadRequestError        400/413: malformed, unsupported or oversized request
      |    +-- TransactionError       409/410: transaction expired, unknown, misrouted, out of order
+     |    +-- MethodNotFoundError    404: the DB-API does not serve that named method (or version)
      |    +-- ServerError            5xx: the DB-API failed (see its log under error_id)
+     |         +-- RemoteMethodError a named method raised an exception not registered as safe
      +-- IncompatibleServerError     the DB-API speaks another wire version or dialect
 """
 
@@ -29,7 +31,9 @@ __all__ = [
     "DBSessionError",
     "DirectDatabaseAccessError",
     "IncompatibleServerError",
+    "MethodNotFoundError",
     "PolicyViolationError",
+    "RemoteMethodError",
     "ServerError",
     "TransactionError",
     "error_class_for",
@@ -84,6 +88,17 @@ class TransactionError(DBAPIRequestError):
 
 class ServerError(DBAPIRequestError):
     """The DB-API failed while handling the request (HTTP 5xx)."""
+
+
+class MethodNotFoundError(DBAPIRequestError):
+    """The DB-API does not serve the named method, or serves another version of it."""
+
+
+class RemoteMethodError(ServerError):
+    """A named method raised, on the server, an exception not registered as safe to transmit.
+
+    The server logged it with its traceback under ``error_id``; only that id comes back.
+    """
 
 
 _BY_STATUS: dict[int, type[DBAPIRequestError]] = {

@@ -16,10 +16,10 @@ from sqlalchemy.orm import Session
 
 from . import guard
 from .config import Settings, get_settings
-from .dialect import create_isolated_engine
-from .exceptions import DirectDatabaseAccessError
+from .dialect import create_isolated_engine, forget_server_info
+from .transport import discard_transports
 
-__all__ = ["DBSession", "isolated_engine"]
+__all__ = ["DBSession", "isolated_engine", "release_api_host"]
 
 _engines_lock = threading.Lock()
 _engines: dict[tuple[str, str | None, str | None], sa.Engine] = {}
@@ -38,6 +38,20 @@ def isolated_engine(settings: Settings) -> sa.Engine:
         return engine
 
 
+def release_api_host(database_api_host: str) -> None:
+    """Dispose the engines, connection pools and handshake cached for a DB-API that went away.
+
+    For harnesses that start and stop DB-API servers (the pytest plugin): the next session for
+    that host connects afresh instead of reusing sockets to a server that no longer exists.
+    """
+    with _engines_lock:
+        engines = [_engines.pop(key) for key in [k for k in _engines if k[0] == database_api_host]]
+    for engine in engines:
+        engine.dispose()
+    for base in discard_transports(database_api_host):
+        forget_server_info(base)
+
+
 def _is_isolated_bind(bind: Any) -> bool:
     return bool(getattr(getattr(bind, "dialect", None), "is_dbsession", False))
 
@@ -54,7 +68,7 @@ class DBSession(Session):
         if self.isolated:
             for candidate in [bind, *(kw.get("binds") or {}).values()]:
                 if candidate is not None and not _is_isolated_bind(candidate):
-                    raise DirectDatabaseAccessError(
+                    raise guard.refuse(
                         f"DBSession was given a direct database bind ({candidate!r}) while "
                         "database_access_isolation is on; leave bind unset - the session talks "
                         "to the DB-API at database_api_host.")

@@ -28,7 +28,8 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionErro
 from .auth import TokenSource
 from .exceptions import error_class_for
 
-__all__ = ["API_PREFIX", "DatabaseErrorReply", "ServerUnreachable", "Transport", "transport_for"]
+__all__ = ["API_PREFIX", "DatabaseErrorReply", "ServerUnreachable", "Transport", "discard_transports",
+           "transport_for"]
 
 API_PREFIX = "/dbapi/v1"
 
@@ -146,3 +147,12 @@ def transport_for(host: str, token: str | None = None, token_file: str | None = 
         if transport is None:
             transport = _registry[key] = Transport(host, TokenSource(token, token_file), timeout=timeout)
         return transport
+
+
+def discard_transports(host: str) -> list[str]:
+    """Close and forget the transports for *host*; returns their base URLs."""
+    with _registry_lock:
+        found = [_registry.pop(key) for key in [k for k in _registry if k[0] == host]]
+    for transport in found:
+        transport.close()
+    return [transport.base_url for transport in found]

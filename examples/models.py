@@ -1,4 +1,4 @@
-"""A small orchestrator-like schema: DAGs, their runs, task instances and variables.
+"""A small orchestrator-like schema: DAGs, runs, task instances, variables, connections, XComs.
 
 Shaped after Apache Airflow's metadata tables, with the features that make isolation hard: a
 composite primary key, timezone-aware datetimes (a ``TypeDecorator``, processed on the server for
@@ -15,7 +15,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "Dag", "DagRun", "RunState", "TaskInstance", "TaskState", "UtcDateTime", "Variable"]
+__all__ = ["Base", "Connection", "Dag", "DagRun", "RunState", "TaskDependency", "TaskInstance", "TaskState",
+           "UtcDateTime", "Variable", "XCom"]
 
 
 class UtcDateTime(sa.TypeDecorator[datetime]):
@@ -107,3 +108,43 @@ class Variable(Base):
     key: Mapped[str] = mapped_column(sa.String(250), unique=True)
     val: Mapped[str] = mapped_column(sa.Text)
     description: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class TaskDependency(Base):
+    """An edge of a DAG: *task_id* runs after *upstream_task_id* (Airflow keeps these in its
+    serialized DAGs; a table keeps the example small)."""
+
+    __tablename__ = "task_dependency"
+
+    dag_id: Mapped[str] = mapped_column(sa.ForeignKey("dag.dag_id"), primary_key=True)
+    task_id: Mapped[str] = mapped_column(sa.String(250), primary_key=True)
+    upstream_task_id: Mapped[str] = mapped_column(sa.String(250), primary_key=True)
+
+
+class Connection(Base):
+    __tablename__ = "connection"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    conn_id: Mapped[str] = mapped_column(sa.String(250), unique=True)
+    conn_type: Mapped[str] = mapped_column(sa.String(500))
+    host: Mapped[str | None] = mapped_column(sa.String(500))
+    port: Mapped[int | None]
+    login: Mapped[str | None] = mapped_column(sa.String(500))
+    extra: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+
+
+class XCom(Base):
+    """A value a task instance hands to its downstream tasks."""
+
+    __tablename__ = "xcom"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(["dag_id", "run_id"], ["dag_run.dag_id", "dag_run.run_id"]),
+    )
+
+    dag_id: Mapped[str] = mapped_column(sa.String(250), primary_key=True)
+    run_id: Mapped[str] = mapped_column(sa.String(250), primary_key=True)
+    task_id: Mapped[str] = mapped_column(sa.String(250), primary_key=True)
+    map_index: Mapped[int] = mapped_column(primary_key=True, default=-1)
+    key: Mapped[str] = mapped_column(sa.String(512), primary_key=True)
+    value: Mapped[Any] = mapped_column(sa.JSON)
+    timestamp: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -13,10 +13,13 @@ from .exceptions import (
     TRANSMITTED_BUILTINS,
     MalformedStatementError,
     MalformedValueError,
+    MethodArgumentsError,
+    MethodDefinitionError,
     StatementCodecError,
     TranslationError,
     UnknownColumnError,
     UnknownEnumError,
+    UnknownMethodError,
     UnknownNodeError,
     UnknownTableError,
     UnknownValueTagError,
@@ -24,6 +27,15 @@ from .exceptions import (
     UnsupportedValueError,
     ValueCodecError,
     WireVersionError,
+)
+from .methods import (
+    DEFAULT_REGISTRY,
+    Method,
+    MethodRegistry,
+    decode_exception,
+    encode_exception,
+    register_safe_exception,
+    safe_exceptions,
 )
 from .schemas import validate_document
 from .type_codec import TypeResolver, encode_type
@@ -39,11 +51,16 @@ from .values import (
 )
 
 __all__ = [
+    "DEFAULT_REGISTRY",
     "NODE_TYPES",
     "TRANSMITTED_BUILTINS",
     "WIRE_VERSION",
     "MalformedStatementError",
     "MalformedValueError",
+    "Method",
+    "MethodArgumentsError",
+    "MethodDefinitionError",
+    "MethodRegistry",
     "StatementCodecError",
     "StatementDecoder",
     "StatementEncoder",
@@ -52,6 +69,7 @@ __all__ = [
     "TypeResolver",
     "UnknownColumnError",
     "UnknownEnumError",
+    "UnknownMethodError",
     "UnknownNodeError",
     "UnknownTableError",
     "UnknownValueTagError",
@@ -59,9 +77,11 @@ __all__ = [
     "UnsupportedValueError",
     "ValueCodecError",
     "WireVersionError",
+    "decode_exception",
     "decode_params",
     "decode_rows",
     "decode_value",
+    "encode_exception",
     "encode_params",
     "encode_row",
     "encode_type",
@@ -69,6 +89,8 @@ __all__ = [
     "enum_path",
     "enum_resolver_for",
     "from_wire",
+    "register_safe_exception",
+    "safe_exceptions",
     "to_wire",
     "validate_document",
 ]

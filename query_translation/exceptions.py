@@ -9,6 +9,9 @@ Every error is a ``ValueError`` subclass, because all of them mean "this input
      |    +-- UnknownValueTagError
      |    +-- MalformedValueError
      |    +-- UnknownEnumError
+     +-- MethodDefinitionError          a named method cannot be registered (duplicate name, signature)
+     +-- UnknownMethodError             no such named method (or version) in the registry
+     +-- MethodArgumentsError           a call's arguments do not fit the method's signature
      +-- StatementCodecError
           +-- UnknownNodeError           (attribute .node_type)
           +-- MalformedStatementError    (attribute .errors: dict, marshmallow-style errors keyed by path)
@@ -26,11 +29,14 @@ from typing import Any
 
 __all__ = [
     "MalformedStatementError",
+    "MethodArgumentsError",
+    "MethodDefinitionError",
     "MalformedValueError",
     "StatementCodecError",
     "TranslationError",
     "UnknownColumnError",
     "UnknownEnumError",
+    "UnknownMethodError",
     "UnknownNodeError",
     "UnknownTableError",
     "UnknownValueTagError",
@@ -116,3 +122,15 @@ class UnsupportedStatementError(StatementCodecError):
 
 class WireVersionError(StatementCodecError):
     """The wire document was written by an incompatible codec version."""
+
+
+class MethodDefinitionError(TranslationError):
+    """A named method cannot be registered: its name is taken or its signature cannot travel."""
+
+
+class UnknownMethodError(TranslationError):
+    """The registry has no named method by that name, or not in that version."""
+
+
+class MethodArgumentsError(TranslationError):
+    """The arguments of a named method call do not fit the method's signature."""

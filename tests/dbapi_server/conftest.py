@@ -6,6 +6,7 @@ A module describes its database with module-level names, read through ``request.
 - ``DATABASE``: ``"sqlite"`` (default, a file in a temporary directory) or ``"postgresql"`` (``pg_url``);
 - ``ROWS``: ``{table: [row, ...]}`` inserted after ``create_all``; ``seed(conn)``: any further seeding;
 - ``POLICY``: the server's policy (the app's default when absent);
+- ``METHODS``: the ``MethodRegistry`` of named methods to serve (the default registry when absent);
 - ``SECRETS``: strings no answer may contain, besides the database URL;
 - ``NO_OPEN_TRANSACTIONS``: when true, a test that leaves a server transaction open fails.
 
@@ -70,6 +71,8 @@ def server(request: pytest.FixtureRequest, engine: sa.Engine) -> Iterator[Runnin
     app_kw: dict[str, Any] = {}
     if hasattr(request.module, "POLICY"):
         app_kw["policy"] = request.module.POLICY
+    if hasattr(request.module, "METHODS"):
+        app_kw["methods"] = request.module.METHODS
     with running_dbapi(engine, _metadata(request.module), **app_kw) as server:
         yield server
 

@@ -1,0 +1,335 @@
+"""The pytest plugin, run on small sample projects with pytest's own ``pytester``.
+
+Each test writes a project (tables, application code, its tests), runs pytest on it in this
+process, and checks the outcome and the report text in both modes.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+# imported here, not first inside a run: pytester's in-process runs drop the modules they imported,
+# and native ones (cryptography's bindings) cannot be imported twice
+import dbapi_server.keys
+import dbapi_server.serving  # noqa: F401
+import dbsession
+from dbsession import guard
+
+APP = '''
+import os
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from dbsession import DBSession
+
+metadata = sa.MetaData()
+things = sa.Table("things", metadata, sa.Column("id", sa.Integer, primary_key=True),
+                  sa.Column("name", sa.String(40)))
+
+# created at import, long before any test: the guard must catch it when it is used
+EARLY = sa.create_engine("sqlite:///" + os.path.join(os.path.dirname(__file__), "direct.sqlite"))
+
+
+def add(bind, name):
+    with DBSession(bind=bind) as session, session.begin():
+        session.execute(things.insert().values(name=name))
+
+
+def names(bind):
+    with DBSession(bind=bind) as session:
+        return sorted(session.scalars(sa.select(things.c.name)))
+
+
+def make_engine():
+    return sa.create_engine("sqlite://")
+
+
+def connect_early():
+    with EARLY.connect() as conn:
+        conn.execute(sa.select(1))
+
+
+def plain_session():
+    with Session(EARLY) as session:
+        return session.scalar(sa.select(1))
+
+
+def swallowing(action):
+    try:
+        action()
+    except Exception:
+        pass  # the code under test hides the failure; the plugin must still report it
+'''
+
+CONFTEST = '''
+import pytest
+import app
+
+
+@pytest.fixture(scope="session")
+def db_metadata():
+    return app.metadata
+'''
+
+GOOD_TESTS = '''
+import sqlalchemy as sa
+import app
+
+
+def test_add_and_read(dbsession_bind, trusted_engine):
+    app.add(dbsession_bind, "a")
+    app.add(dbsession_bind, "b")
+    assert app.names(dbsession_bind) == ["a", "b"]
+    with trusted_engine.connect() as conn:  # inspecting through the trusted engine is fine
+        assert conn.scalar(sa.select(sa.func.count()).select_from(app.things)) == 2
+'''
+
+
+# in-process runs see this package already imported: pytest cannot rewrite its asserts (and says so)
+INI = "[pytest]\naddopts = -p no:cacheprovider -W ignore::pytest.PytestAssertRewriteWarning\n"
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(app=APP)
+    pytester.makeconftest(CONFTEST)
+    pytester.makeini(INI)
+    return pytester
+
+
+def run(project: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return project.runpytest_inprocess(*args)
+
+
+MODES = pytest.mark.parametrize("mode", [[], ["--db-isolation"]], ids=["direct", "isolation"])
+
+
+@MODES
+def test_good_code_passes_in_both_modes(project: pytest.Pytester, mode: list[str]) -> None:
+    project.makepyfile(test_good=GOOD_TESTS)
+    run(project, *mode).assert_outcomes(passed=1)
+
+
+BAD = {  # what the code under test does -> (its line in app.py, what the guard names)
+    "make_engine": ('return sa.create_engine("sqlite://")', "create_engine()"),
+    "connect_early": ("with EARLY.connect() as conn:", "a new connection"),
+    "plain_session": ("return session.scalar(sa.select(1))", "a new connection"),
+}
+
+
+@pytest.mark.parametrize("action", sorted(BAD))
+def test_swallowed_direct_access_fails_the_test_with_its_stack(project: pytest.Pytester, action: str) -> None:
+    project.makepyfile(test_bad=f'''
+import app
+
+def test_code_under_test(dbsession_bind):
+    app.swallowing(app.{action})
+''')
+    result = run(project, "--db-isolation")
+    result.assert_outcomes(failed=1)
+    line, what = BAD[action]
+    result.stdout.fnmatch_lines([
+        "*1 direct database access(es) in isolation mode during call*",
+        f"*DirectDatabaseAccessError: Direct database access through {what}*",
+        "*test_bad.py*, line 4, in test_code_under_test",
+        "*app.swallowing(app.*",
+        f"*app.py*, in {action}",
+        f"*{line}*",
+        "*1 DB-API server(s) started, 1 test phase(s) with direct database access*",
+    ])
+    run(project).assert_outcomes(passed=1)  # direct mode: the same code is simply direct
+
+
+def test_unswallowed_direct_access_fails_and_is_described(project: pytest.Pytester) -> None:
+    project.makepyfile(test_bad='''
+import app
+
+def test_code_under_test(dbsession_bind):
+    app.connect_early()
+''')
+    result = run(project, "--db-isolation")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*dbsession: direct database access (call)*", "*in connect_early*"])
+
+
+def test_direct_access_in_a_fixture_is_an_error_of_the_test(project: pytest.Pytester) -> None:
+    project.makepyfile(test_bad='''
+import pytest
+import app
+
+@pytest.fixture
+def careless():
+    app.swallowing(app.make_engine)
+
+def test_uses_it(careless):
+    pass
+''')
+    result = run(project, "--db-isolation")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*during setup*", "*in careless*", "*in make_engine*"])
+
+
+def test_trusted_marker_and_trusted_fixtures_are_not_reported(project: pytest.Pytester) -> None:
+    project.makepyfile(test_trusted='''
+import pytest
+import sqlalchemy as sa
+import app
+from dbsession import guard
+
+
+@pytest.fixture
+def seeded(trusted_engine):
+    with trusted_engine.begin() as conn:
+        conn.execute(app.things.delete())
+        conn.execute(app.things.insert().values(name="seeded"))
+
+
+@pytest.fixture
+def own_engine():
+    with guard.trusted():  # a fixture says explicitly that it is trusted
+        engine = sa.create_engine("sqlite://")
+    yield engine
+    engine.dispose()
+
+
+def test_seeded_through_the_trusted_engine(seeded, dbsession_bind):
+    assert app.names(dbsession_bind) == ["seeded"]
+
+
+def test_fixture_made_its_own_engine(own_engine):
+    with own_engine.connect() as conn:
+        assert conn.scalar(sa.select(1)) == 1
+
+
+@pytest.mark.trusted
+def test_marked_trusted_may_go_direct():
+    app.connect_early()
+    assert app.plain_session() == 1
+    app.make_engine().dispose()
+
+
+def test_not_marked_is_still_caught():
+    app.swallowing(app.plain_session)
+''')
+    result = run(project, "--db-isolation")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["FAILED test_trusted.py::test_not_marked_is_still_caught*"])
+
+
+def test_one_server_for_the_session_and_everything_cleaned_up(project: pytest.Pytester) -> None:
+    record = project.path / "seen.txt"
+    for module in ("test_one", "test_two"):
+        project.makepyfile(**{module: f'''
+import dbsession
+import app
+
+def test_record(dbsession_bind, trusted_engine):
+    app.add(dbsession_bind, "{module}")
+    with open({str(record)!r}, "a") as out:
+        out.write(dbsession.get_settings().database_api_host + " " + trusted_engine.url.database + "\\n")
+'''})
+    before = set(threading.enumerate())
+    result = run(project, "--db-isolation")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*1 DB-API server(s) started*"])
+    seen = {tuple(line.split(" ")) for line in record.read_text().splitlines()}
+    assert len(seen) == 1  # both modules: the same server, the same database
+    ((api_host, database),) = seen
+
+    assert not Path(database).exists() and not Path(database).parent.exists()
+    port = int(api_host.rsplit(":", 1)[1])
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    deadline = time.monotonic() + 10
+    while set(threading.enumerate()) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not set(threading.enumerate()) - before
+    assert not guard.is_installed()
+    assert not dbsession.get_settings().database_access_isolation
+    assert not any(key[0] == api_host for key in dbsession.session._engines)
+
+
+def test_ini_option_switches_isolation_on(project: pytest.Pytester) -> None:
+    project.makeini(INI + "db_isolation = true\n")
+    project.makepyfile(test_ini='''
+import dbsession
+
+def test_isolated(dbsession_bind):
+    assert dbsession.get_settings().database_access_isolation
+    assert dbsession_bind.dialect.is_dbsession
+''')
+    result = run(project)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["dbsession: isolation mode*"])
+
+
+def test_direct_mode_leaves_tests_alone(project: pytest.Pytester) -> None:
+    project.makepyfile(test_plain='''
+import dbsession
+from dbsession import guard
+
+def test_nothing_configured():
+    assert not dbsession.get_settings().database_access_isolation
+    assert not guard.is_installed()
+''')
+    result = run(project, "--setup-show")
+    result.assert_outcomes(passed=1)
+    assert "_dbsession" not in result.stdout.str() and "isolation mode" not in result.stdout.str()
+    isolated = run(project, "--setup-show", "--db-isolation")
+    isolated.assert_outcomes(failed=1)  # now the process is isolated, for every test
+    isolated.stdout.fnmatch_lines(["*SETUP    F _dbsession_isolated*"])
+
+
+def test_missing_db_metadata_is_a_clear_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_x="def test_x(trusted_engine):\n    pass\n")
+    pytester.makeini(INI)
+    result = pytester.runpytest_inprocess()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*define a session-scoped fixture `db_metadata` in conftest.py*"])
+
+
+def test_in_memory_sqlite_is_refused(project: pytest.Pytester) -> None:
+    project.makepyfile(test_good=GOOD_TESTS)
+    result = run(project, "--db-url", "sqlite://")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*in-memory SQLite database*name a file*"])
+
+
+@pytest.mark.postgresql
+def test_postgresql_database_tables_created_and_dropped(project: pytest.Pytester, pg_url: sa.URL) -> None:
+    project.makepyfile(test_good=GOOD_TESTS)
+    url = pg_url.render_as_string(hide_password=False)
+    run(project, "--db-isolation", "--db-url", url).assert_outcomes(passed=1)
+    engine = guard.exempt(sa.create_engine(pg_url))
+    try:
+        assert sa.inspect(engine).get_table_names() == []  # created for the session, dropped after
+    finally:
+        engine.dispose()
+    run(project, "--db-url", url).assert_outcomes(passed=1)  # and directly, on a fresh schema
+
+
+def test_db_methods_without_server_support_is_a_usage_error(project: pytest.Pytester) -> None:
+    import inspect
+
+    from dbapi_server import create_app
+
+    if "methods" in inspect.signature(create_app).parameters:
+        pytest.skip("this dbapi_server serves named methods; the pass-through is tested with them")
+    project.makepyfile(test_m='''
+import pytest
+
+@pytest.fixture(scope="session")
+def db_methods():
+    return ["app"]
+
+def test_m(dbsession_bind):
+    pass
+''')
+    result = run(project, "--db-isolation")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*db_methods names [[]'app'[]]*does not serve named methods*"])
