@@ -38,7 +38,7 @@ def workdir(tmp_path: Path) -> Path:
 def ref(request: pytest.FixtureRequest) -> str:
     import uuid
 
-    return f"{request.node.name[:24]}-{uuid.uuid4().hex[:8]}"
+    return f"{request.node.name[:20]}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
@@ -47,7 +47,10 @@ def clients() -> Iterator[list[DBSession]]:
     opened: list[DBSession] = []
     yield opened
     for session in opened:
-        session.close()
+        try:
+            session.close()
+        except sa.exc.OperationalError:
+            pass  # its server was killed by the test, or is gone: nothing left to roll back
     for session in opened:
         release_api_host(session.info["api_host"])
 

@@ -15,7 +15,7 @@ class Entry(Base):
 
     __tablename__ = "fault_entries"
     id: Mapped[int] = mapped_column(primary_key=True)
-    ref: Mapped[str] = mapped_column(sa.String(40), unique=True)
+    ref: Mapped[str] = mapped_column(sa.String(80), unique=True)
     note: Mapped[str] = mapped_column(sa.String(40), default="")
     amount: Mapped[int] = mapped_column(default=0)
 
