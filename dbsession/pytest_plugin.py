@@ -212,11 +212,16 @@ class IsolationMode:
         from dbsession import guard
         from dbsession.session import release_api_host
 
+        methods_argument = _methods_argument(create_app, methods)
         server_engine = guard.exempt(sa.create_engine(database.url))
         private, public = generate_keypair()
-        app = create_app(engine=server_engine, metadata=database.metadata,
-                         authenticator=JWTAuthenticator(public, algorithms=["EdDSA"]),
-                         **_methods_argument(create_app, methods))
+        try:
+            app = create_app(engine=server_engine, metadata=database.metadata,
+                             authenticator=JWTAuthenticator(public, algorithms=["EdDSA"]),
+                             **methods_argument)
+        except BaseException:
+            server_engine.dispose()
+            raise
         background = start_background(app, threads=4)
         self.server_starts += 1
         state = app.extensions["dbapi_server"]

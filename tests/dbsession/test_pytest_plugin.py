@@ -206,8 +206,13 @@ def test_fixture_made_its_own_engine(own_engine):
         assert conn.scalar(sa.select(1)) == 1
 
 
+@pytest.fixture
+def direct_fixture():
+    app.connect_early()  # trusted only because the test using it is marked
+
+
 @pytest.mark.trusted
-def test_marked_trusted_may_go_direct():
+def test_marked_trusted_may_go_direct(direct_fixture):
     app.connect_early()
     assert app.plain_session() == 1
     app.make_engine().dispose()
@@ -252,6 +257,28 @@ def test_record(dbsession_bind, trusted_engine):
     assert not guard.is_installed()
     assert not dbsession.get_settings().database_access_isolation
     assert not any(key[0] == api_host for key in dbsession.session._engines)
+
+
+def test_tables_of_an_existing_database_are_kept_when_creation_is_off(
+        project: pytest.Pytester) -> None:
+    path = project.path / "migrated.sqlite"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE things (id INTEGER PRIMARY KEY, name VARCHAR(40))")
+            conn.exec_driver_sql("INSERT INTO things (name) VALUES ('migrated')")
+        project.makeini(INI + "db_create_tables = false\n")
+        project.makepyfile(test_existing='''
+import app
+
+def test_sees_existing_rows(dbsession_bind):
+    assert app.names(dbsession_bind) == ["migrated"]
+''')
+        for mode in ([], ["--db-isolation"]):
+            run(project, "--db-url", f"sqlite:///{path}", *mode).assert_outcomes(passed=1)
+        assert sa.inspect(engine).get_table_names() == ["things"]  # not dropped: not ours
+    finally:
+        engine.dispose()
 
 
 def test_ini_option_switches_isolation_on(project: pytest.Pytester) -> None:
