@@ -197,7 +197,9 @@ class TransactionManager:
             if not txn.lock.acquire(blocking=False):
                 continue  # a request is running on it right now
             try:
-                if txn.ended:
+                # judged again under the lock: the list above may predate a request that has
+                # just finished (one that waited longer than the timeout, e.g. for a row lock)
+                if txn.ended or now - txn.last_used <= self.idle_timeout:
                     continue
                 log.warning("rolling back transaction %s after %.0fs idle", txn.id, now - txn.last_used)
                 self._end(txn, "expire")
