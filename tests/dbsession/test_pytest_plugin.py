@@ -340,23 +340,26 @@ def test_postgresql_database_tables_created_and_dropped(project: pytest.Pytester
     run(project, "--db-url", url).assert_outcomes(passed=1)  # and directly, on a fresh schema
 
 
-def test_db_methods_without_server_support_is_a_usage_error(project: pytest.Pytester) -> None:
+def test_db_methods_reach_the_server(project: pytest.Pytester) -> None:
+    """The module names go to create_app(methods=...): it imports them (here: fails to)."""
     import inspect
 
     from dbapi_server import create_app
 
-    if "methods" in inspect.signature(create_app).parameters:
-        pytest.skip("this dbapi_server serves named methods; the pass-through is tested with them")
     project.makepyfile(test_m='''
 import pytest
 
 @pytest.fixture(scope="session")
 def db_methods():
-    return ["app"]
+    return ["no_such_methods_module"]
 
 def test_m(dbsession_bind):
     pass
 ''')
     result = run(project, "--db-isolation")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*db_methods names [[]'app'[]]*does not serve named methods*"])
+    if "methods" in inspect.signature(create_app).parameters:
+        result.stdout.fnmatch_lines(["*No module named*no_such_methods_module*"])
+    else:  # a server without named methods says so instead of ignoring them
+        result.stdout.fnmatch_lines(["*db_methods names [[]'no_such_methods_module'[]]*does not serve named methods*"])
+    run(project).assert_outcomes(passed=1)  # direct mode: methods run locally, nothing to serve
