@@ -186,7 +186,6 @@ class _Serving:
     database: TestDatabase
     url: str
     token: str
-    stop: Any  # () -> None
 
 
 class IsolationMode:
@@ -195,7 +194,7 @@ class IsolationMode:
     def __init__(self) -> None:
         self.violations: list[Violation] = []
         self.server_starts = 0
-        self.tests_failed_for_access = 0
+        self.phases_with_access = 0
         self.serving_: _Serving | None = None
         self._lock = threading.Lock()
 
@@ -224,14 +223,7 @@ class IsolationMode:
             raise
         background = start_background(app, threads=4)
         self.server_starts += 1
-        state = app.extensions["dbapi_server"]
-
-        def stop() -> None:
-            background.stop()
-            state.close()
-
-        self.serving_ = _Serving(database, background.url,
-                                 mint_token(private, subject="pytest", ttl=TOKEN_TTL), stop)
+        self.serving_ = _Serving(database, background.url, mint_token(private, subject="pytest", ttl=TOKEN_TTL))
         stop_observing = guard.observe(self._record)
         try:
             self.configure_process()
@@ -242,7 +234,8 @@ class IsolationMode:
             guard.uninstall()
             dbsession.reset_configuration()
             release_api_host(background.url)
-            stop()
+            background.stop()
+            app.extensions["dbapi_server"].close()  # open transactions, the reaper, the engine
 
     def configure_process(self) -> None:
         """The process setting is isolation, as in a worker; the guard is on."""
@@ -314,7 +307,7 @@ class IsolationMode:
             if report.passed:
                 report.outcome = "failed"
                 report.longrepr = text
-            self.tests_failed_for_access += 1
+            self.phases_with_access += 1
         return report  # type: ignore[no-any-return]
 
     def pytest_report_header(self) -> str:
@@ -323,7 +316,7 @@ class IsolationMode:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         terminalreporter.write_line(
             f"dbsession isolation mode: {self.server_starts} DB-API server(s) started, "
-            f"{self.tests_failed_for_access} test phase(s) with direct database access")
+            f"{self.phases_with_access} test phase(s) with direct database access")
 
 
 def _methods_argument(create_app: Any, methods: list[str]) -> dict[str, Any]:
