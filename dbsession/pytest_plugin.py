@@ -71,6 +71,33 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(IsolationMode(), PLUGIN_NAME)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """One pytest session serves one ``db_metadata``: refuse a run that mixes several, up front.
+
+    The test database (and in isolation mode the DB-API) is made once, for the first override
+    asked for; tests under another override would silently run against the wrong tables.
+    """
+    overrides: dict[Any, list[str]] = {}
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)  # pytest's own record of the item's fixtures
+        if info is None or "_dbsession_database" not in info.names_closure:
+            continue
+        definitions = info.name2fixturedefs.get("db_metadata") or ()
+        if definitions:
+            overrides.setdefault(definitions[-1], []).append(item.nodeid)
+    if len(overrides) > 1:
+        where = "; ".join(sorted(f"{_defined_where(d)} (e.g. {ids[0]})" for d, ids in overrides.items()))
+        raise pytest.UsageError(
+            f"These tests use different db_metadata overrides: {where}. One pytest session serves "
+            "one MetaData (one test database, one DB-API): run each directory in its own pytest run.")
+
+
+def _defined_where(definition: Any) -> str:
+    if definition.baseid:
+        return str(definition.baseid)
+    return "the plugin's default" if definition.func.__module__ == __name__ else "the root conftest.py"
+
+
 def isolation_requested(config: pytest.Config) -> bool:
     return bool(config.getoption("db_isolation") or config.getini("db_isolation"))
 

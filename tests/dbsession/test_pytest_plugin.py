@@ -312,6 +312,23 @@ def test_nothing_configured():
     isolated.stdout.fnmatch_lines(["*SETUP    F _dbsession_isolated*"])
 
 
+@MODES
+def test_two_db_metadata_overrides_in_one_run_are_refused(project: pytest.Pytester, mode: list[str]) -> None:
+    for package in ("alpha", "beta"):
+        project.mkpydir(package)
+        (project.path / package / "conftest.py").write_text(
+            "import pytest, sqlalchemy as sa\n\n"
+            "@pytest.fixture(scope='session')\n"
+            f"def db_metadata():\n    return sa.MetaData(schema=None, info={{'name': '{package}'}})\n")
+        (project.path / package / f"test_{package}.py").write_text(
+            "def test_x(trusted_engine):\n    pass\n")
+    result = run(project, *mode)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*different db_metadata overrides: alpha (e.g. alpha/test_alpha.py::test_x);"
+                                 " beta (e.g. beta/test_beta.py::test_x)*run each directory in its own*"])
+    run(project, "alpha", *mode).assert_outcomes(passed=1)  # one at a time is fine
+
+
 def test_missing_db_metadata_is_a_clear_error(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_x="def test_x(trusted_engine):\n    pass\n")
     pytester.makeini(INI)
