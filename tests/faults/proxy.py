@@ -98,7 +98,12 @@ class FaultProxy:
             self._spawn(self._relay, client)
 
     def _relay(self, client: socket.socket) -> None:
-        upstream = socket.create_connection(self.upstream)
+        try:
+            upstream = socket.create_connection(self.upstream, timeout=30)
+        except OSError:
+            client.close()  # the server is down: the client sees its connection closed
+            return
+        upstream.settimeout(None)
         with self._lock:
             self._sockets.update((client, upstream))
         from_client, from_server = bytearray(), bytearray()
