@@ -33,6 +33,10 @@ things = sa.Table("things", metadata, sa.Column("id", sa.Integer, primary_key=Tr
 
 # created at import, long before any test: the guard must catch it when it is used
 EARLY = sa.create_engine("sqlite:///" + os.path.join(os.path.dirname(__file__), "direct.sqlite"))
+# ...and one whose pool already holds a connection: only executing on it can be caught
+WARM = sa.create_engine("sqlite:///" + os.path.join(os.path.dirname(__file__), "warm.sqlite"))
+with WARM.connect() as conn:
+    conn.execute(sa.select(1))
 
 
 def add(bind, name):
@@ -52,6 +56,11 @@ def make_engine():
 def connect_early():
     with EARLY.connect() as conn:
         conn.execute(sa.select(1))
+
+
+def execute_warm():
+    with WARM.connect() as conn:
+        return conn.scalar(sa.select(2))
 
 
 def plain_session():
@@ -119,6 +128,7 @@ BAD = {  # what the code under test does -> (its line in app.py, what the guard 
     "make_engine": ('return sa.create_engine("sqlite://")', "create_engine()"),
     "connect_early": ("with EARLY.connect() as conn:", "a new connection"),
     "plain_session": ("return session.scalar(sa.select(1))", "a new connection"),
+    "execute_warm": ("return conn.scalar(sa.select(2))", "a statement"),
 }
 
 
