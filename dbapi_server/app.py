@@ -81,7 +81,9 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
         database_url = database_url or os.environ.get("DBAPI_DATABASE_URL")
         if not database_url:
             raise ConfigError("Tell the DB-API which database to serve: database_url= or DBAPI_DATABASE_URL.")
-        engine = sa.create_engine(database_url, **(engine_options or {}))
+        # pre-ping: a pooled connection the database dropped (a restart, a failover, an idle
+        # timeout) is replaced at checkout instead of failing the next request
+        engine = sa.create_engine(database_url, **{"pool_pre_ping": True, **(engine_options or {})})
     if idle_timeout is None:
         idle_timeout = float(os.environ.get("DBAPI_TXN_IDLE_TIMEOUT", "60"))
     state = ServerState(engine=engine, metadata=metadata,

@@ -47,6 +47,7 @@ class Transaction:
     last_seq: int = 0
     last_reply: tuple[int, bytes] | None = None
     last_used: float = field(default_factory=time.monotonic)
+    ended: bool = False  # set under ``lock`` once committed / rolled back / expired
 
 
 class TransactionManager:
@@ -79,7 +80,8 @@ class TransactionManager:
             transactions = list(self._open.values())
             self._open.clear()
         for txn in transactions:
-            self._end(txn, "rollback")
+            if not txn.ended:
+                self._end(txn, "rollback")
 
     # -- lookup -------------------------------------------------------------------------------
     def begin(self, txn_id: str, owner: str | None) -> tuple[Transaction, bool]:
@@ -128,30 +130,36 @@ class TransactionManager:
 
     # -- ending -------------------------------------------------------------------------------
     def finish(self, txn_id: str, verb: str, owner: str | None) -> str:
-        """Commit or roll back; asking again for a finished transaction returns its outcome."""
+        """Commit or roll back; asking again for a finished transaction returns its outcome.
+
+        The transaction stays listed as open until its outcome is recorded, so a retry that
+        arrives while the first request is still committing waits for it (on the transaction's
+        lock) and answers the same outcome - never "unknown", never a second commit.
+        """
         with self._lock:
             txn = self._open.get(txn_id)
         if txn is None:
-            outcome = self.outcome(txn_id)
-            if verb == "rollback":
-                return outcome or "rolled_back"  # gone already: nothing of it can remain
-            if outcome is None:
-                raise TransactionGone(f"Transaction {txn_id} is unknown to this DB-API instance.")
-            if outcome != "committed":
-                raise TransactionGone(
-                    f"Transaction {txn_id} was not committed: it was {outcome.replace('_', ' ')}.",
-                    outcome=outcome)
-            return outcome
+            return self._finished(txn_id, verb)
         self._check_owner(txn, owner)
         with txn.lock:
-            with self._lock:
-                if self._open.get(txn_id) is not txn:  # a concurrent retry finished it
-                    return self.finish(txn_id, verb, owner)
-                del self._open[txn_id]
-            outcome = self._end(txn, verb)
+            if txn.ended:  # a concurrent retry or the reaper ended it while we waited
+                return self._finished(txn_id, verb)
+            return self._end(txn, verb)
+
+    def _finished(self, txn_id: str, verb: str) -> str:
+        outcome = self.outcome(txn_id)
+        if verb == "rollback":
+            return outcome or "rolled_back"  # gone already: nothing of it can remain
+        if outcome is None:
+            raise TransactionGone(f"Transaction {txn_id} is unknown to this DB-API instance.")
+        if outcome != "committed":
+            raise TransactionGone(
+                f"Transaction {txn_id} was not committed: it was {outcome.replace('_', ' ')}.",
+                outcome=outcome)
         return outcome
 
     def _end(self, txn: Transaction, verb: str) -> str:
+        """Commit or roll back (holding ``txn.lock``); then unlist it and remember the outcome."""
         outcome = "committed" if verb == "commit" else ("expired" if verb == "expire" else "rolled_back")
         try:
             if verb == "commit":
@@ -162,13 +170,15 @@ class TransactionManager:
             outcome = "failed"
             raise
         finally:
+            txn.ended = True
             txn.connection.close()
             self._remember(txn.id, outcome)
         return outcome
 
     def _remember(self, txn_id: str, outcome: str) -> None:
         now = time.monotonic()
-        with self._lock:
+        with self._lock:  # one step: a transaction is always either open or has an outcome
+            self._open.pop(txn_id, None)
             self._outcomes[txn_id] = (now, outcome)
             while self._outcomes:
                 oldest_id, (at, _) = next(iter(self._outcomes.items()))
@@ -187,10 +197,10 @@ class TransactionManager:
             if not txn.lock.acquire(blocking=False):
                 continue  # a request is running on it right now
             try:
-                with self._lock:
-                    if self._open.get(txn.id) is not txn:
-                        continue
-                    del self._open[txn.id]
+                # judged again under the lock: the list above may predate a request that has
+                # just finished (one that waited longer than the timeout, e.g. for a row lock)
+                if txn.ended or now - txn.last_used <= self.idle_timeout:
+                    continue
                 log.warning("rolling back transaction %s after %.0fs idle", txn.id, now - txn.last_used)
                 self._end(txn, "expire")
                 reaped += 1

@@ -163,6 +163,8 @@ def _in_transaction(state: ServerState, principal: Principal, txn_id: str, seq: 
     else:
         txn = state.transactions.get(txn_id, principal.subject)
     with txn.lock:
+        if txn.ended:  # committed, rolled back or reaped while this request waited for it
+            state.transactions.get(txn_id, principal.subject)  # raises 410 with the reason
         if txn.last_reply is not None and seq == txn.last_seq:
             status, payload = txn.last_reply  # a retry: answer as before, run nothing
             return Response(payload, status=status, mimetype=_JSON)

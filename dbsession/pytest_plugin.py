@@ -21,7 +21,6 @@ use: a direct engine, or in isolation mode the DB-API's isolated engine). Tests 
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 import tempfile
@@ -69,6 +68,33 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "trusted: the test may touch the database directly even in isolation mode (dbsession)")
     if isolation_requested(config):
         config.pluginmanager.register(IsolationMode(), PLUGIN_NAME)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """One pytest session serves one ``db_metadata``: refuse a run that mixes several, up front.
+
+    The test database (and in isolation mode the DB-API) is made once, for the first override
+    asked for; tests under another override would silently run against the wrong tables.
+    """
+    overrides: dict[Any, list[str]] = {}
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)  # pytest's own record of the item's fixtures
+        if info is None or "_dbsession_database" not in info.names_closure:
+            continue
+        definitions = info.name2fixturedefs.get("db_metadata") or ()
+        if definitions:
+            overrides.setdefault(definitions[-1], []).append(item.nodeid)
+    if len(overrides) > 1:
+        where = "; ".join(sorted(f"{_defined_where(d)} (e.g. {ids[0]})" for d, ids in overrides.items()))
+        raise pytest.UsageError(
+            f"These tests use different db_metadata overrides: {where}. One pytest session serves "
+            "one MetaData (one test database, one DB-API): run each directory in its own pytest run.")
+
+
+def _defined_where(definition: Any) -> str:
+    if definition.baseid:
+        return str(definition.baseid)
+    return "the plugin's default" if definition.func.__module__ == __name__ else "the root conftest.py"
 
 
 def isolation_requested(config: pytest.Config) -> bool:
@@ -186,7 +212,6 @@ class _Serving:
     database: TestDatabase
     url: str
     token: str
-    stop: Any  # () -> None
 
 
 class IsolationMode:
@@ -195,7 +220,7 @@ class IsolationMode:
     def __init__(self) -> None:
         self.violations: list[Violation] = []
         self.server_starts = 0
-        self.tests_failed_for_access = 0
+        self.phases_with_access = 0
         self.serving_: _Serving | None = None
         self._lock = threading.Lock()
 
@@ -214,19 +239,17 @@ class IsolationMode:
 
         server_engine = guard.exempt(sa.create_engine(database.url))
         private, public = generate_keypair()
-        app = create_app(engine=server_engine, metadata=database.metadata,
-                         authenticator=JWTAuthenticator(public, algorithms=["EdDSA"], max_lifetime=TOKEN_TTL),
-                         **_methods_argument(create_app, methods))
+        try:
+            app = create_app(engine=server_engine, metadata=database.metadata,
+                             authenticator=JWTAuthenticator(public, algorithms=["EdDSA"],
+                                                            max_lifetime=TOKEN_TTL),
+                             methods=list(methods))
+        except BaseException:
+            server_engine.dispose()
+            raise
         background = start_background(app, threads=4)
         self.server_starts += 1
-        state = app.extensions["dbapi_server"]
-
-        def stop() -> None:
-            background.stop()
-            state.close()
-
-        self.serving_ = _Serving(database, background.url,
-                                 mint_token(private, subject="pytest", ttl=TOKEN_TTL), stop)
+        self.serving_ = _Serving(database, background.url, mint_token(private, subject="pytest", ttl=TOKEN_TTL))
         stop_observing = guard.observe(self._record)
         try:
             self.configure_process()
@@ -237,7 +260,8 @@ class IsolationMode:
             guard.uninstall()
             dbsession.reset_configuration()
             release_api_host(background.url)
-            stop()
+            background.stop()
+            app.extensions["dbapi_server"].close()  # open transactions, the reaper, the engine
 
     def configure_process(self) -> None:
         """The process setting is isolation, as in a worker; the guard is on."""
@@ -309,7 +333,7 @@ class IsolationMode:
             if report.passed:
                 report.outcome = "failed"
                 report.longrepr = text
-            self.tests_failed_for_access += 1
+            self.phases_with_access += 1
         return report  # type: ignore[no-any-return]
 
     def pytest_report_header(self) -> str:
@@ -318,14 +342,5 @@ class IsolationMode:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         terminalreporter.write_line(
             f"dbsession isolation mode: {self.server_starts} DB-API server(s) started, "
-            f"{self.tests_failed_for_access} test phase(s) with direct database access")
+            f"{self.phases_with_access} test phase(s) with direct database access")
 
-
-def _methods_argument(create_app: Any, methods: list[str]) -> dict[str, Any]:
-    """``methods=`` for servers that serve named methods; an error if some are asked of one that cannot."""
-    if "methods" in inspect.signature(create_app).parameters:
-        return {"methods": list(methods)}
-    if methods:
-        pytest.fail(f"db_methods names {methods}, but this dbapi_server.create_app() does not "
-                    "serve named methods (it has no methods= argument).", pytrace=False)
-    return {}

@@ -241,3 +241,72 @@ def test_idle_transaction_is_rolled_back_and_its_lock_released(engine: sa.Engine
         assert other.execute(locked.with_for_update(nowait=True)).status == 200  # the lock is free
         assert other.rollback().status == 200
     assert count_rows(engine, accounts, named(name)) == 0
+
+
+# -- races (the manager directly, made deterministic) ---------------------------------------------
+def test_commit_retried_while_the_first_is_committing_answers_committed(engine: sa.Engine, name: str) -> None:
+    """A retry that arrives mid-commit waits for it: never 'unknown', never a second commit."""
+    import threading
+
+    from dbapi_server import TransactionManager
+
+    manager = TransactionManager(engine)
+    txn, _ = manager.begin("racing-commit", "owner")
+    txn.connection.execute(insert(name))
+    committing, proceed = threading.Event(), threading.Event()
+
+    def slow_commit(conn: sa.Connection) -> None:
+        committing.set()
+        proceed.wait(10)
+
+    sa.event.listen(txn.connection, "commit", slow_commit)
+    outcomes: list[str] = []
+    first = threading.Thread(target=lambda: outcomes.append(manager.finish("racing-commit", "commit", "owner")))
+    first.start()
+    assert committing.wait(10)
+    retry = threading.Thread(target=lambda: outcomes.append(manager.finish("racing-commit", "commit", "owner")))
+    retry.start()
+    retry.join(0.2)
+    assert retry.is_alive()  # waiting for the running commit, not answering "unknown"
+    proceed.set()
+    first.join(10)
+    retry.join(10)
+    assert outcomes == ["committed", "committed"]
+    assert count_rows(engine, accounts, named(name)) == 1
+    manager.close()
+
+
+def test_reaper_spares_a_transaction_whose_long_request_just_finished(engine: sa.Engine) -> None:
+    """Idle by the reaper's first look, but a request (a long lock wait) ended just before it locks."""
+    import threading
+
+    from dbapi_server import TransactionManager
+
+    manager = TransactionManager(engine, idle_timeout=1.0)
+    txn, _ = manager.begin("long-request", "owner")
+    txn.last_used -= 5  # the request started 5 s ago and has been running since
+
+    class FinishingRequest:
+        """The transaction's lock, released by a request that has just recorded its use."""
+
+        def __init__(self) -> None:
+            self.inner = threading.Lock()
+
+        def acquire(self, blocking: bool = True) -> bool:
+            txn.last_used = time.monotonic()
+            return self.inner.acquire(blocking)
+
+        def release(self) -> None:
+            self.inner.release()
+
+        def __enter__(self) -> None:
+            self.inner.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.inner.release()
+
+    txn.lock = FinishingRequest()  # type: ignore[assignment]
+    assert manager.reap() == 0
+    assert manager.open_count == 1
+    assert manager.finish("long-request", "rollback", "owner") == "rolled_back"
+    manager.close()

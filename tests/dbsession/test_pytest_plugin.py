@@ -33,6 +33,10 @@ things = sa.Table("things", metadata, sa.Column("id", sa.Integer, primary_key=Tr
 
 # created at import, long before any test: the guard must catch it when it is used
 EARLY = sa.create_engine("sqlite:///" + os.path.join(os.path.dirname(__file__), "direct.sqlite"))
+# ...and one whose pool already holds a connection: only executing on it can be caught
+WARM = sa.create_engine("sqlite:///" + os.path.join(os.path.dirname(__file__), "warm.sqlite"))
+with WARM.connect() as conn:
+    conn.execute(sa.select(1))
 
 
 def add(bind, name):
@@ -52,6 +56,11 @@ def make_engine():
 def connect_early():
     with EARLY.connect() as conn:
         conn.execute(sa.select(1))
+
+
+def execute_warm():
+    with WARM.connect() as conn:
+        return conn.scalar(sa.select(2))
 
 
 def plain_session():
@@ -119,6 +128,7 @@ BAD = {  # what the code under test does -> (its line in app.py, what the guard 
     "make_engine": ('return sa.create_engine("sqlite://")', "create_engine()"),
     "connect_early": ("with EARLY.connect() as conn:", "a new connection"),
     "plain_session": ("return session.scalar(sa.select(1))", "a new connection"),
+    "execute_warm": ("return conn.scalar(sa.select(2))", "a statement"),
 }
 
 
@@ -206,8 +216,13 @@ def test_fixture_made_its_own_engine(own_engine):
         assert conn.scalar(sa.select(1)) == 1
 
 
+@pytest.fixture
+def direct_fixture():
+    app.connect_early()  # trusted only because the test using it is marked
+
+
 @pytest.mark.trusted
-def test_marked_trusted_may_go_direct():
+def test_marked_trusted_may_go_direct(direct_fixture):
     app.connect_early()
     assert app.plain_session() == 1
     app.make_engine().dispose()
@@ -254,6 +269,28 @@ def test_record(dbsession_bind, trusted_engine):
     assert not any(key[0] == api_host for key in dbsession.session._engines)
 
 
+def test_tables_of_an_existing_database_are_kept_when_creation_is_off(
+        project: pytest.Pytester) -> None:
+    path = project.path / "migrated.sqlite"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE things (id INTEGER PRIMARY KEY, name VARCHAR(40))")
+            conn.exec_driver_sql("INSERT INTO things (name) VALUES ('migrated')")
+        project.makeini(INI + "db_create_tables = false\n")
+        project.makepyfile(test_existing='''
+import app
+
+def test_sees_existing_rows(dbsession_bind):
+    assert app.names(dbsession_bind) == ["migrated"]
+''')
+        for mode in ([], ["--db-isolation"]):
+            run(project, "--db-url", f"sqlite:///{path}", *mode).assert_outcomes(passed=1)
+        assert sa.inspect(engine).get_table_names() == ["things"]  # not dropped: not ours
+    finally:
+        engine.dispose()
+
+
 def test_ini_option_switches_isolation_on(project: pytest.Pytester) -> None:
     project.makeini(INI + "db_isolation = true\n")
     project.makepyfile(test_ini='''
@@ -285,6 +322,23 @@ def test_nothing_configured():
     isolated.stdout.fnmatch_lines(["*SETUP    F _dbsession_isolated*"])
 
 
+@MODES
+def test_two_db_metadata_overrides_in_one_run_are_refused(project: pytest.Pytester, mode: list[str]) -> None:
+    for package in ("alpha", "beta"):
+        project.mkpydir(package)
+        (project.path / package / "conftest.py").write_text(
+            "import pytest, sqlalchemy as sa\n\n"
+            "@pytest.fixture(scope='session')\n"
+            f"def db_metadata():\n    return sa.MetaData(schema=None, info={{'name': '{package}'}})\n")
+        (project.path / package / f"test_{package}.py").write_text(
+            "def test_x(trusted_engine):\n    pass\n")
+    result = run(project, *mode)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*different db_metadata overrides: alpha (e.g. alpha/test_alpha.py::test_x);"
+                                 " beta (e.g. beta/test_beta.py::test_x)*run each directory in its own*"])
+    run(project, "alpha", *mode).assert_outcomes(passed=1)  # one at a time is fine
+
+
 def test_missing_db_metadata_is_a_clear_error(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_x="def test_x(trusted_engine):\n    pass\n")
     pytester.makeini(INI)
@@ -313,23 +367,19 @@ def test_postgresql_database_tables_created_and_dropped(project: pytest.Pytester
     run(project, "--db-url", url).assert_outcomes(passed=1)  # and directly, on a fresh schema
 
 
-def test_db_methods_without_server_support_is_a_usage_error(project: pytest.Pytester) -> None:
-    import inspect
-
-    from dbapi_server import create_app
-
-    if "methods" in inspect.signature(create_app).parameters:
-        pytest.skip("this dbapi_server serves named methods; the pass-through is tested with them")
+def test_db_methods_reach_the_server(project: pytest.Pytester) -> None:
+    """The module names go to create_app(methods=...): it imports them (here: fails to)."""
     project.makepyfile(test_m='''
 import pytest
 
 @pytest.fixture(scope="session")
 def db_methods():
-    return ["app"]
+    return ["no_such_methods_module"]
 
 def test_m(dbsession_bind):
     pass
 ''')
     result = run(project, "--db-isolation")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*db_methods names [[]'app'[]]*does not serve named methods*"])
+    result.stdout.fnmatch_lines(["*No module named*no_such_methods_module*"])
+    run(project).assert_outcomes(passed=1)  # direct mode: methods run locally, nothing to serve

@@ -1,0 +1,86 @@
+"""The database restarts under a running DB-API: the server reconnects by itself.
+
+A real restart of a PostgreSQL cluster of the test's own (``initdb`` in a temp dir, a free port;
+the machine's shared PostgreSQL is never touched). The first request after the restart must
+succeed - the server's pool checks a connection before handing it out (``pool_pre_ping``) -
+and a transaction that was open across the restart fails with the database's own
+``OperationalError``, after which the same session works again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from dbsession import DBSession, guard
+
+from .conftest import entries, isolated
+from .models import Base, Entry
+from .processes import ServerProcess, ThrowawayPostgres
+
+pytestmark = pytest.mark.postgresql
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[ThrowawayPostgres]:
+    try:
+        cluster = ThrowawayPostgres()
+    except (FileNotFoundError, RuntimeError) as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI: cannot create a throwaway PostgreSQL cluster: {exc}", pytrace=False)
+        pytest.skip(f"cannot create a throwaway PostgreSQL cluster: {exc}")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture(scope="module")
+def restartable(cluster: ThrowawayPostgres) -> Iterator[sa.Engine]:
+    engine = guard.exempt(sa.create_engine(cluster.url, pool_pre_ping=True))
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+def count(session: DBSession, ref: str) -> int:
+    return int(session.scalar(sa.select(sa.func.count()).select_from(Entry).where(Entry.ref.startswith(ref))) or 0)
+
+
+def test_server_reconnects_after_the_database_restarts(
+        cluster: ThrowawayPostgres, restartable: sa.Engine, workdir: Path, clients: list[DBSession],
+        ref: str) -> None:
+    server = ServerProcess.start(cluster.url, workdir)
+    try:
+        across = isolated(clients, server.url)
+        across.add(Entry(ref=f"{ref}-across", amount=2))
+        across.flush()  # a server transaction open while the database goes down
+        first, second = isolated(clients, server.url), isolated(clients, server.url)
+        for number, session in enumerate((first, second)):  # two at once: two pooled connections
+            session.add(Entry(ref=f"{ref}-before{number}", amount=1))
+            session.flush()
+        for session in (first, second):
+            session.commit()
+
+        cluster.restart()
+
+        after = isolated(clients, server.url)
+        assert count(after, ref) == 2  # the very first request after the restart: a read...
+        after.add(Entry(ref=f"{ref}-after", amount=3))
+        after.commit()  # ...and a write transaction, on the other pooled connection
+
+        with pytest.raises(sa.exc.OperationalError, match="terminating connection|server closed"):
+            across.execute(sa.select(Entry.id))
+        across.rollback()
+        across.add(Entry(ref=f"{ref}-retried", amount=4))
+        across.commit()
+        assert entries(restartable, ref) == [
+            (f"{ref}-after", 3), (f"{ref}-before0", 1), (f"{ref}-before1", 1), (f"{ref}-retried", 4)]
+        assert "Traceback" not in server.log.read_text()
+    finally:
+        server.kill()
