@@ -9,7 +9,8 @@ from __future__ import annotations
 from .app import ConfigError, create_app, load_metadata
 from .auth import AllowAll, JWTAuthenticator, Principal, mint_token
 from .errors import APIError
-from .policy import DefaultPolicy, PolicyViolation
+from .policy import DefaultPolicy, Limits, Policy, PolicyError, RolePolicy, TableGrant
+from .refusals import LimitExceeded, PolicyViolation
 from .transactions import TransactionManager
 
 __all__ = [
@@ -18,8 +19,14 @@ __all__ = [
     "ConfigError",
     "DefaultPolicy",
     "JWTAuthenticator",
+    "LimitExceeded",
+    "Limits",
+    "Policy",
+    "PolicyError",
     "PolicyViolation",
     "Principal",
+    "RolePolicy",
+    "TableGrant",
     "TransactionManager",
     "create_app",
     "load_metadata",

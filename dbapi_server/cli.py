@@ -24,14 +24,17 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=9180, show_default=True, type=int)
 @click.option("--threads", default=8, show_default=True, type=int)
-def serve(database_url: str, metadata: str, host: str, port: int, threads: int) -> None:
+@click.option("--policy", "policy_file", envvar="DBAPI_POLICY_FILE", default=None,
+              type=click.Path(exists=True, dir_okay=False),
+              help="Per-role policy file (TOML, see docs/security.md); default: the open preset.")
+def serve(database_url: str, metadata: str, host: str, port: int, threads: int, policy_file: str | None) -> None:
     """Serve the DB-API under waitress (a production WSGI server)."""
     from .app import ConfigError, create_app
     from .serving import serve as run
 
     sys.path.insert(0, os.getcwd())
     try:
-        app = create_app(database_url, metadata)
+        app = create_app(database_url, metadata, policy=policy_file)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     run(app, host=host, port=port, threads=threads)
