@@ -21,6 +21,7 @@ from os import PathLike
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.sql import elements
 
 from query_translation.decode import StatementInfo
 
@@ -495,7 +496,10 @@ def _check_written_values(statement: Any, access: _statement_scan.Access, table:
         if column_name not in statement_values:
             sent = [p.get(key, _UNKNOWN) for p in params]
         elif isinstance(bound, sa.BindParameter):
-            sent = [p.get(bound.key, bound.value) for p in params]  # a parameter overrides VALUES
+            # crud names an anonymous VALUES / SET parameter after the column; a parameter set
+            # overrides the value the statement carries, exactly as at execution
+            name = key if isinstance(bound.key, elements._anonymous_label) else bound.key
+            sent = [p.get(name, bound.value) for p in params]
         else:
             sent = [_UNKNOWN]  # an SQL expression: its value is not knowable here
         for value in sent:

@@ -52,6 +52,9 @@ class TaskInstance(Base):
     state: Mapped[str | None] = mapped_column(sa.String(20))
     hostname: Mapped[str | None] = mapped_column(sa.String(50))
     dag_run: Mapped[DagRun] = relationship(back_populates="task_instances")
+    # a relationship toward a table the worker may not read at all
+    code: Mapped[list[DagCode]] = relationship(
+        primaryjoin="foreign(DagCode.fileloc) == TaskInstance.dag_id", viewonly=True)
     xcoms: Mapped[list[XCom]] = relationship(back_populates="task_instance", order_by="XCom.id")
 
 
