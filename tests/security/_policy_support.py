@@ -8,7 +8,10 @@ filter claims; clients are isolated ``DBSession``s doing ordinary ORM work. Modu
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,16 +140,19 @@ class Backend:
         return Session(self.engine)
 
 
+@contextmanager
 def serve(engine: sa.Engine, policy: Any = POLICY_FILE, name: str = "sqlite", **app_kw: Any) -> Iterator[Backend]:
+    """A DB-API with *policy* on *engine* (the example worker policy file by default)."""
     with running_dbapi(engine, Base.metadata, policy=policy, **app_kw) as server:
         yield Backend(name, engine, server)
 
 
-def make_engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> sa.Engine:
-    if request.param == "postgresql":
-        url: Any = request.getfixturevalue("pg_url")
+def make_engine(name: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> sa.Engine:
+    """The schema created and seeded on SQLite, PostgreSQL (``pg_url``) or MariaDB (``mariadb_url``)."""
+    if name == "sqlite":
+        url: Any = f"sqlite:///{tmp_path_factory.mktemp('security') / 'policy.sqlite'}"
     else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('security') / 'policy.sqlite'}"
+        url = request.getfixturevalue({"postgresql": "pg_url", "mariadb": "mariadb_url"}[name])
     engine = guard.exempt(sa.create_engine(url))
     Base.metadata.create_all(engine)
     seed(engine)
@@ -156,11 +162,39 @@ def make_engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     """The example worker policy served on SQLite and on PostgreSQL."""
-    engine = make_engine(request, tmp_path_factory)
+    engine = make_engine(request.param, request, tmp_path_factory)
     try:
-        yield from serve(engine, name=request.param)
+        with serve(engine, name=request.param) as backend:
+            yield backend
     finally:
         engine.dispose()
+
+
+MARIADB_ADMIN_URL = os.environ.get("DBSESSION_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/")
+
+
+@pytest.fixture(scope="module")
+def mariadb_url() -> Iterator[sa.URL]:
+    """A fresh MariaDB database for one module, dropped afterwards (skipped when unreachable, outside CI)."""
+    admin = guard.exempt(sa.create_engine(MARIADB_ADMIN_URL))
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except sa.exc.DBAPIError as exc:
+        admin.dispose()
+        reason = f"MariaDB at {MARIADB_ADMIN_URL} is unreachable ({type(exc).__name__})"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI: {reason}", pytrace=False)
+        pytest.skip(reason)
+    name = f"dbs_sec_{secrets.token_hex(6)}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield sa.make_url(MARIADB_ADMIN_URL).set(database=name)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        admin.dispose()
 
 
 @pytest.fixture(autouse=True)
