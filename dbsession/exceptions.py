@@ -72,6 +72,7 @@ class DBAPIRequestError(DBSessionError):
         self.role: str | None = refused.get("role")
         self.table: str | None = refused.get("table")
         self.column: str | None = refused.get("column")
+        self.action: str | None = refused.get("action")  # "insert", "update", "delete"
         self.function: str | None = refused.get("function")
         self.method: str | None = refused.get("method")
         self.claim: str | None = refused.get("claim")
@@ -114,7 +115,7 @@ _BY_STATUS: dict[int, type[DBAPIRequestError]] = {
 }
 
 
-REFUSAL_FIELDS = ("role", "table", "column", "function", "method", "claim", "limit", "max")
+REFUSAL_FIELDS = ("role", "table", "column", "action", "function", "method", "claim", "limit", "max")
 
 
 def error_class_for(status: int, code: str | None = None) -> type[DBAPIRequestError]:
