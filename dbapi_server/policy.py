@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from os import PathLike
 from typing import Any
 
@@ -164,7 +165,7 @@ class RolePolicy:
             return None
         return self.tables.get(table, self.any_table)
 
-    @property
+    @cached_property
     def unrestricted(self) -> bool:
         """Every table, every column, no row filter: the statement needs no column-level walk."""
         return (self.any_table is not None and self.any_table.is_full
@@ -203,6 +204,7 @@ class Policy:
         if fallback is not None:
             every.append(fallback.limits)
         self.uses_timeouts = any(lim.statement_timeout is not None for lim in every)
+        self._merged_limits: dict[int, Limits] = {}
 
     # -- presets and loading --------------------------------------------------------------------
     @classmethod
@@ -264,13 +266,22 @@ class Policy:
                               "must carry a role the policy lists.", role=role if isinstance(role, str) else None)
 
     def limits_for(self, principal: Principal) -> Limits:
-        return self.role_for(principal).limits.over(self.limits)
+        return self._limits_of(self.role_for(principal))
+
+    def _limits_of(self, role: RolePolicy) -> Limits:
+        merged = self._merged_limits.get(id(role))
+        if merged is None:  # computed once per role (policies are immutable)
+            merged = self._merged_limits[id(role)] = role.limits.over(self.limits)
+        return merged
 
     # -- checks ---------------------------------------------------------------------------------
     def check(self, info: StatementInfo, principal: Principal) -> None:
         """The statement-level rules: role, depth, raw SQL, operators, functions, tables."""
         role = self.role_for(principal)
-        self._check_depth(info.depth, role.limits.over(self.limits))
+        self._check_statement(info, role, self._limits_of(role))
+
+    def _check_statement(self, info: StatementInfo, role: RolePolicy, limits: Limits) -> None:
+        self._check_depth(info.depth, limits)
         self._check_literal_sql(info.literal_sql, role)
         self._check_custom_operators(info.custom_operators, role)
         self._check_functions(info.functions, role)
@@ -282,9 +293,9 @@ class Policy:
     def plan(self, statement: Any, info: StatementInfo, principal: Principal, *,
              params: list[dict[str, Any]] | None = None, column_keys: Iterable[str] | None = None) -> Plan:
         """Check *statement* fully and say how to run it (row filters applied), or refuse."""
-        self.check(info, principal)
         role = self.role_for(principal)
-        limits = role.limits.over(self.limits)
+        limits = self._limits_of(role)
+        self._check_statement(info, role, limits)
         if role.unrestricted or info.kind in ("savepoint", "rollback_to_savepoint", "release_savepoint"):
             return Plan(statement, limits)
         if info.literal_sql and role.raw_sql:
