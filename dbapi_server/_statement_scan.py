@@ -102,7 +102,7 @@ def _scan(statement: Any) -> Access:
     if isinstance(statement, dml.UpdateBase):
         kind = {dml.Insert: "insert", dml.Update: "update", dml.Delete: "delete"}.get(type(statement), "other")
         target = base_table(statement.table)
-        skip = {"table", "_values", "_multi_values"}
+        skip = {"table", "_values", "_ordered_values", "_multi_values"}  # keys: writes; values: walked below
         for key, value in _set_pairs(statement):
             value_columns.add(_column_name(target, key))
             collector.walk(value)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.orm import aliased, defer, joinedload, selectinload, subqueryload
+from sqlalchemy.orm import Session, aliased, defer, joinedload, selectinload, subqueryload
 
 from dbsession import PolicyViolationError
 
@@ -222,3 +222,40 @@ def test_locking_read_of_filtered_table(backend: Backend) -> None:
         rows = s.scalars(sa.select(TI).with_for_update()).all()
         assert ids(rows) == [1, 2]
         s.rollback()
+
+
+def test_ordered_update_values_are_checked_like_values(backend: Backend) -> None:
+    with backend.worker() as s:
+        assert s.execute(sa.update(TI).where(TI.id == 1).ordered_values((TI.state, "up_for_retry"))).rowcount == 1  # type: ignore[attr-defined]
+        assert s.execute(sa.update(TI).where(TI.id == 5).ordered_values((TI.state, "x"))).rowcount == 0  # type: ignore[attr-defined]
+        with pytest.raises(PolicyViolationError, match="dag_id"):
+            s.execute(sa.update(TI).where(TI.id == 1).ordered_values((TI.dag_id, "report")))
+        s.rollback()
+
+
+def test_update_of_a_filtered_column_must_keep_the_claim_value(tmp_path_factory: pytest.TempPathFactory,
+                                                               request: pytest.FixtureRequest) -> None:
+    """A role that may update every column still cannot move a row out of its filter."""
+    from dbapi_server import Policy, RolePolicy, TableGrant
+
+    from ._policy_support import make_engine, serve
+
+    policy = Policy({"worker": RolePolicy(tables={"task_instance": TableGrant(
+        read="*", update="*", row_filter={"dag_id": "dag_id", "run_id": "run_id"})})})
+    engine = make_engine("sqlite", request, tmp_path_factory)
+    try:
+        with serve(engine, policy=policy) as backend, backend.worker() as s:
+            assert s.execute(sa.update(TI).where(TI.id == 1).values(dag_id="etl")).rowcount == 1  # type: ignore[attr-defined]
+            with pytest.raises(PolicyViolationError, match="must equal the token's 'dag_id' claim") as refused:
+                s.execute(sa.update(TI).where(TI.id == 1).values(dag_id="report"))
+            assert refused.value.claim == "dag_id"
+            ti = s.get(TI, 2)
+            assert ti is not None
+            ti.run_id = "r2"
+            with pytest.raises(PolicyViolationError, match="run_id"):
+                s.flush()
+            s.rollback()
+    finally:
+        engine.dispose()
+    with Session(engine) as d:
+        assert d.scalars(sa.select(TI.dag_id).where(TI.id.in_([1, 2]))).all() == ["etl", "etl"]
