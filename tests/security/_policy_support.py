@@ -159,9 +159,10 @@ def make_engine(name: str, request: pytest.FixtureRequest, tmp_path_factory: pyt
     return engine
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql),
+                                        pytest.param("mariadb", marks=pytest.mark.mysql)])
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    """The example worker policy served on SQLite and on PostgreSQL."""
+    """The example worker policy served on SQLite, PostgreSQL and MariaDB."""
     engine = make_engine(request.param, request, tmp_path_factory)
     try:
         with serve(engine, name=request.param) as backend:
