@@ -88,8 +88,26 @@ def _fingerprint(connection: sa.Connection, statement: Any, params: list[dict[st
     return sql_fingerprint(compiled)
 
 
+_TIMEOUT_SET = "dbs_statement_timeout"  # connection.info key: the value the session holds
+_UNKNOWN = object()
+
+
 def _set_timeout(connection: sa.Connection, seconds: float | None) -> None:
     dialect = connection.dialect
+    if dialect.name == "sqlite":
+        raw: Any = connection.connection.dbapi_connection
+        if seconds is None:
+            raw.set_progress_handler(None, 0)
+        else:
+            deadline = time.monotonic() + seconds
+            raw.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
+        return
+    # A session setting outlives the statement. On an autocommit connection (one-shot reads) it is
+    # remembered, so a read costs no extra round trip while the value stays the same; inside a
+    # transaction it is always set, since a rollback may restore an older value.
+    autocommit = connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+    if autocommit and connection.info.get(_TIMEOUT_SET, _UNKNOWN) == seconds:
+        return
     if dialect.name == "postgresql":
         connection.exec_driver_sql(f"SET statement_timeout = {int((seconds or 0) * 1000)}")
     elif dialect.name in ("mysql", "mariadb"):
@@ -97,13 +115,9 @@ def _set_timeout(connection: sa.Connection, seconds: float | None) -> None:
             connection.exec_driver_sql(f"SET SESSION max_statement_time = {float(seconds or 0):.3f}")
         else:
             connection.exec_driver_sql(f"SET SESSION max_execution_time = {int((seconds or 0) * 1000)}")
-    elif dialect.name == "sqlite":
-        raw: Any = connection.connection.dbapi_connection
-        if seconds is None:
-            raw.set_progress_handler(None, 0)
-        else:
-            deadline = time.monotonic() + seconds
-            raw.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
+    else:
+        return
+    connection.info[_TIMEOUT_SET] = seconds if autocommit else _UNKNOWN
 
 
 def _after(policy: Policy, connection: sa.Connection) -> None:

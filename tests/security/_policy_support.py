@@ -3,7 +3,7 @@
 The policy is ``examples/policies/airflow_worker.toml`` (the one ``docs/security.md`` shows), loaded
 from its file as a deployment would. Tokens are real EdDSA JWTs carrying ``role`` and the row
 filter claims; clients are isolated ``DBSession``s doing ordinary ORM work. Modules import the
-``backend`` fixture (SQLite and PostgreSQL).
+``backend`` fixture (SQLite, PostgreSQL and MariaDB).
 """
 
 from __future__ import annotations

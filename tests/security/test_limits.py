@@ -168,3 +168,17 @@ def test_timeouts_do_not_leak_to_roles_without_one(limited: Backend) -> None:
         started = time.monotonic()
         assert s.scalar(_chain(500, 3)) == math.comb(502, 3)
         assert time.monotonic() - started > TIMEOUT  # else this test showed nothing: raise k
+
+
+def test_statement_timeout_inside_a_transaction(limited: Backend) -> None:
+    with limited.session(role="limited") as s:
+        s.add(Variable(id=60, key="in-txn", val="x"))
+        s.flush()  # the session now holds a server transaction
+        with pytest.raises(sa.exc.OperationalError):
+            s.execute(_slow())
+        s.rollback()
+        assert s.scalar(sa.select(sa.func.count()).select_from(Variable).where(Variable.id == 60)) == 0
+        s.add(Variable(id=61, key="after", val="y"))
+        s.flush()
+        assert s.scalar(sa.select(Variable.val).where(Variable.id == 61)) == "y"  # the timeout applies again, not stuck
+        s.rollback()
