@@ -20,6 +20,7 @@ none), so a server without timeouts pays nothing.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -88,8 +89,11 @@ def _fingerprint(connection: sa.Connection, statement: Any, params: list[dict[st
     return sql_fingerprint(compiled)
 
 
-_TIMEOUT_SET = "dbs_statement_timeout"  # connection.info key: the value the session holds
-_UNKNOWN = object()
+_TIMEOUT_SET = "dbs_statement_timeout"  # connection.info key: (value the session holds, scope)
+
+
+def _AUTOCOMMIT() -> str:
+    return "autocommit"
 
 
 def _set_timeout(connection: sa.Connection, seconds: float | None) -> None:
@@ -102,11 +106,14 @@ def _set_timeout(connection: sa.Connection, seconds: float | None) -> None:
             deadline = time.monotonic() + seconds
             raw.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
         return
-    # A session setting outlives the statement. On an autocommit connection (one-shot reads) it is
-    # remembered, so a read costs no extra round trip while the value stays the same; inside a
-    # transaction it is always set, since a rollback may restore an older value.
-    autocommit = connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
-    if autocommit and connection.info.get(_TIMEOUT_SET, _UNKNOWN) == seconds:
+    # A session setting outlives the statement: remember what the pooled connection holds. On an
+    # autocommit connection (one-shot reads) it holds until changed; inside a transaction only
+    # until that transaction ends, since a rollback may restore an older value - so the memo is
+    # tied to the transaction object, and each transaction sets it once.
+    scope = "autocommit" if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT" \
+        else connection.get_transaction()
+    held = connection.info.get(_TIMEOUT_SET)
+    if held is not None and held[0] == seconds and held[1]() == scope:
         return
     if dialect.name == "postgresql":
         connection.exec_driver_sql(f"SET statement_timeout = {int((seconds or 0) * 1000)}")
@@ -117,7 +124,12 @@ def _set_timeout(connection: sa.Connection, seconds: float | None) -> None:
             connection.exec_driver_sql(f"SET SESSION max_execution_time = {int((seconds or 0) * 1000)}")
     else:
         return
-    connection.info[_TIMEOUT_SET] = seconds if autocommit else _UNKNOWN
+    if scope is None or (scope != "autocommit" and held is not None and held[1]() == scope):
+        # no transaction yet (this SET began one), or a second value in one transaction (a
+        # ROLLBACK TO SAVEPOINT could undo this SET): set it before every statement
+        connection.info[_TIMEOUT_SET] = None
+        return
+    connection.info[_TIMEOUT_SET] = (seconds, _AUTOCOMMIT if scope == "autocommit" else weakref.ref(scope))
 
 
 def _after(policy: Policy, connection: sa.Connection) -> None:
