@@ -182,3 +182,21 @@ def test_statement_timeout_inside_a_transaction(limited: Backend) -> None:
         s.flush()
         assert s.scalar(sa.select(Variable.val).where(Variable.id == 61)) == "y"  # the timeout applies again, not stuck
         s.rollback()
+
+
+def test_timeout_survives_rolled_back_transactions_and_other_roles(limited: Backend) -> None:
+    """The server remembers what each pooled connection holds; rollbacks and other roles' values
+    must never leave a limited statement running unbounded."""
+    for _ in range(2):
+        with limited.session(role="relaxed") as s:
+            s.add(Variable(id=70, key="relaxed", val="x"))
+            s.flush()
+            s.rollback()
+        with limited.session(role="limited") as s:
+            s.add(Variable(id=71, key="limited", val="x"))
+            s.flush()
+            s.rollback()
+            started = time.monotonic()
+            with pytest.raises(sa.exc.OperationalError):
+                s.execute(_slow())
+            assert time.monotonic() - started < 20 * TIMEOUT
