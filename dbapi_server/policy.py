@@ -291,8 +291,12 @@ class Policy:
                                       table=table)
 
     def plan(self, statement: Any, info: StatementInfo, principal: Principal, *,
-             params: list[dict[str, Any]] | None = None, column_keys: Iterable[str] | None = None) -> Plan:
-        """Check *statement* fully and say how to run it (row filters applied), or refuse."""
+             params: list[dict[str, Any]] | None = None, column_keys: Iterable[str] | None = None,
+             dialect: str | None = None) -> Plan:
+        """Check *statement* fully and say how to run it (row filters applied), or refuse.
+
+        *dialect* (the server database's dialect name) lets row filters fence their derived tables.
+        """
         role = self.role_for(principal)
         limits = self._limits_of(role)
         self._check_statement(info, role, limits)
@@ -306,7 +310,7 @@ class Policy:
                 raise PolicyViolation(f"Bind parameter names starting with {BIND_PREFIX!r} are reserved.")
         written = self._written_columns(access, params, column_keys)
         _check_access(role, access, written)
-        return self._filtered(statement, access, role, principal, params or [{}], written, limits)
+        return self._filtered(statement, access, role, principal, params or [{}], written, limits, dialect)
 
     def check_method(self, name: str, principal: Principal) -> None:
         """Refuse a named method the caller's role may not invoke."""
@@ -376,7 +380,7 @@ class Policy:
 
     def _filtered(self, statement: Any, access: _statement_scan.Access, role: RolePolicy,
                   principal: Principal, params: list[dict[str, Any]], written: frozenset[str],
-                  limits: Limits) -> Plan:
+                  limits: Limits, dialect: str | None) -> Plan:
         filters: list[Any] = []
         values: dict[str, Any] = {}
         counter = 0
@@ -406,7 +410,7 @@ class Policy:
             if not filters:
                 return Plan(statement, limits)
         shape = tuple((t.fullname, c) for t, c in filters)
-        template = filtered_statement(statement, filters, (id(role), shape))
+        template = filtered_statement(statement, filters, (id(role), shape), dialect)
         return Plan(template.statement, limits, original=statement, filter_params=values)
 
 

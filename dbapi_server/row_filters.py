@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,15 +56,21 @@ _cache: weakref.WeakKeyDictionary[Any, dict[Any, FilterTemplate]] = weakref.Weak
 _lock = threading.Lock()
 
 
-def filtered_statement(statement: Any, filters: Sequence[TableFilter], cache_key: Any) -> FilterTemplate:
-    """*statement* with each table of *filters* seen through its filter (cached by *cache_key*)."""
+def filtered_statement(statement: Any, filters: Sequence[TableFilter], cache_key: Any,
+                       dialect: str | None = None) -> FilterTemplate:
+    """*statement* with each table of *filters* seen through its filter (cached by *cache_key*).
+
+    With the *dialect* name, each derived table is also an optimization fence (``OFFSET 0``): the
+    database then cannot evaluate the statement's own conditions on rows the filter excludes - a
+    failing ``CAST`` on a hidden row would otherwise quote that row's value in its error message.
+    """
     with _lock:
-        hit = _cache.get(statement, {}).get(cache_key)
+        hit = _cache.get(statement, {}).get((cache_key, dialect))
     if hit is not None:
         return hit
-    template = FilterTemplate(_Rewriter(statement, dict(filters)).rewrite())
+    template = FilterTemplate(_Rewriter(statement, dict(filters), _FENCES.get(dialect or "")).rewrite())
     with _lock:
-        _cache.setdefault(statement, {})[cache_key] = template
+        _cache.setdefault(statement, {})[(cache_key, dialect)] = template
     return template
 
 
@@ -79,10 +85,27 @@ def _criterion(table: sa.Table, comparisons: tuple[tuple[str, str, bool], ...]) 
     return sa.and_(*parts)
 
 
+def _offset_fence(select: Any) -> Any:
+    return select.offset(sa.literal_column("0"))  # PostgreSQL: LIMIT ALL OFFSET 0; MySQL: LIMIT 0, <max>
+
+
+def _sqlite_fence(select: Any) -> Any:
+    return select.limit(sa.literal_column("-1")).offset(sa.literal_column("0"))  # no bound LIMIT
+
+
+# per dialect: a derived table the planner neither flattens nor pushes outer conditions into,
+# written with literals only (an anonymous bound LIMIT would renumber the client's parameters)
+_FENCES: dict[str, Callable[[Any], Any]] = {
+    "postgresql": _offset_fence, "mysql": _offset_fence, "mariadb": _offset_fence, "sqlite": _sqlite_fence,
+}
+
+
 class _Rewriter:
-    def __init__(self, statement: Any, filters: Mapping[sa.Table, tuple[tuple[str, str, bool], ...]]) -> None:
+    def __init__(self, statement: Any, filters: Mapping[sa.Table, tuple[tuple[str, str, bool], ...]],
+                 fence: Callable[[Any], Any] | None = None) -> None:
         self.statement = statement
         self.filters = filters
+        self.fence = fence
         self.target = base_table(statement.table) if isinstance(statement, dml.UpdateBase) else None
         self.replaced: dict[int, Any] = {}
 
@@ -129,7 +152,10 @@ class _Rewriter:
         return None
 
     def _derived(self, table: sa.Table, name: str) -> Any:
-        return sa.select(*table.c).where(_criterion(table, self.filters[table])).subquery(name)
+        select = sa.select(*table.c).where(_criterion(table, self.filters[table]))
+        if self.fence is not None:
+            select = self.fence(select)
+        return select.subquery(name)
 
     def _nested_select_of_target(self, select: Any) -> Any:
         """A SELECT inside an UPDATE / DELETE: other tables as usual, the target by WHERE."""

@@ -117,7 +117,8 @@ def execute() -> Response:
     def prepare() -> tuple[Plan, Any, list[dict[str, Any]]]:
         statement, stmt_info = state.executor.decode(document)
         params = state.executor.decode_params(raw_params)
-        plan = state.policy.plan(statement, stmt_info, principal, params=params, column_keys=column_keys)
+        plan = state.policy.plan(statement, stmt_info, principal, params=params, column_keys=column_keys,
+                                 dialect=state.engine.dialect.name)
         return plan, stmt_info, params
 
     def run(conn: sa.Connection, release: Callable[[], None] = lambda: None) -> dict[str, Any]:

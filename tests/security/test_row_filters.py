@@ -269,3 +269,42 @@ def test_locking_read_of_filtered_table_with_of(backend: Backend) -> None:
         rows = s.scalars(sa.select(TI).join(XCom, XCom.ti_id == TI.id).with_for_update(of=TI)).all()
         assert ids(rows) == [1, 2]
         s.rollback()
+
+
+def test_conditions_never_run_on_hidden_rows(backend: Backend) -> None:
+    """An error raised while evaluating a condition must not come from (and quote) a hidden row.
+
+    Only the worker's own rows have a numeric hostname; CAST fails on every other row. The
+    derived table is an optimization fence, so the cast only ever sees the filtered rows.
+    """
+    with backend.direct() as d:
+        d.execute(sa.update(TI).values(hostname=sa.case((mine(), "1"), else_="secret-host")))
+        d.commit()
+    try:
+        with backend.worker() as s:
+            query = sa.select(TI.id).where(sa.cast(TI.hostname, sa.Integer) == 1).order_by(TI.id)
+            assert s.scalars(query).all() == [1, 2]
+            joined = sa.select(XCom.id).join(TI, TI.id == XCom.ti_id).where(sa.cast(TI.hostname, sa.Integer) > 0)
+            assert sorted(s.scalars(joined).all()) == [1, 2]
+    finally:
+        with backend.direct() as d:
+            d.execute(sa.update(TI).values(hostname=None))
+            d.commit()
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite", "mariadb"])
+def test_derived_tables_are_fences_without_new_parameters(dialect: str) -> None:
+    """White-box companion of the test above: whether a planner would evaluate a condition on a
+    hidden row first depends on costs, so the fence itself is checked here, per dialect - and
+    that it adds no anonymous parameter, which would renumber the client's."""
+    import importlib
+
+    from dbapi_server.row_filters import filtered_statement
+
+    statement = sa.select(TI.id).where(TI.id == 5)
+    template = filtered_statement(statement, [(TI.__table__, (("dag_id", "_dbs_rf_0", False),))],  # type: ignore[list-item]
+                                  ("test", dialect), dialect)
+    module = importlib.import_module(f"sqlalchemy.dialects.{'mysql' if dialect == 'mariadb' else dialect}")
+    compiled = template.statement.compile(dialect=module.dialect(**({"is_mariadb": True} if dialect == "mariadb" else {})))
+    assert "OFFSET 0" in compiled.string or "LIMIT 0, 18446744073709551615" in compiled.string
+    assert set(compiled.params) == {"_dbs_rf_0", "id_1"}
