@@ -252,3 +252,19 @@ def test_refusals_never_echo_sql_or_data(backend: Backend, no_log_leaks: None) -
             s.execute(sa.select(Variable.key).where(Variable.description == DESCRIPTION))
     text = str(refused.value)
     assert "SELECT" not in text and DESCRIPTION not in text and "variable.description" in text
+
+
+def test_file_presets_grant_unlisted_roles(tmp_path: Path) -> None:
+    from query_translation.decode import StatementInfo
+
+    path = tmp_path / "policy.toml"
+    path.write_text('preset = "testing"\n[roles.worker.tables.variable]\nread = ["key"]\n')
+    policy = Policy.from_file(path, Base.metadata)
+    anyone = Principal("t", {"role": "sqlalchemy-suite"})
+    policy.check(StatementInfo(kind="select", read_tables={"dag_code"}, literal_sql=["DROP TABLE x"]), anyone)
+    policy.check_ddl(anyone)
+    with pytest.raises(PolicyViolation, match="dag_code"):  # listed roles keep their own rules
+        policy.check(StatementInfo(kind="select", read_tables={"dag_code"}), worker())
+    path.write_text('preset = "open"\n')
+    with pytest.raises(PolicyViolation, match="Raw SQL"):
+        Policy.from_file(path).check(StatementInfo(kind="select", literal_sql=["DROP TABLE x"]), anyone)
