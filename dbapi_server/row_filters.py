@@ -113,7 +113,7 @@ class _Rewriter:
         replace: Any = self._replace
         stmt: Any = visitors.replacement_traverse(self.statement, {}, replace)
         if self.target is not None and self.target in self.filters and isinstance(stmt, (dml.Update, dml.Delete)):
-            stmt = stmt.where(_criterion(self.target, self.filters[self.target]))
+            stmt = _where_first(stmt, _criterion(self.target, self.filters[self.target]))
         return stmt
 
     def _replace(self, element: Any) -> Any:
@@ -171,7 +171,7 @@ class _Rewriter:
                 table=self.target.name)
         replace: Any = self._replace_nested(select)
         rewritten: Any = visitors.replacement_traverse(select, {}, replace)
-        return rewritten.where(_criterion(self.target, self.filters[self.target]))
+        return _where_first(rewritten, _criterion(self.target, self.filters[self.target]))
 
     def _replace_nested(self, top: Any) -> Any:
         def replace(element: Any) -> Any:
@@ -179,6 +179,16 @@ class _Rewriter:
                 return None
             return self._replace(element)
         return replace
+
+
+def _where_first(statement: Any, criterion: Any) -> Any:
+    """*statement* (a fresh clone) with *criterion* as the first WHERE condition.
+
+    Databases evaluate conditions of equal cost in the order written: the filter then excludes a
+    hidden row before the statement's own conditions (which might fail on it) are evaluated.
+    """
+    statement._where_criteria = (criterion, *statement._where_criteria)
+    return statement
 
 
 def _contains(from_: Any, table: sa.Table) -> bool:

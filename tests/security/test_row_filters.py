@@ -308,3 +308,14 @@ def test_derived_tables_are_fences_without_new_parameters(dialect: str) -> None:
     compiled = template.statement.compile(dialect=module.dialect(**({"is_mariadb": True} if dialect == "mariadb" else {})))
     assert "OFFSET 0" in compiled.string or "LIMIT 0, 18446744073709551615" in compiled.string
     assert set(compiled.params) == {"_dbs_rf_0", "id_1"}
+
+
+def test_update_conditions_do_not_run_on_hidden_rows_first(backend: Backend) -> None:
+    """A condition that fails on a hidden row (division by zero at id 5, another run's row) must not
+    tell that the row exists. Today's planners already evaluate the cheaper filter first; the
+    server also writes it first, for equal costs. A regression guard, like the SELECT one."""
+    with backend.worker() as s:
+        hidden_row_fails = sa.literal(1) / (TI.id - 5) > 0
+        assert s.execute(sa.update(TI).where(hidden_row_fails).values(state="x")).rowcount == 0  # type: ignore[attr-defined]
+        assert s.execute(sa.delete(XCom).where(sa.literal(1) / (XCom.id - 5) > 0)).rowcount == 0  # type: ignore[attr-defined]
+        s.rollback()
