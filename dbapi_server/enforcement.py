@@ -29,10 +29,11 @@ from sqlalchemy.sql import compiler as sql_compiler
 
 from query_translation.fingerprint import sql_fingerprint
 
+from .auth import Principal
 from .executor import StatementExecutor, StatementMismatch
 from .policy import Plan, Policy
 
-__all__ = ["execute_plan", "execute_plan_streamed"]
+__all__ = ["apply_statement_timeout", "execute_plan", "execute_plan_streamed"]
 
 
 def execute_plan(policy: Policy, executor: StatementExecutor, connection: sa.Connection, plan: Plan,
@@ -57,6 +58,13 @@ def execute_plan_streamed(policy: Policy, executor: StatementExecutor, connectio
                                          page_size=page_size, options=options)
     finally:
         _after(policy, connection)
+
+
+def apply_statement_timeout(policy: Policy, connection: sa.Connection, principal: Principal) -> None:
+    """Give *connection* the caller's statement timeout (for work outside ``execute_plan``, such
+    as named methods): pooled connections keep the last caller's setting otherwise."""
+    if policy.uses_timeouts:
+        _set_timeout(connection, policy.limits_for(principal).statement_timeout)
 
 
 def _prepare(policy: Policy, connection: sa.Connection, plan: Plan, params: list[dict[str, Any]],

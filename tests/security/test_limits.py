@@ -200,3 +200,18 @@ def test_timeout_survives_rolled_back_transactions_and_other_roles(limited: Back
             with pytest.raises(sa.exc.OperationalError):
                 s.execute(_slow())
             assert time.monotonic() - started < 20 * TIMEOUT
+
+
+def test_apply_statement_timeout_for_work_outside_statements(limited: Backend) -> None:
+    """Named methods run their own statements: they get the caller's timeout through this call."""
+    from dbapi_server import Principal
+    from dbapi_server.enforcement import apply_statement_timeout
+
+    state = limited.server.state
+    with state.engine.connect() as conn:
+        apply_statement_timeout(state.policy, conn, Principal("m", {"role": "limited"}))
+        with pytest.raises(sa.exc.OperationalError):
+            conn.execute(_slow())
+        conn.rollback()
+        apply_statement_timeout(state.policy, conn, Principal("m", {"role": "relaxed"}))
+        assert conn.scalar(_chain(30, 2)) == math.comb(31, 2)
