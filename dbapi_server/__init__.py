@@ -11,7 +11,8 @@ from .auth import AllowAll, JWTAuthenticator, Principal
 from .errors import APIError
 from .keyset import KeyFiles, RemoteJWKS, StaticKeys
 from .minting import TokenFileRefresher, mint_token, write_token_file
-from .policy import DefaultPolicy, PolicyViolation
+from .policy import DefaultPolicy, Limits, Policy, PolicyError, RolePolicy, TableGrant
+from .refusals import LimitExceeded, PolicyViolation
 from .transactions import TransactionManager
 
 __all__ = [
@@ -21,10 +22,16 @@ __all__ = [
     "DefaultPolicy",
     "JWTAuthenticator",
     "KeyFiles",
+    "LimitExceeded",
+    "Limits",
+    "Policy",
+    "PolicyError",
     "PolicyViolation",
     "Principal",
     "RemoteJWKS",
+    "RolePolicy",
     "StaticKeys",
+    "TableGrant",
     "TokenFileRefresher",
     "TransactionManager",
     "create_app",

@@ -12,6 +12,7 @@ Arguments win over environment variables, which exist so ``flask --app dbapi_ser
 ``DBAPI_TXN_IDLE_TIMEOUT`` seconds before an idle transaction is rolled back (default 60)
 ``DBAPI_MAX_BODY_BYTES``   largest accepted request body (default 16 MiB)
 ``DBAPI_METHODS``          comma-separated modules defining named methods, imported at start
+``DBAPI_POLICY_FILE``      per-role policy (TOML, ``docs/security.md``); default: the open preset
 =========================  ===================================================================
 """
 
@@ -33,7 +34,7 @@ from query_translation import MethodRegistry
 from .auth import Authenticator, authenticator_from_env
 from .errors import envelope_for_exception
 from .methods import load_methods, methods_api
-from .policy import DefaultPolicy
+from .policy import Policy, PolicyError
 from .state import ServerState
 from .views import api
 
@@ -68,7 +69,7 @@ def _authenticator_from_env() -> Authenticator:
 
 def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData | str | None = None, *,
                engine: sa.Engine | None = None, authenticator: Authenticator | None = None,
-               policy: DefaultPolicy | None = None, idle_timeout: float | None = None,
+               policy: Policy | str | os.PathLike[str] | None = None, idle_timeout: float | None = None,
                max_body_bytes: int | None = None, engine_options: dict[str, Any] | None = None,
                methods: MethodRegistry | Iterable[str] | None = None) -> Flask:
     """Build the DB-API application for one database and one application's tables."""
@@ -88,7 +89,7 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
         idle_timeout = float(os.environ.get("DBAPI_TXN_IDLE_TIMEOUT", "60"))
     state = ServerState(engine=engine, metadata=metadata,
                         auth=authenticator if authenticator is not None else _authenticator_from_env(),
-                        policy=policy or DefaultPolicy(), idle_timeout=idle_timeout,
+                        policy=_policy(policy, metadata), idle_timeout=idle_timeout,
                         methods=load_methods(methods if methods is not None else os.environ.get("DBAPI_METHODS")))
 
     app = Flask("dbapi_server")
@@ -98,6 +99,21 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
     app.register_blueprint(methods_api)
     app.register_error_handler(Exception, _handle_error)
     return app
+
+
+def _policy(policy: Policy | str | os.PathLike[str] | None, metadata: sa.MetaData) -> Policy:
+    """The configured policy, checked against the metadata now rather than at the first request."""
+    if policy is None:
+        policy = os.environ.get("DBAPI_POLICY_FILE") or None
+    if policy is None:
+        return Policy.open()
+    try:
+        if isinstance(policy, Policy):
+            policy.validate(metadata)
+            return policy
+        return Policy.from_file(policy, metadata)
+    except PolicyError as exc:
+        raise ConfigError(f"The DB-API policy is wrong: {exc}") from None
 
 
 def _handle_error(exc: Exception) -> Response:

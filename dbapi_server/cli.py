@@ -28,14 +28,18 @@ def main() -> None:
 @click.option("--threads", default=8, show_default=True, type=int)
 @click.option("--methods", envvar="DBAPI_METHODS", default="",
               help="Comma-separated modules defining named methods, e.g. myapp.methods.")
-def serve(database_url: str, metadata: str, host: str, port: int, threads: int, methods: str) -> None:
+@click.option("--policy", "policy_file", envvar="DBAPI_POLICY_FILE", default=None,
+              type=click.Path(exists=True, dir_okay=False),
+              help="Per-role policy file (TOML, see docs/security.md); default: the open preset.")
+def serve(database_url: str, metadata: str, host: str, port: int, threads: int, methods: str,
+          policy_file: str | None) -> None:
     """Serve the DB-API under waitress (a production WSGI server)."""
     from .app import ConfigError, create_app
     from .serving import serve as run
 
     sys.path.insert(0, os.getcwd())
     try:
-        app = create_app(database_url, metadata, methods=methods.split(","))
+        app = create_app(database_url, metadata, policy=policy_file, methods=methods.split(","))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     run(app, host=host, port=port, threads=threads)

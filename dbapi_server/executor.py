@@ -37,6 +37,7 @@ from query_translation.decode import StatementInfo
 from query_translation.fingerprint import sql_fingerprint
 
 from .errors import APIError
+from .refusals import LimitExceeded
 
 __all__ = ["StatementExecutor", "StatementMismatch"]
 
@@ -85,13 +86,14 @@ class StatementExecutor:
         return decode_params(params or [{}], enum_resolver=self.types.resolve_enum)
 
     def execute(self, connection: sa.Connection, statement: Any, params: list[dict[str, Any]],
-                *, many: bool, sql_hash: str, options: Mapping[str, Any] | None = None,
-                column_keys: list[str] | None = None) -> dict[str, Any]:
+                *, many: bool, sql_hash: str | None, options: Mapping[str, Any] | None = None,
+                column_keys: list[str] | None = None, max_rows: int | None = None) -> dict[str, Any]:
+        """Execute and answer; ``sql_hash=None`` only when the caller verified the SQL already."""
         return _reply(_checked_execute(connection, statement, params, many=many, sql_hash=sql_hash,
-                                       options=options, column_keys=column_keys))
+                                       options=options, column_keys=column_keys), max_rows)
 
     def execute_streamed(self, connection: sa.Connection, statement: Any, params: list[dict[str, Any]],
-                         *, sql_hash: str, page_size: int, options: Mapping[str, Any] | None = None,
+                         *, sql_hash: str | None, page_size: int, options: Mapping[str, Any] | None = None,
                          ) -> tuple[dict[str, Any], sa.CursorResult[Any] | None]:
         """Execute with a server-side cursor; answer the first page.
 
@@ -109,7 +111,7 @@ class StatementExecutor:
 
 
 def _checked_execute(connection: sa.Connection, statement: Any, params: list[dict[str, Any]], *,
-                     many: bool, sql_hash: str, options: Mapping[str, Any] | None,
+                     many: bool, sql_hash: str | None, options: Mapping[str, Any] | None,
                      column_keys: list[str] | None = None, stream: int | None = None) -> Any:
     """Execute with the forwarded options, refusing at the cursor unless the SQL fingerprints as
     the client's (see ``_check_sql``)."""
@@ -208,7 +210,7 @@ class _RecordingCursor:
         return rows
 
 
-def _reply(result: sa.CursorResult[Any]) -> dict[str, Any]:
+def _reply(result: sa.CursorResult[Any], max_rows: int | None = None) -> dict[str, Any]:
     context: Any = result.context
     description, rowcount, lastrowid = getattr(context, "_dbs_cursor", None) or (None, -1, None)
     reply: dict[str, Any] = {"rowcount": rowcount}
@@ -216,7 +218,10 @@ def _reply(result: sa.CursorResult[Any]) -> dict[str, Any]:
         reply["lastrowid"] = encode_value(lastrowid)
     imv_rows = getattr(context, "_insertmanyvalues_rows", None)
     if result.returns_rows:
-        result.cursor_strategy.fetchall(result, result.cursor)  # drain through the recorder
+        if max_rows is None:
+            result.cursor_strategy.fetchall(result, result.cursor)  # drain through the recorder
+        else:  # one row more than allowed tells "too many" without reading them all
+            result.cursor_strategy.fetchmany(result, result.cursor, max_rows + 1)
     result.close()
     if imv_rows is not None:
         raw = imv_rows  # insertmanyvalues: the batches' RETURNING rows, raw and in order
@@ -224,6 +229,10 @@ def _reply(result: sa.CursorResult[Any]) -> dict[str, Any]:
         raw = context.cursor.rows
     else:
         raw = []
+    if max_rows is not None and len(raw) > max_rows:
+        raise LimitExceeded(f"The result has more than the {max_rows} rows this role may fetch at once; "
+                            "narrow the query, or page it (LIMIT / yield_per).", limit="result_rows",
+                            maximum=max_rows)
     if description is not None:
         reply["description"] = _encoded_description(context, description)
         reply["rows"] = [encode_row(row) for row in raw]

@@ -34,6 +34,7 @@ from query_translation import (
     encode_exception,
 )
 
+from .enforcement import apply_statement_timeout
 from .errors import APIError, new_error_id
 from .state import ServerState
 from .views import _body, _field, _in_transaction, _json, _principal, _state
@@ -95,6 +96,7 @@ def call_method(name: str) -> Response:
     state.policy.check_method(name, principal)
 
     def run(conn: sa.Connection) -> dict[str, Any]:
+        apply_statement_timeout(state.policy, conn, principal)  # the role's limit holds here too
         return {"result": _run(state, method, conn, _arguments(method, arguments))}
 
     txn_id = _field(body, "txn", str)

@@ -1,25 +1,40 @@
-"""What a caller may execute.
+"""What a caller may execute: a declarative, per-role policy, deny by default.
 
-The server knows exactly what each statement touches (the decoder records tables, columns,
-functions, operators and any literal SQL while rebuilding it), so the policy judges structure,
-never SQL text. This default policy - the seam the per-role, per-column, row-filter policy grows from
-(not built yet) - allows the application's own tables, refuses literal SQL except ``*`` and bare integers (``count(*)``, ``EXISTS (SELECT 1 ...)``) and
-refuses functions that reach outside the database's data.
+The server knows exactly what each statement touches (the decoder rebuilt it against the server's
+own tables), so the policy judges structure, never SQL text. A :class:`Policy` maps the token's
+``role`` claim to a :class:`RolePolicy`: the tables it may read / insert / update / delete (each
+with all columns or a list), the SQL functions it may call, the named methods it may invoke,
+whether raw SQL or DDL is allowed, row filters bound to token claims, and limits. Whatever is not
+granted is refused, with a 403 naming the table, column, function, method or role.
+
+Presets: :meth:`Policy.open` (every table of the metadata, raw SQL refused - what a server without
+a policy file runs; :class:`DefaultPolicy` is that preset with today's keyword arguments) and
+:meth:`Policy.for_testing` (everything, raw SQL and DDL included). The file format (TOML) is in
+``docs/security.md`` and :mod:`dbapi_server._policy_file`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
+from os import PathLike
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.sql import elements
 
 from query_translation.decode import StatementInfo
 
+from . import _statement_scan
 from .auth import Principal
-from .errors import APIError
+from .refusals import LimitExceeded, PolicyViolation
+from .row_filters import BIND_PREFIX, ROW_FILTER_BIND, filtered_statement
 
-__all__ = ["DefaultPolicy", "PolicyViolation"]
+__all__ = ["DANGEROUS_FUNCTIONS", "DEFAULT_FUNCTIONS", "DefaultPolicy", "Limits", "Plan", "Policy",
+           "PolicyError", "PolicyViolation", "RolePolicy", "TableGrant"]
 
-# functions that read files, run programs, sleep, or reach other servers
+# functions that read files, run programs, sleep, or reach other servers: refused for every role
 DANGEROUS_FUNCTIONS = frozenset({
     "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "lo_import", "lo_export",
     "pg_sleep", "pg_terminate_backend", "pg_cancel_backend", "dblink", "dblink_exec",
@@ -27,6 +42,17 @@ DANGEROUS_FUNCTIONS = frozenset({
     "load_file", "sys_exec", "sys_eval", "readfile", "writefile", "fts3_tokenizer",
 })
 
+# what the ORM and ordinary queries emit: aggregates, common scalar functions, window functions
+DEFAULT_FUNCTIONS = frozenset({
+    "count", "sum", "min", "max", "avg", "coalesce", "nullif", "greatest", "least", "abs", "round",
+    "floor", "ceil", "ceiling", "mod", "lower", "upper", "length", "char_length", "character_length",
+    "trim", "ltrim", "rtrim", "substr", "substring", "replace", "concat", "now", "current_timestamp",
+    "current_date", "current_time", "localtimestamp", "localtime", "date", "datetime", "strftime",
+    "date_trunc", "utc_timestamp", "sysdate", "row_number", "rank", "dense_rank", "percent_rank",
+    "cume_dist", "ntile", "lag", "lead", "first_value", "last_value", "nth_value", "array_agg",
+    "string_agg", "group_concat", "json_extract", "json_array_length", "jsonb_array_length",
+    "bool_and", "bool_or", "every",
+})
 
 # What a custom operator (``column.op("@>")``) may render. Its string goes into the SQL verbatim,
 # so anything else - ``= (SELECT ... FROM other_table) OR 1 =`` - would be raw SQL in disguise.
@@ -41,46 +67,290 @@ SAFE_CUSTOM_OPERATORS = frozenset({
     "mod", "xor",
 })
 
-
-class PolicyViolation(APIError):
-    status = 403
-    code = "policy_violation"
+ALL = "*"
 
 
-@dataclass
-class DefaultPolicy:
-    """Allow the metadata's tables; refuse raw SQL and dangerous functions."""
+class PolicyError(ValueError):
+    """A policy (file or object) is malformed or names tables/columns the metadata lacks."""
 
-    allow_raw_sql: bool = False
-    allowed_literals: frozenset[str] = frozenset({"*"})
-    denied_functions: frozenset[str] = DANGEROUS_FUNCTIONS
-    denied_tables: frozenset[str] = field(default_factory=frozenset)
-    allowed_custom_operators: frozenset[str] = SAFE_CUSTOM_OPERATORS
-    denied_methods: frozenset[str] = field(default_factory=frozenset)
+
+
+def _names(value: Any, what: str) -> frozenset[str] | None:
+    """``"*"`` / ``True`` -> None (everything); ``False`` / ``None`` -> nothing; else the names."""
+    if value is True or value == ALL:
+        return None
+    if value is False or value is None:
+        return frozenset()
+    if isinstance(value, str) or not isinstance(value, Iterable) or not all(isinstance(v, str) for v in value):
+        raise PolicyError(f"{what} must be \"*\", true/false or a list of names, not {value!r}.")
+    return frozenset(value)
+
+
+def _allows(names: frozenset[str] | None, name: str) -> bool:
+    return names is None or name in names
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per statement / request limits; ``None`` means "not limited" (or: inherit, for a role)."""
+
+    max_depth: int | None = None  # nesting depth of the statement document (400)
+    max_body_bytes: int | None = None  # request body (413)
+    max_rows: int | None = None  # rows one result may hand back (413)
+    statement_timeout: float | None = None  # seconds; the database's own statement timeout
+
+    def over(self, base: Limits) -> Limits:
+        """These limits where set, *base*'s elsewhere."""
+        return Limits(**{name: getattr(self, name) if getattr(self, name) is not None else getattr(base, name)
+                         for name in ("max_depth", "max_body_bytes", "max_rows", "statement_timeout")})
+
+
+@dataclass(frozen=True, init=False)
+class TableGrant:
+    """What one role may do with one table.
+
+    ``read`` / ``insert`` / ``update``: ``"*"`` (all columns), a list of column names, or nothing.
+    ``delete``: a bool. ``row_filter``: ``{column: claim}`` - every row the role reads, updates or
+    deletes must have ``column == claims[claim]`` (``IN`` for a list-valued claim), and every row
+    it inserts must carry that value.
+    """
+
+    read: frozenset[str] | None
+    insert: frozenset[str] | None
+    update: frozenset[str] | None
+    delete: bool
+    row_filter: Mapping[str, str]
+
+    def __init__(self, read: Any = None, insert: Any = None, update: Any = None, delete: bool = False,
+                 row_filter: Mapping[str, str] | None = None) -> None:
+        object.__setattr__(self, "read", _names(read, "read"))
+        object.__setattr__(self, "insert", _names(insert, "insert"))
+        object.__setattr__(self, "update", _names(update, "update"))
+        if not isinstance(delete, bool):
+            raise PolicyError(f"delete must be true or false, not {delete!r}.")
+        object.__setattr__(self, "delete", delete)
+        row_filter = dict(row_filter or {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in row_filter.items()):
+            raise PolicyError("row_filter maps column names to claim names (both strings).")
+        object.__setattr__(self, "row_filter", row_filter)
+
+    @classmethod
+    def full(cls) -> TableGrant:
+        return cls(read=ALL, insert=ALL, update=ALL, delete=True)
+
+    def columns_for(self, action: str) -> frozenset[str] | None:
+        names: frozenset[str] | None = getattr(self, action)
+        return names
+
+    @property
+    def is_full(self) -> bool:
+        return (self.read is None and self.insert is None and self.update is None and self.delete
+                and not self.row_filter)
+
+
+@dataclass(frozen=True)
+class RolePolicy:
+    """Everything one role may do. Tables not in ``tables`` are refused unless ``any_table`` is set."""
+
+    tables: Mapping[str, TableGrant] = field(default_factory=dict)
+    functions: frozenset[str] | None = DEFAULT_FUNCTIONS  # None: any (except the dangerous ones)
+    methods: frozenset[str] | None = frozenset()  # named methods; None: any
+    raw_sql: bool = False
+    ddl: bool = False
+    limits: Limits = Limits()
+    any_table: TableGrant | None = None  # presets: this grant for every table not listed
+    denied_tables: frozenset[str] = frozenset()
+
+    def grant(self, table: str) -> TableGrant | None:
+        if table in self.denied_tables:
+            return None
+        return self.tables.get(table, self.any_table)
+
+    @cached_property
+    def unrestricted(self) -> bool:
+        """Every table, every column, no row filter: the statement needs no column-level walk."""
+        return (self.any_table is not None and self.any_table.is_full
+                and all(g.is_full for g in self.tables.values()))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to run one allowed statement: what to execute and under which limits.
+
+    ``original`` is set when row filters rewrote the statement: the client's SQL fingerprint is
+    then checked against the original's compile, and the rewritten one runs with
+    ``filter_params`` added to every parameter set.
+    """
+
+    statement: Any
+    limits: Limits
+    original: Any = None
+    filter_params: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Policy:
+    """Roles by name, global limits, and the rules every role shares."""
+
+    def __init__(self, roles: Mapping[str, RolePolicy] | None = None, *, limits: Limits = Limits(),
+                 fallback: RolePolicy | None = None, denied_functions: frozenset[str] = DANGEROUS_FUNCTIONS,
+                 allowed_literals: frozenset[str] = frozenset({"*"}),
+                 allowed_custom_operators: frozenset[str] = SAFE_CUSTOM_OPERATORS) -> None:
+        self.roles = dict(roles or {})
+        self.limits = limits
+        self.fallback = fallback  # the role of every caller whose role is not listed (presets only)
+        self.denied_functions = denied_functions
+        self.allowed_literals = allowed_literals
+        self.allowed_custom_operators = allowed_custom_operators
+        every = [self.limits, *(r.limits for r in self.roles.values())]
+        if fallback is not None:
+            every.append(fallback.limits)
+        self.uses_timeouts = any(lim.statement_timeout is not None for lim in every)
+        self._merged_limits: dict[int, Limits] = {}
+
+    # -- presets and loading --------------------------------------------------------------------
+    @classmethod
+    def open(cls, *, limits: Limits = Limits(), raw_sql: bool = False,
+             denied_tables: Iterable[str] = ()) -> Policy:
+        """Every caller may use every table of the metadata; raw SQL and DDL refused."""
+        return cls(limits=limits, fallback=RolePolicy(any_table=TableGrant.full(), functions=None, methods=None,
+                                                      raw_sql=raw_sql, denied_tables=frozenset(denied_tables)))
+
+    @classmethod
+    def for_testing(cls) -> Policy:
+        """Everything, raw SQL and DDL included: for running test suites, never production."""
+        return cls(fallback=RolePolicy(any_table=TableGrant.full(), functions=None, methods=None,
+                                       raw_sql=True, ddl=True))
+
+    @classmethod
+    def from_file(cls, path: str | PathLike[str], metadata: sa.MetaData | None = None) -> Policy:
+        """Load a TOML policy file; with *metadata*, also check every table and column it names."""
+        from ._policy_file import load_file
+
+        policy = load_file(path)
+        if metadata is not None:
+            policy.validate(metadata)
+        return policy
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Policy:
+        """The policy a parsed TOML document describes (see ``docs/security.md``)."""
+        from ._policy_file import policy_from_dict
+
+        return policy_from_dict(data)
+
+    def validate(self, metadata: sa.MetaData) -> None:
+        """Raise :class:`PolicyError` naming the first table or column *metadata* does not have."""
+        for role_name, role in self.roles.items():
+            for table_name, grant in role.tables.items():
+                table = metadata.tables.get(table_name)
+                where = f"roles.{role_name}.tables.{table_name}"
+                if table is None:
+                    raise PolicyError(f"{where}: the table {table_name!r} is not in the server's metadata.")
+                known = {c.name for c in table.c}
+                for action in ("read", "insert", "update"):
+                    for name in sorted(grant.columns_for(action) or ()):
+                        if name not in known:
+                            raise PolicyError(f"{where}.{action}: {table_name!r} has no column {name!r}.")
+                for name in grant.row_filter:
+                    if name not in known:
+                        raise PolicyError(f"{where}.row_filter: {table_name!r} has no column {name!r}.")
+
+    # -- lookups --------------------------------------------------------------------------------
+    def role_for(self, principal: Principal) -> RolePolicy:
+        role = principal.role
+        found = self.roles.get(role) if isinstance(role, str) else None
+        if found is not None:
+            return found
+        if self.fallback is not None:
+            return self.fallback
+        raise PolicyViolation(f"The role {role!r} has no access under the DB-API's policy; the token "
+                              "must carry a role the policy lists.", role=role if isinstance(role, str) else None)
+
+    def limits_for(self, principal: Principal) -> Limits:
+        return self._limits_of(self.role_for(principal))
+
+    def _limits_of(self, role: RolePolicy) -> Limits:
+        merged = self._merged_limits.get(id(role))
+        if merged is None:  # computed once per role (policies are immutable)
+            merged = self._merged_limits[id(role)] = role.limits.over(self.limits)
+        return merged
+
+    # -- checks ---------------------------------------------------------------------------------
+    def check(self, info: StatementInfo, principal: Principal) -> None:
+        """The statement-level rules: role, depth, raw SQL, operators, functions, tables."""
+        role = self.role_for(principal)
+        self._check_statement(info, role, self._limits_of(role))
+
+    def _check_statement(self, info: StatementInfo, role: RolePolicy, limits: Limits) -> None:
+        self._check_depth(info.depth, limits)
+        self._check_literal_sql(info.literal_sql, role)
+        self._check_custom_operators(info.custom_operators, role)
+        self._check_functions(info.functions, role)
+        for table in info.read_tables | ({info.write_table} if info.write_table else set()):
+            if role.grant(table) is None:
+                raise PolicyViolation(f"Access to the table {table!r} is not allowed by the DB-API's policy.",
+                                      table=table)
+
+    def plan(self, statement: Any, info: StatementInfo, principal: Principal, *,
+             params: list[dict[str, Any]] | None = None, column_keys: Iterable[str] | None = None,
+             dialect: str | None = None) -> Plan:
+        """Check *statement* fully and say how to run it (row filters applied), or refuse.
+
+        *dialect* (the server database's dialect name) lets row filters fence their derived tables.
+        """
+        role = self.role_for(principal)
+        limits = self._limits_of(role)
+        self._check_statement(info, role, limits)
+        if role.unrestricted or info.kind in ("savepoint", "rollback_to_savepoint", "release_savepoint"):
+            return Plan(statement, limits)
+        if info.literal_sql and role.raw_sql:
+            return Plan(statement, limits)  # raw SQL allowed: its tables are not knowable
+        access = _statement_scan.scan(statement)
+        for key in access.bind_keys:
+            if key.startswith(BIND_PREFIX):
+                raise PolicyViolation(f"Bind parameter names starting with {BIND_PREFIX!r} are reserved.")
+        written = self._written_columns(access, params, column_keys)
+        _check_access(role, access, written)
+        return self._filtered(statement, access, role, principal, params or [{}], written, limits, dialect)
 
     def check_method(self, name: str, principal: Principal) -> None:
-        """Every registered named method is allowed, except those in ``denied_methods``."""
-        if name in self.denied_methods:
-            raise PolicyViolation(f"The named method {name!r} is not allowed by the DB-API's policy.")
+        """Refuse a named method the caller's role may not invoke."""
+        role = self.role_for(principal)
+        if not _allows(role.methods, name):
+            raise PolicyViolation(f"The named method {name!r} is not allowed for this role by the "
+                                  "DB-API's policy.", method=name)
 
-    def check(self, info: StatementInfo, principal: Principal) -> None:
-        self._check_literal_sql(info.literal_sql)
-        self._check_custom_operators(info.custom_operators)
-        self._check_functions(info.functions)
-        self._check_tables(info.read_tables | ({info.write_table} if info.write_table else set()))
+    def check_ddl(self, principal: Principal) -> None:
+        """Refuse DDL (CREATE / DROP / ALTER) unless the caller's role allows it."""
+        if not self.role_for(principal).ddl:
+            raise PolicyViolation("DDL is not allowed for this role by the DB-API's policy.", statement="ddl")
 
-    def _check_literal_sql(self, fragments: Iterable[str]) -> None:
-        if self.allow_raw_sql:
+    def check_body_size(self, size: int, principal: Principal) -> None:
+        limit = self.limits_for(principal).max_body_bytes
+        if limit is not None and size > limit:
+            raise LimitExceeded(f"The request body ({size} bytes) is larger than this role may send "
+                                f"({limit} bytes).", limit="body_bytes", maximum=limit)
+
+    # -- rules ----------------------------------------------------------------------------------
+    @staticmethod
+    def _check_depth(depth: int, limits: Limits) -> None:
+        if limits.max_depth is not None and depth > limits.max_depth:
+            raise LimitExceeded(f"The statement nests {depth} levels deep; this role may send at most "
+                                f"{limits.max_depth}.", limit="statement_depth", maximum=limits.max_depth,
+                                status=400)
+
+    def _check_literal_sql(self, fragments: Iterable[str], role: RolePolicy) -> None:
+        if role.raw_sql:
             return
         for fragment in fragments:
             # "*" and bare integers are what SQLAlchemy itself emits (count(*), EXISTS (SELECT 1))
             if fragment not in self.allowed_literals and not fragment.isdigit():
                 raise PolicyViolation(
                     "Raw SQL text is not allowed by the DB-API's policy; express the statement "
-                    "with SQLAlchemy constructs (select(), text() is refused).")
+                    "with SQLAlchemy constructs (select(), text() is refused).", raw_sql=True)
 
-    def _check_custom_operators(self, opstrings: Iterable[str]) -> None:
-        if self.allow_raw_sql:
+    def _check_custom_operators(self, opstrings: Iterable[str], role: RolePolicy) -> None:
+        if role.raw_sql:
             return
         for opstring in opstrings:
             if " ".join(opstring.split()).lower() not in self.allowed_custom_operators:
@@ -89,12 +359,197 @@ class DefaultPolicy:
                     f"The custom SQL operator{shown} is not allowed by the DB-API's policy; use "
                     "SQLAlchemy's operators, or add it to the policy's allowed_custom_operators.")
 
-    def _check_functions(self, names: Iterable[str]) -> None:
+    def _check_functions(self, names: Iterable[str], role: RolePolicy) -> None:
         for name in names:
-            if name.rsplit(".", 1)[-1] in self.denied_functions:
-                raise PolicyViolation(f"The SQL function {name}() is not allowed by the DB-API's policy.")
+            short = name.rsplit(".", 1)[-1]
+            if short in self.denied_functions or not (_allows(role.functions, name)):
+                raise PolicyViolation(f"The SQL function {_shown(name)}() is not allowed by the DB-API's policy.",
+                                      function=_shown(name))
 
-    def _check_tables(self, tables: Iterable[str]) -> None:
-        for table in tables:
-            if table in self.denied_tables:
-                raise PolicyViolation(f"Access to the table {table!r} is not allowed by the DB-API's policy.")
+    @staticmethod
+    def _written_columns(access: _statement_scan.Access, params: list[dict[str, Any]] | None,
+                         column_keys: Iterable[str] | None) -> frozenset[str]:
+        """The target columns an INSERT / UPDATE writes: its own VALUES / SET plus the parameter
+        keys naming target columns (what SQLAlchemy's crud compiles into VALUES / SET)."""
+        if access.kind not in ("insert", "update") or access.target is None:
+            return frozenset()
+        keys = set(column_keys or ())
+        for param_set in params or ():
+            keys.update(param_set)
+        by_key = {c.key: c.name for c in access.target.c}
+        return access.value_columns | {by_key[k] for k in keys if k in by_key}
+
+    def _filtered(self, statement: Any, access: _statement_scan.Access, role: RolePolicy,
+                  principal: Principal, params: list[dict[str, Any]], written: frozenset[str],
+                  limits: Limits, dialect: str | None) -> Plan:
+        filters: list[Any] = []
+        values: dict[str, Any] = {}
+        counter = 0
+        touched = sorted(access.tables | ({access.target} if access.target is not None else set()),
+                         key=lambda t: t.fullname)
+        for table in touched:
+            grant = role.grant(table.fullname)
+            if grant is None or not grant.row_filter:
+                continue
+            comparisons = []
+            for column_name, claim in sorted(grant.row_filter.items()):
+                value = _claim_value(principal, claim, table, column_name)
+                bind = ROW_FILTER_BIND.format(counter)
+                counter += 1
+                values[bind] = value
+                comparisons.append((column_name, bind, isinstance(value, list)))
+            filters.append((table, tuple(comparisons)))
+            if table is access.target and access.kind in ("insert", "update"):
+                _check_written_values(statement, access, table, grant.row_filter, principal, params, written)
+        if not filters:
+            return Plan(statement, limits)
+        if access.kind == "insert" and access.target is not None and any(t is access.target for t, _ in filters):
+            if access.target in access.tables:
+                raise PolicyViolation(f"An INSERT into the row-filtered table {access.target.name!r} may not "
+                                      "read that table.", table=access.target.name)
+            filters = [f for f in filters if f[0] is not access.target]
+            if not filters:
+                return Plan(statement, limits)
+        shape = tuple((t.fullname, c) for t, c in filters)
+        template = filtered_statement(statement, filters, (id(role), shape), dialect)
+        return Plan(template.statement, limits, original=statement, filter_params=values)
+
+
+def _check_access(role: RolePolicy, access: _statement_scan.Access, written: frozenset[str]) -> None:
+    """Tables and columns: every read needs a read grant, every write the action's grant."""
+    target = access.target
+    for table in access.tables:
+        grant = role.grant(table.fullname)
+        if grant is None or (grant.read is not None and not grant.read and table is not target):
+            raise PolicyViolation(f"Reading the table {table.fullname!r} is not allowed by the DB-API's policy.",
+                                  table=table.fullname)
+    for table, column in access.columns:
+        grant = role.grant(table.fullname)
+        if grant is None or not _allows(grant.read, column):
+            raise PolicyViolation(f"Reading the column {table.fullname}.{column} is not allowed by the "
+                                  "DB-API's policy.", table=table.fullname, column=column)
+    for name in access.loose_names:
+        # an unqualified name resolves against every table in FROM: it must be readable in all
+        for table in access.tables:
+            grant = role.grant(table.fullname)
+            if name in table.c and (grant is None or not _allows(grant.read, name)):
+                raise PolicyViolation(f"Reading the column {table.fullname}.{name} is not allowed by the "
+                                      "DB-API's policy.", table=table.fullname, column=name)
+    if target is None:
+        return
+    grant = role.grant(target.fullname)
+    action = access.kind
+    if grant is None:
+        raise PolicyViolation(f"Writing the table {target.fullname!r} is not allowed by the DB-API's policy.",
+                              table=target.fullname, action=action)
+    if action == "delete":
+        if not grant.delete:
+            raise PolicyViolation(f"Deleting from the table {target.fullname!r} is not allowed by the DB-API's "
+                                  "policy.", table=target.fullname, action=action)
+        return
+    allowed = grant.columns_for(action)
+    if allowed is not None and not allowed:
+        raise PolicyViolation(f"{action.capitalize()} on the table {target.fullname!r} is not allowed by the "
+                              "DB-API's policy.", table=target.fullname, action=action)
+    for column in sorted(written):
+        if not _allows(allowed, column):
+            raise PolicyViolation(f"Writing the column {target.fullname}.{column} ({action}) is not allowed by "
+                                  "the DB-API's policy.", table=target.fullname, column=column, action=action)
+
+
+def _claim_value(principal: Principal, claim: str, table: sa.Table, column_name: str) -> Any:
+    value = principal.claims.get(claim)
+    if value is None:
+        raise PolicyViolation(f"The table {table.fullname!r} is row-filtered by the token claim {claim!r}, "
+                              "which this token does not carry.", table=table.fullname, claim=claim)
+    column = next(c for c in table.c if c.name == column_name)
+    if isinstance(value, list):
+        return [_coerce(v, column, claim) for v in value]
+    return _coerce(value, column, claim)
+
+
+def _coerce(value: Any, column: sa.Column[Any], claim: str) -> Any:
+    """A claim value as the column's Python type (JSON claims are strings and numbers)."""
+    try:
+        python_type = column.type.python_type
+    except NotImplementedError:
+        return value
+    if isinstance(value, python_type) and not (isinstance(value, bool) and python_type is not bool):
+        return value
+    try:
+        if python_type in (int, float) and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return python_type(value)
+        if python_type is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    except ValueError:
+        pass
+    raise PolicyViolation(f"The token claim {claim!r} does not fit the column {column.name!r}.", claim=claim)
+
+
+def _check_written_values(statement: Any, access: _statement_scan.Access, table: sa.Table,
+                          row_filter: Mapping[str, str], principal: Principal,
+                          params: list[dict[str, Any]], written: frozenset[str]) -> None:
+    """An INSERT must carry the claims' values in the filtered columns; an UPDATE may only set them
+    to those values."""
+    if access.kind == "insert" and getattr(statement, "select", None) is not None:
+        raise PolicyViolation(f"INSERT ... SELECT into the row-filtered table {table.name!r} is not allowed.",
+                              table=table.name)
+    if access.kind == "insert" and getattr(statement, "_multi_values", None):
+        raise PolicyViolation(f"A multi-row VALUES insert into the row-filtered table {table.name!r} is not "
+                              "allowed; insert the rows with executemany.", table=table.name)
+    statement_values = {_statement_scan._column_name(table, k): v
+                        for k, v in _statement_scan._set_pairs(statement)}
+    for column_name, claim in row_filter.items():
+        if column_name not in written:
+            if access.kind == "insert":
+                raise PolicyViolation(f"An INSERT into {table.name!r} must set {column_name!r} to the token's "
+                                      f"{claim!r} claim.", table=table.name, column=column_name)
+            continue
+        allowed = _claim_value(principal, claim, table, column_name)
+        allowed_set = allowed if isinstance(allowed, list) else [allowed]
+        key = next(c.key for c in table.c if c.name == column_name)
+        bound = statement_values.get(column_name)
+        if column_name not in statement_values:
+            sent = [p.get(key, _UNKNOWN) for p in params]
+        elif isinstance(bound, sa.BindParameter):
+            # crud names an anonymous VALUES / SET parameter after the column; a parameter set
+            # overrides the value the statement carries, exactly as at execution
+            name = key if isinstance(bound.key, elements._anonymous_label) else bound.key
+            sent = [p.get(name, bound.value) for p in params]
+        else:
+            sent = [_UNKNOWN]  # an SQL expression: its value is not knowable here
+        for value in sent:
+            if value is _UNKNOWN or isinstance(value, bool) or value not in allowed_set:
+                raise PolicyViolation(f"The value written to {table.name}.{column_name} must equal the token's "
+                                      f"{claim!r} claim.", table=table.name, column=column_name, claim=claim)
+
+
+_UNKNOWN = object()
+
+
+def _shown(name: str) -> str:
+    """A function name safe to put in a message (names come from the wire)."""
+    return name if len(name) <= 64 and name.replace(".", "").replace("_", "").isalnum() else "<invalid name>"
+
+
+class DefaultPolicy(Policy):
+    """The open preset with the keyword arguments the first policy had (kept for existing callers)."""
+
+    def __init__(self, *, allow_raw_sql: bool = False, allowed_literals: frozenset[str] = frozenset({"*"}),
+                 denied_functions: frozenset[str] = DANGEROUS_FUNCTIONS,
+                 denied_tables: frozenset[str] = frozenset(),
+                 allowed_custom_operators: frozenset[str] = SAFE_CUSTOM_OPERATORS,
+                 denied_methods: frozenset[str] = frozenset(), limits: Limits = Limits()) -> None:
+        preset = Policy.open(raw_sql=allow_raw_sql, denied_tables=denied_tables)
+        super().__init__(limits=limits, fallback=preset.fallback, denied_functions=denied_functions,
+                         allowed_literals=allowed_literals, allowed_custom_operators=allowed_custom_operators)
+        self.allow_raw_sql = allow_raw_sql
+        self.denied_tables = denied_tables
+        self.denied_methods = denied_methods
+
+    def check_method(self, name: str, principal: Principal) -> None:
+        if name in self.denied_methods:
+            raise PolicyViolation(f"The named method {name!r} is not allowed by the DB-API's policy.",
+                                  method=name)
+        super().check_method(name, principal)
+

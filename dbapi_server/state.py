@@ -13,7 +13,7 @@ from query_translation import DEFAULT_REGISTRY, WIRE_VERSION, MethodRegistry
 from .auth import Authenticator
 from .cursors import CursorRegistry
 from .executor import StatementExecutor
-from .policy import DefaultPolicy
+from .policy import Policy
 from .transactions import TransactionManager
 
 __all__ = ["ServerState", "dialect_state", "schema_fingerprint"]
@@ -50,7 +50,7 @@ class ServerState:
     engine: sa.Engine
     metadata: sa.MetaData
     auth: Authenticator
-    policy: DefaultPolicy
+    policy: Policy
     idle_timeout: float = 60.0
     methods: MethodRegistry = DEFAULT_REGISTRY  # the named methods served (looked up per call)
     executor: StatementExecutor = field(init=False)

@@ -25,8 +25,11 @@ from flask import Blueprint, Response, current_app, request
 
 from .auth import Principal
 from .cursors import CursorGone
+from .enforcement import execute_plan, execute_plan_streamed
 from .errors import APIError, envelope_for_exception
 from .executor import fetch_page
+from .policy import Plan
+from .refusals import LimitExceeded
 from .state import ServerState
 
 __all__ = ["api"]
@@ -49,9 +52,12 @@ def _principal() -> Principal:
     return _state().auth.authenticate(request.headers.get("Authorization"))
 
 
-def _body() -> Mapping[str, Any]:
+def _body(principal: Principal | None = None) -> Mapping[str, Any]:
+    data = request.get_data(cache=False)
+    if principal is not None:
+        _state().policy.check_body_size(len(data), principal)  # the role's limit; the app's is MAX_CONTENT_LENGTH
     try:
-        body = orjson.loads(request.get_data(cache=False))
+        body = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise APIError(f"The request body is not valid JSON: {exc}.", code="malformed_json") from None
     if not isinstance(body, dict):
@@ -90,7 +96,7 @@ def health() -> Response:
 def execute() -> Response:
     state = _state()
     principal = _principal()
-    body = _body()
+    body = _body(principal)
     document = _field(body, "stmt", dict, required=True)
     sql_hash = _field(body, "sql", str, required=True)
     raw_params = _field(body, "params", list)
@@ -108,25 +114,27 @@ def execute() -> Response:
     if many and not raw_params:  # checked before decoding, which turns "no params" into [{}]
         raise APIError("An executemany request needs at least one parameter set.", code="malformed_request")
 
-    def prepare() -> tuple[Any, Any, list[dict[str, Any]]]:
+    def prepare() -> tuple[Plan, Any, list[dict[str, Any]]]:
         statement, stmt_info = state.executor.decode(document)
-        state.policy.check(stmt_info, principal)
-        return statement, stmt_info, state.executor.decode_params(raw_params)
+        params = state.executor.decode_params(raw_params)
+        plan = state.policy.plan(statement, stmt_info, principal, params=params, column_keys=column_keys,
+                                 dialect=state.engine.dialect.name)
+        return plan, stmt_info, params
 
     def run(conn: sa.Connection, release: Callable[[], None] = lambda: None) -> dict[str, Any]:
-        statement, _, params = prepare()
+        plan, _, params = prepare()
         if stream:
-            return _streamed(state, principal, conn, statement, params, sql_hash, stream, options,
+            return _streamed(state, principal, conn, plan, params, sql_hash, stream, options,
                              txn_id, release)
-        return state.executor.execute(conn, statement, params, many=many, sql_hash=sql_hash,
-                                      options=options, column_keys=column_keys)
+        return execute_plan(state.policy, state.executor, conn, plan, params, many=many, sql_hash=sql_hash,
+                            options=options, column_keys=column_keys)
 
     if txn_id is not None:
         # inside the transaction even a refusal consumes its sequence number and leaves the
         # transaction open, exactly as a failed statement would on a direct connection
         seq = _field(body, "seq", int, required=True)
         return _in_transaction(state, principal, txn_id, seq, bool(body.get("begin")), run)
-    statement, stmt_info, params = prepare()
+    plan, stmt_info, params = prepare()
     if not stmt_info.is_read_only:
         raise APIError("Writes, locking reads and savepoints must run in a transaction "
                        "(send 'txn' and 'seq').", code="transaction_required")
@@ -140,20 +148,33 @@ def execute() -> Response:
             conn.close()
             raise
     with state.read_engine.connect() as conn:
-        return _json(state.executor.execute(conn, statement, params, many=many, sql_hash=sql_hash,
-                                            options=options))
+        return _json(execute_plan(state.policy, state.executor, conn, plan, params, many=many,
+                                  sql_hash=sql_hash, options=options, column_keys=column_keys))
 
 
-def _streamed(state: ServerState, principal: Principal, conn: sa.Connection, statement: Any,
+def _streamed(state: ServerState, principal: Principal, conn: sa.Connection, plan: Plan,
               params: list[dict[str, Any]], sql_hash: str, page_size: int, options: Any,
               txn_id: str | None, release: Callable[[], None]) -> dict[str, Any]:
-    reply, result = state.executor.execute_streamed(conn, statement, params, sql_hash=sql_hash,
-                                                    page_size=page_size, options=options)
+    reply, result = execute_plan_streamed(state.policy, state.executor, conn, plan, params, sql_hash=sql_hash,
+                                          page_size=page_size, options=options)
+    max_rows = plan.limits.max_rows
+    if max_rows is not None and len(reply.get("rows", ())) > max_rows:
+        if result is not None:
+            result.close()
+        release()
+        raise _too_many_rows(max_rows)
     if result is None:
         release()
     else:
-        reply["cursor"] = state.cursors.open(principal.subject, result, page_size, txn_id, release).id
+        cursor = state.cursors.open(principal.subject, result, page_size, txn_id, release)
+        cursor.max_rows, cursor.rows_sent = max_rows, len(reply["rows"])
+        reply["cursor"] = cursor.id
     return reply
+
+
+def _too_many_rows(max_rows: int) -> LimitExceeded:
+    return LimitExceeded(f"The result has more than the {max_rows} rows this role may fetch; narrow the "
+                         "query.", limit="result_rows", maximum=max_rows)
 
 
 def _in_transaction(state: ServerState, principal: Principal, txn_id: str, seq: int, begin: bool,
@@ -185,7 +206,8 @@ def _in_transaction(state: ServerState, principal: Principal, txn_id: str, seq: 
 def fetch_cursor(cursor_id: str) -> Response:
     principal = _principal()
     page = _field(_body(), "page", int, required=True)
-    cursor = _state().cursors.get(cursor_id, principal.subject)
+    state = _state()
+    cursor = state.cursors.get(cursor_id, principal.subject)
     with cursor.lock:
         if cursor.last_reply is not None and page == cursor.page:
             return _json(cursor.last_reply)  # a retry: the same page again, no rows skipped
@@ -193,6 +215,10 @@ def fetch_cursor(cursor_id: str) -> Response:
             raise APIError(f"Page {page} of cursor {cursor_id} cannot be fetched now (expected "
                            f"{cursor.page + 1}).", status=409, code="out_of_order")
         rows, more = fetch_page(cursor.result, cursor.page_size)
+        cursor.rows_sent += len(rows)
+        if cursor.max_rows is not None and cursor.rows_sent > cursor.max_rows:
+            state.cursors.close(cursor_id)  # counted across pages: this page and the rest refused
+            raise _too_many_rows(cursor.max_rows)
         if not more:
             cursor.close()  # exhausted: connection freed now; the entry stays for a replay
         cursor.page, cursor.last_reply, cursor.last_used = page, {"rows": rows, "more": more}, time.monotonic()

@@ -12,6 +12,7 @@ An unreachable DB-API counts as a lost database connection and surfaces as SQLAl
      |    +-- AuthenticationError    401: token missing, expired, forged
      |    +-- PolicyViolationError   403: the policy does not allow this statement
      |    +-- BadRequestError        400/413: malformed, unsupported or oversized request
+     |    |    +-- LimitExceededError  a policy limit: statement depth, body size, result rows
      |    +-- TransactionError       409/410: transaction expired, unknown, misrouted, out of order
      |    +-- MethodNotFoundError    404: the DB-API does not serve that named method (or version)
      |    +-- ServerError            5xx: the DB-API failed (see its log under error_id)
@@ -31,6 +32,7 @@ __all__ = [
     "DBSessionError",
     "DirectDatabaseAccessError",
     "IncompatibleServerError",
+    "LimitExceededError",
     "MethodNotFoundError",
     "PolicyViolationError",
     "RemoteMethodError",
@@ -60,7 +62,8 @@ class DBAPIRequestError(DBSessionError):
     """The DB-API answered a request with an error envelope."""
 
     def __init__(self, message: str, *, code: str = "error", error_id: str | None = None,
-                 status: int | None = None, details: Any = None, txn_state: str | None = None) -> None:
+                 status: int | None = None, details: Any = None, txn_state: str | None = None,
+                 refused: dict[str, Any] | None = None) -> None:
         suffix = f" (error id {error_id})" if error_id else ""
         super().__init__(f"{message}{suffix}")
         self.code = code
@@ -68,6 +71,17 @@ class DBAPIRequestError(DBSessionError):
         self.status = status
         self.details = details
         self.txn_state = txn_state  # "open": the request ran inside the server transaction
+        refused = refused or {}
+        # what a policy refusal names (None when it does not apply)
+        self.role: str | None = refused.get("role")
+        self.table: str | None = refused.get("table")
+        self.column: str | None = refused.get("column")
+        self.action: str | None = refused.get("action")  # "insert", "update", "delete"
+        self.function: str | None = refused.get("function")
+        self.method: str | None = refused.get("method")
+        self.claim: str | None = refused.get("claim")
+        self.limit: str | None = refused.get("limit")
+        self.maximum: Any = refused.get("max")
 
 
 class AuthenticationError(DBAPIRequestError):
@@ -80,6 +94,11 @@ class PolicyViolationError(DBAPIRequestError):
 
 class BadRequestError(DBAPIRequestError):
     """The request was malformed, unsupported or too large (HTTP 400 / 413)."""
+
+
+class LimitExceededError(BadRequestError):
+    """A policy limit refused the request: ``limit`` names it (``statement_depth``, ``body_bytes``,
+    ``result_rows``), ``maximum`` is its value."""
 
 
 class TransactionError(DBAPIRequestError):
@@ -111,8 +130,13 @@ _BY_STATUS: dict[int, type[DBAPIRequestError]] = {
 }
 
 
-def error_class_for(status: int) -> type[DBAPIRequestError]:
-    """The exception class for an HTTP error status from the DB-API."""
+REFUSAL_FIELDS = ("role", "table", "column", "action", "function", "method", "claim", "limit", "max")
+
+
+def error_class_for(status: int, code: str | None = None) -> type[DBAPIRequestError]:
+    """The exception class for an HTTP error status (and envelope code) from the DB-API."""
+    if code == "limit_exceeded":
+        return LimitExceededError
     if status >= 500:
         return ServerError
     return _BY_STATUS.get(status, DBAPIRequestError)

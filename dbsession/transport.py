@@ -26,7 +26,7 @@ import urllib3
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
 
 from .auth import TokenSource
-from .exceptions import error_class_for
+from .exceptions import REFUSAL_FIELDS, error_class_for
 
 __all__ = ["API_PREFIX", "DatabaseErrorReply", "ServerUnreachable", "Transport", "discard_transports",
            "transport_for"]
@@ -128,10 +128,11 @@ class Transport:
                 f"{self.base_url} really a DB-API server?", status=status)
         if status == 422 and envelope.get("code") in ("database_error", "statement_error", "driver_error"):
             raise DatabaseErrorReply(envelope)
-        raise error_class_for(status)(
+        raise error_class_for(status, envelope.get("code"))(
             envelope.get("message", f"HTTP {status}"), code=envelope.get("code", "error"),
             error_id=envelope.get("error_id"), status=status, details=envelope.get("details"),
-            txn_state=envelope.get("txn_state"))
+            txn_state=envelope.get("txn_state"),
+            refused={k: envelope[k] for k in REFUSAL_FIELDS if k in envelope})
 
 
 _registry_lock = threading.Lock()
