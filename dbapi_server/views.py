@@ -3,6 +3,7 @@
 ======  ===================================  ==================================================
 GET     ``/info``                            handshake: dialect, driver, versions, dialect state
 GET     ``/health``                          liveness plus a database round trip
+GET     ``/openapi.json``                    the OpenAPI 3.1 description of these routes
 POST    ``/execute``                         run one statement (optionally in a transaction)
 POST    ``/cursors/<id>/fetch``              next page of a streamed result (numbered, replayable)
 POST    ``/cursors/<id>/close``              end a streamed result early
@@ -27,6 +28,7 @@ from .auth import Principal
 from .cursors import CursorGone
 from .errors import APIError, envelope_for_exception
 from .executor import fetch_page
+from .openapi import openapi_document
 from .state import ServerState
 
 __all__ = ["api"]
@@ -73,6 +75,11 @@ def _field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...], re
 @api.get("/info")
 def info() -> Response:
     return _json(_state().info)
+
+
+@api.get("/openapi.json")
+def openapi() -> Response:
+    return _json(openapi_document(request.host_url))
 
 
 @api.get("/health")
