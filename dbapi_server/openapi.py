@@ -119,7 +119,7 @@ def _components() -> dict[str, Any]:
             "many": {"type": "boolean"},
             "options": {"type": "object", "properties": {k: {} for k in FORWARDED_OPTIONS},
                         "description": "execution options; only the listed ones are honoured"},
-            "txn": {"type": "string"},
+            "txn": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"},
             "seq": {"type": "integer", "description": "required with txn"},
             "begin": {"type": "boolean"},
             "keys": {"type": "array", "items": {"type": "string"}},

@@ -16,6 +16,7 @@ The request and answer formats are documented in ``docs/wire-format.md``.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,6 +38,7 @@ api = Blueprint("dbapi", __name__, url_prefix="/dbapi/v1")
 
 _JSON = "application/json"
 MAX_PAGE_ROWS = 100_000
+_TXN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def _state() -> ServerState:
@@ -104,6 +106,9 @@ def execute() -> Response:
     many = bool(_field(body, "many", bool))
     options = _field(body, "options", dict)
     txn_id = _field(body, "txn", str)
+    if txn_id is not None and not _TXN_ID.fullmatch(txn_id):  # it must fit in the commit URL
+        raise APIError("'txn' must be 1 to 128 letters, digits, '-' or '_' (a random UUID is best).",
+                       code="malformed_request")
     column_keys = _field(body, "keys", list)
     if column_keys is not None and not all(isinstance(k, str) for k in column_keys):
         raise APIError("'keys' must be a list of column key strings.", code="malformed_request")
