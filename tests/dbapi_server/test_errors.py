@@ -8,6 +8,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
+from dbapi_server.errors import database_message
 from query_translation.schemas import MAX_DEPTH
 
 from ._support import RawApi, count_rows, items
@@ -200,3 +201,35 @@ def test_failed_request_in_a_transaction_is_replayed_too(api: RawApi) -> None:
     assert first.status == second.status == 422
     assert first.body == second.body
     txn.rollback()
+
+
+class _DriverError(Exception):
+    """Stands for a driver's exception class (its MRO names the PEP 249 class)."""
+
+
+class OperationalError(_DriverError):
+    pass
+
+
+class ProgrammingError(_DriverError):
+    pass
+
+
+@pytest.mark.parametrize(("orig", "statement", "expected"), [
+    (ProgrammingError('syntax error at or near "FROM"\nLINE 1: SELECT x FROM\n                 ^'), "SELECT x FROM",
+     "syntax error at or near <statement text withheld>"),
+    (ProgrammingError('near "FROM": syntax error'), "SELECT x FROM", "near <statement text withheld>: syntax error"),
+    (ProgrammingError(1064, "You have an error in your SQL syntax; check the manual for the right syntax to "
+                            "use near 'FROM items' at line 1"), "SELECT FROM items",
+     "You have an error in your SQL syntax; check the manual for the right syntax to use near "
+     "<statement text withheld> at line 1"),
+    (ProgrammingError('new row violates check constraint "ck"\nDETAIL:  Failing row contains (1, secret).'),
+     "INSERT ...", 'new row violates check constraint "ck"'),
+    (OperationalError('connection to server at "10.0.0.5", port 6432 failed: FATAL: password authentication '
+                      'failed for user "app"'), None,
+     "The DB-API lost or could not open its database connection; retry later."),
+])
+def test_database_messages_keep_the_verdict_and_drop_the_rest(orig: Exception, statement: str | None,
+                                                              expected: str) -> None:
+    exc = sa.exc.DBAPIError.instance(statement, None, orig, _DriverError)
+    assert database_message(exc) == expected
