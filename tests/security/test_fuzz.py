@@ -263,6 +263,29 @@ def _valid_writes_sometimes_run(target: Target) -> None:
             _end_or_leave(target, txn_id)
 
 
+def test_a_select_writing_through_a_cte_is_no_read(target: Target) -> None:
+    """WITH w AS (INSERT ... RETURNING) SELECT ...: refused outside a transaction, undone by rollback.
+
+    Found while seeding the fuzzer: the server took it for a read and ran it on an autocommit
+    connection, committing a write no transaction held. The client's encoder cannot send the
+    insert's values here, so the document is completed by hand, as an attacker would.
+    """
+    users = User.__table__
+    stmt = sa.select(sa.insert(users).values(name="cte-write").returning(users.c.id).cte("w").c.id)
+    body = target.api.payload(stmt)
+    insert = body["stmt"]["statement"]["cols"][0]["from"]["element"]
+    insert["values"] = [["name", {"t": "value", "v": "cte-write"}]]
+    body = json.loads(_serialize({**body, "params": [{}]}))
+    status, answer = target.recorder.send("POST", "/execute", _serialize(body), target.headers())
+    assert (status, answer["error"]["code"]) == (400, "transaction_required")
+    txn_id = fresh_txn_id()
+    status, answer = target.recorder.send("POST", "/execute", _serialize(
+        {**body, "txn": txn_id, "seq": 1, "begin": True}), target.headers())
+    assert status == (200 if target.name == "postgresql" else 422), answer  # SQLite: no DML in WITH
+    target.recorder.send("POST", f"/transactions/{txn_id}/rollback", b"{}", target.headers())
+    assert fingerprint_tables(target.engine) == target.rows_before
+
+
 # -- the schema-driven fuzzer ---------------------------------------------------------------------------
 def test_openapi_schema(target: Target, capsys: pytest.CaptureFixture[str]) -> None:
     target.recorder.reset()
