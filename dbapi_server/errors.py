@@ -144,6 +144,10 @@ def envelope_for_exception(exc: BaseException) -> tuple[int, dict[str, Any]]:
         if isinstance(exc, qt_exc.UnknownNodeError):
             extra["node_type"] = exc.node_type
         return 400, _envelope(code, str(exc), error_id, **extra)
+    if isinstance(exc, sa.exc.TimeoutError):  # the pool: every connection is held
+        log.warning("no free database connection %s: %s", error_id, exc)
+        return 503, _envelope("database_busy", "The DB-API has no free database connection (too many open "
+                              "transactions or result cursors); retry shortly.", error_id, retryable=True)
     if isinstance(exc, sa.exc.DBAPIError):
         log.info("database error %s: %s\nSQL: %s", error_id, exc.orig, exc.statement)
         return 422, _database_envelope(exc, error_id)

@@ -48,8 +48,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
         413: "the request body is larger than DBAPI_MAX_BODY_BYTES",
         422: "the database (or a bind processor) refused the statement",
         500: "unexpected failure: the server's log has the details under the error id",
+        503: "no free database connection (database_busy, retryable)",
     }
-    return {str(s): _answer(reasons[s], _ref("Error")) for s in (*statuses, 500)}
+    return {str(s): _answer(reasons[s], _ref("Error")) for s in (*statuses, 500, 503)}
 
 
 def _path_param(name: str, description: str, **schema: Any) -> dict[str, Any]:
@@ -140,7 +141,7 @@ def _components() -> dict[str, Any]:
                       "server_version_info": {"type": "array"}, "dialect_state": {"type": "object"},
                       "schema_hash": {"type": "string"}, "sqlalchemy": {"type": "string"}},
                      ("wire_version", "dialect", "driver", "dialect_state", "schema_hash")),
-        "Health": _obj({"status": {"enum": ["ok", "unhealthy"]}, "database": {"enum": ["ok", "unreachable"]},
+        "Health": _obj({"status": {"enum": ["ok", "unhealthy"]}, "database": {"enum": ["ok", "unreachable", "busy"]},
                         "transactions": {"type": "object"}}, ("status", "database")),
         "Error": _obj({"error": _obj({
             "code": {"type": "string", "description": "stable; clients map by status and code"},

@@ -92,6 +92,8 @@ def health() -> Response:
             conn.execute(sa.select(sa.literal(1)))
     except sa.exc.DBAPIError:
         return _json({"status": "unhealthy", "database": "unreachable"}, 503)
+    except sa.exc.TimeoutError:  # every pooled connection is held
+        return _json({"status": "unhealthy", "database": "busy"}, 503)
     return _json({"status": "ok", "database": "ok", "transactions": state.transactions.stats()})
 
 
