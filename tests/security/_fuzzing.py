@@ -101,13 +101,17 @@ SEEDS = _seed_statements()
 class Seed:
     name: str
     payload: dict[str, Any]  # as it travels (plain JSON types)
-    writes: bool
+    needs_txn: bool
+
+    @property
+    def writes(self) -> bool:
+        return self.payload["stmt"]["statement"]["t"] in ("insert", "update", "delete")
 
 
 def seed_payloads(api: RawApi) -> list[Seed]:
     """The /execute bodies an isolated client sends for the seed statements, on *api*'s dialect."""
-    return [Seed(name, orjson.loads(orjson.dumps(api.payload(build()))), writes)
-            for name, (build, writes) in SEEDS.items()]
+    return [Seed(name, orjson.loads(orjson.dumps(api.payload(build()))), needs_txn)
+            for name, (build, needs_txn) in SEEDS.items()]
 
 
 def documented_error_codes() -> set[str]:

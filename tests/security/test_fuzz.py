@@ -79,6 +79,7 @@ class Target:
         self.rows_before = fingerprint_tables(engine)
         self.writes_in_transactions = 0  # writes that ran (200) and must leave no trace
         self.last_left_open = 0.0
+        self.left_to_reaper = 0  # transactions the fuzzer never ended: the reaper must undo them
 
     def headers(self, token: str | None = None, content_type: str | None = "application/json") -> dict[str, str]:
         headers = {"Authorization": f"Bearer {token or self.server.token}"} if token != "" else {}
@@ -194,6 +195,14 @@ def _serialize(body: Any) -> bytes:
     return text.encode()
 
 
+# request fields besides the statement, with values a client might plausibly (or wrongly) send
+_EXTRA_FIELDS: dict[str, list[Any]] = {
+    "stream": [1, 2, 100_000, 100_001, 0], "many": [True, False], "keys": [["id"], ["nope"], [1]],
+    "options": [{"preserve_rowcount": True}, {"insertmanyvalues_page_size": 0}, {"isolation_level": "x"}],
+    "begin": [True, False], "seq": [0, 2, 2**63], "params": [[], [{}], [{}, {}]], "sql": ["", "0" * 40],
+    "txn": ["a" * 128, "a" * 129, "x-y_z"],
+}
+
 _BROKEN_BODIES = [b"", b"{", b"[]", b"null", b"42", b'"stmt"', b"\xff\xfe\x00", b'{"stmt": NaN, "sql": ""}',
                   b'{"stmt": {}, "stmt": {}}', b"{" * 5000, b'{"a": 1}' * 3, "{\"sql\": \"\u0000\"}".encode()]
 
@@ -202,12 +211,15 @@ _BROKEN_BODIES = [b"", b"{", b"[]", b"null", b"42", b'"stmt"', b"\xff\xfe\x00", 
 def _send_mutated(target: Target, data: st.DataObject) -> None:
     seed = data.draw(st.sampled_from(target.seeds), label="seed")
     body: Any = copy.deepcopy(seed.payload)
-    in_txn = seed.writes or data.draw(st.booleans(), label="in_txn")
+    in_txn = seed.needs_txn or data.draw(st.booleans(), label="in_txn")
     txn_id = fresh_txn_id() if in_txn else None
     if txn_id is not None:
         body.update(txn=txn_id, seq=1, begin=True)
     for _ in range(data.draw(st.integers(0, 3), label="mutations")):
         body = _mutate(data, body, target.seeds)
+    if isinstance(body, dict) and data.draw(st.booleans(), label="extra field"):
+        name = data.draw(st.sampled_from(sorted(_EXTRA_FIELDS)), label="field")
+        body[name] = copy.deepcopy(data.draw(st.sampled_from(_EXTRA_FIELDS[name]) | _junk, label="value"))
     route = data.draw(st.sampled_from(["/execute"] * 8 + ["/cursors/x/fetch", "/transactions/x/commit",
                                                            "/transactions/x/undo", "/nowhere"]), label="route")
     route = route.replace("/x/", f"/{data.draw(st.sampled_from([txn_id or 'abc', 'x' * 300, '..', '%00']))}/")
@@ -219,7 +231,7 @@ def _send_mutated(target: Target, data: st.DataObject) -> None:
     method = data.draw(st.sampled_from(["POST"] * 15 + ["GET", "PUT", "DELETE"]), label="method")
     status, answer = target.recorder.send(method, route, raw if raw is not None else _serialize(body),
                                           target.headers(token, content_type))
-    if status == 200 and seed.writes and route == "/execute":
+    if status == 200 and route == "/execute" and raw is None and _is_write(body):
         target.writes_in_transactions += 1
     if isinstance(answer, dict) and answer.get("cursor"):
         target.recorder.send("POST", f"/cursors/{answer['cursor']}/close", b"{}", target.headers())
@@ -228,11 +240,19 @@ def _send_mutated(target: Target, data: st.DataObject) -> None:
         _end_or_leave(target, sent_id, token)
 
 
+def _is_write(body: Any) -> bool:
+    try:
+        return body["stmt"]["statement"]["t"] in ("insert", "update", "delete")  # type: ignore[no-any-return]
+    except (KeyError, TypeError, IndexError):
+        return False
+
+
 def _end_or_leave(target: Target, txn_id: str, token: str | None = None) -> None:
     """Roll back, or (now and then, so the pool never runs dry) leave it to the idle reaper."""
     now = time.monotonic()
     if now - target.last_left_open > IDLE_TIMEOUT * 1.5:
         target.last_left_open = now
+        target.left_to_reaper += 1
         return
     path = f"/transactions/{urllib.parse.quote(txn_id, safe='')}/rollback"
     target.recorder.send("POST", path, b'{"seq": 2}', target.headers(token if token in (None, target.other_token) else None))
@@ -254,12 +274,12 @@ def test_mutated_statements(target: Target, capsys: pytest.CaptureFixture[str]) 
 def _valid_writes_sometimes_run(target: Target) -> None:
     """Without this the no-trace check would be vacuous: real writes ran and were undone."""
     for seed in target.seeds:
-        if seed.writes:
+        if seed.needs_txn:
             txn_id = fresh_txn_id()
             body = {**seed.payload, "txn": txn_id, "seq": 1, "begin": True}
             status, answer = target.recorder.send("POST", "/execute", _serialize(body), target.headers())
             assert status == 200, (seed.name, answer)
-            target.writes_in_transactions += 1
+            target.writes_in_transactions += seed.writes
             _end_or_leave(target, txn_id)
 
 
@@ -325,7 +345,7 @@ def _assert_nothing_left_behind(target: Target) -> None:
     while target.server.state.transactions.open_count and time.monotonic() < deadline:
         time.sleep(0.1)
     assert target.server.state.transactions.open_count == 0, "the reaper left transactions open"
-    assert target.writes_in_transactions > 0
+    assert target.writes_in_transactions > 0 and target.left_to_reaper > 0
     assert fingerprint_tables(target.engine) == target.rows_before, "a write survived its transaction"
     status, health = target.recorder.send("GET", "/health", None, {})
     assert (status, health["status"]) == (200, "ok")
@@ -340,7 +360,8 @@ def _assert_nothing_left_behind(target: Target) -> None:
 
 def _report(target: Target, fuzzer: str, capsys: pytest.CaptureFixture[str]) -> None:
     summary = {"fuzzer": fuzzer, "database": target.name, "examples": EXAMPLES,
-               "writes_rolled_back_or_reaped": target.writes_in_transactions, **target.recorder.summary()}
+               "writes_undone": target.writes_in_transactions, "transactions_left_to_reaper": target.left_to_reaper,
+               **target.recorder.summary()}
     with capsys.disabled():
         print(f"\nfuzz summary: {json.dumps(summary)}")
     if os.environ.get("DBSESSION_FUZZ_REPORT"):
