@@ -110,8 +110,14 @@ class Seed:
 
 def seed_payloads(api: RawApi) -> list[Seed]:
     """The /execute bodies an isolated client sends for the seed statements, on *api*'s dialect."""
-    return [Seed(name, orjson.loads(orjson.dumps(api.payload(build()))), needs_txn)
-            for name, (build, needs_txn) in SEEDS.items()]
+    seeds = []
+    for name, (build, needs_txn) in SEEDS.items():
+        statement = build()
+        if isinstance(statement, sa.Update) and statement._returning and not api.dialect.update_returning:
+            continue  # MariaDB: no UPDATE ... RETURNING
+        payload = api.payload(statement)
+        seeds.append(Seed(name, orjson.loads(orjson.dumps(payload)), needs_txn))
+    return seeds
 
 
 def documented_error_codes() -> set[str]:
@@ -197,10 +203,10 @@ def secrets_of(engine: sa.Engine) -> list[str]:
         found.append(str(url.password))
     if url.host:
         found += [f"{url.host}:{url.port or 5432}", f'"{url.host}"', f"port {url.port or 5432}"]
-    if url.get_backend_name() != "sqlite" and url.database:
+    if url.database and url.get_backend_name() != "mysql":
+        # the SQLite file's path, PostgreSQL's database; MySQL / MariaDB's is its default schema,
+        # which the handshake's dialect state must carry for the client to compile alike
         found.append(url.database)
-    elif url.database:
-        found.append(url.database)  # the SQLite file's path
     return [s for s in found if s]
 
 

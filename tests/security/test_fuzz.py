@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import secrets
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dbsession import DBSession
+from dbsession import DBSession, guard
 from query_translation.schemas import NODE_SPECS
 from tests.dbapi_server._support import RawApi, make_engine
 from tests.servers import RunningServer, running_dbapi
@@ -45,6 +46,7 @@ from tests.servers import RunningServer, running_dbapi
 from . import _fuzzing
 from ._fuzzing import Recorder, Seed, User, fingerprint_tables, fresh_txn_id, seed_payloads
 
+MYSQL_ADMIN_URL = "mysql+pymysql://root@127.0.0.1:3306/"
 EXAMPLES = int(os.environ.get("DBSESSION_FUZZ_EXAMPLES", "1500"))
 SCHEMA_EXAMPLES = max(25, EXAMPLES // 10)  # per operation and generation mode
 IDLE_TIMEOUT = 1.0  # the reaper must get its share of the fuzzer's transactions within the run
@@ -52,10 +54,12 @@ FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
                          suppress_health_check=list(HealthCheck))
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "mariadb"])
 def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     if request.param == "postgresql":
         url: Any = request.getfixturevalue("pg_url")
+    elif request.param == "mariadb":
+        url = request.getfixturevalue("mariadb_url")
     else:
         url = f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'fuzz.sqlite'}"
     engine = make_engine(url, _fuzzing.metadata, _fuzzing.SEED_ROWS)
@@ -64,6 +68,29 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             yield Target(request.param, engine, server)
     finally:
         engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def mariadb_url() -> Iterator[sa.URL]:
+    """A fresh MariaDB database for this module (skipped when unreachable, failed under ``$CI``)."""
+    admin = guard.exempt(sa.create_engine(os.environ.get("DBSESSION_TEST_MYSQL_URL", MYSQL_ADMIN_URL)))
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except sa.exc.DBAPIError as exc:
+        admin.dispose()
+        if os.environ.get("CI"):
+            pytest.fail(f"CI: MariaDB is unreachable ({type(exc).__name__})", pytrace=False)
+        pytest.skip(f"MariaDB is unreachable ({type(exc).__name__})")
+    name = f"dbs_fuzz_{secrets.token_hex(6)}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield admin.url.set(database=name)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        admin.dispose()
 
 
 class Target:
@@ -301,7 +328,7 @@ def test_a_select_writing_through_a_cte_is_no_read(target: Target) -> None:
     txn_id = fresh_txn_id()
     status, answer = target.recorder.send("POST", "/execute", _serialize(
         {**body, "txn": txn_id, "seq": 1, "begin": True}), target.headers())
-    assert status == (200 if target.name == "postgresql" else 422), answer  # SQLite: no DML in WITH
+    assert status == (200 if target.name == "postgresql" else 422), answer  # the others: no DML in WITH
     target.recorder.send("POST", f"/transactions/{txn_id}/rollback", b"{}", target.headers())
     assert fingerprint_tables(target.engine) == target.rows_before
 
