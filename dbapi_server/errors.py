@@ -155,6 +155,13 @@ def envelope_for_exception(exc: BaseException) -> tuple[int, dict[str, Any]]:
         # a bind processor failed: a direct session raises StatementError wrapping it
         return 422, _envelope("statement_error", str(exc.orig), error_id,
                               orig_type=type(exc.orig).__name__)
+    if isinstance(exc, sa.exc.SAWarning):
+        # raised only where warnings are errors (-W error, test suites); a warning about the
+        # client's statement (an implicitly coerced subquery...) is the client's mistake too
+        log.info("statement drew a SQLAlchemy warning %s: %s", error_id, exc)
+        return 400, _envelope("bad_statement", "The DB-API cannot execute the statement as sent: SQLAlchemy "
+                              f"warned about its structure (details in the server log, error id {error_id}).",
+                              error_id)
     client_mistake = exc.orig if isinstance(exc, sa.exc.StatementError) else exc
     if isinstance(client_mistake, _CLIENT_MISTAKES) or type(client_mistake) is sa.exc.InvalidRequestError:
         # the statement as sent cannot run (a bind value missing, an uncompilable structure):

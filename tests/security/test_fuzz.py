@@ -28,6 +28,7 @@ import secrets
 import time
 import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -196,20 +197,29 @@ def _mutate(data: st.DataObject, root: Any, seeds: list[Seed]) -> Any:
                                                            -1, 0, True]), label="number"))
     if op == "nest" and isinstance(target, dict) and "t" in target:
         depth = data.draw(st.sampled_from([20, 60, 99, 101, 400, 3000]), label="depth")
-        return _set(root, path, {"$nest": depth, "node": target})
+        return _set(root, path, _Nest(depth, target))
     return _set(root, path, copy.deepcopy(data.draw(_junk, label="junk")))
 
 
+@dataclass
+class _Nest:
+    """*node* inside *depth* groupings: written as text, deeper than Python's JSON encoder goes.
+
+    Not a dict, so later mutations treat it as a leaf (they may replace it, not reach into it)."""
+
+    depth: int
+    node: Any
+
+
 def _serialize(body: Any) -> bytes:
-    """JSON text; ``{"$nest": n, "node": x}`` becomes *x* inside n groupings, written as text
-    (deeper than Python's JSON encoder would go)."""
+    """JSON text of a (mutated) request body."""
     nests: list[tuple[int, Any]] = []
 
     def hoist(value: Any) -> Any:
+        if isinstance(value, _Nest):
+            nests.append((value.depth, value.node))
+            return f"__NEST_{len(nests) - 1}__"
         if isinstance(value, dict):
-            if set(value) == {"$nest", "node"}:
-                nests.append((value["$nest"], value["node"]))
-                return f"__NEST_{len(nests) - 1}__"
             return {k: hoist(v) for k, v in value.items()}
         if isinstance(value, list):
             return [hoist(v) for v in value]
