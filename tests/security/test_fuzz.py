@@ -55,7 +55,10 @@ FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
                          suppress_health_check=list(HealthCheck))
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql", "mariadb"])
+TARGETS = ["sqlite", "postgresql"] + (["mariadb"] if os.environ.get("DBSESSION_TEST_MYSQL", "1") != "0" else [])
+
+
+@pytest.fixture(scope="module", params=TARGETS)
 def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     if request.param == "postgresql":
         url: Any = request.getfixturevalue("pg_url")
