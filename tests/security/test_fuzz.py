@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import secrets
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -39,15 +38,14 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dbsession import DBSession, guard
+from dbsession import DBSession
 from query_translation.schemas import NODE_SPECS
 from tests.dbapi_server._support import RawApi, make_engine
 from tests.servers import RunningServer, running_dbapi
 
 from . import _fuzzing
-from ._fuzzing import Recorder, Seed, User, fingerprint_tables, fresh_txn_id, seed_payloads
+from ._fuzzing import Recorder, Seed, User, fingerprint_tables, fresh_txn_id, mariadb_url, seed_payloads  # noqa: F401
 
-MYSQL_ADMIN_URL = "mysql+pymysql://root@127.0.0.1:3306/"
 EXAMPLES = int(os.environ.get("DBSESSION_FUZZ_EXAMPLES", "1500"))
 SCHEMA_EXAMPLES = max(25, EXAMPLES // 10)  # per operation and generation mode
 IDLE_TIMEOUT = 1.0  # the reaper must get its share of the fuzzer's transactions within the run
@@ -55,7 +53,7 @@ FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
                          suppress_health_check=list(HealthCheck))
 
 
-TARGETS = ["sqlite", "postgresql"] + (["mariadb"] if os.environ.get("DBSESSION_TEST_MYSQL", "1") != "0" else [])
+TARGETS = ["sqlite", "postgresql", *_fuzzing.MARIADB]
 
 
 @pytest.fixture(scope="module", params=TARGETS)
@@ -72,29 +70,6 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             yield Target(request.param, engine, server)
     finally:
         engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def mariadb_url() -> Iterator[sa.URL]:
-    """A fresh MariaDB database for this module (skipped when unreachable, failed under ``$CI``)."""
-    admin = guard.exempt(sa.create_engine(os.environ.get("DBSESSION_TEST_MYSQL_URL", MYSQL_ADMIN_URL)))
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")
-    except sa.exc.DBAPIError as exc:
-        admin.dispose()
-        if os.environ.get("CI"):
-            pytest.fail(f"CI: MariaDB is unreachable ({type(exc).__name__})", pytrace=False)
-        pytest.skip(f"MariaDB is unreachable ({type(exc).__name__})")
-    name = f"dbs_fuzz_{secrets.token_hex(6)}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        yield admin.url.set(database=name)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-        admin.dispose()
 
 
 class Target:
