@@ -15,6 +15,7 @@ carries SQL text, a stack trace or a connection URL; unexpected failures are log
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -65,6 +66,33 @@ def _pep249_name(orig: BaseException | None) -> str:
     return "DatabaseError"
 
 
+_CONNECTING = ("OperationalError", "InterfaceError")  # with no statement: connecting failed
+# where a driver quotes the statement around a syntax error: MySQL / MariaDB, SQLite, PostgreSQL
+_QUOTED_SQL = re.compile(r"""(near |at or near )(?:'.*'(?= at line)|".*?"(?=:|$))""", re.S)
+
+
+def database_message(exc: sa.exc.DBAPIError) -> str:
+    """The driver's message, minus what may hold more than the database's verdict.
+
+    Kept: the first line of the database's own message (it names the constraint, column or type
+    at fault, which the client needs). Dropped: PostgreSQL's DETAIL (it can quote a whole row,
+    with columns the caller may not read), HINT and statement excerpt; the statement text a
+    syntax error quotes; and, for a connection that could not be made or was lost, everything
+    (it names the database's host, port, user and database).
+    """
+    orig = exc.orig
+    if exc.connection_invalidated or (exc.statement is None and _pep249_name(orig) in _CONNECTING):
+        return "The DB-API lost or could not open its database connection; retry later."
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):  # MySQL drivers: (errno, message)
+        message = str(args[1]) if len(args) > 1 else ""
+    else:
+        diag = getattr(orig, "diag", None)
+        message = getattr(diag, "message_primary", None) or str(orig)
+    first_line = message.strip().split("\n", 1)[0]
+    return _QUOTED_SQL.sub(r"\1<statement text withheld>", first_line) or type(orig).__name__
+
+
 def _database_envelope(exc: sa.exc.DBAPIError, error_id: str) -> dict[str, Any]:
     orig = exc.orig
     extra: dict[str, Any] = {"dbapi_class": _pep249_name(orig)}
@@ -72,13 +100,10 @@ def _database_envelope(exc: sa.exc.DBAPIError, error_id: str) -> dict[str, Any]:
     if sqlstate:
         extra["sqlstate"] = sqlstate
     args = getattr(orig, "args", ())
-    if args and isinstance(args[0], int):  # MySQL drivers: (errno, message)
+    if args and isinstance(args[0], int):
         extra["errno"] = args[0]
-        message = str(args[1]) if len(args) > 1 else str(orig)
-    else:
-        message = str(orig)
     retryable = bool(getattr(exc, "connection_invalidated", False))
-    return _envelope("database_error", message, error_id, retryable=retryable, **extra)
+    return _envelope("database_error", database_message(exc), error_id, retryable=retryable, **extra)
 
 
 _TRANSLATION_CODES: dict[type[Exception], str] = {
@@ -121,13 +146,24 @@ def envelope_for_exception(exc: BaseException) -> tuple[int, dict[str, Any]]:
         if isinstance(exc, qt_exc.UnknownNodeError):
             extra["node_type"] = exc.node_type
         return 400, _envelope(code, str(exc), error_id, **extra)
+    if isinstance(exc, sa.exc.TimeoutError):  # the pool: every connection is held
+        log.warning("no free database connection %s: %s", error_id, exc)
+        return 503, _envelope("database_busy", "The DB-API has no free database connection (too many open "
+                              "transactions or result cursors); retry shortly.", error_id, retryable=True)
     if isinstance(exc, sa.exc.DBAPIError):
-        log.info("database error %s: %s", error_id, exc.orig)
+        log.info("database error %s: %s\nSQL: %s", error_id, exc.orig, exc.statement)
         return 422, _database_envelope(exc, error_id)
     if isinstance(exc, sa.exc.StatementError) and exc.orig is not None and type(exc.orig).__name__ in TRANSMITTED_BUILTINS:
         # a bind processor failed: a direct session raises StatementError wrapping it
         return 422, _envelope("statement_error", str(exc.orig), error_id,
                               orig_type=type(exc.orig).__name__)
+    if isinstance(exc, sa.exc.SAWarning):
+        # raised only where warnings are errors (-W error, test suites); a warning about the
+        # client's statement (an implicitly coerced subquery...) is the client's mistake too
+        log.info("statement drew a SQLAlchemy warning %s: %s", error_id, exc)
+        return 400, _envelope("bad_statement", "The DB-API cannot execute the statement as sent: SQLAlchemy "
+                              f"warned about its structure (details in the server log, error id {error_id}).",
+                              error_id)
     client_mistake = exc.orig if isinstance(exc, sa.exc.StatementError) else exc
     if isinstance(client_mistake, _CLIENT_MISTAKES) or type(client_mistake) is sa.exc.InvalidRequestError:
         # the statement as sent cannot run (a bind value missing, an uncompilable structure):

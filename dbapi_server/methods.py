@@ -37,7 +37,7 @@ from query_translation import (
 from .enforcement import apply_statement_timeout
 from .errors import APIError, new_error_id
 from .state import ServerState
-from .views import _body, _field, _in_transaction, _json, _principal, _state
+from .views import _body, _field, _in_transaction, _json, _principal, _state, _txn_field
 
 __all__ = ["MethodFailed", "MethodRaised", "load_methods", "methods_api"]
 
@@ -86,7 +86,8 @@ def _description(method: Method) -> dict[str, Any]:
 
 @methods_api.post("/<name>")
 def call_method(name: str) -> Response:
-    state, principal, body = _state(), _principal(), _body()
+    state, principal = _state(), _principal()
+    body = _body(principal)  # the role's body limit holds for method arguments too
     version = _field(body, "version", int, required=True)
     arguments = _field(body, "args", dict) or {}
     try:
@@ -99,7 +100,7 @@ def call_method(name: str) -> Response:
         apply_statement_timeout(state.policy, conn, principal)  # the role's limit holds here too
         return {"result": _run(state, method, conn, _arguments(method, arguments))}
 
-    txn_id = _field(body, "txn", str)
+    txn_id = _txn_field(body)
     if txn_id is not None:
         seq = _field(body, "seq", int, required=True)
         return _in_transaction(state, principal, txn_id, seq, bool(body.get("begin")), run)

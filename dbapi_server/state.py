@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.sql import compiler as sa_compiler
 
 from query_translation import DEFAULT_REGISTRY, WIRE_VERSION, MethodRegistry
 
@@ -61,6 +62,9 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self.executor = StatementExecutor(self.engine, self.metadata)
+        # FROM-linting (the cartesian product warning) is the client's business: its own engine
+        # warned when it compiled the statement; here a client could only fill the server's log
+        self.engine.dialect.compiler_linting = sa_compiler.NO_LINTING
         # one-shot reads (no client transaction) run in autocommit: a single SELECT is then one
         # database round trip instead of BEGIN + SELECT + ROLLBACK, with the same visibility
         self.read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")

@@ -86,21 +86,37 @@ class TransactionManager:
     # -- lookup -------------------------------------------------------------------------------
     def begin(self, txn_id: str, owner: str | None) -> tuple[Transaction, bool]:
         """The transaction *txn_id*, created if new; second item: whether it was created."""
+        found = self._existing(txn_id, owner)
+        if found is not None:
+            return found, False
+        # connect outside the lock: waiting for a pooled connection must not stop the reaper
+        # (which frees connections) or every other transaction's requests
+        connection = self.engine.connect()
+        try:
+            root = connection.begin()
+        except BaseException:
+            connection.close()
+            raise
+        with self._lock:
+            raced = self._open.get(txn_id)
+            if raced is None and txn_id not in self._outcomes:
+                txn = self._open[txn_id] = Transaction(txn_id, owner, connection, root)
+                return txn, True
+        connection.close()  # a retry of the same begin won the race
+        found = self._existing(txn_id, owner)
+        if found is None:
+            raise TransactionConflict(f"Transaction {txn_id} has already ended.")
+        return found, False
+
+    def _existing(self, txn_id: str, owner: str | None) -> Transaction | None:
         with self._lock:
             txn = self._open.get(txn_id)
             if txn is not None:
                 self._check_owner(txn, owner)
-                return txn, False
+                return txn
             if txn_id in self._outcomes:
                 raise TransactionConflict(f"Transaction {txn_id} has already ended.")
-            connection = self.engine.connect()
-            try:
-                root = connection.begin()
-            except BaseException:
-                connection.close()
-                raise
-            txn = self._open[txn_id] = Transaction(txn_id, owner, connection, root)
-            return txn, True
+        return None
 
     def get(self, txn_id: str, owner: str | None) -> Transaction:
         with self._lock:

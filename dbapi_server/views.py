@@ -3,6 +3,7 @@
 ======  ===================================  ==================================================
 GET     ``/info``                            handshake: dialect, driver, versions, dialect state
 GET     ``/health``                          liveness plus a database round trip
+GET     ``/openapi.json``                    the OpenAPI 3.1 description of these routes
 POST    ``/execute``                         run one statement (optionally in a transaction)
 POST    ``/cursors/<id>/fetch``              next page of a streamed result (numbered, replayable)
 POST    ``/cursors/<id>/close``              end a streamed result early
@@ -15,6 +16,7 @@ The request and answer formats are documented in ``docs/wire-format.md``.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -28,6 +30,7 @@ from .cursors import CursorGone
 from .enforcement import execute_plan, execute_plan_streamed
 from .errors import APIError, envelope_for_exception
 from .executor import fetch_page
+from .openapi import openapi_document
 from .policy import Plan
 from .refusals import LimitExceeded
 from .state import ServerState
@@ -38,6 +41,7 @@ api = Blueprint("dbapi", __name__, url_prefix="/dbapi/v1")
 
 _JSON = "application/json"
 MAX_PAGE_ROWS = 100_000
+_TXN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def _state() -> ServerState:
@@ -81,6 +85,11 @@ def info() -> Response:
     return _json(_state().info)
 
 
+@api.get("/openapi.json")
+def openapi() -> Response:
+    return _json(openapi_document(request.host_url))
+
+
 @api.get("/health")
 def health() -> Response:
     state = _state()
@@ -89,7 +98,18 @@ def health() -> Response:
             conn.execute(sa.select(sa.literal(1)))
     except sa.exc.DBAPIError:
         return _json({"status": "unhealthy", "database": "unreachable"}, 503)
+    except sa.exc.TimeoutError:  # every pooled connection is held
+        return _json({"status": "unhealthy", "database": "busy"}, 503)
     return _json({"status": "ok", "database": "ok", "transactions": state.transactions.stats()})
+
+
+def _txn_field(body: Mapping[str, Any]) -> str | None:
+    """The request's transaction id, if any; it must fit in the commit URL."""
+    txn_id: str | None = _field(body, "txn", str)
+    if txn_id is not None and not _TXN_ID.fullmatch(txn_id):
+        raise APIError("'txn' must be 1 to 128 letters, digits, '-' or '_' (a random UUID is best).",
+                       code="malformed_request")
+    return txn_id
 
 
 @api.post("/execute")
@@ -102,7 +122,7 @@ def execute() -> Response:
     raw_params = _field(body, "params", list)
     many = bool(_field(body, "many", bool))
     options = _field(body, "options", dict)
-    txn_id = _field(body, "txn", str)
+    txn_id = _txn_field(body)
     column_keys = _field(body, "keys", list)
     if column_keys is not None and not all(isinstance(k, str) for k in column_keys):
         raise APIError("'keys' must be a list of column key strings.", code="malformed_request")

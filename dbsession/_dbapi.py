@@ -85,13 +85,18 @@ PEP249_ERRORS: dict[str, type[Error]] = {
 def _database_error(envelope: Mapping[str, Any]) -> Exception:
     """Re-create the error the server's driver raised, under its PEP 249 class name."""
     message = envelope.get("message", "database error")
+    error_id = envelope.get("error_id")
+    if error_id:  # the server logged the full detail (SQL, driver message) under this id
+        message = f"{message} (DB-API error id {error_id})"
     code = envelope.get("code")
     if code in ("statement_error", "driver_error"):
         orig = TRANSMITTED_BUILTINS.get(envelope.get("orig_type", ""), ValueError)(message)
+        orig.error_id = error_id  # type: ignore[attr-defined]
         if code == "statement_error":  # a bind processor failed: wrapped, as on a direct session
             return sa_exc.StatementError(message, None, None, orig)
         return orig
     error = PEP249_ERRORS.get(envelope.get("dbapi_class", ""), DatabaseError)(message)
+    error.error_id = error_id  # type: ignore[attr-defined]
     for attr in ("sqlstate", "pgcode", "errno"):
         if envelope.get(attr) is not None:
             setattr(error, attr, envelope[attr])

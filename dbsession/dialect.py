@@ -163,6 +163,19 @@ def _context_for(base: type) -> type:
 _wire_cache: weakref.WeakKeyDictionary[Any, tuple[dict[str, Any], str, bool]] = weakref.WeakKeyDictionary()
 
 
+def _has_dml(document: Any) -> bool:
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            if value.get("t") in ("insert", "update", "delete"):
+                return True
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
+
+
 def _wire_for(compiled: sql_compiler.SQLCompiler) -> tuple[dict[str, Any], str, bool]:
     """(wire document, SQL hash, needs a transaction) for a compiled statement, cached on it."""
     cached = _wire_cache.get(compiled)
@@ -170,7 +183,8 @@ def _wire_for(compiled: sql_compiler.SQLCompiler) -> tuple[dict[str, Any], str, 
         root = compiled.compile_state.statement if compiled.compile_state is not None else compiled.statement
         document = to_wire(root, compiled=compiled, core_statements=getattr(compiled, "_dbs_core", None))
         node = document["statement"]
-        needs_txn = node["t"] not in ("select", "compound_select") or "for_update" in node
+        needs_txn = (node["t"] not in ("select", "compound_select") or "for_update" in node
+                     or _has_dml(document))  # a SELECT writing through a data-modifying CTE
         digest = sql_fingerprint(compiled)
         cached = _wire_cache[compiled] = (document, digest, needs_txn)
     return cached

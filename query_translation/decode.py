@@ -25,6 +25,7 @@ from .exceptions import (
     UnknownColumnError,
     UnknownNodeError,
     UnknownTableError,
+    UnsupportedStatementError,
     WireVersionError,
 )
 from .schemas import validate_document
@@ -54,7 +55,8 @@ class StatementInfo:
 
     @property
     def is_read_only(self) -> bool:
-        return self.kind in READ_KINDS and not self.for_update
+        # a SELECT can write through a data-modifying CTE (WITH x AS (INSERT ... RETURNING))
+        return self.kind in READ_KINDS and not self.for_update and self.write_table is None
 
 
 
@@ -236,6 +238,10 @@ class StatementDecoder:
     def _target(self, node: _Json) -> sa.Table:
         table: sa.Table = self.visit(node["table"])
         name = table.fullname
+        if self.info.write_table not in (None, name):  # the policy judges one write target
+            raise UnsupportedStatementError(
+                f"The statement writes to {self.info.write_table} and {name}; the DB-API runs "
+                "statements that write to one table only - send one statement per table.")
         self.info.write_table = name
         self.info.read_tables.discard(name)
         return table

@@ -8,6 +8,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
+from dbapi_server.errors import database_message
 from query_translation.schemas import MAX_DEPTH
 
 from ._support import RawApi, count_rows, items
@@ -200,3 +201,47 @@ def test_failed_request_in_a_transaction_is_replayed_too(api: RawApi) -> None:
     assert first.status == second.status == 422
     assert first.body == second.body
     txn.rollback()
+
+
+class _DriverError(Exception):
+    """Stands for a driver's exception class (its MRO names the PEP 249 class)."""
+
+
+class OperationalError(_DriverError):
+    pass
+
+
+class ProgrammingError(_DriverError):
+    pass
+
+
+@pytest.mark.parametrize(("orig", "statement", "expected"), [
+    (ProgrammingError('syntax error at or near "FROM"\nLINE 1: SELECT x FROM\n                 ^'), "SELECT x FROM",
+     "syntax error at or near <statement text withheld>"),
+    (ProgrammingError('near "FROM": syntax error'), "SELECT x FROM", "near <statement text withheld>: syntax error"),
+    (ProgrammingError(1064, "You have an error in your SQL syntax; check the manual for the right syntax to "
+                            "use near 'FROM items' at line 1"), "SELECT FROM items",
+     "You have an error in your SQL syntax; check the manual for the right syntax to use near "
+     "<statement text withheld> at line 1"),
+    (ProgrammingError('new row violates check constraint "ck"\nDETAIL:  Failing row contains (1, secret).'),
+     "INSERT ...", 'new row violates check constraint "ck"'),
+    (OperationalError('connection to server at "10.0.0.5", port 6432 failed: FATAL: password authentication '
+                      'failed for user "app"'), None,
+     "The DB-API lost or could not open its database connection; retry later."),
+])
+def test_database_messages_keep_the_verdict_and_drop_the_rest(orig: Exception, statement: str | None,
+                                                              expected: str) -> None:
+    exc = sa.exc.DBAPIError.instance(statement, None, orig, _DriverError)
+    assert database_message(exc) == expected
+
+
+def test_a_sqlalchemy_warning_about_the_statement_is_the_clients_mistake(api: RawApi) -> None:
+    # found by tests/security/test_fuzz.py: a bare SELECT where a value belongs made SQLAlchemy
+    # warn ("implicitly coercing SELECT object to scalar subquery"), a 500 where warnings are errors
+    body = api.payload(sa.insert(items).values(name=sa.select(items.c.name).limit(1).scalar_subquery()))
+    pairs = body["stmt"]["statement"]["values"]
+    assert pairs[0][1]["t"] == "scalar_select"
+    pairs[0][1] = pairs[0][1]["element"]
+    reply = api.post("/execute", body)
+    assert (reply.status, reply.error["code"]) == (400, "bad_statement")
+    assert "warned about its structure" in reply.error["message"]

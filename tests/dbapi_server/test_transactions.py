@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.sql.expression import RollbackToSavepointClause, SavepointClause
 
+from dbsession import guard
 from query_translation import decode_rows
 from tests.servers import RunningServer, running_dbapi
 
@@ -310,3 +312,31 @@ def test_reaper_spares_a_transaction_whose_long_request_just_finished(engine: sa
     assert manager.open_count == 1
     assert manager.finish("long-request", "rollback", "owner") == "rolled_back"
     manager.close()
+
+
+# -- a full pool ----------------------------------------------------------------------------------
+def test_a_full_pool_answers_busy_and_never_stops_the_other_transactions(engine: sa.Engine, name: str,
+                                                                        raw_api: Callable[..., RawApi]) -> None:
+    # found by tests/security/test_fuzz.py: a begin waiting for a pooled connection held the
+    # transaction manager's lock, so the rollback that would free one waited too (30 s), and the
+    # pool's timeout then answered 500
+    small = guard.exempt(sa.create_engine(engine.url, pool_size=1, max_overflow=0, pool_timeout=2))
+    try:
+        with running_dbapi(small, metadata) as server:
+            api = raw_api(server, secrets=[engine.url.render_as_string()])
+            first, waiting = api.transaction(), api.transaction()
+            assert first.execute(insert(name)).status == 200
+            with ThreadPoolExecutor(1) as pool:
+                answer = pool.submit(waiting.execute, insert(name + "-2"))
+                time.sleep(0.3)  # the second begin now waits for the only connection
+                started = time.monotonic()
+                assert first.rollback().json == {"outcome": "rolled_back"}
+                assert time.monotonic() - started < 2
+                assert answer.result().status == 200  # it got the connection the rollback freed
+            busy = api.transaction().execute(insert(name + "-3"))  # while `waiting` holds it
+            assert (busy.status, busy.error["code"], busy.error["retryable"]) == (503, "database_busy", True)
+            assert api.get("/health").json == {"status": "unhealthy", "database": "busy"}
+            assert waiting.rollback().status == 200
+            assert api.get("/health").status == 200
+    finally:
+        small.dispose()

@@ -648,3 +648,20 @@ def test_enum_values_decode_only_for_classes_the_metadata_uses() -> None:
         decode_params([{"s": encode_value(Unlisted.x)}], enum_resolver=resolver)
     with pytest.raises(UnknownEnumError, match="'nope'"):
         decode_params([{"s": {"$e": [encode_value(Status.active)["$e"][0], "nope"]}}], enum_resolver=resolver)
+
+
+def test_info_marks_a_select_writing_through_a_cte_as_not_read_only() -> None:
+    # found by tests/security: WITH x AS (INSERT ... RETURNING) SELECT ... ran as a one-shot read,
+    # outside any transaction, on an autocommit connection - a committed write nobody began
+    written = sa.insert(users).values(name="x").returning(users.c.id).cte("written")
+    info = info_of(sa.select(written.c.id))
+    assert (info.kind, info.write_table) == ("select", "users")
+    assert not info.is_read_only
+
+
+def test_a_statement_writing_two_tables_is_refused() -> None:
+    # the policy judges one write target; a second data-modifying CTE would write unseen
+    first = sa.insert(users).values(name="x").returning(users.c.id).cte("first")
+    second = sa.delete(addresses).returning(addresses.c.id).cte("second")
+    with pytest.raises(UnsupportedStatementError, match="writes to users and addresses|writes to addresses and users"):
+        info_of(sa.select(first.c.id, second.c.id))

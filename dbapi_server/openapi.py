@@ -1,0 +1,174 @@
+"""The OpenAPI 3.1 description of the DB-API, served at ``GET /dbapi/v1/openapi.json``.
+
+Built from the code, not written beside it: the statement document, node and value schemas come
+from ``query_translation.json_schema`` (itself derived from the marshmallow schemas and the value
+codec), the execute options from the executor's allowlist, the page size bound from the views.
+A test checks that every route of the blueprint is described and every described path is a route.
+Long-form semantics stay in ``docs/wire-format.md``; this document is for tools (client
+generators, schema-driven fuzzers such as the one in ``tests/security``).
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+from typing import Any
+
+from query_translation import WIRE_VERSION
+from query_translation.json_schema import wire_schema_definitions
+
+from .executor import _FORWARDED_OPTIONS as FORWARDED_OPTIONS
+
+__all__ = ["PATHS", "openapi_document"]
+
+PREFIX = "/dbapi/v1"
+_JSON = "application/json"
+_PAGE_MAX = 100_000  # views.MAX_PAGE_ROWS; views imports this module, so it cannot import views
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {_JSON: {"schema": schema}}}
+
+
+def _answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    reasons = {
+        400: "malformed request, statement or value; statement mismatch (see the envelope's code)",
+        401: "token missing, malformed, expired, forged or of another audience",
+        403: "refused by the policy, or the transaction / cursor belongs to another subject",
+        409: "a sequence or page number out of order, or a transaction id reused",
+        410: "the transaction or cursor has ended, expired or is unknown here",
+        413: "the request body is larger than DBAPI_MAX_BODY_BYTES",
+        422: "the database (or a bind processor) refused the statement",
+        500: "unexpected failure: the server's log has the details under the error id",
+        503: "no free database connection (database_busy, retryable)",
+    }
+    return {str(s): _answer(reasons[s], _ref("Error")) for s in (*statuses, 500, 503)}
+
+
+def _path_param(name: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": {"type": "string", **schema}}
+
+
+def _obj(properties: dict[str, Any], required: tuple[str, ...] = (), extra: bool = False) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(required),
+            "additionalProperties": extra}
+
+
+_AUTH: list[dict[str, list[str]]] = [{"bearer": []}]
+_OPEN: list[dict[str, list[str]]] = []
+
+PATHS: dict[str, dict[str, Any]] = {
+    "/openapi.json": {"get": {
+        "operationId": "openapi", "summary": "This document.", "security": _OPEN,
+        "responses": {"200": _answer("the OpenAPI description", {"type": "object"})}}},
+    "/info": {"get": {
+        "operationId": "info", "summary": "Handshake: dialect, driver, versions, dialect state.",
+        "security": _OPEN, "responses": {"200": _answer("the server's handshake", _ref("Info"))}}},
+    "/health": {"get": {
+        "operationId": "health", "summary": "Liveness plus a database round trip.", "security": _OPEN,
+        "responses": {"200": _answer("healthy", _ref("Health")),
+                      "503": _answer("the database is unreachable (not an error envelope)", _ref("Health"))}}},
+    "/execute": {"post": {
+        "operationId": "execute", "summary": "Run one statement, optionally inside a transaction.",
+        "security": _AUTH, "requestBody": _body(_ref("ExecuteRequest")),
+        "responses": {"200": _answer("the statement ran", _ref("ExecuteResult")),
+                      **_errors(400, 401, 403, 409, 410, 413, 422)}}},
+    "/cursors/{cursor_id}/fetch": {"post": {
+        "operationId": "fetchCursor", "summary": "The next page of a streamed result (replayable).",
+        "security": _AUTH,
+        "parameters": [_path_param("cursor_id", "the id an execute answer with 'cursor' returned")],
+        "requestBody": _body(_obj({"page": {"type": "integer", "minimum": 1}}, ("page",))),
+        "responses": {"200": _answer("a page", _ref("Page")), **_errors(400, 401, 403, 409, 410, 413)}}},
+    "/cursors/{cursor_id}/close": {"post": {
+        "operationId": "closeCursor", "summary": "End a streamed result early (idempotent).",
+        "security": _AUTH,
+        "parameters": [_path_param("cursor_id", "the id an execute answer with 'cursor' returned")],
+        "requestBody": _body(_obj({}), required=False),
+        "responses": {"200": _answer("closed", _obj({"closed": {"const": True}}, ("closed",))),
+                      **_errors(401, 403, 413)}}},
+    "/transactions/{txn_id}/{verb}": {"post": {
+        "operationId": "finishTransaction",
+        "summary": "Commit or roll back; asking again returns the remembered outcome.",
+        "security": _AUTH,
+        "parameters": [_path_param("txn_id", "the id the client chose when it began the transaction"),
+                       _path_param("verb", "what to do", enum=["commit", "rollback"])],
+        "requestBody": _body(_obj({"seq": {"type": "integer"}}), required=False),
+        "responses": {"200": _answer("the outcome", _obj(
+                          {"outcome": {"enum": ["committed", "rolled_back", "expired", "failed"]}},
+                          ("outcome",))),
+                      **_errors(401, 403, 409, 410, 413, 422)}}},
+}
+
+
+def _components() -> dict[str, Any]:
+    value = _ref("Value")
+    return {
+        "ExecuteRequest": _obj({
+            "stmt": _ref("StatementDocument"),
+            "sql": {"type": "string", "description": "fingerprint of the SQL the client compiled"},
+            "params": {"type": "array", "items": {"type": "object", "additionalProperties": value},
+                       "description": "parameter sets: bind name -> value"},
+            "many": {"type": "boolean"},
+            "options": {"type": "object", "properties": {k: {} for k in FORWARDED_OPTIONS},
+                        "description": "execution options; only the listed ones are honoured"},
+            "txn": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"},
+            "seq": {"type": "integer", "description": "required with txn"},
+            "begin": {"type": "boolean"},
+            "keys": {"type": "array", "items": {"type": "string"}},
+            "stream": {"type": "integer", "minimum": 1, "maximum": _PAGE_MAX},
+        }, ("stmt", "sql"), extra=True),
+        "ExecuteResult": _obj({
+            "rowcount": {"type": "integer"},
+            "lastrowid": value,
+            "description": {"type": "array", "items": {"type": "array", "items": value}},
+            "rows": {"type": "array", "items": {"type": "array", "items": value}},
+            "cursor": {"type": "string"},
+            "more": {"type": "boolean"},
+        }, ("rowcount",), extra=True),
+        "Page": _obj({"rows": {"type": "array", "items": {"type": "array", "items": value}},
+                      "more": {"type": "boolean"}}, ("rows", "more")),
+        "Info": _obj({"wire_version": {"const": WIRE_VERSION}, "dialect": {"type": "string"},
+                      "driver": {"type": "string"},
+                      "server_version_info": {"type": "array"}, "dialect_state": {"type": "object"},
+                      "schema_hash": {"type": "string"}, "sqlalchemy": {"type": "string"}},
+                     ("wire_version", "dialect", "driver", "dialect_state", "schema_hash")),
+        "Health": _obj({"status": {"enum": ["ok", "unhealthy"]}, "database": {"enum": ["ok", "unreachable", "busy"]},
+                        "transactions": {"type": "object"}}, ("status", "database")),
+        "Error": _obj({"error": _obj({
+            "code": {"type": "string", "description": "stable; clients map by status and code"},
+            "message": {"type": "string", "description": "a sentence for a human; no SQL, traces or URLs"},
+            "error_id": {"type": ["string", "null"], "description": "finds the server's log entry"},
+            "retryable": {"type": "boolean"},
+        }, ("code", "message", "error_id", "retryable"), extra=True)}, ("error",)),
+        **wire_schema_definitions(),
+    }
+
+
+@cache
+def _document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "dbsession DB-API", "version": str(WIRE_VERSION),
+                 "description": "Statement structure in, raw rows out. Semantics: docs/wire-format.md."},
+        "servers": [{"url": PREFIX}],
+        "paths": PATHS,
+        "components": {"schemas": _components(),
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+    }
+
+
+def openapi_document(server_url: str | None = None) -> dict[str, Any]:
+    """The OpenAPI document; *server_url* (scheme and host) makes its ``servers`` entry absolute."""
+    document = copy.deepcopy(_document())
+    if server_url:
+        document["servers"] = [{"url": server_url.rstrip("/") + PREFIX}]
+    return document
