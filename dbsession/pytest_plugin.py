@@ -4,15 +4,17 @@ Registered as the ``dbsession`` ``pytest11`` entry point. Without ``--db-isolati
 its options, the ``trusted`` marker and a few session fixtures that do nothing until a test asks
 for them. With ``--db-isolation`` (or ini ``db_isolation = true``) it
 
-* starts one DB-API server for the test database in a background thread (once per session),
-  with a freshly generated Ed25519 key and a real token;
-* configures the process as an isolated worker would be (``dbsession.configure(...)``), so
-  ``DBSession()`` without a bind talks to that server, and installs :mod:`dbsession.guard`;
+* starts a DB-API server for each test database in a background thread (on first need, stopped
+  at the session's end), with a freshly generated Ed25519 key and a real token;
+* configures the process before each test as an isolated worker would be (``dbsession.configure(...)``),
+  so ``DBSession()`` without a bind talks to the server of the test's ``db_metadata``, and
+  installs :mod:`dbsession.guard`;
 * reports every direct database access by code under test - ``create_engine()``, ``connect()``,
   executing on a direct engine, a plain ``Session`` bound to one - as a failure of the test, with
   the stack where it happened, even when the code swallowed the exception.
 
-Fixtures (all session-scoped): ``db_metadata`` (override it: your ``MetaData``), ``db_methods``
+Each distinct ``db_metadata`` (one per app's ``conftest.py``) gets its own test database and server.
+Fixtures (all session-scoped, per ``db_metadata``): ``db_metadata`` (override it: your ``MetaData``), ``db_methods``
 (module names of named methods the server serves), ``trusted_engine`` (a direct engine for seeding
 and inspecting; exempt from the guard), ``dbsession_bind`` (the bind the code under test should
 use: a direct engine, or in isolation mode the DB-API's isolated engine). Tests marked
