@@ -61,7 +61,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   help="Same as --db-isolation.")
     parser.addini("db_url", default="", help="The test database, as a SQLAlchemy URL.")
     parser.addini("db_create_tables", type="bool", default=True,
-                  help="Create db_metadata's tables at session start and drop them at the end.")
+                  help="Create db_metadata's tables when first needed and drop them at the end.")
 
 
 def pytest_configure(config: pytest.Config) -> None:
