@@ -33,7 +33,7 @@ from .auth import Principal
 from .executor import StatementExecutor, StatementMismatch
 from .policy import Plan, Policy
 
-__all__ = ["apply_statement_timeout", "execute_plan", "execute_plan_streamed"]
+__all__ = ["apply_statement_timeout", "end_statement_timeout", "execute_plan", "execute_plan_streamed"]
 
 
 def execute_plan(policy: Policy, executor: StatementExecutor, connection: sa.Connection, plan: Plan,
@@ -65,6 +65,13 @@ def apply_statement_timeout(policy: Policy, connection: sa.Connection, principal
     as named methods): pooled connections keep the last caller's setting otherwise."""
     if policy.uses_timeouts:
         _set_timeout(connection, policy.limits_for(principal).statement_timeout)
+
+
+def end_statement_timeout(policy: Policy, connection: sa.Connection) -> None:
+    """After the work ``apply_statement_timeout`` limited: SQLite's progress handler, whose
+    deadline then passes, would interrupt whatever runs next on the connection (a commit's
+    constraint checks, a cursor's later pages, the server's own statements)."""
+    _after(policy, connection)
 
 
 def _prepare(policy: Policy, connection: sa.Connection, plan: Plan, params: list[dict[str, Any]],

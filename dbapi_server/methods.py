@@ -34,7 +34,7 @@ from query_translation import (
     encode_exception,
 )
 
-from .enforcement import apply_statement_timeout
+from .enforcement import apply_statement_timeout, end_statement_timeout
 from .errors import APIError, new_error_id
 from .state import ServerState
 from .views import _body, _field, _in_transaction, _json, _principal, _state, _txn_field
@@ -98,7 +98,10 @@ def call_method(name: str) -> Response:
 
     def run(conn: sa.Connection) -> dict[str, Any]:
         apply_statement_timeout(state.policy, conn, principal)  # the role's limit holds here too
-        return {"result": _run(state, method, conn, _arguments(method, arguments))}
+        try:
+            return {"result": _run(state, method, conn, _arguments(method, arguments))}
+        finally:
+            end_statement_timeout(state.policy, conn)  # ...and ends with the method
 
     txn_id = _txn_field(body)
     if txn_id is not None:

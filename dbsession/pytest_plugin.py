@@ -4,15 +4,17 @@ Registered as the ``dbsession`` ``pytest11`` entry point. Without ``--db-isolati
 its options, the ``trusted`` marker and a few session fixtures that do nothing until a test asks
 for them. With ``--db-isolation`` (or ini ``db_isolation = true``) it
 
-* starts one DB-API server for the test database in a background thread (once per session),
-  with a freshly generated Ed25519 key and a real token;
-* configures the process as an isolated worker would be (``dbsession.configure(...)``), so
-  ``DBSession()`` without a bind talks to that server, and installs :mod:`dbsession.guard`;
+* starts a DB-API server for each test database in a background thread (on first need, stopped
+  at the session's end), with a freshly generated Ed25519 key and a real token;
+* configures the process before each test as an isolated worker would be (``dbsession.configure(...)``),
+  so ``DBSession()`` without a bind talks to the server of the test's ``db_metadata``, and
+  installs :mod:`dbsession.guard`;
 * reports every direct database access by code under test - ``create_engine()``, ``connect()``,
   executing on a direct engine, a plain ``Session`` bound to one - as a failure of the test, with
   the stack where it happened, even when the code swallowed the exception.
 
-Fixtures (all session-scoped): ``db_metadata`` (override it: your ``MetaData``), ``db_methods``
+Each distinct ``db_metadata`` (one per app's ``conftest.py``) gets its own test database and server.
+Fixtures (all session-scoped, per ``db_metadata``): ``db_metadata`` (override it: your ``MetaData``), ``db_methods``
 (module names of named methods the server serves), ``trusted_engine`` (a direct engine for seeding
 and inspecting; exempt from the guard), ``dbsession_bind`` (the bind the code under test should
 use: a direct engine, or in isolation mode the DB-API's isolated engine). Tests marked
@@ -22,24 +24,23 @@ use: a direct engine, or in isolation mode the DB-API's isolated engine). Tests 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import threading
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from ._plugin_databases import TestDatabase, TestDatabases
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
     from .exceptions import DirectDatabaseAccessError
 
-__all__ = ["IsolationMode", "TestDatabase"]
+__all__ = ["IsolationMode", "TestDatabase", "TestDatabases"]
 
 PLUGIN_NAME = "dbsession-isolation"
 SECTION = "dbsession: direct database access"
@@ -60,7 +61,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   help="Same as --db-isolation.")
     parser.addini("db_url", default="", help="The test database, as a SQLAlchemy URL.")
     parser.addini("db_create_tables", type="bool", default=True,
-                  help="Create db_metadata's tables at session start and drop them at the end.")
+                  help="Create db_metadata's tables when first needed and drop them at the end.")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -70,81 +71,37 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(IsolationMode(), PLUGIN_NAME)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """One pytest session serves one ``db_metadata``: refuse a run that mixes several, up front.
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before a test's fixtures: make the plugin's session fixtures follow its ``db_metadata``.
 
-    The test database (and in isolation mode the DB-API) is made once, for the first override
-    asked for; tests under another override would silently run against the wrong tables.
+    pytest caches a session fixture once, whichever ``db_metadata`` override the test that first
+    asked for it saw. When the next test sees another override (or another ``db_methods``), the
+    plugin finishes ``_dbsession_database`` - and with it ``trusted_engine``, ``dbsession_bind``
+    and every fixture built on them, as pytest does when a parametrized fixture changes its
+    parameter - so they are set up again for this test's metadata. The databases and servers
+    themselves live in :class:`TestDatabases` / :class:`IsolationMode` until the session ends.
     """
-    overrides: dict[Any, list[str]] = {}
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)  # pytest's own record of the item's fixtures
-        if info is None or "_dbsession_database" not in info.names_closure:
-            continue
-        definitions = info.name2fixturedefs.get("db_metadata") or ()
-        if definitions:
-            overrides.setdefault(definitions[-1], []).append(item.nodeid)
-    if len(overrides) > 1:
-        where = "; ".join(sorted(f"{_defined_where(d)} (e.g. {ids[0]})" for d, ids in overrides.items()))
-        raise pytest.UsageError(
-            f"These tests use different db_metadata overrides: {where}. One pytest session serves "
-            "one MetaData (one test database, one DB-API): run each directory in its own pytest run.")
+    info = getattr(item, "_fixtureinfo", None)  # pytest's own record of the item's fixtures
+    if info is None or "_dbsession_database" not in info.names_closure:
+        return
+    definitions = info.name2fixturedefs
+    database_def = definitions["_dbsession_database"][-1]
+    key = tuple(definitions[name][-1] if definitions.get(name) else None for name in ("db_metadata", "db_methods"))
+    active = item.config.stash.setdefault(_ACTIVE, {})
+    if active.get(database_def, key) != key and database_def.cached_result is not None:
+        database_def.finish(item._request)  # type: ignore[attr-defined]
+    active[database_def] = key
 
 
-def _defined_where(definition: Any) -> str:
-    if definition.baseid:
-        return str(definition.baseid)
-    return "the plugin's default" if definition.func.__module__ == __name__ else "the root conftest.py"
+_ACTIVE = pytest.StashKey[dict[Any, tuple[Any, ...]]]()
 
 
 def isolation_requested(config: pytest.Config) -> bool:
     return bool(config.getoption("db_isolation") or config.getini("db_isolation"))
 
 
-# -- the test database --------------------------------------------------------------------------
-@dataclass
-class TestDatabase:
-    """The database the tests run against, with a trusted engine; tables created if asked."""
-
-    __test__ = False  # not a test class, whatever its name says
-
-    url: sa.URL
-    engine: sa.Engine
-    metadata: sa.MetaData
-    created_tables: bool
-    temp_dir: str | None = None
-
-    @classmethod
-    def open(cls, config: pytest.Config, metadata: sa.MetaData) -> TestDatabase:
-        import sqlalchemy as sa
-
-        from . import guard
-
-        raw = config.getoption("db_url") or config.getini("db_url")
-        temp_dir = None
-        if not raw:
-            temp_dir = tempfile.mkdtemp(prefix="dbsession-pytest-")
-            raw = f"sqlite:///{Path(temp_dir) / 'test.sqlite'}"
-        url = sa.make_url(raw)
-        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
-            pytest.fail(f"db_url {raw!r} is an in-memory SQLite database, which every connection "
-                        "sees empty; name a file (sqlite:///path/test.sqlite).", pytrace=False)
-        engine = guard.exempt(sa.create_engine(url))  # exempt: the guard may be installed later
-        create = bool(config.getini("db_create_tables"))
-        if create:
-            metadata.create_all(engine)
-        return cls(url, engine, metadata, create, temp_dir)
-
-    def close(self) -> None:
-        try:
-            if self.created_tables:
-                self.metadata.drop_all(self.engine)
-        finally:
-            self.engine.dispose()
-            if self.temp_dir is not None:
-                shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
+# -- the test databases (one per distinct db_metadata) ----------------------------------------
 @pytest.fixture(scope="session")
 def db_metadata() -> sa.MetaData:
     """Your application's ``MetaData``: override this fixture in your ``conftest.py``."""
@@ -160,10 +117,22 @@ def db_methods() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def _dbsession_database(request: pytest.FixtureRequest, db_metadata: sa.MetaData) -> Iterator[TestDatabase]:
-    database = TestDatabase.open(request.config, db_metadata)
-    yield database
-    database.close()
+def _dbsession_databases(request: pytest.FixtureRequest) -> Iterator[TestDatabases]:
+    """Every test database (and in isolation mode every DB-API) of the session; closed at its end."""
+    databases = TestDatabases(request.config)
+    yield databases
+    try:
+        mode = request.config.pluginmanager.get_plugin(PLUGIN_NAME)
+        if isinstance(mode, IsolationMode):
+            mode.stop_serving()
+    finally:
+        databases.close()
+
+
+@pytest.fixture(scope="session")
+def _dbsession_database(_dbsession_databases: TestDatabases, db_metadata: sa.MetaData) -> TestDatabase:
+    """The test database of this test's ``db_metadata`` (see ``pytest_runtest_setup``)."""
+    return _dbsession_databases.for_metadata(db_metadata)
 
 
 @pytest.fixture(scope="session")
@@ -173,19 +142,19 @@ def trusted_engine(_dbsession_database: TestDatabase) -> sa.Engine:
 
 
 @pytest.fixture(scope="session")
-def dbsession_bind(request: pytest.FixtureRequest, _dbsession_database: TestDatabase,
-                   db_methods: list[str]) -> Iterator[sa.Engine]:
+def dbsession_bind(request: pytest.FixtureRequest, _dbsession_databases: TestDatabases,
+                   _dbsession_database: TestDatabase, db_methods: list[str]) -> sa.Engine:
     """The bind for the code under test: direct engine, or the DB-API's isolated engine."""
     mode = request.config.pluginmanager.get_plugin(PLUGIN_NAME)
     if isinstance(mode, IsolationMode):
-        with mode.serving(_dbsession_database, db_methods) as engine:
-            yield engine
-        return
-    import sqlalchemy as sa
+        return mode.bind_for(_dbsession_database, db_methods)
+    engine = _dbsession_databases.direct_binds.get(id(_dbsession_database))
+    if engine is None:
+        import sqlalchemy as sa
 
-    engine = sa.create_engine(_dbsession_database.url)
-    yield engine
-    engine.dispose()
+        engine = _dbsession_databases.direct_binds[id(_dbsession_database)] = sa.create_engine(
+            _dbsession_database.url)
+    return engine
 
 
 # -- isolation mode -----------------------------------------------------------------------------
@@ -209,35 +178,53 @@ class Violation:
 
 @dataclass
 class _Serving:
+    """One DB-API in this process: the database it serves, its address, a token for it."""
+
     database: TestDatabase
     url: str
     token: str
+    engine: sa.Engine  # the isolated engine on it (dbsession_bind)
+    stop: Callable[[], None]
 
 
 class IsolationMode:
-    """The plugin object registered for ``--db-isolation``: server, guard observer, reports."""
+    """The plugin object registered for ``--db-isolation``: servers, guard observer, reports."""
 
     def __init__(self) -> None:
         self.violations: list[Violation] = []
         self.server_starts = 0
         self.phases_with_access = 0
-        self.serving_: _Serving | None = None
+        self.servers: dict[tuple[int, tuple[str, ...]], _Serving] = {}  # by (database, methods)
+        self._by_bind: dict[int, _Serving] = {}
+        self._stop_observing: Callable[[], None] | None = None
         self._lock = threading.Lock()
 
-    # -- the server --------------------------------------------------------------------------
-    @contextmanager
-    def serving(self, database: TestDatabase, methods: list[str]) -> Iterator[sa.Engine]:
-        """Serve *database* over a DB-API in a thread; configure this process to use it."""
+    # -- the servers -------------------------------------------------------------------------
+    def bind_for(self, database: TestDatabase, methods: list[str]) -> sa.Engine:
+        """The isolated engine on the DB-API serving *database* (and *methods*), started on first use."""
+        key = (id(database), tuple(methods))
+        serving = self.servers.get(key)
+        if serving is None:
+            import dbsession
+
+            url, token, stop = self._start(database, methods)
+            self.configure_process(url, token)  # the engine DBSession() without a bind uses, too
+            serving = _Serving(database, url, token, dbsession.isolated_engine(dbsession.get_settings()), stop)
+            self.servers[key] = self._by_bind[id(serving.engine)] = serving
+        return serving.engine
+
+    def _start(self, database: TestDatabase, methods: list[str]) -> tuple[str, str, Callable[[], None]]:
+        """Serve *database* over a DB-API in a thread; the process is configured per test."""
         import sqlalchemy as sa
 
-        import dbsession
         from dbapi_server import JWTAuthenticator, create_app, mint_token
         from dbapi_server.keys import generate_keypair
         from dbapi_server.serving import start_background
         from dbsession import guard
         from dbsession.session import release_api_host
 
-        server_engine = guard.exempt(sa.create_engine(database.url))
+        with guard.trusted():  # the guard is on once a first DB-API serves; stays exempt after
+            server_engine = guard.exempt(sa.create_engine(database.url))
         private, public = generate_keypair()
         try:
             app = create_app(engine=server_engine, metadata=database.metadata,
@@ -249,39 +236,56 @@ class IsolationMode:
             raise
         background = start_background(app, threads=4)
         self.server_starts += 1
-        self.serving_ = _Serving(database, background.url, mint_token(private, subject="pytest", ttl=TOKEN_TTL))
-        stop_observing = guard.observe(self._record)
-        try:
-            self.configure_process()
-            yield dbsession.isolated_engine(dbsession.get_settings())
-        finally:
-            stop_observing()
-            self.serving_ = None
-            guard.uninstall()
-            dbsession.reset_configuration()
+        if self._stop_observing is None:
+            self._stop_observing = guard.observe(self._record)
+        token = mint_token(private, subject="pytest", ttl=TOKEN_TTL)
+
+        def stop() -> None:
             release_api_host(background.url)
             background.stop()
             app.extensions["dbapi_server"].close()  # open transactions, the reaper, the engine
 
-    def configure_process(self) -> None:
-        """The process setting is isolation, as in a worker; the guard is on."""
+        return background.url, token, stop
+
+    def stop_serving(self) -> None:
+        """At the session's end: every server stopped, the process no longer isolated."""
         import dbsession
         from dbsession import guard
 
-        assert self.serving_ is not None
-        dbsession.configure(database_access_isolation=True, database_api_host=self.serving_.url,
-                            token=self.serving_.token)
+        servers, self.servers, self._by_bind = list(self.servers.values()), {}, {}
+        try:
+            if self._stop_observing is not None:
+                self._stop_observing()
+                self._stop_observing = None
+            guard.uninstall()
+            dbsession.reset_configuration()
+        finally:
+            errors: list[BaseException] = []
+            for serving in servers:
+                try:
+                    serving.stop()
+                except BaseException as exc:  # stop the others all the same
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
+
+    @staticmethod
+    def configure_process(url: str, token: str) -> None:
+        """The process setting is isolation on the DB-API at *url*, as in a worker; the guard is on."""
+        import dbsession
+        from dbsession import guard
+
+        dbsession.configure(database_access_isolation=True, database_api_host=url, token=token)
         guard.install()
 
     @pytest.fixture(autouse=True)
     def _dbsession_isolated(self, dbsession_bind: sa.Engine, db_metadata: sa.MetaData) -> None:
-        """Every test runs isolated (even one that asks for no fixture), against one server."""
-        assert self.serving_ is not None
-        if db_metadata is not self.serving_.database.metadata:
-            pytest.fail("db_metadata differs from the one this session's DB-API serves: one pytest "
-                        "session serves one MetaData; run test directories with different "
-                        "db_metadata in separate pytest runs.", pytrace=False)
-        self.configure_process()  # again: a test before may have reset it
+        """Every test runs isolated (even one that asks for no fixture), on its metadata's server."""
+        serving = self._by_bind.get(id(dbsession_bind))
+        if serving is None or serving.database.metadata is not db_metadata:
+            pytest.fail("dbsession_bind is not the DB-API of this test's db_metadata (is "
+                        "dbsession_bind or _dbsession_database overridden?).", pytrace=False)
+        self.configure_process(serving.url, serving.token)  # per test: a test before may have reset it, or used another
 
     # -- trusted tests ------------------------------------------------------------------------
     @staticmethod

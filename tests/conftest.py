@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -14,20 +13,6 @@ import dbsession
 from dbsession import guard
 
 pytest_plugins = ["pytester"]  # tests/dbsession/test_pytest_plugin.py runs sample projects
-
-# Test directories whose db_metadata needs a pytest session of their own: the dbsession plugin opens
-# one test database per session, for the first db_metadata asked for (tests/plugin_sample's in a
-# whole-suite run). They run only when named: `pytest tests/examples` (and with --db-isolation).
-OWN_SESSION = ("examples",)
-
-
-def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    if collection_path.parent != Path(__file__).parent or collection_path.name not in OWN_SESSION:
-        return None
-    base = config.invocation_params.dir
-    named = any((base / arg.split("::")[0]).resolve().is_relative_to(collection_path) for arg in config.args)
-    return None if named else True
-
 
 PG_ADMIN_URL = os.environ.get("DBSESSION_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/postgres")
 

@@ -322,21 +322,141 @@ def test_nothing_configured():
     isolated.stdout.fnmatch_lines(["*SETUP    F _dbsession_isolated*"])
 
 
+# Two packages with a db_metadata of their own beside the root conftest's: the same table name
+# "things" with other columns in each, so a test that reached another metadata's database (or
+# server) would fail on the columns, and the rows each test finds prove nothing leaked across.
+OWN_METADATA = """
+import pytest, sqlalchemy as sa
+
+metadata = sa.MetaData()
+things = sa.Table("things", metadata, sa.Column("id", sa.Integer, primary_key=True),
+                  sa.Column("{column}", sa.String(40)))
+
+
+@pytest.fixture(scope="session")
+def db_metadata():
+    return metadata
+"""
+
+RECORDING_TEST = """
+import dbsession
+import sqlalchemy as sa
+from dbsession import DBSession
+from {package}conftest import things
+
+
+def test_{name}(dbsession_bind, trusted_engine):
+    with DBSession(bind=dbsession_bind) as session, session.begin():
+        session.execute(things.insert().values({column}="{name}"))
+    if dbsession.get_settings().database_access_isolation:
+        with DBSession() as session:  # the process setting points at this metadata's server
+            assert session.bind.url == dbsession_bind.url
+            assert sorted(session.scalars(sa.select(things.c.{column}))) == {expected}
+    with trusted_engine.connect() as conn:
+        assert sorted(conn.scalars(sa.select(things.c.{column}))) == {expected}
+    with open({record!r}, "a") as out:
+        out.write(" ".join(["{name}", str(dbsession_bind.url), str(trusted_engine.url)]) + "\\n")
+"""
+
+
+ORDER = ("test_1_root.py", "alpha", "beta", "test_9_root.py")  # switching away and back
+
+
+def two_metadata_project(project: pytest.Pytester) -> Path:
+    """Root tests (app.metadata: things.name), alpha (things.a), beta (things.b), then root again."""
+    record = project.path / "seen.txt"
+    (project.path / "conftest.py").write_text(CONFTEST + "\nthings = app.things\n")
+    layout = [("", "name", "test_1_root", ["test_1_root"]),
+              ("alpha", "a", "test_alpha", ["test_alpha"]),
+              ("beta", "b", "test_beta", ["test_beta"]),
+              ("", "name", "test_9_root", ["test_1_root", "test_9_root"])]  # the root's rows persist
+    for package, column, name, expected in layout:
+        if package and not (project.path / package).exists():
+            project.mkpydir(package)
+            (project.path / package / "conftest.py").write_text(OWN_METADATA.format(column=column))
+        (project.path / package / f"{name}.py").write_text(RECORDING_TEST.format(
+            package=f"{package}." if package else "", name=name, column=column, expected=expected,
+            record=str(record)))
+    return record
+
+
 @MODES
-def test_two_db_metadata_overrides_in_one_run_are_refused(project: pytest.Pytester, mode: list[str]) -> None:
-    for package in ("alpha", "beta"):
-        project.mkpydir(package)
-        (project.path / package / "conftest.py").write_text(
-            "import pytest, sqlalchemy as sa\n\n"
-            "@pytest.fixture(scope='session')\n"
-            f"def db_metadata():\n    return sa.MetaData(schema=None, info={{'name': '{package}'}})\n")
-        (project.path / package / f"test_{package}.py").write_text(
-            "def test_x(trusted_engine):\n    pass\n")
-    result = run(project, *mode)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*different db_metadata overrides: alpha (e.g. alpha/test_alpha.py::test_x);"
-                                 " beta (e.g. beta/test_beta.py::test_x)*run each directory in its own*"])
-    run(project, "alpha", *mode).assert_outcomes(passed=1)  # one at a time is fine
+def test_several_db_metadata_overrides_each_get_their_own_database(project: pytest.Pytester,
+                                                                   mode: list[str]) -> None:
+    record = two_metadata_project(project)
+    before = set(threading.enumerate())
+    result = run(project, *mode, *ORDER)
+    result.assert_outcomes(passed=4)
+    seen = {name: (bind, trusted) for name, bind, trusted in
+            (line.split(" ") for line in record.read_text().splitlines())}
+    assert list(seen) == ["test_1_root", "test_alpha", "test_beta", "test_9_root"]
+    assert seen["test_9_root"] == seen["test_1_root"]  # back to the first metadata: the same ones
+    databases = {trusted for _, trusted in seen.values()}
+    binds = {bind for bind, _ in seen.values()}
+    assert len(databases) == 3 and len(binds) == 3
+    if mode:
+        assert all(bind.startswith("dbsession://127.0.0.1:") for bind in binds)
+        result.stdout.fnmatch_lines(["*3 DB-API server(s) started, 0 test phase(s) with direct database access*"])
+        for bind in binds:  # every server stopped
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", sa.make_url(bind).port), timeout=5).close()
+    else:
+        assert binds == databases  # direct mode: the bind is a direct engine on the same database
+    for url in databases:  # every SQLite file, and the temporary directory, removed
+        path = Path(sa.make_url(url).database or "")
+        assert not path.exists() and not path.parent.exists()
+    deadline = time.monotonic() + 10
+    while set(threading.enumerate()) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not set(threading.enumerate()) - before
+    assert not guard.is_installed()
+    assert not dbsession.get_settings().database_access_isolation
+
+
+@pytest.mark.postgresql
+@MODES
+def test_several_db_metadata_overrides_on_postgresql(project: pytest.Pytester, pg_url: sa.URL,
+                                                     mode: list[str]) -> None:
+    """The further databases are created beside --db-url's and dropped at the end."""
+    record = two_metadata_project(project)
+    admin = guard.exempt(sa.create_engine(pg_url))
+    try:
+        def databases() -> set[str]:
+            with admin.connect() as conn:
+                return set(conn.scalars(sa.text("SELECT datname FROM pg_database")))
+
+        before = databases()
+        run(project, *mode, *ORDER, "--db-url",
+            pg_url.render_as_string(hide_password=False)).assert_outcomes(passed=4)
+        used = {sa.make_url(line.split(" ")[2]).database for line in record.read_text().splitlines()}
+        assert len(used) == 3 and pg_url.database in used
+        assert all(name.startswith(f"{pg_url.database}_") for name in used - {pg_url.database})
+        assert databases() == before  # the two made for alpha and beta are gone
+        assert sa.inspect(admin).get_table_names() == []  # the root's tables dropped too
+    finally:
+        admin.dispose()
+
+
+def test_db_methods_overrides_get_servers_of_their_own(project: pytest.Pytester) -> None:
+    """One metadata, two db_methods overrides: the second gets a server that imported its modules."""
+    project.makepyfile(methods_one="from dbsession import server_method\n\n"
+                                   "@server_method\ndef one(session) -> int:\n    return 1\n")
+    project.mkpydir("served")
+    (project.path / "served" / "conftest.py").write_text(
+        "import pytest\n\n@pytest.fixture(scope='session')\ndef db_methods():\n    return ['methods_one']\n")
+    (project.path / "served" / "test_served.py").write_text(
+        "import sys\nfrom dbsession import DBSession\n\n"
+        "def test_served(dbsession_bind):\n"
+        "    assert 'methods_one' in sys.modules  # imported by this override's server\n"
+        "    import methods_one\n"
+        "    with DBSession(bind=dbsession_bind) as session:\n"
+        "        assert methods_one.one(session) == 1\n")
+    project.makepyfile(test_unserved="import sys\n\n"
+                                     "def test_unserved(dbsession_bind):\n"
+                                     "    assert 'methods_one' not in sys.modules\n")
+    result = run(project, "--db-isolation", "test_unserved.py", "served")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*2 DB-API server(s) started*"])
 
 
 def test_missing_db_metadata_is_a_clear_error(pytester: pytest.Pytester) -> None:

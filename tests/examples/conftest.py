@@ -1,6 +1,6 @@
 """The example worker's tests run under the dbsession pytest plugin, in either mode.
 
-``pytest tests/examples`` runs them against the database directly; ``pytest --db-isolation
+The plain ``pytest`` runs them against the database directly; ``pytest --db-isolation
 tests/examples`` through a DB-API that serves ``examples.methods`` - with the same test code.
 """
 

@@ -1,8 +1,9 @@
 """The example worker runs a DAG run to completion - unchanged in direct and isolation mode.
 
-Run twice in CI: ``pytest tests/examples`` and ``pytest --db-isolation tests/examples``. In
-isolation mode the plugin fails any test whose code touches the database directly, so passing
-there means the worker did everything through the DB-API, the named method included.
+Run twice in CI: in the plain ``pytest`` and in ``pytest --db-isolation tests/examples
+tests/plugin_sample``. In isolation mode the plugin fails any test whose code touches the database
+directly, so passing there means the worker did everything through the DB-API, the named
+method included.
 """
 
 from __future__ import annotations
