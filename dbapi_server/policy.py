@@ -52,12 +52,28 @@ class DefaultPolicy:
     """Allow the metadata's tables; refuse raw SQL and dangerous functions."""
 
     allow_raw_sql: bool = False
+    allow_ddl: bool = False
     allowed_literals: frozenset[str] = frozenset({"*"})
     denied_functions: frozenset[str] = DANGEROUS_FUNCTIONS
     denied_tables: frozenset[str] = field(default_factory=frozenset)
     allowed_custom_operators: frozenset[str] = SAFE_CUSTOM_OPERATORS
 
+    @classmethod
+    def for_testing(cls) -> DefaultPolicy:
+        """Raw SQL and DDL allowed: for a scratch database a test suite creates and drops."""
+        return cls(allow_raw_sql=True, allow_ddl=True)
+
     def check(self, info: StatementInfo, principal: Principal) -> None:
+        if info.kind == "ddl":
+            if not self.allow_ddl:
+                raise PolicyViolation("DDL (CREATE / ALTER / DROP) is not allowed by the DB-API's policy.")
+            return
+        if info.kind == "driver_sql":
+            if not self.allow_raw_sql:
+                raise PolicyViolation(
+                    "Raw SQL strings (exec_driver_sql) are not allowed by the DB-API's policy; "
+                    "express the statement with SQLAlchemy constructs.")
+            return
         self._check_literal_sql(info.literal_sql)
         self._check_custom_operators(info.custom_operators)
         self._check_functions(info.functions)

@@ -19,6 +19,7 @@ from sqlalchemy.sql import elements, functions, operators, selectable
 from sqlalchemy.sql import expression as sql_expr
 
 from . import _operators
+from .driver_sql import DRIVER_SQL_KINDS, parse_driver_sql
 from .encode import WIRE_VERSION
 from .exceptions import (
     MalformedStatementError,
@@ -545,7 +546,17 @@ NODE_TYPES = frozenset(_DECODERS) | {"ref"}
 
 def from_wire(document: _Json, metadata: sa.MetaData, types: TypeResolver | None = None,
               *, validate: bool = True) -> tuple[Any, StatementInfo]:
-    """Validate and rebuild a wire document; returns the statement and what it touches."""
+    """Validate and rebuild a wire document; returns the statement and what it touches.
+
+    DDL and driver SQL (see :mod:`query_translation.driver_sql`) come back as a
+    :class:`~query_translation.driver_sql.DriverSQL`, their ``StatementInfo.kind`` naming them.
+    """
+    node = document.get("statement") if isinstance(document, Mapping) else None
+    if isinstance(node, Mapping) and node.get("t") in DRIVER_SQL_KINDS:
+        if document.get("version") != WIRE_VERSION:
+            raise WireVersionError(f"The statement uses wire version {document.get('version')!r}; this server speaks version {WIRE_VERSION}. Upgrade the older side.")
+        text = parse_driver_sql(node)
+        return text, StatementInfo(kind=text.kind, literal_sql=[text.sql])
     if validate:
         validate_document(document)
     version = document.get("version")
