@@ -91,10 +91,15 @@ class Backend:
         admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.exec_driver_sql(f"CREATE DATABASE {name}")
-            conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS test_schema")
         admin.dispose()
         self.created.append(name)
-        return str(sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False))
+        url = sa.make_url(PG_ADMIN).set(database=name)
+        scratch_db = sa.create_engine(url)
+        with scratch_db.begin() as conn:  # the schemas SQLAlchemy's PostgreSQL tests expect
+            for schema in ("test_schema", "test_schema_2"):
+                conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        scratch_db.dispose()
+        return url.render_as_string(hide_password=False)
 
     def drop(self) -> None:
         if not self.created:
