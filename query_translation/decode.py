@@ -323,6 +323,14 @@ class StatementDecoder:
     # -- column expressions -------------------------------------------------------------------
     def col(self, node: _Json) -> Any:
         from_ = self.visit(node["from"])
+        if "pos" in node:  # a column whose key is made from an anonymous name (see encode)
+            columns = list(from_.c)
+            if "key" in node or node["pos"] >= len(columns):
+                raise MalformedStatementError({"pos": ["out of range, or given with 'key'"]},
+                                              "A column reference names a position its FROM does not have.")
+            return columns[node["pos"]]
+        if "key" not in node:
+            raise MalformedStatementError({"key": ["missing"]}, "A column reference needs 'key' or 'pos'.")
         column = from_.c.get(node["key"])
         if column is None:
             raise UnknownColumnError(f"{getattr(from_, 'name', '?')!s} has no column {node['key']!r} in the server's metadata.")

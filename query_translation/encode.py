@@ -339,6 +339,10 @@ class StatementEncoder:
         if table is not None and not column.is_literal:
             key = _column_key(table, column)
             if key is not None:
+                if "%(" in key:
+                    # a key made from an anonymous name (``anon_1_id`` of a subquery): its seed
+                    # is this process's, so the server finds the column by its position instead
+                    return {"t": "col", "from": self.visit(table), "pos": list(table.c.keys()).index(key)}
                 return {"t": "col", "from": self.visit(table), "key": key}
         node: _Json = {"t": "column_clause", "name": str(column.name)}
         if column.is_literal:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from .exceptions import MalformedStatementError, UnknownNodeError
 
@@ -130,7 +130,7 @@ NODE_SPECS: dict[str, dict[str, Any]] = {
     "release_savepoint": {"name": fields.Str(required=True)},
     "text": {"text": fields.Str(required=True), "binds": fields.List(fields.List(fields.Raw()))},
     "textual_select": {"element": _node(required=True), "columns": _nodes(required=True)},
-    "col": {"from": _node(required=True), "key": fields.Str(required=True)},
+    "col": {"from": _node(required=True), "key": fields.Str(), "pos": _int(validate=validate.Range(min=0, max=100_000))},
     "column_clause": {"name": fields.Str(required=True), "literal": _bool(), "from": _node(),
                       "type": _TYPE},
     "bind": {"key": fields.Str(required=True), "anon": fields.Str(), "n": _int(validate=validate.Range(min=1)),
@@ -175,6 +175,14 @@ NODE_SPECS: dict[str, dict[str, Any]] = {
 }
 
 
+def _check_key_or_pos(self: Schema, data: Mapping[str, Any], **kw: Any) -> None:
+    """A ``col`` names its column by ``key`` or (anonymous keys) by ``pos``: exactly one."""
+    if "key" not in data and "pos" not in data:
+        raise ValidationError({"key": ["Missing data for required field."]})
+    if "key" in data and "pos" in data:
+        raise ValidationError({"pos": ["Give 'key' or 'pos', not both."]})
+
+
 def _schema_for(kind: str, spec: Mapping[str, Any]) -> Schema:
     attrs: dict[str, Any] = {"t": fields.Str(required=True, validate=validate.Equal(kind)),
                              "@": _int(data_key="@", attribute="ref_id"),
@@ -185,6 +193,8 @@ def _schema_for(kind: str, spec: Mapping[str, Any]) -> Schema:
         unknown = RAISE
 
     attrs["Meta"] = Meta
+    if kind == "col":
+        attrs["_one_of_key_pos"] = validates_schema(_check_key_or_pos)
     schema_cls = cast("type[Schema]", type(f"{kind.title().replace('_', '')}NodeSchema", (Schema,), attrs))
     return schema_cls()
 

@@ -35,6 +35,7 @@ from dbapi_server.state import dialect_state
 from dbsession import guard
 from dbsession.dialect import isolated_dialect_class
 from query_translation import (
+    WIRE_VERSION,
     MalformedStatementError,
     StatementInfo,
     TypeResolver,
@@ -648,3 +649,25 @@ def test_enum_values_decode_only_for_classes_the_metadata_uses() -> None:
         decode_params([{"s": encode_value(Unlisted.x)}], enum_resolver=resolver)
     with pytest.raises(UnknownEnumError, match="'nope'"):
         decode_params([{"s": {"$e": [encode_value(Status.active)["$e"][0], "nope"]}}], enum_resolver=resolver)
+
+
+def test_columns_keyed_by_anonymous_names_travel_by_position(dialects: Dialects) -> None:
+    # found by SQLAlchemy's test suite (inheritance subqueryload of an aliased class): a labelled
+    # subquery of an anonymous alias keys its columns "%(<seed> users)s_id", a seed of this process
+    anon = users.alias()
+    subq = sa.select(anon).set_label_style(sa.LABEL_STYLE_TABLENAME_PLUS_COL).subquery()
+    key = next(k for k in subq.c.keys() if k.endswith("_id"))
+    assert "%(" in key
+    stmt = sa.select(subq.c[key]).where(subq.c[key] > 5)
+    client, server, _, wire = round_trip(stmt, dialects)
+    assert server.string == client.string
+    assert '"pos"' in orjson.dumps(wire).decode()
+
+
+@pytest.mark.parametrize("node,problem", [
+    ({"t": "col", "from": {"t": "table", "name": "users"}, "pos": 99}, "position"),
+    ({"t": "col", "from": {"t": "table", "name": "users"}, "pos": 0, "key": "id"}, "malformed"),
+])
+def test_column_positions_are_checked(node: dict[str, Any], problem: str) -> None:
+    with pytest.raises(MalformedStatementError, match=problem):
+        from_wire({"version": WIRE_VERSION, "statement": {"t": "select", "cols": [node]}}, METADATA)
