@@ -155,6 +155,10 @@ class StatementDecoder:
         return subq
 
     def cte(self, node: _Json) -> Any:
+        if node.get("alias_of") is not None:
+            # cte.alias(): rendered "FROM anon_2 AS anon_1", the WITH clause naming the original
+            original = self.visit(node["alias_of"])
+            return original.alias(name=self.name(node["name"]))
         restates = self.opt(node.get("restates"))
         element = self.visit(node["element"])
         return selectable.CTE._construct(

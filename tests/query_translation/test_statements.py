@@ -671,3 +671,15 @@ def test_columns_keyed_by_anonymous_names_travel_by_position(dialects: Dialects)
 def test_column_positions_are_checked(node: dict[str, Any], problem: str) -> None:
     with pytest.raises(MalformedStatementError, match=problem):
         from_wire({"version": WIRE_VERSION, "statement": {"t": "select", "cols": [node]}}, METADATA)
+
+
+@pytest.mark.parametrize("name", [None, "named_cte"])
+def test_an_alias_of_a_cte_stays_an_alias(name: str | None, dialects: Dialects) -> None:
+    # found by SQLAlchemy's test suite (aliased() of an entity aliased against a CTE): the server
+    # rebuilt cte.alias() as the CTE itself, "FROM anon_1" instead of "FROM anon_2 AS anon_1"
+    cte = sa.select(users).where(users.c.id > 5).cte(name)
+    alias = cte.alias()
+    stmt = sa.select(alias.c.id, cte.c.name).where(alias.c.id == cte.c.id)
+    client, server, _, _ = round_trip(stmt, dialects)
+    assert " AS anon_1" in client.string
+    assert server.string == client.string
