@@ -339,9 +339,12 @@ class StatementEncoder:
         if table is not None and not column.is_literal:
             key = _column_key(table, column)
             if key is not None:
-                if "%(" in key:
-                    # a key made from an anonymous name (``anon_1_id`` of a subquery): its seed
-                    # is this process's, so the server finds the column by its position instead
+                if "%(" in key or _orm_keys(table):
+                    # a key made from an anonymous name (``anon_1_id`` of a subquery: its seed is
+                    # this process's), or a column of a subquery of an ORM select, keyed by the
+                    # ORM attribute ("uname") where the Core select the server rebuilds keys it
+                    # by the column ("name"): the server finds the column by its position, and
+                    # the fingerprint check proves it the same
                     return {"t": "col", "from": self.visit(table), "pos": list(table.c.keys()).index(key)}
                 return {"t": "col", "from": self.visit(table), "key": key}
         node: _Json = {"t": "column_clause", "name": str(column.name)}
@@ -538,6 +541,13 @@ def _distinct_on_extension(select: Any) -> Sequence[Any] | None:
     if clause is not None and type(clause).__name__ == "DistinctOnClause":
         return tuple(clause._distinct_on)
     return None
+
+
+def _orm_keys(from_: Any) -> bool:
+    """Whether *from_* is a subquery / CTE (or alias of one) of an ORM statement."""
+    while isinstance(from_, selectable.Alias | selectable.CTE | selectable.Subquery):
+        from_ = from_.element
+    return bool(getattr(from_, "_propagate_attrs", {}).get("compile_state_plugin") == "orm")
 
 
 def _column_key(table: Any, column: Any) -> str | None:

@@ -66,11 +66,31 @@ def _table_before_create(target: sa.Table, connection: Any, **kw: Any) -> None:
 
 def _before_cursor_execute(conn: Any, cursor: Any, statement: Any, parameters: Any, context: Any,
                            executemany: bool) -> None:
+    if not _is_isolated(conn):
+        return
     compiled = getattr(context, "compiled", None)
-    if isinstance(compiled, sql_compiler.DDLCompiler) and _is_isolated(conn):
+    if isinstance(compiled, sql_compiler.DDLCompiler):
         element = getattr(compiled.statement, "element", None)
         if isinstance(compiled.statement, sa.schema.CreateTable) and isinstance(element, sa.Table):
             register_tables([element])
+    elif isinstance(compiled, sql_compiler.SQLCompiler) and compiled.statement is not None:
+        # a Table the suite maps or queries without creating it through this engine (a second
+        # Table object for an existing table, e.g. with other column keys)
+        register_tables(_tables_of(compiled))
+
+
+def _tables_of(compiled: Any) -> list[sa.Table]:
+    found = getattr(compiled, "_sa_suite_tables", None)
+    if found is None:
+        seen: dict[int, sa.Table] = {}
+        for element in sa.sql.visitors.iterate(compiled.statement):
+            table = element if isinstance(element, sa.Table) else getattr(element, "table", None)
+            if isinstance(table, sa.Table):
+                original = table._deannotate()
+                if isinstance(original, sa.Table):
+                    seen.setdefault(id(original), original)
+        found = compiled._sa_suite_tables = list(seen.values())
+    return found
 
 
 def _start_server() -> None:

@@ -683,3 +683,18 @@ def test_an_alias_of_a_cte_stays_an_alias(name: str | None, dialects: Dialects) 
     client, server, _, _ = round_trip(stmt, dialects)
     assert " AS anon_1" in client.string
     assert server.string == client.string
+
+
+def test_columns_of_an_orm_subquery_keyed_by_attribute_travel_by_position(dialects: Dialects) -> None:
+    # found by SQLAlchemy's test suite (RowLabelingTest): the subquery of an ORM select keys a
+    # column by its attribute ("uname"), the Core select the server rebuilds by its name ("name")
+    from sqlalchemy.orm import registry
+
+    class Renamed:
+        pass
+
+    registry().map_imperatively(Renamed, users, properties={"uname": users.c.name})
+    u1 = sa.select(Renamed.id, Renamed.uname).subquery("u1")  # type: ignore[attr-defined]
+    stmt = sa.select(u1.c.uname).where(u1.c.id > 1)
+    client, server, _, _ = round_trip(stmt, dialects)
+    assert server.string == client.string
