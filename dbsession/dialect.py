@@ -203,6 +203,7 @@ class _IsolatedDialectMixin:
     server_side_cursors = False
     supports_statement_cache = True
     _dbs_state: Mapping[str, Any] = {}
+    _dbs_driver_versions: Mapping[str, Any] = {}
 
     def __init__(self, **kw: Any) -> None:
         # The server driver's module is not here (nor needed): construct as if it were absent,
@@ -210,7 +211,7 @@ class _IsolatedDialectMixin:
         kw["dbapi"] = None
         kw.setdefault("paramstyle", self._dbs_state.get("paramstyle"))
         super().__init__(**kw)
-        self.dbapi = _dbapi
+        self.dbapi = _dbapi.DriverModule(self._dbs_driver_versions)
         _apply_state(self, self._dbs_state)
 
     @classmethod
@@ -392,7 +393,8 @@ def isolated_dialect_class(info: Mapping[str, Any]) -> type[Dialect]:
         base = sa.dialects.registry.load(f"{info['dialect']}.{info['driver']}")
         attrs = {"statement_compiler": _compiler_for(base.statement_compiler), "supports_statement_cache": True,
                  "execution_ctx_cls": _context_for(base.execution_ctx_cls),
-                 "_dbs_state": dict(info.get("dialect_state", {}))}
+                 "_dbs_state": dict(info.get("dialect_state", {})),
+                 "_dbs_driver_versions": dict(info.get("driver_versions", {}))}
         cls = type(f"DBSession{base.__name__}", (_IsolatedDialectMixin, base), attrs)
         _classes[key] = cls
     return cls

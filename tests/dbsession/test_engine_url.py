@@ -70,6 +70,21 @@ def test_dialect_is_the_servers(engine: sa.Engine, testing_server: tuple[str, Ru
     assert getattr(engine.dialect, "is_dbsession", False)
 
 
+def test_driver_module_shows_the_servers_driver_versions(engine: sa.Engine) -> None:
+    from dbsession import _dbapi
+
+    dbapi = engine.dialect.dbapi
+    assert dbapi is not None and dbapi.Error is _dbapi.Error and dbapi.connect is _dbapi.connect
+    if engine.dialect.name == "sqlite":
+        import sqlite3
+
+        assert dbapi.sqlite_version_info == sqlite3.sqlite_version_info
+    else:
+        import psycopg
+
+        assert dbapi.__version__ == psycopg.__version__
+
+
 def test_ddl_and_reflection_through_the_test_policy(engine: sa.Engine) -> None:
     _ddl(engine)
     inspector = sa.inspect(engine)
