@@ -278,18 +278,24 @@ class _IsolatedDialectMixin:
         return None
 
     def do_execute(self, cursor: Any, statement: Any, parameters: Any, context: Any = None) -> None:
-        self._dbs_send(cursor, context, many=False)
+        self._dbs_send(cursor, context, many=False, sql=(statement, [parameters]))
 
     def do_execute_no_params(self, cursor: Any, statement: Any, context: Any = None) -> None:
-        self._dbs_send(cursor, context, many=False)
+        self._dbs_send(cursor, context, many=False, sql=(statement, []))
 
     def do_executemany(self, cursor: Any, statement: Any, parameters: Any, context: Any = None) -> None:
-        self._dbs_send(cursor, context, many=True)
+        self._dbs_send(cursor, context, many=True, sql=(statement, parameters))
 
-    def _dbs_send(self, cursor: Any, context: Any, *, many: bool) -> None:
+    def _dbs_send(self, cursor: Any, context: Any, *, many: bool, sql: tuple[Any, Any]) -> None:
         compiled = getattr(context, "compiled", None)
         if not isinstance(compiled, sql_compiler.SQLCompiler) or _reads_system_catalog(compiled):
             self._dbs_send_text(cursor, context, compiled, many=many)
+            return
+        if sql[0] != context.statement:
+            # a before_cursor_execute listener (retval=True) rewrote the SQL: the structure no
+            # longer describes it, so it travels as the text it now is - driver SQL, which only a
+            # policy allowing raw SQL accepts - never silently as the statement it was
+            self._dbs_send_text(cursor, context, None, many=many, sql=sql)
             return
         document, digest, needs_txn = _wire_for(compiled)
         payload: dict[str, Any] = {"stmt": document, "sql": digest,
@@ -307,7 +313,8 @@ class _IsolatedDialectMixin:
             payload["options"] = options
         cursor.run(payload, needs_txn=needs_txn)
 
-    def _dbs_send_text(self, cursor: Any, context: Any, compiled: Any, *, many: bool) -> None:
+    def _dbs_send_text(self, cursor: Any, context: Any, compiled: Any, *, many: bool,
+                       sql: tuple[Any, Any] | None = None) -> None:
         """DDL and ``exec_driver_sql``: the SQL itself, under a node kind the policy judges.
 
         The server's default policy refuses both; a test policy allows them (see
@@ -315,8 +322,9 @@ class _IsolatedDialectMixin:
         whether the text only reads.
         """
         kind = "ddl" if isinstance(compiled, sql_compiler.DDLCompiler) else "driver_sql"
-        params, positional = driver_sql_params(context.parameters or [])
-        statement = str(context.statement)
+        statement, parameters = sql if sql is not None else (context.statement, context.parameters)
+        params, positional = driver_sql_params(parameters or [])
+        statement = str(statement)
         payload: dict[str, Any] = {
             "stmt": driver_sql_document(kind, statement, positional=positional, version=WIRE_VERSION),
             "sql": text_fingerprint(statement), "params": encode_params(params)}

@@ -216,3 +216,26 @@ def test_ddl_and_raw_sql_are_separate_permissions(policy: DefaultPolicy, kind: s
     else:
         with pytest.raises(PolicyViolation):
             policy.check(info, principal)
+
+
+def test_sql_rewritten_by_an_event_travels_as_that_sql(engine: sa.Engine) -> None:
+    # a before_cursor_execute listener with retval=True changes what the driver receives; the
+    # isolation path must run the rewritten SQL (or refuse it), never the original structure
+    t = _ddl(engine)
+
+    @sa.event.listens_for(engine, "before_cursor_execute", retval=True)
+    def rewrite(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> Any:
+        return statement.replace("things.name", "upper(things.name) AS name"), parameters
+
+    with engine.begin() as conn:
+        conn.execute(t.insert(), {"id": 1, "name": "abc"})
+        assert conn.execute(sa.select(t.c.name)).scalar() == "ABC"
+
+
+def test_rewritten_sql_is_refused_by_the_default_policy(default_policy_engine: sa.Engine) -> None:
+    @sa.event.listens_for(default_policy_engine, "before_cursor_execute", retval=True)
+    def rewrite(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> Any:
+        return statement + " ", parameters
+
+    with pytest.raises(PolicyViolationError, match="Raw SQL strings"), default_policy_engine.connect() as conn:
+        conn.execute(sa.select(THINGS.c.id))
