@@ -16,12 +16,13 @@ It prints the tests passing in each run and every test that passes directly but 
 isolation, grouped by cause (the first line of the failure, numbers and names normalised). The
 full result goes to ``SCRATCH/result-BACKEND.json``. With ``--check`` it exits 1 when fewer than
 99 % of the directly passing tests pass through isolation, or when a difference is not listed in
-``tools/sa_suite_expected.txt`` (test id, then ``#`` and the reason).
+``tools/sa_suite_expected.txt`` (a test id or fnmatch pattern, then ``#`` and the reason).
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -178,6 +179,16 @@ def load_expected() -> dict[str, str]:
     return expected
 
 
+def explain(test_id: str, expected: dict[str, str]) -> str | None:
+    """The reason listed for *test_id* (entries may be fnmatch patterns), or None."""
+    if test_id in expected:
+        return expected[test_id]
+    for pattern, reason in expected.items():
+        if fnmatch.fnmatchcase(test_id, pattern):
+            return reason
+    return None
+
+
 def compare(direct: dict[str, tuple[str, str]], isolated: dict[str, tuple[str, str]]) -> dict[str, object]:
     passing_direct = {t for t, (o, _) in direct.items() if o == "passed"}
     passing_isolated = {t for t, (o, _) in isolated.items() if o == "passed"}
@@ -192,7 +203,8 @@ def compare(direct: dict[str, tuple[str, str]], isolated: dict[str, tuple[str, s
         "both_passed": len(passing_direct & passing_isolated),
         "ratio": len(passing_direct & passing_isolated) / len(passing_direct) if passing_direct else 0.0,
         "only_isolated": sorted(passing_isolated - passing_direct),
-        "lost": lost, "unexplained": [t for t in lost if t not in expected],
+        "lost": lost, "unexplained": [t for t in lost if explain(t, expected) is None],
+        "explained": {t: explain(t, expected) for t in lost if explain(t, expected) is not None},
         "groups": dict(sorted(groups.items(), key=lambda kv: -len(kv[1]))),
         "messages": {t: isolated.get(t, ("missing", ""))[1] for t in lost},
     }

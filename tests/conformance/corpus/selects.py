@@ -160,7 +160,7 @@ def _(s: Session):
     return s.scalars(stmt, {"o": "alice"}).all()
 
 
-@op("select.exec_driver_sql", refused=sa_exc.NotSupportedError)
+@op("select.exec_driver_sql", refused=PolicyViolationError)
 def _(s: Session):
     return s.connection().exec_driver_sql("SELECT count(*) FROM task_instance").scalar()
 
