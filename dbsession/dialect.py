@@ -219,6 +219,14 @@ class _IsolatedDialectMixin:
         return _dbapi
 
     @classmethod
+    def load_provisioning(cls) -> None:
+        """The server dialect's test provisioning (``sqlalchemy.testing``): this is that dialect."""
+        for base in cls.__mro__[1:]:
+            if base.__module__.startswith("sqlalchemy.dialects."):
+                base.load_provisioning()  # type: ignore[attr-defined]
+                return
+
+    @classmethod
     def get_pool_class(cls, url: URL) -> type[sa.pool.Pool]:
         return sa.pool.QueuePool  # every client connection is independent, whatever the backend
 
@@ -405,6 +413,8 @@ def isolated_dialect_class(info: Mapping[str, Any]) -> type[Dialect]:
                  "_dbs_driver_versions": dict(info.get("driver_versions", {}))}
         cls = type(f"DBSession{base.__name__}", (_IsolatedDialectMixin, base), attrs)
         _classes[key] = cls
+    elif info.get("driver_versions"):
+        cls._dbs_driver_versions = dict(info["driver_versions"])  # type: ignore[attr-defined]
     return cls
 
 

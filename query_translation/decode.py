@@ -278,7 +278,13 @@ class StatementDecoder:
         return tuple(self._value(v) for v in row["seq"])
 
     def insert(self, node: _Json) -> Any:
-        stmt = sa.insert(self._target(node))
+        upserts = node.get("on_conflict") or ()
+        if upserts:
+            from sqlalchemy.dialects import postgresql, sqlite
+            module = {"sqlite": sqlite, "postgresql": postgresql}[upserts[0]["dialect"]]
+            stmt = module.insert(self._target(node))
+        else:
+            stmt = sa.insert(self._target(node))
         if node.get("values"):
             stmt = stmt.values(self._values(node["values"]))
         if node.get("multi_values"):
@@ -287,7 +293,24 @@ class StatementDecoder:
         if "select" in node:
             stmt = stmt.from_select(node["select_names"], self.visit(node["select"]),
                                     include_defaults=node.get("include_defaults", True))
+        for upsert in upserts:
+            stmt = self._on_conflict(stmt, upsert)
         return self._dml_common(stmt, node)
+
+    def _on_conflict(self, stmt: Any, node: _Json) -> Any:
+        kw: dict[str, Any] = {}
+        if node.get("index_elements") is not None:
+            kw["index_elements"] = [e if isinstance(e, str) else self.visit(e) for e in node["index_elements"]]
+        if node.get("index_where") is not None:
+            kw["index_where"] = self.visit(node["index_where"])
+        if node.get("constraint") is not None:
+            kw["constraint"] = node["constraint"]
+        if node["kind"] == "do_nothing":
+            return stmt.on_conflict_do_nothing(**kw)
+        kw["set_"] = self._values(node.get("set") or [])
+        if node.get("where") is not None:
+            kw["where"] = self.visit(node["where"])
+        return stmt.on_conflict_do_update(**kw)
 
     def update(self, node: _Json) -> Any:
         stmt = sa.update(self._target(node))

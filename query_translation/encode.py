@@ -252,8 +252,8 @@ class StatementEncoder:
         return {"t": "select_grouping", "element": self.visit(grouping.element)}
 
     def _dml_common(self, node: _Json, stmt: Any) -> _Json:
-        self._refuse_extras(stmt, "_prefixes", "_hints", "_post_values_clause",
-                            "_post_criteria_clause")
+        self._refuse_extras(stmt, "_prefixes", "_hints", "_post_criteria_clause",
+                            *(() if "on_conflict" in node else ("_post_values_clause",)))
         self._put_list(node, "returning", stmt._returning)
         if stmt._return_defaults:
             node["return_defaults"] = True
@@ -297,7 +297,34 @@ class StatementEncoder:
             node["select"] = self.visit(insert.select)
             node["select_names"] = list(insert._select_names or ())
             node["include_defaults"] = insert.include_insert_from_select_defaults
+        post_values = getattr(insert, "_post_values_clause", None)
+        if post_values is not None:
+            clauses = list(post_values.clauses) if isinstance(post_values, elements.ClauseList) else [post_values]
+            if all(type(c).__module__ in _UPSERT_MODULES for c in clauses):
+                node["on_conflict"] = [self._on_conflict(c) for c in clauses]
         return self._dml_common(node, insert)
+
+    def _on_conflict(self, clause: Any) -> _Json:
+        """SQLite's / PostgreSQL's ``on_conflict_do_update()`` / ``on_conflict_do_nothing()``."""
+        visit_name = clause.__visit_name__
+        if visit_name not in ("on_conflict_do_update", "on_conflict_do_nothing"):
+            raise UnsupportedStatementError(f"The INSERT clause {visit_name} cannot be sent to the DB-API yet.")
+        node: _Json = {"dialect": _UPSERT_MODULES[type(clause).__module__],
+                       "kind": visit_name.removeprefix("on_conflict_")}
+        if clause.inferred_target_elements is not None:
+            node["index_elements"] = [e if isinstance(e, str) else self.visit(e)
+                                      for e in clause.inferred_target_elements]
+        if clause.inferred_target_whereclause is not None:
+            node["index_where"] = self.visit(clause.inferred_target_whereclause)
+        if getattr(clause, "constraint_target", None) is not None:
+            node["constraint"] = str(clause.constraint_target)
+        if visit_name == "on_conflict_do_update":
+            pairs = clause.update_values_to_set
+            pairs = pairs.items() if isinstance(pairs, Mapping) else pairs
+            node["set"] = [[self._value_key(k), self._value(v)] for k, v in pairs]
+            if clause.update_whereclause is not None:
+                node["where"] = self.visit(clause.update_whereclause)
+        return node
 
     def visit_update(self, update: sql_dml.Update) -> _Json:
         core = self._core.get(id(update))
@@ -548,6 +575,9 @@ def _orm_keys(from_: Any) -> bool:
     while isinstance(from_, selectable.Alias | selectable.CTE | selectable.Subquery):
         from_ = from_.element
     return bool(getattr(from_, "_propagate_attrs", {}).get("compile_state_plugin") == "orm")
+
+
+_UPSERT_MODULES = {"sqlalchemy.dialects.sqlite.dml": "sqlite", "sqlalchemy.dialects.postgresql.dml": "postgresql"}
 
 
 def _column_key(table: Any, column: Any) -> str | None:

@@ -99,6 +99,21 @@ def _dml(**spec: Any) -> dict[str, Any]:
             "sort_by_parameter_order": _bool(), "inline": _bool(), **spec}
 _PAIRS = fields.List(fields.List(fields.Raw(), validate=validate.Length(equal=2)))
 
+class _OnConflictSchema(Schema):
+    """``INSERT ... ON CONFLICT`` of SQLite's / PostgreSQL's ``insert()`` (upsert)."""
+
+    dialect = fields.Str(required=True, validate=validate.OneOf(["sqlite", "postgresql"]))
+    kind = fields.Str(required=True, validate=validate.OneOf(["do_update", "do_nothing"]))
+    index_elements = fields.List(fields.Raw())  # a column name (str) or a node
+    index_where = _Node()
+    constraint = fields.Str()
+    set = _PAIRS
+    where = _Node()
+
+    class Meta:
+        unknown = RAISE
+
+
 # field specs per node kind; "t" and "@" are implied
 NODE_SPECS: dict[str, dict[str, Any]] = {
     "ref": {},
@@ -122,7 +137,8 @@ NODE_SPECS: dict[str, dict[str, Any]] = {
                         "offset": _node(), "fetch": fields.Dict(), "for_update": fields.Dict()},
     "select_grouping": {"element": _node(required=True)},
     "insert": _dml(values=_PAIRS, multi_values=fields.List(fields.List(fields.Raw())),
-                   select=_node(), select_names=fields.List(fields.Str()), include_defaults=_bool()),
+                   select=_node(), select_names=fields.List(fields.Str()), include_defaults=_bool(),
+                   on_conflict=fields.List(fields.Nested(_OnConflictSchema))),
     "update": _dml(values=_PAIRS, ordered=_bool(), where=_nodes()),
     "delete": _dml(where=_nodes(), extra_froms=_nodes()),
     "savepoint": {"name": fields.Str(required=True)},

@@ -117,8 +117,12 @@ def _start_server() -> None:
 
 def _patch_provisioning() -> None:
     """SQLite's test provisioning attaches a schema on each *driver* connection; ours has none."""
+    import importlib
+
     from sqlalchemy.testing import provision
 
+    # load the backend's provisioning now, so that patching it here is not undone by its import
+    importlib.import_module(f"sqlalchemy.dialects.{sa.make_url(os.environ['SA_SUITE_SERVER_DB']).get_backend_name()}.provision")
     original = provision.post_configure_engine.fns.get("sqlite")
 
     def post_configure_engine(url: Any, engine: Any, follower_ident: Any) -> None:

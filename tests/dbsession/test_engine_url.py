@@ -239,3 +239,12 @@ def test_rewritten_sql_is_refused_by_the_default_policy(default_policy_engine: s
 
     with pytest.raises(PolicyViolationError, match="Raw SQL strings"), default_policy_engine.connect() as conn:
         conn.execute(sa.select(THINGS.c.id))
+
+
+def test_test_provisioning_is_the_server_dialects(engine: sa.Engine) -> None:
+    # sqlalchemy.testing finds a backend's provisioning (upsert, temp tables...) through the
+    # dialect class's load_provisioning(); ours is the server dialect's
+    from sqlalchemy.testing import provision
+
+    type(engine.dialect).load_provisioning()
+    assert engine.dialect.name in provision.upsert.fns

@@ -698,3 +698,31 @@ def test_columns_of_an_orm_subquery_keyed_by_attribute_travel_by_position(dialec
     stmt = sa.select(u1.c.uname).where(u1.c.id > 1)
     client, server, _, _ = round_trip(stmt, dialects)
     assert server.string == client.string
+
+
+def _upserts(dialect_name: str) -> list[Any]:
+    from sqlalchemy.dialects import sqlite
+
+    module = pg if dialect_name == "postgresql" else sqlite
+    ins = module.insert(users).values(id=1, name="a")
+    out = [
+        ins.on_conflict_do_nothing(),
+        ins.on_conflict_do_nothing(index_elements=["id"]),
+        ins.on_conflict_do_update(index_elements=[users.c.id], set_={"name": ins.excluded.name},
+                                  where=users.c.name != "x"),
+        ins.on_conflict_do_update(index_elements=["id"], index_where=users.c.id > 0,
+                                  set_={users.c.name: "fixed"}).returning(users.c.id),
+    ]
+    if dialect_name == "postgresql":
+        out.append(ins.on_conflict_do_update(constraint="users_pkey", set_={"name": "y"}))
+    return out
+
+
+def test_upserts_round_trip(dialects: Dialects) -> None:
+    # found by SQLAlchemy's test suite (ORM bulk upserts, 82 tests): INSERT ... ON CONFLICT was
+    # refused by the encoder as a raw SQL fragment
+    for stmt in _upserts(dialects.name):
+        client, server, info, _ = round_trip(stmt, dialects)
+        assert "ON CONFLICT" in client.string
+        assert server.string == client.string
+        assert info.write_table == "users"

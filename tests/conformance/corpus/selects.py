@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import false, func, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import exc as orm_exc
