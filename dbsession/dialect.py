@@ -165,7 +165,7 @@ def _wire_for(compiled: sql_compiler.SQLCompiler) -> tuple[dict[str, Any], str, 
         root = compiled.compile_state.statement if compiled.compile_state is not None else compiled.statement
         document = to_wire(root, compiled=compiled, core_statements=getattr(compiled, "_dbs_core", None))
         node = document["statement"]
-        needs_txn = node["t"] not in ("select", "compound_select") or "for_update" in node
+        needs_txn = node["t"] not in ("select", "compound_select") or _locks(node)
         digest = sql_fingerprint(compiled)
         cached = _wire_cache[compiled] = (document, digest, needs_txn)
     return cached
@@ -188,6 +188,20 @@ def _reads_system_catalog(compiled: sql_compiler.SQLCompiler) -> bool:
             for t in find_tables(statement, check_columns=True, include_aliases=True, include_joins=True))
         _catalog_cache[compiled] = found
     return found
+
+
+def _locks(node: Any) -> bool:
+    """Whether a statement document has FOR UPDATE anywhere (a locking subquery locks too)."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("for_update"):
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 _FORWARDED_OPTIONS = ("preserve_rowcount", "insertmanyvalues_page_size")

@@ -248,3 +248,14 @@ def test_test_provisioning_is_the_server_dialects(engine: sa.Engine) -> None:
 
     type(engine.dialect).load_provisioning()
     assert engine.dialect.name in provision.upsert.fns
+
+
+def test_a_locking_subquery_runs_in_a_transaction(engine: sa.Engine) -> None:
+    # found by SQLAlchemy's test suite (test_lockmode test_join_w_subquery): FOR UPDATE inside a
+    # subquery made the server demand a transaction the client had not opened for a "read"
+    t = _ddl(engine)
+    with engine.begin() as conn:
+        conn.execute(t.insert(), {"id": 1, "name": "a"})
+    locked = sa.select(t).with_for_update().subquery()
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(locked.c.name)).scalars().all() == ["a"]
