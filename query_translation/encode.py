@@ -594,7 +594,14 @@ def _column_key(table: Any, column: Any) -> str | None:
 
 _VISITORS: dict[type, Callable[[StatementEncoder, Any], _Json]] = {}
 
+def _visit_override_binds(encoder: StatementEncoder, element: Any) -> _Json:
+    """``_OverrideBinds`` (a cached expression reused with other values, as ORM loader options do)
+    renders as the element it wraps; its values are already in the compiled parameters."""
+    return encoder.visit(element.element)
+
+
 _BY_VISIT_NAME = {
+    "override_binds": _visit_override_binds,
     "savepoint": StatementEncoder.visit_savepoint,
     "rollback_to_savepoint": StatementEncoder.visit_savepoint,
     "release_savepoint": StatementEncoder.visit_savepoint,

@@ -726,3 +726,14 @@ def test_upserts_round_trip(dialects: Dialects) -> None:
         assert "ON CONFLICT" in client.string
         assert server.string == client.string
         assert info.write_table == "users"
+
+
+def test_override_binds_travel_as_the_element_they_wrap(dialects: Dialects) -> None:
+    # found by SQLAlchemy's test suite (relationship criteria and with_expression() reused from
+    # the cache with new values: 8 tests): _OverrideBinds had no wire node
+    from sqlalchemy.sql import elements as sql_elements
+
+    original = sa.bindparam("p", "a")
+    wrapped = sql_elements._OverrideBinds(users.c.name == original, [sa.bindparam("p", "b")], [original])
+    client, server, _, _ = round_trip(sa.select(users.c.id).where(wrapped), dialects)
+    assert server.string == client.string
