@@ -238,9 +238,15 @@ class StatementDecoder:
     def select_grouping(self, node: _Json) -> Any:
         return selectable.SelectStatementGrouping(self.visit(node["element"]))
 
-    def _target(self, node: _Json) -> sa.Table:
-        table: sa.Table = self.visit(node["table"])
-        name = table.fullname
+    def _target(self, node: _Json) -> Any:
+        table = self.visit(node["table"])
+        base = table
+        while isinstance(base, selectable.Alias):  # UPDATE documents AS documents_1 ...
+            base = base.element
+        if not isinstance(base, sa.Table):
+            raise MalformedStatementError({"table": ["not a table"]},
+                                          "The target of an INSERT / UPDATE / DELETE must be a table or its alias.")
+        name = base.fullname
         self.info.write_table = name
         self.info.read_tables.discard(name)
         return table
