@@ -429,6 +429,13 @@ class StatementDecoder:
                    negate=self._op(node["negate"]) if "negate" in node else None,
                    modifiers=modifiers or None)
 
+    def function_as_binary(self, node: _Json) -> Any:
+        function = self.visit(node["function"])
+        if not isinstance(function, functions.FunctionElement):
+            raise MalformedStatementError({"function": ["not a function"]},
+                                          "function_as_binary needs a function node.")
+        return function.as_comparison(node["left_index"], node["right_index"])
+
     def _unary_like(self, cls: builtins.type[elements.UnaryExpression[Any]], node: _Json) -> Any:
         obj = cls.__new__(cls)
         elements.UnaryExpression.__init__(
@@ -576,7 +583,7 @@ _DECODERS: dict[str, Callable[[StatementDecoder, _Json], Any]] = {
         "table", "alias", "subquery", "cte", "lateral", "join", "select", "compound_select",
         "select_grouping", "insert", "update", "delete", "savepoint", "rollback_to_savepoint",
         "release_savepoint", "text", "textual_select", "col", "column_clause", "bind", "label", "label_reference",
-        "textual_label_reference", "binary", "unary", "exists", "collection", "as_boolean", "clause_list", "boolean_list",
+        "textual_label_reference", "binary", "function_as_binary", "unary", "exists", "collection", "as_boolean", "clause_list", "boolean_list",
         "expression_list", "grouping", "from_grouping", "scalar_select", "cast", "type_coerce",
         "case", "over", "funcfilter", "within_group", "extract", "function", "tuple", "null",
         "true", "false",

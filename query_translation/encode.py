@@ -416,6 +416,9 @@ class StatementEncoder:
         return {"t": "textual_label_reference", "name": str(ref.element)}
 
     def visit_binary(self, binary: elements.BinaryExpression[Any]) -> _Json:
+        if isinstance(binary, functions.FunctionAsBinary):  # func.x(a, b).as_comparison(1, 2)
+            return {"t": "function_as_binary", "function": self.visit(binary.sql_function),
+                    "left_index": binary.left_index, "right_index": binary.right_index}
         node: _Json = {"t": "binary", "op": self._op(binary.operator),
                        "left": self.visit(binary.left), "right": self.visit(binary.right)}
         if binary.negate is not None:

@@ -748,3 +748,14 @@ def test_dml_on_an_aliased_table_writes_the_table(kind: str, dialects: Dialects)
     client, server, info, _ = round_trip(stmt, dialects)
     assert server.string == client.string
     assert info.write_table == "users"
+
+
+def test_function_as_comparison_round_trips(dialects: Dialects) -> None:
+    # found by SQLAlchemy's test suite (FunctionAsPrimaryJoinTest: a relationship joined on
+    # func.instr(...).as_comparison(1, 2)); rebuilt as a plain binary it lost its function
+    other = users.alias("u2")
+    cond = sa.func.instr(other.c.name, users.c.name + "/").as_comparison(1, 2)
+    stmt = sa.select(users.c.id, other.c.id).join_from(users, other, cond)
+    client, server, info, _ = round_trip(stmt, dialects)
+    assert server.string == client.string
+    assert "instr" in info.functions
