@@ -73,6 +73,7 @@ class StatementEncoder:
         self._bind_names = bind_names or {}
         self._core = core_statements or {}
         self._memo: dict[int, tuple[Any, _Json]] = {}
+        self._ctes: dict[str, list[Any]] = {}
         self._next_ref = 0
         self._types: list[tuple[_Json, str, TypeEngine[Any]]] = []
         self._tables: dict[str, sa.Table] = {}
@@ -106,6 +107,8 @@ class StatementEncoder:
 
     # -- dispatch -----------------------------------------------------------------------------
     def visit(self, element: Any) -> _Json:
+        if isinstance(element, selectable.CTE):
+            element = self._same_cte(element)
         identity = _identity(element)
         seen = self._memo.get(id(identity))
         if seen is not None:
@@ -123,6 +126,29 @@ class StatementEncoder:
             node["al"] = self.name(implicit)
         self._memo[id(identity)] = (identity, node)
         return node
+
+    def _same_cte(self, cte: Any) -> Any:
+        """An earlier CTE of the same name that the compiler renders as this one, if any.
+
+        The ORM clones CTEs while adapting statements; SQLAlchemy's compiler treats a clone that
+        compares equal (or an annotated copy) as the same CTE. Rebuilt on the server, the two
+        would be unrelated objects of one name ("Multiple, unrelated CTEs"), so the clone
+        travels as a reference to the CTE already sent.
+        """
+        if cte._cte_alias is not None:
+            return cte
+        earlier = self._ctes.setdefault(str(cte.name), [])
+        for other in earlier:
+            if other is cte:
+                return cte
+            if (other._restates is not cte and cte._restates is not other
+                    and id(_identity(other)) in self._memo
+                    and (hash(other) == hash(cte) or (
+                        (cte._is_clone_of is not None or other._is_clone_of is not None)
+                        and cte.compare(other)))):
+                return other
+        earlier.append(cte)
+        return cte
 
     def visit_opt(self, element: Any) -> _Json | None:
         return None if element is None else self.visit(element)

@@ -759,3 +759,14 @@ def test_function_as_comparison_round_trips(dialects: Dialects) -> None:
     client, server, info, _ = round_trip(stmt, dialects)
     assert server.string == client.string
     assert "instr" in info.functions
+
+
+def test_a_cloned_cte_stays_the_same_cte(dialects: Dialects) -> None:
+    # found by SQLAlchemy's test suite (test_cte_clone_issue: the ORM clones a named CTE while
+    # adapting a statement); rebuilt as two objects they were "Multiple, unrelated CTEs"
+    cte = sa.select(users.c.id, users.c.name).where(users.c.id > 1).cte("test_cte")
+    clone = cte._clone()
+    stmt = sa.select(cte.c.name).where(cte.c.id.in_(sa.select(clone.c.id).scalar_subquery()))
+    client, server, _, _ = round_trip(stmt, dialects)
+    assert client.string.count("test_cte AS") == 1
+    assert server.string == client.string
