@@ -629,8 +629,15 @@ def _visit_override_binds(encoder: StatementEncoder, element: Any) -> _Json:
     return encoder.visit(element.element)
 
 
+def _visit_lambda(encoder: StatementEncoder, element: Any) -> _Json:
+    """A ``lambda_stmt()`` element travels as the statement it resolved to; its tracked closure
+    values are bound parameters like any other."""
+    return encoder.visit(element._resolved)
+
+
 _BY_VISIT_NAME = {
     "override_binds": _visit_override_binds,
+    "lambda_element": _visit_lambda,
     "savepoint": StatementEncoder.visit_savepoint,
     "rollback_to_savepoint": StatementEncoder.visit_savepoint,
     "release_savepoint": StatementEncoder.visit_savepoint,

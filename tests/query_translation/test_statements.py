@@ -770,3 +770,14 @@ def test_a_cloned_cte_stays_the_same_cte(dialects: Dialects) -> None:
     client, server, _, _ = round_trip(stmt, dialects)
     assert client.string.count("test_cte AS") == 1
     assert server.string == client.string
+
+
+def test_a_lambda_element_travels_as_what_it_resolved_to(dialects: Dialects) -> None:
+    # found by SQLAlchemy's test suite (subqueryload of a lambda statement): LambdaElement had
+    # no wire node
+    from sqlalchemy.sql import lambdas, roles
+
+    limit = 5
+    criteria = lambdas.LambdaElement(lambda: users.c.id > limit, roles.WhereHavingRole)
+    client, server, _, _ = round_trip(sa.select(users.c.id).where(criteria), dialects)
+    assert server.string == client.string
