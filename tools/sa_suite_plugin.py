@@ -22,6 +22,7 @@ Environment (set by ``tools/sa_suite.py``):
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -97,7 +98,10 @@ def _start_server() -> None:
     global _server, _state
     url = os.environ["SA_SUITE_SERVER_DB"]
     port = int(os.environ["SA_SUITE_PORT"])
-    engine = sa.create_engine(url)
+    # the server's engine logs under its own name, kept out of the "sqlalchemy.engine" records
+    # the suite captures and asserts on (a separate server process would not share them)
+    engine = sa.create_engine(url, logging_name="sa_suite_server")
+    logging.getLogger("sqlalchemy.engine.Engine.sa_suite_server").propagate = False
     if engine.dialect.name == "sqlite":
         # what SQLAlchemy's SQLite provisioning does for its test engines, here on the server's
         # connections (the client's stand-in connections have no SQLite connection to attach to)
