@@ -137,6 +137,29 @@ def _patch_provisioning() -> None:
 
     provision.post_configure_engine.fns["sqlite"] = post_configure_engine
 
+    # The suite's SQLite provisioning deletes the database file after every test class (the
+    # engine's dispose), so each class starts from an empty database. The server's file stays;
+    # empty it at the same moment, or a table a test leaves behind meets the next class.
+    original_stop = provision.stop_test_class_outside_fixtures.fns.get("sqlite")
+
+    def stop_test_class_outside_fixtures(config: Any, db: Any, cls: Any) -> None:
+        if original_stop is not None:
+            original_stop(config, db, cls)
+        if getattr(db.dialect, "is_dbsession", False) and _state is not None:
+            _empty_sqlite_database(_state.engine)
+
+    provision.stop_test_class_outside_fixtures.fns["sqlite"] = stop_test_class_outside_fixtures
+
+
+def _empty_sqlite_database(engine: sa.Engine) -> None:
+    with guard.trusted(), engine.begin() as conn:
+        for schema in ("main", "test_schema"):
+            rows = conn.exec_driver_sql(
+                f"SELECT type, name FROM {schema}.sqlite_master "
+                "WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%'").all()
+            for kind, name in rows:
+                conn.exec_driver_sql(f'DROP {kind.upper()} IF EXISTS {schema}."{name}"')
+
 
 def pytest_configure(config: Any) -> None:
     if _server is None:
