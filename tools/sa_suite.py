@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="'core', 'full', or test paths inside the sdist (test/orm/...)")
     parser.add_argument("--jobs", type=int, default=1, help="pytest-xdist workers (needs pytest-xdist)")
     parser.add_argument("--scratch", type=Path, default=Path(os.environ.get("SA_SUITE_SCRATCH", REPO / ".sa_suite")))
-    parser.add_argument("--only", choices=("direct", "isolation"), help="run one side, reuse the other's XML")
+    parser.add_argument("--only", choices=("direct", "isolation", "none"),
+                        help="run one side (or none: just compare) and reuse the other's JUnit XML")
     parser.add_argument("--check", action="store_true", help="exit 1 below the bar or on an unexplained difference")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args(argv)
