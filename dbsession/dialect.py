@@ -311,12 +311,14 @@ class _IsolatedDialectMixin:
     def _dbs_send(self, cursor: Any, context: Any, *, many: bool, sql: tuple[Any, Any]) -> None:
         compiled = getattr(context, "compiled", None)
         if not isinstance(compiled, sql_compiler.SQLCompiler) or _reads_system_catalog(compiled):
-            self._dbs_send_text(cursor, context, compiled, many=many)
+            self._dbs_send_text(cursor, context, compiled, many=many, sql=sql)
             return
-        if sql[0] != context.statement:
-            # a before_cursor_execute listener (retval=True) rewrote the SQL: the structure no
-            # longer describes it, so it travels as the text it now is - driver SQL, which only a
-            # policy allowing raw SQL accepts - never silently as the statement it was
+        if sql[0] != getattr(context, "statement", None):
+            # a before_cursor_execute listener (retval=True) rewrote the SQL, or the dialect runs
+            # SQL of its own while preparing the statement (PostgreSQL's "select nextval(...)"
+            # for a pre-executed Sequence): the structure does not describe it, so it travels as
+            # the text it is - driver SQL, which only a policy allowing raw SQL accepts - never
+            # silently as the compiled statement
             self._dbs_send_text(cursor, context, None, many=many, sql=sql)
             return
         document, digest, needs_txn = _wire_for(compiled)

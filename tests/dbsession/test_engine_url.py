@@ -259,3 +259,18 @@ def test_a_locking_subquery_runs_in_a_transaction(engine: sa.Engine) -> None:
     locked = sa.select(t).with_for_update().subquery()
     with engine.connect() as conn:
         assert conn.execute(sa.select(locked.c.name)).scalars().all() == ["a"]
+
+
+def test_sequence_pre_execution_runs_the_dialects_own_sql(engine: sa.Engine) -> None:
+    # found by SQLAlchemy's test suite on PostgreSQL (13 tests): executing a Sequence runs the
+    # dialect's own "select nextval(...)" on the statement's cursor; that SQL is not the compiled
+    # statement, so it travels as driver SQL (the test policy allows it)
+    if engine.dialect.name != "postgresql":
+        pytest.skip("sequences: PostgreSQL")
+    seq = sa.Sequence("engine_url_seq", metadata=sa.MetaData())
+    seq.create(engine)
+    try:
+        with engine.begin() as conn:
+            assert [conn.scalar(seq), conn.scalar(seq)] == [1, 2]
+    finally:
+        seq.drop(engine)
