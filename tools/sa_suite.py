@@ -78,12 +78,18 @@ def free_port() -> int:
 class Backend:
     """Scratch databases for one run: the direct one and the one the DB-API server serves."""
 
-    def __init__(self, name: str, scratch: Path) -> None:
-        self.name, self.scratch = name, scratch
+    def __init__(self, name: str, scratch: Path, sdist: Path) -> None:
+        self.name, self.scratch, self.sdist = name, scratch, sdist
         self.created: list[str] = []
 
     def url(self, role: str) -> str:
         if self.name == "sqlite":
+            if role == "direct":
+                # the suite's own "sqlite_file" configuration, relative to the sdist it runs in:
+                # its provisioning renames the file from the path's tokens (querytest_pysqlite.db)
+                for leftover in self.sdist.glob("querytest*.db*"):
+                    leftover.unlink()
+                return "sqlite:///querytest.db"
             path = self.scratch / f"{role}.db"
             for leftover in self.scratch.glob(f"{role}*.db"):
                 leftover.unlink()
@@ -227,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch.mkdir(parents=True, exist_ok=True)
     sdist = sdist_dir(scratch)
     paths = [p for name in args.subset for p in SUBSETS.get(name, [name])]
-    backend = Backend(args.backend, scratch)
+    backend = Backend(args.backend, scratch, sdist)
     print(f"SQLAlchemy {sa.__version__} test suite, {args.backend}, {' '.join(paths)}", flush=True)
     try:
         xmls = {}
