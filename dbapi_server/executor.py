@@ -34,7 +34,8 @@ from query_translation import (
     from_wire,
 )
 from query_translation.decode import StatementInfo
-from query_translation.fingerprint import sql_fingerprint
+from query_translation.driver_sql import DriverSQL
+from query_translation.fingerprint import sql_fingerprint, text_fingerprint
 
 from .errors import APIError
 from .refusals import LimitExceeded
@@ -82,6 +83,12 @@ class StatementExecutor:
                 self._cache.popitem(last=False)
         return decoded
 
+    def schema_changed(self) -> None:
+        """Forget decoded statements and known types after the metadata's tables changed."""
+        with self._lock:
+            self._cache.clear()
+            self.types = TypeResolver(self.metadata)
+
     def decode_params(self, params: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
         return decode_params(params or [{}], enum_resolver=self.types.resolve_enum)
 
@@ -116,6 +123,9 @@ def _checked_execute(connection: sa.Connection, statement: Any, params: list[dic
     """Execute with the forwarded options, refusing at the cursor unless the SQL fingerprints as
     the client's (see ``_check_sql``)."""
     opts = {k: v for k, v in (options or {}).items() if k in _FORWARDED_OPTIONS}
+    if isinstance(statement, DriverSQL):
+        return _execute_text(connection, statement, params, many=many, sql_hash=sql_hash, options=opts,
+                             stream=stream)
     if stream is not None:
         opts.update(stream_results=True, max_row_buffer=stream)
     token = _expected_sql.set(sql_hash)
@@ -125,6 +135,18 @@ def _checked_execute(connection: sa.Connection, statement: Any, params: list[dic
         return connection.execute(statement, params if many else params[0], execution_options=opts or None)
     finally:
         _expected_sql.reset(token)
+
+
+def _execute_text(connection: sa.Connection, statement: DriverSQL, params: list[dict[str, Any]], *,
+                  many: bool, sql_hash: str | None, options: dict[str, Any], stream: int | None) -> Any:
+    """DDL / driver SQL (allowed by the policy already): the text, as the client's driver got it."""
+    if sql_hash is None or text_fingerprint(statement.sql) != sql_hash:  # text is never rewritten
+        raise StatementMismatch("The SQL text does not match its fingerprint. Nothing was executed.")
+    if stream is not None:
+        options.update(stream_results=True, max_row_buffer=stream)
+    driver_params = statement.driver_params(params)
+    arg: Any = driver_params if many else (driver_params[0] if driver_params and driver_params[0] else None)
+    return connection.exec_driver_sql(statement.sql, arg, execution_options=options or None)
 
 
 def _execute_with_column_keys(connection: sa.Connection, statement: Any, params: list[dict[str, Any]],

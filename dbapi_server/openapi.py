@@ -45,6 +45,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         403: "refused by the policy, or the transaction / cursor belongs to another subject",
         409: "a sequence or page number out of order, or a transaction id reused",
         410: "the transaction or cursor has ended, expired or is unknown here",
+        404: "no such named method, or not in this version (unknown_method)",
         413: "the request body is larger than DBAPI_MAX_BODY_BYTES",
         422: "the database (or a bind processor) refused the statement",
         500: "unexpected failure: the server's log has the details under the error id",
@@ -106,6 +107,23 @@ PATHS: dict[str, dict[str, Any]] = {
                           {"outcome": {"enum": ["committed", "rolled_back", "expired", "failed"]}},
                           ("outcome",))),
                       **_errors(401, 403, 409, 410, 413, 422)}}},
+    "/methods": {"get": {
+        "operationId": "listMethods", "summary": "The named methods this server serves, with signatures.",
+        "security": _AUTH,
+        "responses": {"200": _answer("the served methods", {"type": "array", "items": _obj(
+                          {"name": {"type": "string"}, "version": {"type": "integer"},
+                           "signature": {"type": "string"}}, ("name", "version"), extra=True)}),
+                      **_errors(401)}}},
+    "/methods/{name}": {"post": {
+        "operationId": "callMethod",
+        "summary": "Run a named method in the caller's transaction (docs/named-methods.md).",
+        "security": _AUTH,
+        "parameters": [_path_param("name", "the method's registered name")],
+        "requestBody": _body(_obj({"version": {"type": "integer"}, "args": {"type": "object"},
+                                   "txn": {"type": "string"}, "seq": {"type": "integer"},
+                                   "begin": {"type": "boolean"}}, ("version",))),
+        "responses": {"200": _answer("the method returned", _obj({"result": {}}, ("result",))),
+                      **_errors(400, 401, 403, 404, 409, 410, 413, 422)}}},
 }
 
 
@@ -139,7 +157,8 @@ def _components() -> dict[str, Any]:
         "Info": _obj({"wire_version": {"const": WIRE_VERSION}, "dialect": {"type": "string"},
                       "driver": {"type": "string"},
                       "server_version_info": {"type": "array"}, "dialect_state": {"type": "object"},
-                      "schema_hash": {"type": "string"}, "sqlalchemy": {"type": "string"}},
+                      "schema_hash": {"type": "string"}, "sqlalchemy": {"type": "string"},
+                      "driver_versions": {"type": "object", "description": "the server driver's version attributes"}},
                      ("wire_version", "dialect", "driver", "dialect_state", "schema_hash")),
         "Health": _obj({"status": {"enum": ["ok", "unhealthy"]}, "database": {"enum": ["ok", "unreachable", "busy"]},
                         "transactions": {"type": "object"}}, ("status", "database")),

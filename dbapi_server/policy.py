@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.sql import elements
 
 from query_translation.decode import StatementInfo
+from query_translation.driver_sql import DRIVER_SQL_KINDS
 
 from . import _statement_scan
 from .auth import Principal
@@ -209,11 +210,12 @@ class Policy:
 
     # -- presets and loading --------------------------------------------------------------------
     @classmethod
-    def open(cls, *, limits: Limits = Limits(), raw_sql: bool = False,
+    def open(cls, *, limits: Limits = Limits(), raw_sql: bool = False, ddl: bool = False,
              denied_tables: Iterable[str] = ()) -> Policy:
-        """Every caller may use every table of the metadata; raw SQL and DDL refused."""
+        """Every caller may use every table of the metadata; raw SQL and DDL refused (by default)."""
         return cls(limits=limits, fallback=RolePolicy(any_table=TableGrant.full(), functions=None, methods=None,
-                                                      raw_sql=raw_sql, denied_tables=frozenset(denied_tables)))
+                                                      raw_sql=raw_sql, ddl=ddl,
+                                                      denied_tables=frozenset(denied_tables)))
 
     @classmethod
     def for_testing(cls) -> Policy:
@@ -282,6 +284,17 @@ class Policy:
         self._check_statement(info, role, self._limits_of(role))
 
     def _check_statement(self, info: StatementInfo, role: RolePolicy, limits: Limits) -> None:
+        if info.kind == "ddl":  # SQL text the client's DDL compiler wrote: a permission of its own
+            if not role.ddl:
+                raise PolicyViolation("DDL (CREATE / ALTER / DROP) is not allowed by the DB-API's policy.",
+                                      statement="ddl")
+            return
+        if info.kind == "driver_sql":  # exec_driver_sql and SQL text rewritten by client listeners
+            if not role.raw_sql:
+                raise PolicyViolation("Raw SQL strings (exec_driver_sql) are not allowed by the DB-API's "
+                                      "policy; express the statement with SQLAlchemy constructs.",
+                                      statement="driver_sql")
+            return
         self._check_depth(info.depth, limits)
         self._check_literal_sql(info.literal_sql, role)
         self._check_custom_operators(info.custom_operators, role)
@@ -301,7 +314,8 @@ class Policy:
         role = self.role_for(principal)
         limits = self._limits_of(role)
         self._check_statement(info, role, limits)
-        if role.unrestricted or info.kind in ("savepoint", "rollback_to_savepoint", "release_savepoint"):
+        if role.unrestricted or info.kind in DRIVER_SQL_KINDS or info.kind in (
+                "savepoint", "rollback_to_savepoint", "release_savepoint"):
             return Plan(statement, limits)
         if info.literal_sql and role.raw_sql:
             return Plan(statement, limits)  # raw SQL allowed: its tables are not knowable
@@ -535,17 +549,23 @@ def _shown(name: str) -> str:
 class DefaultPolicy(Policy):
     """The open preset with the keyword arguments the first policy had (kept for existing callers)."""
 
-    def __init__(self, *, allow_raw_sql: bool = False, allowed_literals: frozenset[str] = frozenset({"*"}),
+    def __init__(self, *, allow_raw_sql: bool = False, allow_ddl: bool = False, allowed_literals: frozenset[str] = frozenset({"*"}),
                  denied_functions: frozenset[str] = DANGEROUS_FUNCTIONS,
                  denied_tables: frozenset[str] = frozenset(),
                  allowed_custom_operators: frozenset[str] = SAFE_CUSTOM_OPERATORS,
                  denied_methods: frozenset[str] = frozenset(), limits: Limits = Limits()) -> None:
-        preset = Policy.open(raw_sql=allow_raw_sql, denied_tables=denied_tables)
+        preset = Policy.open(raw_sql=allow_raw_sql, ddl=allow_ddl, denied_tables=denied_tables)
         super().__init__(limits=limits, fallback=preset.fallback, denied_functions=denied_functions,
                          allowed_literals=allowed_literals, allowed_custom_operators=allowed_custom_operators)
         self.allow_raw_sql = allow_raw_sql
+        self.allow_ddl = allow_ddl
         self.denied_tables = denied_tables
         self.denied_methods = denied_methods
+
+    @classmethod
+    def for_testing(cls) -> DefaultPolicy:
+        """Raw SQL and DDL allowed: for a scratch database a test suite creates and drops."""
+        return cls(allow_raw_sql=True, allow_ddl=True)
 
     def check_method(self, name: str, principal: Principal) -> None:
         if name in self.denied_methods:

@@ -37,6 +37,18 @@ def dialect_state(dialect: sa.Dialect) -> dict[str, Any]:
             if name not in _NOT_STATE and _simple(value)}
 
 
+def driver_versions(dialect: sa.Dialect) -> dict[str, Any]:
+    """The server driver module's version attributes (``sqlite_version_info``, ``__version__``)."""
+    module = getattr(dialect, "loaded_dbapi", None) or getattr(dialect, "dbapi", None)
+    found: dict[str, Any] = {}
+    for name in dir(module) if module is not None else ():
+        if "version" in name.lower():
+            value = getattr(module, name, None)
+            if isinstance(value, str | int) or (isinstance(value, tuple) and all(isinstance(v, int) for v in value)):
+                found[name] = list(value) if isinstance(value, tuple) else value
+    return found
+
+
 def schema_fingerprint(metadata: sa.MetaData) -> str:
     """A hash of tables, columns and types, to tell whether two sides mean the same schema."""
     parts = []
@@ -82,6 +94,7 @@ class ServerState:
             "dialect_state": dialect_state(dialect),
             "schema_hash": schema_fingerprint(self.metadata),
             "sqlalchemy": sa.__version__,
+            "driver_versions": driver_versions(dialect),
         }
         self.transactions.start()
 

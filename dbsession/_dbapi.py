@@ -13,6 +13,7 @@ connection, and committing or rolling back a connection that never wrote costs n
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -306,6 +307,21 @@ class StreamingCursor(Cursor):
         super().close()
 
 
+class DriverModule:
+    """This module as ``dialect.dbapi``, plus the server driver's version attributes.
+
+    Code that inspects the driver module (``dialect.dbapi.sqlite_version_info``, as SQLAlchemy's
+    own test requirements do) sees the server's driver; everything else is this module.
+    """
+
+    def __init__(self, versions: Mapping[str, Any]) -> None:
+        for name, value in versions.items():
+            setattr(self, name, tuple(value) if isinstance(value, list) else value)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_THIS_MODULE, name)
+
+
 def connect(*, host: str, token: str | None = None, token_file: str | None = None,
             timeout: float | None = None, eager_transactions: bool = False) -> Connection:
     """PEP 249 ``connect()``: a lazily transactional connection to the DB-API at *host*.
@@ -320,3 +336,6 @@ def connect(*, host: str, token: str | None = None, token_file: str | None = Non
         timeout = timeout or settings.timeout
     transport = transport_for(host, token, token_file, timeout or 30.0)
     return Connection(transport, eager_transactions=eager_transactions)
+
+
+_THIS_MODULE = sys.modules[__name__]

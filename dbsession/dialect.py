@@ -30,8 +30,8 @@ from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.sql import compiler as sql_compiler
 from sqlalchemy.util import memoized_property
 
-from query_translation import WIRE_VERSION, encode_params, to_wire
-from query_translation.fingerprint import sql_fingerprint
+from query_translation import WIRE_VERSION, driver_sql_document, driver_sql_params, encode_params, to_wire
+from query_translation.fingerprint import sql_fingerprint, text_fingerprint
 
 from . import _dbapi
 from .config import get_settings
@@ -183,11 +183,44 @@ def _wire_for(compiled: sql_compiler.SQLCompiler) -> tuple[dict[str, Any], str, 
         root = compiled.compile_state.statement if compiled.compile_state is not None else compiled.statement
         document = to_wire(root, compiled=compiled, core_statements=getattr(compiled, "_dbs_core", None))
         node = document["statement"]
-        needs_txn = (node["t"] not in ("select", "compound_select") or "for_update" in node
+        needs_txn = (node["t"] not in ("select", "compound_select") or _locks(node)
                      or _has_dml(document))  # a SELECT writing through a data-modifying CTE
         digest = sql_fingerprint(compiled)
         cached = _wire_cache[compiled] = (document, digest, needs_txn)
     return cached
+
+
+# The database's own catalog: what the dialect's inspection (Inspector, has_table) reads on
+# PostgreSQL. Not application tables the server's metadata knows, so those statements travel as
+# driver SQL - allowed only where the policy allows raw SQL.
+_SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+_catalog_cache: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def _reads_system_catalog(compiled: sql_compiler.SQLCompiler) -> bool:
+    found = _catalog_cache.get(compiled)
+    if found is None:
+        from sqlalchemy.sql.util import find_tables
+        statement = compiled.statement
+        found = statement is not None and any(
+            getattr(t, "schema", None) in _SYSTEM_SCHEMAS
+            for t in find_tables(statement, check_columns=True, include_aliases=True, include_joins=True))
+        _catalog_cache[compiled] = found
+    return found
+
+
+def _locks(node: Any) -> bool:
+    """Whether a statement document has FOR UPDATE anywhere (a locking subquery locks too)."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("for_update"):
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 _FORWARDED_OPTIONS = ("preserve_rowcount", "insertmanyvalues_page_size")
@@ -203,6 +236,7 @@ class _IsolatedDialectMixin:
     server_side_cursors = False
     supports_statement_cache = True
     _dbs_state: Mapping[str, Any] = {}
+    _dbs_driver_versions: Mapping[str, Any] = {}
 
     def __init__(self, **kw: Any) -> None:
         # The server driver's module is not here (nor needed): construct as if it were absent,
@@ -210,12 +244,20 @@ class _IsolatedDialectMixin:
         kw["dbapi"] = None
         kw.setdefault("paramstyle", self._dbs_state.get("paramstyle"))
         super().__init__(**kw)
-        self.dbapi = _dbapi
+        self.dbapi = _dbapi.DriverModule(self._dbs_driver_versions)
         _apply_state(self, self._dbs_state)
 
     @classmethod
     def import_dbapi(cls) -> Any:
         return _dbapi
+
+    @classmethod
+    def load_provisioning(cls) -> None:
+        """The server dialect's test provisioning (``sqlalchemy.testing``): this is that dialect."""
+        for base in cls.__mro__[1:]:
+            if base.__module__.startswith("sqlalchemy.dialects."):
+                base.load_provisioning()  # type: ignore[attr-defined]
+                return
 
     @classmethod
     def get_pool_class(cls, url: URL) -> type[sa.pool.Pool]:
@@ -277,20 +319,27 @@ class _IsolatedDialectMixin:
         return None
 
     def do_execute(self, cursor: Any, statement: Any, parameters: Any, context: Any = None) -> None:
-        self._dbs_send(cursor, context, many=False)
+        self._dbs_send(cursor, context, many=False, sql=(statement, [parameters]))
 
     def do_execute_no_params(self, cursor: Any, statement: Any, context: Any = None) -> None:
-        self._dbs_send(cursor, context, many=False)
+        self._dbs_send(cursor, context, many=False, sql=(statement, []))
 
     def do_executemany(self, cursor: Any, statement: Any, parameters: Any, context: Any = None) -> None:
-        self._dbs_send(cursor, context, many=True)
+        self._dbs_send(cursor, context, many=True, sql=(statement, parameters))
 
-    def _dbs_send(self, cursor: Any, context: Any, *, many: bool) -> None:
+    def _dbs_send(self, cursor: Any, context: Any, *, many: bool, sql: tuple[Any, Any]) -> None:
         compiled = getattr(context, "compiled", None)
-        if not isinstance(compiled, sql_compiler.SQLCompiler):
-            raise _dbapi.NotSupportedError(
-                "Only SQLAlchemy statements can be sent to the DB-API: raw SQL strings "
-                "(exec_driver_sql, DDL) are not allowed in isolation mode.")
+        if not isinstance(compiled, sql_compiler.SQLCompiler) or _reads_system_catalog(compiled):
+            self._dbs_send_text(cursor, context, compiled, many=many, sql=sql)
+            return
+        if sql[0] != getattr(context, "statement", None):
+            # a before_cursor_execute listener (retval=True) rewrote the SQL, or the dialect runs
+            # SQL of its own while preparing the statement (PostgreSQL's "select nextval(...)"
+            # for a pre-executed Sequence): the structure does not describe it, so it travels as
+            # the text it is - driver SQL, which only a policy allowing raw SQL accepts - never
+            # silently as the compiled statement
+            self._dbs_send_text(cursor, context, None, many=many, sql=sql)
+            return
         document, digest, needs_txn = _wire_for(compiled)
         payload: dict[str, Any] = {"stmt": document, "sql": digest,
                                    "params": encode_params(context._dbs_params or context.compiled_parameters)}
@@ -306,6 +355,25 @@ class _IsolatedDialectMixin:
         if options:
             payload["options"] = options
         cursor.run(payload, needs_txn=needs_txn)
+
+    def _dbs_send_text(self, cursor: Any, context: Any, compiled: Any, *, many: bool,
+                       sql: tuple[Any, Any] | None = None) -> None:
+        """DDL and ``exec_driver_sql``: the SQL itself, under a node kind the policy judges.
+
+        The server's default policy refuses both; a test policy allows them (see
+        ``docs/wire-format.md``, "SQL text nodes"). Always in a transaction: nothing tells
+        whether the text only reads.
+        """
+        kind = "ddl" if isinstance(compiled, sql_compiler.DDLCompiler) else "driver_sql"
+        statement, parameters = sql if sql is not None else (context.statement, context.parameters)
+        params, positional = driver_sql_params(parameters or [])
+        statement = str(statement)
+        payload: dict[str, Any] = {
+            "stmt": driver_sql_document(kind, statement, positional=positional, version=WIRE_VERSION),
+            "sql": text_fingerprint(statement), "params": encode_params(params)}
+        if many or context.executemany:
+            payload["many"] = True
+        cursor.run(payload, needs_txn=True)
 
     def _deliver_insertmanyvalues_batches(self, connection: Any, cursor: Any, statement: Any,
                                           parameters: Any, generic_setinputsizes: Any, context: Any) -> Any:
@@ -376,9 +444,12 @@ def isolated_dialect_class(info: Mapping[str, Any]) -> type[Dialect]:
         base = sa.dialects.registry.load(f"{info['dialect']}.{info['driver']}")
         attrs = {"statement_compiler": _compiler_for(base.statement_compiler), "supports_statement_cache": True,
                  "execution_ctx_cls": _context_for(base.execution_ctx_cls),
-                 "_dbs_state": dict(info.get("dialect_state", {}))}
+                 "_dbs_state": dict(info.get("dialect_state", {})),
+                 "_dbs_driver_versions": dict(info.get("driver_versions", {}))}
         cls = type(f"DBSession{base.__name__}", (_IsolatedDialectMixin, base), attrs)
         _classes[key] = cls
+    elif info.get("driver_versions"):
+        cls._dbs_driver_versions = dict(info["driver_versions"])  # type: ignore[attr-defined]
     return cls
 
 

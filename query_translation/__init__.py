@@ -8,6 +8,7 @@ type. See ``docs/wire-format.md``.
 from __future__ import annotations
 
 from .decode import NODE_TYPES, StatementDecoder, StatementInfo, from_wire
+from .driver_sql import DRIVER_SQL_KINDS, DriverSQL, driver_sql_document, driver_sql_params
 from .encode import WIRE_VERSION, StatementEncoder, to_wire
 from .exceptions import (
     TRANSMITTED_BUILTINS,
@@ -52,6 +53,7 @@ from .values import (
 
 __all__ = [
     "DEFAULT_REGISTRY",
+    "DRIVER_SQL_KINDS",
     "NODE_TYPES",
     "TRANSMITTED_BUILTINS",
     "WIRE_VERSION",
@@ -75,10 +77,13 @@ __all__ = [
     "UnknownValueTagError",
     "UnsupportedStatementError",
     "UnsupportedValueError",
+    "DriverSQL",
     "ValueCodecError",
     "WireVersionError",
     "decode_exception",
     "decode_params",
+    "driver_sql_document",
+    "driver_sql_params",
     "decode_rows",
     "decode_value",
     "encode_exception",

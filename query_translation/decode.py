@@ -19,6 +19,7 @@ from sqlalchemy.sql import elements, functions, operators, selectable
 from sqlalchemy.sql import expression as sql_expr
 
 from . import _operators
+from .driver_sql import DRIVER_SQL_KINDS, parse_driver_sql
 from .encode import WIRE_VERSION
 from .exceptions import (
     MalformedStatementError,
@@ -156,6 +157,10 @@ class StatementDecoder:
         return subq
 
     def cte(self, node: _Json) -> Any:
+        if node.get("alias_of") is not None:
+            # cte.alias(): rendered "FROM anon_2 AS anon_1", the WITH clause naming the original
+            original = self.visit(node["alias_of"])
+            return original.alias(name=self.name(node["name"]))
         restates = self.opt(node.get("restates"))
         element = self.visit(node["element"])
         return selectable.CTE._construct(
@@ -235,9 +240,15 @@ class StatementDecoder:
     def select_grouping(self, node: _Json) -> Any:
         return selectable.SelectStatementGrouping(self.visit(node["element"]))
 
-    def _target(self, node: _Json) -> sa.Table:
-        table: sa.Table = self.visit(node["table"])
-        name = table.fullname
+    def _target(self, node: _Json) -> Any:
+        table = self.visit(node["table"])
+        base = table
+        while isinstance(base, selectable.Alias):  # UPDATE documents AS documents_1 ...
+            base = base.element
+        if not isinstance(base, sa.Table):
+            raise MalformedStatementError({"table": ["not a table"]},
+                                          "The target of an INSERT / UPDATE / DELETE must be a table or its alias.")
+        name = base.fullname
         if self.info.write_table not in (None, name):  # the policy judges one write target
             raise UnsupportedStatementError(
                 f"The statement writes to {self.info.write_table} and {name}; the DB-API runs "
@@ -279,7 +290,13 @@ class StatementDecoder:
         return tuple(self._value(v) for v in row["seq"])
 
     def insert(self, node: _Json) -> Any:
-        stmt = sa.insert(self._target(node))
+        upserts = node.get("on_conflict") or ()
+        if upserts:
+            from sqlalchemy.dialects import postgresql, sqlite
+            module = {"sqlite": sqlite, "postgresql": postgresql}[upserts[0]["dialect"]]
+            stmt = module.insert(self._target(node))
+        else:
+            stmt = sa.insert(self._target(node))
         if node.get("values"):
             stmt = stmt.values(self._values(node["values"]))
         if node.get("multi_values"):
@@ -288,7 +305,24 @@ class StatementDecoder:
         if "select" in node:
             stmt = stmt.from_select(node["select_names"], self.visit(node["select"]),
                                     include_defaults=node.get("include_defaults", True))
+        for upsert in upserts:
+            stmt = self._on_conflict(stmt, upsert)
         return self._dml_common(stmt, node)
+
+    def _on_conflict(self, stmt: Any, node: _Json) -> Any:
+        kw: dict[str, Any] = {}
+        if node.get("index_elements") is not None:
+            kw["index_elements"] = [e if isinstance(e, str) else self.visit(e) for e in node["index_elements"]]
+        if node.get("index_where") is not None:
+            kw["index_where"] = self.visit(node["index_where"])
+        if node.get("constraint") is not None:
+            kw["constraint"] = node["constraint"]
+        if node["kind"] == "do_nothing":
+            return stmt.on_conflict_do_nothing(**kw)
+        kw["set_"] = self._values(node.get("set") or [])
+        if node.get("where") is not None:
+            kw["where"] = self.visit(node["where"])
+        return stmt.on_conflict_do_update(**kw)
 
     def update(self, node: _Json) -> Any:
         stmt = sa.update(self._target(node))
@@ -328,6 +362,14 @@ class StatementDecoder:
     # -- column expressions -------------------------------------------------------------------
     def col(self, node: _Json) -> Any:
         from_ = self.visit(node["from"])
+        if "pos" in node:  # a column whose key is made from an anonymous name (see encode)
+            columns = list(from_.c)
+            if "key" in node or node["pos"] >= len(columns):
+                raise MalformedStatementError({"pos": ["out of range, or given with 'key'"]},
+                                              "A column reference names a position its FROM does not have.")
+            return columns[node["pos"]]
+        if "key" not in node:
+            raise MalformedStatementError({"key": ["missing"]}, "A column reference needs 'key' or 'pos'.")
         column = from_.c.get(node["key"])
         if column is None:
             raise UnknownColumnError(f"{getattr(from_, 'name', '?')!s} has no column {node['key']!r} in the server's metadata.")
@@ -392,6 +434,13 @@ class StatementDecoder:
                    type_=self.type(node.get("type")),
                    negate=self._op(node["negate"]) if "negate" in node else None,
                    modifiers=modifiers or None)
+
+    def function_as_binary(self, node: _Json) -> Any:
+        function = self.visit(node["function"])
+        if not isinstance(function, functions.FunctionElement):
+            raise MalformedStatementError({"function": ["not a function"]},
+                                          "function_as_binary needs a function node.")
+        return function.as_comparison(node["left_index"], node["right_index"])
 
     def _unary_like(self, cls: builtins.type[elements.UnaryExpression[Any]], node: _Json) -> Any:
         obj = cls.__new__(cls)
@@ -540,7 +589,7 @@ _DECODERS: dict[str, Callable[[StatementDecoder, _Json], Any]] = {
         "table", "alias", "subquery", "cte", "lateral", "join", "select", "compound_select",
         "select_grouping", "insert", "update", "delete", "savepoint", "rollback_to_savepoint",
         "release_savepoint", "text", "textual_select", "col", "column_clause", "bind", "label", "label_reference",
-        "textual_label_reference", "binary", "unary", "exists", "collection", "as_boolean", "clause_list", "boolean_list",
+        "textual_label_reference", "binary", "function_as_binary", "unary", "exists", "collection", "as_boolean", "clause_list", "boolean_list",
         "expression_list", "grouping", "from_grouping", "scalar_select", "cast", "type_coerce",
         "case", "over", "funcfilter", "within_group", "extract", "function", "tuple", "null",
         "true", "false",
@@ -551,7 +600,17 @@ NODE_TYPES = frozenset(_DECODERS) | {"ref"}
 
 def from_wire(document: _Json, metadata: sa.MetaData, types: TypeResolver | None = None,
               *, validate: bool = True) -> tuple[Any, StatementInfo]:
-    """Validate and rebuild a wire document; returns the statement and what it touches."""
+    """Validate and rebuild a wire document; returns the statement and what it touches.
+
+    DDL and driver SQL (see :mod:`query_translation.driver_sql`) come back as a
+    :class:`~query_translation.driver_sql.DriverSQL`, their ``StatementInfo.kind`` naming them.
+    """
+    node = document.get("statement") if isinstance(document, Mapping) else None
+    if isinstance(node, Mapping) and node.get("t") in DRIVER_SQL_KINDS:
+        if document.get("version") != WIRE_VERSION:
+            raise WireVersionError(f"The statement uses wire version {document.get('version')!r}; this server speaks version {WIRE_VERSION}. Upgrade the older side.")
+        text = parse_driver_sql(node)
+        return text, StatementInfo(kind=text.kind, literal_sql=[text.sql])
     if validate:
         validate_document(document)
     version = document.get("version")

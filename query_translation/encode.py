@@ -73,6 +73,7 @@ class StatementEncoder:
         self._bind_names = bind_names or {}
         self._core = core_statements or {}
         self._memo: dict[int, tuple[Any, _Json]] = {}
+        self._ctes: dict[str, list[Any]] = {}
         self._next_ref = 0
         self._types: list[tuple[_Json, str, TypeEngine[Any]]] = []
         self._tables: dict[str, sa.Table] = {}
@@ -106,6 +107,8 @@ class StatementEncoder:
 
     # -- dispatch -----------------------------------------------------------------------------
     def visit(self, element: Any) -> _Json:
+        if isinstance(element, selectable.CTE):
+            element = self._same_cte(element)
         identity = _identity(element)
         seen = self._memo.get(id(identity))
         if seen is not None:
@@ -123,6 +126,29 @@ class StatementEncoder:
             node["al"] = self.name(implicit)
         self._memo[id(identity)] = (identity, node)
         return node
+
+    def _same_cte(self, cte: Any) -> Any:
+        """An earlier CTE of the same name that the compiler renders as this one, if any.
+
+        The ORM clones CTEs while adapting statements; SQLAlchemy's compiler treats a clone that
+        compares equal (or an annotated copy) as the same CTE. Rebuilt on the server, the two
+        would be unrelated objects of one name ("Multiple, unrelated CTEs"), so the clone
+        travels as a reference to the CTE already sent.
+        """
+        if cte._cte_alias is not None:
+            return cte
+        earlier = self._ctes.setdefault(str(cte.name), [])
+        for other in earlier:
+            if other is cte:
+                return cte
+            if (other._restates is not cte and cte._restates is not other
+                    and id(_identity(other)) in self._memo
+                    and (hash(other) == hash(cte) or (
+                        (cte._is_clone_of is not None or other._is_clone_of is not None)
+                        and cte.compare(other)))):
+                return other
+        earlier.append(cte)
+        return cte
 
     def visit_opt(self, element: Any) -> _Json | None:
         return None if element is None else self.visit(element)
@@ -252,8 +278,8 @@ class StatementEncoder:
         return {"t": "select_grouping", "element": self.visit(grouping.element)}
 
     def _dml_common(self, node: _Json, stmt: Any) -> _Json:
-        self._refuse_extras(stmt, "_prefixes", "_hints", "_post_values_clause",
-                            "_post_criteria_clause")
+        self._refuse_extras(stmt, "_prefixes", "_hints", "_post_criteria_clause",
+                            *(() if "on_conflict" in node else ("_post_values_clause",)))
         self._put_list(node, "returning", stmt._returning)
         if stmt._return_defaults:
             node["return_defaults"] = True
@@ -297,7 +323,34 @@ class StatementEncoder:
             node["select"] = self.visit(insert.select)
             node["select_names"] = list(insert._select_names or ())
             node["include_defaults"] = insert.include_insert_from_select_defaults
+        post_values = getattr(insert, "_post_values_clause", None)
+        if post_values is not None:
+            clauses = list(post_values.clauses) if isinstance(post_values, elements.ClauseList) else [post_values]
+            if all(type(c).__module__ in _UPSERT_MODULES for c in clauses):
+                node["on_conflict"] = [self._on_conflict(c) for c in clauses]
         return self._dml_common(node, insert)
+
+    def _on_conflict(self, clause: Any) -> _Json:
+        """SQLite's / PostgreSQL's ``on_conflict_do_update()`` / ``on_conflict_do_nothing()``."""
+        visit_name = clause.__visit_name__
+        if visit_name not in ("on_conflict_do_update", "on_conflict_do_nothing"):
+            raise UnsupportedStatementError(f"The INSERT clause {visit_name} cannot be sent to the DB-API yet.")
+        node: _Json = {"dialect": _UPSERT_MODULES[type(clause).__module__],
+                       "kind": visit_name.removeprefix("on_conflict_")}
+        if clause.inferred_target_elements is not None:
+            node["index_elements"] = [e if isinstance(e, str) else self.visit(e)
+                                      for e in clause.inferred_target_elements]
+        if clause.inferred_target_whereclause is not None:
+            node["index_where"] = self.visit(clause.inferred_target_whereclause)
+        if getattr(clause, "constraint_target", None) is not None:
+            node["constraint"] = str(clause.constraint_target)
+        if visit_name == "on_conflict_do_update":
+            pairs = clause.update_values_to_set
+            pairs = pairs.items() if isinstance(pairs, Mapping) else pairs
+            node["set"] = [[self._value_key(k), self._value(v)] for k, v in pairs]
+            if clause.update_whereclause is not None:
+                node["where"] = self.visit(clause.update_whereclause)
+        return node
 
     def visit_update(self, update: sql_dml.Update) -> _Json:
         core = self._core.get(id(update))
@@ -339,6 +392,13 @@ class StatementEncoder:
         if table is not None and not column.is_literal:
             key = _column_key(table, column)
             if key is not None:
+                if "%(" in key or _orm_keys(table):
+                    # a key made from an anonymous name (``anon_1_id`` of a subquery: its seed is
+                    # this process's), or a column of a subquery of an ORM select, keyed by the
+                    # ORM attribute ("uname") where the Core select the server rebuilds keys it
+                    # by the column ("name"): the server finds the column by its position, and
+                    # the fingerprint check proves it the same
+                    return {"t": "col", "from": self.visit(table), "pos": list(table.c.keys()).index(key)}
                 return {"t": "col", "from": self.visit(table), "key": key}
         node: _Json = {"t": "column_clause", "name": str(column.name)}
         if column.is_literal:
@@ -382,6 +442,9 @@ class StatementEncoder:
         return {"t": "textual_label_reference", "name": str(ref.element)}
 
     def visit_binary(self, binary: elements.BinaryExpression[Any]) -> _Json:
+        if isinstance(binary, functions.FunctionAsBinary):  # func.x(a, b).as_comparison(1, 2)
+            return {"t": "function_as_binary", "function": self.visit(binary.sql_function),
+                    "left_index": binary.left_index, "right_index": binary.right_index}
         node: _Json = {"t": "binary", "op": self._op(binary.operator),
                        "left": self.visit(binary.left), "right": self.visit(binary.right)}
         if binary.negate is not None:
@@ -536,6 +599,16 @@ def _distinct_on_extension(select: Any) -> Sequence[Any] | None:
     return None
 
 
+def _orm_keys(from_: Any) -> bool:
+    """Whether *from_* is a subquery / CTE (or alias of one) of an ORM statement."""
+    while isinstance(from_, selectable.Alias | selectable.CTE | selectable.Subquery):
+        from_ = from_.element
+    return bool(getattr(from_, "_propagate_attrs", {}).get("compile_state_plugin") == "orm")
+
+
+_UPSERT_MODULES = {"sqlalchemy.dialects.sqlite.dml": "sqlite", "sqlalchemy.dialects.postgresql.dml": "postgresql"}
+
+
 def _column_key(table: Any, column: Any) -> str | None:
     """The key under which *column* is found in ``table.c`` (by identity)."""
     base = _base(column)
@@ -550,7 +623,21 @@ def _column_key(table: Any, column: Any) -> str | None:
 
 _VISITORS: dict[type, Callable[[StatementEncoder, Any], _Json]] = {}
 
+def _visit_override_binds(encoder: StatementEncoder, element: Any) -> _Json:
+    """``_OverrideBinds`` (a cached expression reused with other values, as ORM loader options do)
+    renders as the element it wraps; its values are already in the compiled parameters."""
+    return encoder.visit(element.element)
+
+
+def _visit_lambda(encoder: StatementEncoder, element: Any) -> _Json:
+    """A ``lambda_stmt()`` element travels as the statement it resolved to; its tracked closure
+    values are bound parameters like any other."""
+    return encoder.visit(element._resolved)
+
+
 _BY_VISIT_NAME = {
+    "override_binds": _visit_override_binds,
+    "lambda_element": _visit_lambda,
     "savepoint": StatementEncoder.visit_savepoint,
     "rollback_to_savepoint": StatementEncoder.visit_savepoint,
     "release_savepoint": StatementEncoder.visit_savepoint,

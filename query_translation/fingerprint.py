@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-__all__ = ["sql_fingerprint"]
+__all__ = ["sql_fingerprint", "text_fingerprint"]
 
 
 def sql_fingerprint(compiled: Any) -> str:
@@ -25,3 +25,8 @@ def sql_fingerprint(compiled: Any) -> str:
         digest = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
         compiled._dbs_fingerprint = digest
     return digest
+
+
+def text_fingerprint(sql: str) -> str:
+    """Hex digest of SQL sent as text (DDL, driver SQL): what the server will run."""
+    return hashlib.sha1(sql.encode(), usedforsecurity=False).hexdigest()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from .exceptions import MalformedStatementError, UnknownNodeError
 
@@ -99,6 +99,21 @@ def _dml(**spec: Any) -> dict[str, Any]:
             "sort_by_parameter_order": _bool(), "inline": _bool(), **spec}
 _PAIRS = fields.List(fields.List(fields.Raw(), validate=validate.Length(equal=2)))
 
+class _OnConflictSchema(Schema):
+    """``INSERT ... ON CONFLICT`` of SQLite's / PostgreSQL's ``insert()`` (upsert)."""
+
+    dialect = fields.Str(required=True, validate=validate.OneOf(["sqlite", "postgresql"]))
+    kind = fields.Str(required=True, validate=validate.OneOf(["do_update", "do_nothing"]))
+    index_elements = fields.List(fields.Raw())  # a column name (str) or a node
+    index_where = _Node()
+    constraint = fields.Str()
+    set = _PAIRS
+    where = _Node()
+
+    class Meta:
+        unknown = RAISE
+
+
 # field specs per node kind; "t" and "@" are implied
 NODE_SPECS: dict[str, dict[str, Any]] = {
     "ref": {},
@@ -122,7 +137,8 @@ NODE_SPECS: dict[str, dict[str, Any]] = {
                         "offset": _node(), "fetch": fields.Dict(), "for_update": fields.Dict()},
     "select_grouping": {"element": _node(required=True)},
     "insert": _dml(values=_PAIRS, multi_values=fields.List(fields.List(fields.Raw())),
-                   select=_node(), select_names=fields.List(fields.Str()), include_defaults=_bool()),
+                   select=_node(), select_names=fields.List(fields.Str()), include_defaults=_bool(),
+                   on_conflict=fields.List(fields.Nested(_OnConflictSchema))),
     "update": _dml(values=_PAIRS, ordered=_bool(), where=_nodes()),
     "delete": _dml(where=_nodes(), extra_froms=_nodes()),
     "savepoint": {"name": fields.Str(required=True)},
@@ -130,7 +146,7 @@ NODE_SPECS: dict[str, dict[str, Any]] = {
     "release_savepoint": {"name": fields.Str(required=True)},
     "text": {"text": fields.Str(required=True), "binds": fields.List(fields.List(fields.Raw()))},
     "textual_select": {"element": _node(required=True), "columns": _nodes(required=True)},
-    "col": {"from": _node(required=True), "key": fields.Str(required=True)},
+    "col": {"from": _node(required=True), "key": fields.Str(), "pos": _int(validate=validate.Range(min=0, max=100_000))},
     "column_clause": {"name": fields.Str(required=True), "literal": _bool(), "from": _node(),
                       "type": _TYPE},
     "bind": {"key": fields.Str(required=True), "anon": fields.Str(), "n": _int(validate=validate.Range(min=1)),
@@ -141,6 +157,9 @@ NODE_SPECS: dict[str, dict[str, Any]] = {
     "textual_label_reference": {"name": fields.Str(required=True)},
     "binary": {"op": _Op(required=True), "left": _node(required=True), "right": _node(required=True),
                "negate": _Op(), "modifiers": fields.Dict(), "index": _bool(), "type": _TYPE},
+    "function_as_binary": {"function": _node(required=True),
+                           "left_index": _int(required=True, validate=validate.Range(min=1, max=1000)),
+                           "right_index": _int(required=True, validate=validate.Range(min=1, max=1000))},
     "unary": {"element": _node(required=True), "op": _Op(), "modifier": _Op(), "type": _TYPE},
     "exists": {"element": _node(required=True), "op": _Op(), "modifier": _Op(), "type": _TYPE},
     "collection": {"element": _node(required=True), "op": _Op(), "modifier": _Op(), "type": _TYPE},
@@ -175,6 +194,14 @@ NODE_SPECS: dict[str, dict[str, Any]] = {
 }
 
 
+def _check_key_or_pos(self: Schema, data: Mapping[str, Any], **kw: Any) -> None:
+    """A ``col`` names its column by ``key`` or (anonymous keys) by ``pos``: exactly one."""
+    if "key" not in data and "pos" not in data:
+        raise ValidationError({"key": ["Missing data for required field."]})
+    if "key" in data and "pos" in data:
+        raise ValidationError({"pos": ["Give 'key' or 'pos', not both."]})
+
+
 def _schema_for(kind: str, spec: Mapping[str, Any]) -> Schema:
     attrs: dict[str, Any] = {"t": fields.Str(required=True, validate=validate.Equal(kind)),
                              "@": _int(data_key="@", attribute="ref_id"),
@@ -185,6 +212,8 @@ def _schema_for(kind: str, spec: Mapping[str, Any]) -> Schema:
         unknown = RAISE
 
     attrs["Meta"] = Meta
+    if kind == "col":
+        attrs["_one_of_key_pos"] = validates_schema(_check_key_or_pos)
     schema_cls = cast("type[Schema]", type(f"{kind.title().replace('_', '')}NodeSchema", (Schema,), attrs))
     return schema_cls()
 

@@ -174,8 +174,9 @@ def test_text_is_a_policy_violation(server: RunningServer) -> None:
 
 
 def test_driver_sql_is_refused(server: RunningServer) -> None:
+    # it travels as a marked driver_sql document, and the server's default policy refuses it
     with isolated(server) as s:
-        with pytest.raises(sa.exc.DBAPIError, match="raw SQL strings"):
+        with pytest.raises(PolicyViolationError, match="Raw SQL strings"):
             s.connection().exec_driver_sql("SELECT 1")
 
 

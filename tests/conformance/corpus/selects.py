@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import false, func, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import exc as orm_exc
@@ -160,7 +159,7 @@ def _(s: Session):
     return s.scalars(stmt, {"o": "alice"}).all()
 
 
-@op("select.exec_driver_sql", refused=sa_exc.NotSupportedError)
+@op("select.exec_driver_sql", refused=PolicyViolationError)
 def _(s: Session):
     return s.connection().exec_driver_sql("SELECT count(*) FROM task_instance").scalar()
 

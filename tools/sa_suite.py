@@ -1,0 +1,278 @@
+"""SQLAlchemy's own ORM test suite, directly and through the isolation path, compared.
+
+    python tools/sa_suite.py --backend sqlite [--subset core|full|PATH...] [--jobs N] [--check]
+
+Downloads the SQLAlchemy source distribution matching the installed version (``pip download``,
+into the scratch directory), then runs its ``test/orm`` (or a subset) twice with SQLAlchemy's
+own pytest plugin:
+
+* **direct** - ``--dburi`` the backend's normal driver (SQLite: a file database, as the suite's
+  own ``sqlite_file`` configuration; PostgreSQL: a scratch database created and dropped here);
+* **isolation** - ``--dburi sqlite+dbsession://127.0.0.1:PORT/`` (or ``postgresql+...``), with a
+  real DB-API server for a second scratch database, started by ``tools/sa_suite_plugin.py`` with
+  the test policy (DDL and raw SQL allowed).
+
+It prints the tests passing in each run and every test that passes directly but fails through
+isolation, grouped by cause (the first line of the failure, numbers and names normalised). The
+full result goes to ``SCRATCH/result-BACKEND.json``. With ``--check`` it exits 1 when fewer than
+99 % of the directly passing tests pass through isolation, or when a difference is not listed in
+``tools/sa_suite_expected.txt`` (a test id or fnmatch pattern, then ``#`` and the reason).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from pathlib import Path
+
+import sqlalchemy as sa
+
+REPO = Path(__file__).resolve().parent.parent
+EXPECTED = Path(__file__).resolve().parent / "sa_suite_expected.txt"
+BAR = 0.99
+PG_ADMIN = os.environ.get("SA_SUITE_PG_ADMIN", "postgresql+psycopg://root@127.0.0.1:5432/postgres")
+
+# a fast subset: the ORM's core behaviours (query, session, unit of work, relationship loading)
+SUBSETS = {
+    "core": ["test/orm/test_query.py", "test/orm/test_session.py", "test/orm/test_unitofwork.py",
+             "test/orm/test_unitofworkv2.py", "test/orm/test_relationships.py",
+             "test/orm/test_eager_relations.py", "test/orm/test_lazy_relations.py",
+             "test/orm/test_selectin_relations.py", "test/orm/inheritance"],
+    "full": ["test/orm"],
+}
+
+
+def sdist_dir(scratch: Path) -> Path:
+    """The unpacked source distribution of the installed SQLAlchemy version."""
+    version = sa.__version__
+    target = scratch / f"sqlalchemy-{version}"
+    if (target / "test" / "orm").is_dir():
+        return target
+    download = scratch / "sdist"
+    archive = download / f"sqlalchemy-{version}.tar.gz"
+    if not archive.exists():
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
+                        f"sqlalchemy=={version}", "-d", str(download)], check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(scratch, filter="data")
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Backend:
+    """Scratch databases for one run: the direct one and the one the DB-API server serves."""
+
+    def __init__(self, name: str, scratch: Path, sdist: Path) -> None:
+        self.name, self.scratch, self.sdist = name, scratch, sdist
+        self.created: list[str] = []
+
+    def url(self, role: str) -> str:
+        if self.name == "sqlite":
+            if role == "direct":
+                # the suite's own "sqlite_file" configuration, relative to the sdist it runs in:
+                # its provisioning renames the file from the path's tokens (querytest_pysqlite.db)
+                for leftover in self.sdist.glob("querytest*.db*"):
+                    leftover.unlink()
+                return "sqlite:///querytest.db"
+            path = self.scratch / f"{role}.db"
+            for leftover in self.scratch.glob(f"{role}*.db"):
+                leftover.unlink()
+            return f"sqlite:///{path}"
+        name = f"sa_suite_{role}_{secrets.token_hex(4)}"
+        admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        admin.dispose()
+        self.created.append(name)
+        url = sa.make_url(PG_ADMIN).set(database=name)
+        scratch_db = sa.create_engine(url)
+        with scratch_db.begin() as conn:  # the schemas SQLAlchemy's PostgreSQL tests expect
+            for schema in ("test_schema", "test_schema_2"):
+                conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        scratch_db.dispose()
+        return url.render_as_string(hide_password=False)
+
+    def drop(self) -> None:
+        if not self.created:
+            return
+        admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            for name in self.created:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
+
+
+def run_suite(mode: str, backend: Backend, sdist: Path, paths: list[str], scratch: Path,
+              jobs: int, extra: list[str]) -> Path:
+    """One pytest run of the suite; returns its JUnit XML."""
+    xml = scratch / f"{mode}-{backend.name}.xml"
+    log = scratch / f"{mode}-{backend.name}.log"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = ["nice", sys.executable, "-s", "-m", "pytest", *paths, "-p", "no:cacheprovider",
+           "-o", "addopts=", "-p", "warnings", "-p", "logging", "--tb=native", "-q", "-rN",
+           f"--junitxml={xml}", "-o", "junit_logging=no", *extra]
+    if mode == "direct":
+        cmd += ["--dburi", backend.url("direct")]
+    else:
+        port = free_port()
+        env.update(SA_SUITE_SERVER_DB=backend.url("server"), SA_SUITE_PORT=str(port))
+        cmd += ["-p", "tools.sa_suite_plugin", "--dburi", f"{backend.name}+dbsession://127.0.0.1:{port}/"]
+    if jobs > 1:
+        cmd += ["-n", str(jobs)]
+    started = time.monotonic()
+    with log.open("w") as out:
+        subprocess.run(cmd, cwd=sdist, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+    print(f"  {mode}: {time.monotonic() - started:.0f} s (log {log})", flush=True)
+    return xml
+
+
+def outcomes(xml: Path) -> dict[str, tuple[str, str]]:
+    """test id -> (passed|failed|error|skipped, first line of the failure)."""
+    result: dict[str, tuple[str, str]] = {}
+    if not xml.exists():
+        return result
+    for case in ET.parse(xml).getroot().iter("testcase"):
+        test_id = f"{case.get('classname')}::{case.get('name')}"
+        outcome, message = "passed", ""
+        for child in case:
+            if child.tag in ("failure", "error", "skipped"):
+                outcome = {"failure": "failed"}.get(child.tag, child.tag)
+                message = (child.get("message") or child.text or "").strip().splitlines()[:1]
+                message = message[0] if message else ""
+                break
+        if test_id in result and result[test_id][0] != "passed":
+            continue  # a teardown error after a call result keeps the failure
+        result[test_id] = (outcome, message[:300])
+    return result
+
+
+_NORMALISE = [(re.compile(r"0x[0-9a-f]+"), "0x…"), (re.compile(r"'[^']*'"), "'…'"),
+              (re.compile(r"\"[^\"]*\""), '"…"'), (re.compile(r"\b\d+\b"), "N"),
+              (re.compile(r"\(error id [0-9a-f]+\)"), "")]
+
+
+def cause(message: str) -> str:
+    text = message
+    for pattern, repl in _NORMALISE:
+        text = pattern.sub(repl, text)
+    return text[:160] or "(no message)"
+
+
+def load_expected() -> dict[str, str]:
+    expected: dict[str, str] = {}
+    if EXPECTED.exists():
+        for line in EXPECTED.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                test_id, _, reason = line.partition("#")
+                expected[test_id.strip()] = reason.strip()
+    return expected
+
+
+def explain(test_id: str, expected: dict[str, str]) -> str | None:
+    """The reason listed for *test_id* (entries may be fnmatch patterns), or None."""
+    if test_id in expected:
+        return expected[test_id]
+    for pattern, reason in expected.items():
+        if fnmatch.fnmatchcase(test_id, pattern):
+            return reason
+    return None
+
+
+def compare(direct: dict[str, tuple[str, str]], isolated: dict[str, tuple[str, str]]) -> dict[str, object]:
+    passing_direct = {t for t, (o, _) in direct.items() if o == "passed"}
+    passing_isolated = {t for t, (o, _) in isolated.items() if o == "passed"}
+    lost = sorted(passing_direct - passing_isolated)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for test_id in lost:
+        outcome, message = isolated.get(test_id, ("missing", "not run through isolation"))
+        groups[f"{outcome}: {cause(message)}"].append(test_id)
+    expected = load_expected()
+    return {
+        "direct_passed": len(passing_direct), "isolated_passed": len(passing_isolated),
+        "both_passed": len(passing_direct & passing_isolated),
+        "ratio": len(passing_direct & passing_isolated) / len(passing_direct) if passing_direct else 0.0,
+        "only_isolated": sorted(passing_isolated - passing_direct),
+        "lost": lost, "unexplained": [t for t in lost if explain(t, expected) is None],
+        "explained": {t: explain(t, expected) for t in lost if explain(t, expected) is not None},
+        "groups": dict(sorted(groups.items(), key=lambda kv: -len(kv[1]))),
+        "messages": {t: isolated.get(t, ("missing", ""))[1] for t in lost},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--subset", nargs="+", default=["core"],
+                        help="'core', 'full', or test paths inside the sdist (test/orm/...)")
+    parser.add_argument("--jobs", type=int, default=1, help="pytest-xdist workers (needs pytest-xdist)")
+    parser.add_argument("--scratch", type=Path, default=Path(os.environ.get("SA_SUITE_SCRATCH", REPO / ".sa_suite")))
+    parser.add_argument("--only", choices=("direct", "isolation", "none"),
+                        help="run one side (or none: just compare) and reuse the other's JUnit XML")
+    parser.add_argument("--check", action="store_true", help="exit 1 below the bar or on an unexplained difference")
+    parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    args = parser.parse_args(argv)
+
+    scratch = args.scratch.resolve()
+    scratch.mkdir(parents=True, exist_ok=True)
+    sdist = sdist_dir(scratch)
+    paths = [p for name in args.subset for p in SUBSETS.get(name, [name])]
+    backend = Backend(args.backend, scratch, sdist)
+    print(f"SQLAlchemy {sa.__version__} test suite, {args.backend}, {' '.join(paths)}", flush=True)
+    try:
+        xmls = {}
+        for mode in ("direct", "isolation"):
+            if args.only and args.only != mode:
+                xmls[mode] = scratch / f"{mode}-{backend.name}.xml"
+                continue
+            xmls[mode] = run_suite(mode, backend, sdist, paths, scratch, args.jobs, args.pytest_args)
+    finally:
+        backend.drop()
+    direct, isolated = outcomes(xmls["direct"]), outcomes(xmls["isolation"])
+    report = compare(direct, isolated)
+    report.update(backend=args.backend, paths=paths, sqlalchemy=sa.__version__,
+                  direct_total=len(direct), isolated_total=len(isolated))
+    out = scratch / f"result-{args.backend}.json"
+    out.write_text(json.dumps(report, indent=2))
+
+    print(f"tests collected: {len(direct)} direct, {len(isolated)} through isolation")
+    print(f"passing directly:          {report['direct_passed']}")
+    print(f"passing through isolation: {report['isolated_passed']}")
+    print(f"passing directly and through isolation: {report['both_passed']} ({100 * report['ratio']:.2f} %)")
+    lost = report["lost"]
+    print(f"pass directly, fail through isolation: {len(lost)}")  # type: ignore[arg-type]
+    for group, tests in report["groups"].items():  # type: ignore[attr-defined]
+        print(f"  [{len(tests)}] {group}")
+        for test_id in tests[:5]:
+            print(f"      {test_id}")
+        if len(tests) > 5:
+            print(f"      ... {len(tests) - 5} more")
+    unexplained = report["unexplained"]
+    print(f"unexplained differences (not in {EXPECTED.name}): {len(unexplained)}")  # type: ignore[arg-type]
+    for test_id in unexplained:  # type: ignore[attr-defined]
+        print(f"  {test_id}")
+    print(f"result: {out}")
+    if args.check and (report["ratio"] < BAR or unexplained or not report["direct_passed"]):  # type: ignore[operator]
+        print(f"FAILED: the bar is {100 * BAR:.0f} % with every difference explained")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
