@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -22,15 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 import sqlalchemy as sa
 import urllib3
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from dbsession import guard
 from tests.dbapi_server._support import PREFIX, RawApi
 
-MYSQL_ADMIN_URL = os.environ.get("DBSESSION_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/")
 MARIADB = ["mariadb"] if os.environ.get("DBSESSION_TEST_MYSQL", "1") != "0" else []  # "0": leave it out
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "wire-format.md"
 # what a server must never say, unless the request said it first (a name echoed in "unknown table")
@@ -225,26 +221,3 @@ def junk_strings() -> Iterable[str]:
     return ("fz_users; DROP TABLE fz_users --", "' OR 1=1 --", '"', "`", "\\", "\x00", "\u202e", "ü名",
             "a" * 5000, "fz_users.id", "$o", "@", "__class__", "../../etc/passwd", "%s", "{0}", "",
             "\ud800".encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
-
-
-@pytest.fixture(scope="module")
-def mariadb_url() -> Iterator[sa.URL]:
-    """A fresh MariaDB database for this module (skipped when unreachable, failed under ``$CI``)."""
-    admin = guard.exempt(sa.create_engine(MYSQL_ADMIN_URL))
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")
-    except sa.exc.DBAPIError as exc:
-        admin.dispose()
-        if os.environ.get("CI"):
-            pytest.fail(f"CI: MariaDB is unreachable ({type(exc).__name__})", pytrace=False)
-        pytest.skip(f"MariaDB is unreachable ({type(exc).__name__})")
-    name = f"dbs_fuzz_{secrets.token_hex(6)}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        yield admin.url.set(database=name)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-        admin.dispose()

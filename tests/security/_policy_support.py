@@ -8,8 +8,6 @@ filter claims; clients are isolated ``DBSession``s doing ordinary ORM work. Modu
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -169,35 +167,6 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             yield backend
     finally:
         engine.dispose()
-
-
-MARIADB_ADMIN_URL = os.environ.get("DBSESSION_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/")
-
-
-@pytest.fixture(scope="module")
-def mariadb_url() -> Iterator[sa.URL]:
-    """A fresh MariaDB database for one module, dropped afterwards (skipped when unreachable, outside CI)."""
-    if os.environ.get("DBSESSION_TEST_MYSQL", "1") == "0":
-        pytest.skip("MariaDB left out (DBSESSION_TEST_MYSQL=0)")
-    admin = guard.exempt(sa.create_engine(MARIADB_ADMIN_URL))
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")
-    except sa.exc.DBAPIError as exc:
-        admin.dispose()
-        reason = f"MariaDB at {MARIADB_ADMIN_URL} is unreachable ({type(exc).__name__})"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI: {reason}", pytrace=False)
-        pytest.skip(reason)
-    name = f"dbs_sec_{secrets.token_hex(6)}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        yield sa.make_url(MARIADB_ADMIN_URL).set(database=name)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-        admin.dispose()
 
 
 @pytest.fixture(autouse=True)

@@ -45,13 +45,12 @@ from tests.dbapi_server._support import RawApi, make_engine
 from tests.servers import RunningServer, running_dbapi
 
 from . import _fuzzing
-from ._fuzzing import (  # noqa: F401  # mariadb_url: a fixture
+from ._fuzzing import (  # mariadb_url: a fixture
     Recorder,
     Seed,
     User,
     fingerprint_tables,
     fresh_txn_id,
-    mariadb_url,
     seed_payloads,
 )
 

@@ -25,7 +25,7 @@ from tests.conftest import PG_ADMIN_URL
 from tests.dbapi_server._support import RawApi, make_engine
 from tests.servers import RunningServer, running_dbapi
 
-from ._fuzzing import MARIADB, NEVER, mariadb_url, secrets_of  # noqa: F401
+from ._fuzzing import MARIADB, NEVER, secrets_of
 
 PASSWORD = "pw-Never-Shown-7431"  # PostgreSQL's trust authentication ignores it; no answer may show it
 SQL_MARKERS = ("SELECT ", "INSERT INTO", "UPDATE ", "DELETE FROM", "VALUES (", "RETURNING", "DETAIL", "LINE 1")
