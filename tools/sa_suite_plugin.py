@@ -37,6 +37,8 @@ from dbsession import guard
 
 _server: Any = None
 _state: Any = None
+TOKEN_TTL = 6 * 3600.0  # one suite run; the key pair exists only in this process (the server accepts it)
+
 SERVER_METADATA = sa.MetaData()
 
 
@@ -113,10 +115,11 @@ def _start_server() -> None:
     guard.exempt(engine)
     private, public = generate_keypair()
     app = create_app(engine=engine, metadata=SERVER_METADATA, policy=DefaultPolicy.for_testing(),
-                     authenticator=JWTAuthenticator(public, algorithms=["EdDSA"]), idle_timeout=600)
+                     authenticator=JWTAuthenticator(public, algorithms=["EdDSA"], max_lifetime=TOKEN_TTL),
+                     idle_timeout=600)
     _state = app.extensions["dbapi_server"]
     _server = start_background(app, port=port)
-    os.environ["DATABASE_API_TOKEN"] = mint_token(private, subject="sa-suite", ttl=6 * 3600)
+    os.environ["DATABASE_API_TOKEN"] = mint_token(private, subject="sa-suite", ttl=TOKEN_TTL)
 
 
 def _patch_provisioning() -> None:
