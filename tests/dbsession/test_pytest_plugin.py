@@ -111,6 +111,16 @@ def project(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
+def assert_plugin_left_nothing(before: set[threading.Thread]) -> None:
+    """No thread the run started is still alive, no guard installed, no isolation setting left."""
+    deadline = time.monotonic() + 10
+    while set(threading.enumerate()) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not set(threading.enumerate()) - before
+    assert not guard.is_installed()
+    assert not dbsession.get_settings().database_access_isolation
+
+
 def run(project: pytest.Pytester, *args: str) -> pytest.RunResult:
     return project.runpytest_inprocess(*args)
 
@@ -260,12 +270,7 @@ def test_record(dbsession_bind, trusted_engine):
     port = int(api_host.rsplit(":", 1)[1])
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
-    deadline = time.monotonic() + 10
-    while set(threading.enumerate()) - before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not set(threading.enumerate()) - before
-    assert not guard.is_installed()
-    assert not dbsession.get_settings().database_access_isolation
+    assert_plugin_left_nothing(before)
     assert not any(key[0] == api_host for key in dbsession.session._engines)
 
 
@@ -405,12 +410,7 @@ def test_several_db_metadata_overrides_each_get_their_own_database(project: pyte
     for url in databases:  # every SQLite file, and the temporary directory, removed
         path = Path(sa.make_url(url).database or "")
         assert not path.exists() and not path.parent.exists()
-    deadline = time.monotonic() + 10
-    while set(threading.enumerate()) - before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not set(threading.enumerate()) - before
-    assert not guard.is_installed()
-    assert not dbsession.get_settings().database_access_isolation
+    assert_plugin_left_nothing(before)
 
 
 @pytest.mark.postgresql
