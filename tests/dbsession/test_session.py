@@ -261,6 +261,17 @@ def test_guard_spares_trusted_engines_and_isolated_sessions(guarded: None, db_pa
     engine.dispose()
 
 
+def test_trust_exempts_engines_not_an_isolated_sessions_bind(guarded: None, db_path: Path) -> None:
+    """Inside trusted() a direct engine works, but an isolated DBSession still refuses it as its bind."""
+    with guard.trusted():
+        engine = sa.create_engine(f"sqlite:///{db_path}")
+        with pytest.raises(DirectDatabaseAccessError, match="leave bind unset"):
+            DBSession(bind=engine)
+        with Session(engine) as s:  # the documented way for trusted code: a plain Session
+            assert s.scalar(sa.select(sa.func.count()).select_from(Gadget)) >= 2
+    engine.dispose()
+
+
 def test_session_isolated_by_argument_leaves_the_process_alone(server: RunningServer) -> None:
     with isolated(server) as s:
         s.execute(sa.select(Gadget.id))
