@@ -63,7 +63,7 @@ class DBAPIRequestError(DBSessionError):
 
     def __init__(self, message: str, *, code: str = "error", error_id: str | None = None,
                  status: int | None = None, details: Any = None, txn_state: str | None = None,
-                 refused: dict[str, Any] | None = None) -> None:
+                 outcome: str | None = None, refused: dict[str, Any] | None = None) -> None:
         suffix = f" (error id {error_id})" if error_id else ""
         super().__init__(f"{message}{suffix}")
         self.code = code
@@ -71,6 +71,9 @@ class DBAPIRequestError(DBSessionError):
         self.status = status
         self.details = details
         self.txn_state = txn_state  # "open": the request ran inside the server transaction
+        self.outcome = outcome  # a finished transaction's remembered outcome (410 on commit)
+        # True when this answered a retry after an earlier attempt's answer was lost
+        self.answer_lost = False
         refused = refused or {}
         # what a policy refusal names (None when it does not apply)
         self.role: str | None = refused.get("role")
