@@ -3,7 +3,10 @@
 Database errors are *not* here: in isolation mode a failing statement raises the same SQLAlchemy
 exception class (``IntegrityError``, ``OperationalError``, ...) that a direct session would raise.
 An unreachable DB-API counts as a lost database connection and surfaces as SQLAlchemy's
-``OperationalError``. What remains are errors only isolation can cause::
+``OperationalError``; when that happens to a commit that may have reached the DB-API, the
+``OperationalError`` is ``dbsession.CommitOutcomeUnknownError`` (``txn_id``): the commit may have
+succeeded (it lives in ``dbsession._dbapi``, being also the stand-in driver's disconnect error).
+What remains are errors only isolation can cause::
 
     DBSessionError(Exception)
      +-- ConfigurationError          settings missing or contradictory
