@@ -8,6 +8,7 @@ direct connection. See ``README.md`` and ``docs/architecture.md``.
 from __future__ import annotations
 
 from . import guard, methods
+from ._dbapi import CommitOutcomeUnknownError
 from .config import Settings, configure, get_settings, reset_configuration
 from .dialect import DBSessionDialect, create_isolated_engine, isolated_url
 from .exceptions import (
@@ -31,6 +32,7 @@ from .session import DBSession, isolated_engine
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
+    "CommitOutcomeUnknownError",
     "ConfigurationError",
     "DBAPIRequestError",
     "DBSession",

@@ -75,6 +75,38 @@ class DisconnectError(OperationalError):
     """The DB-API is unreachable or lost our transaction: SQLAlchemy treats it as a disconnect."""
 
 
+DEFAULT_COMMIT_RETRY_DEADLINE = 30.0
+
+
+class CommitOutcomeUnknownError(sa_exc.DontWrapMixin, sa_exc.OperationalError, DisconnectError):
+    """A commit may have succeeded: it may have reached the DB-API, and its outcome could not be learned.
+
+    Raised by ``commit()`` instead of a plain disconnect when an attempt of the commit may have
+    reached the server but no answer to it arrived, and asking again did not tell the outcome
+    before ``commit_retry_deadline`` - or the DB-API that answered no longer knew the
+    transaction (it restarted, or the retry reached another instance). It is
+    ``sqlalchemy.exc.OperationalError`` with ``connection_invalidated``, as a direct session's lost
+    connection during COMMIT, so existing handlers still catch it; ``orig`` is a
+    :class:`DisconnectError`. Being this module's :class:`DisconnectError` as well makes the
+    engine treat it as the driver's disconnect (the pooled connection is invalidated), and
+    ``DontWrapMixin`` keeps SQLAlchemy from wrapping it a second time. ``txn_id`` names the
+    transaction, as the DB-API's log does.
+    """
+
+    def __init__(self, txn_id: str, reason: str) -> None:
+        message = (
+            f"The commit of transaction {txn_id} may have succeeded: {reason} Do not treat it as "
+            "failed and do not simply run the work again: check whether its changes are in the "
+            "database (or make the work idempotent) before retrying it.")
+        sa_exc.OperationalError.__init__(self, None, None, DisconnectError(message),
+                                         connection_invalidated=True)
+        self.txn_id = txn_id
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.txn_id, self.reason)
+
+
 PEP249_ERRORS: dict[str, type[Error]] = {
     cls.__name__: cls
     for cls in (Error, InterfaceError, DatabaseError, DataError, OperationalError, IntegrityError,
@@ -111,9 +143,11 @@ def _database_error(envelope: Mapping[str, Any]) -> Exception:
 class Connection:
     """One logical client connection; owns at most one server-side transaction."""
 
-    def __init__(self, transport: Transport, *, eager_transactions: bool = False) -> None:
+    def __init__(self, transport: Transport, *, eager_transactions: bool = False,
+                 commit_retry_deadline: float = DEFAULT_COMMIT_RETRY_DEADLINE) -> None:
         self.transport = transport
         self.eager_transactions = eager_transactions
+        self.commit_retry_deadline = commit_retry_deadline
         self.txn: str | None = None
         self.seq = 0
         self.closed = False
@@ -133,12 +167,29 @@ class Connection:
             return
         txn, self.txn = self.txn, None
         self.seq += 1
+        # A commit's outcome must be learned: it retries up to its deadline. A rollback's need not
+        # (nothing commits either way; the server's reaper ends what we could not), so it does
+        # not hold up pool resets and close() for that long.
+        deadline = self.commit_retry_deadline if verb == "commit" else None
         try:
-            self.transport.post(f"/transactions/{txn}/{verb}", {"seq": self.seq}, replay_safe=True)
+            self.transport.post(f"/transactions/{txn}/{verb}", {"seq": self.seq}, replay_safe=True,
+                                deadline=deadline)
         except ServerUnreachable as exc:
-            raise DisconnectError(str(exc)) from exc
+            if verb == "commit" and exc.answer_lost:
+                raise CommitOutcomeUnknownError(
+                    txn, f"{exc} (commit_retry_deadline sets how long the client keeps asking.)") from exc
+            raise DisconnectError(str(exc)) from exc  # never reached the server: nothing committed
         except DatabaseErrorReply as exc:
-            raise _database_error(exc.envelope) from None
+            raise _database_error(exc.envelope) from None  # the commit ran and failed
+        except DBAPIRequestError as exc:
+            # An answer to a retry that does not say what became of the transaction: the earlier
+            # attempt may have committed it. 410 with an ``outcome`` is definite (not committed);
+            # 410 without one means this DB-API never heard of it (restarted, or another instance).
+            if verb == "commit" and exc.answer_lost and not (exc.status == 410 and exc.outcome):
+                raise CommitOutcomeUnknownError(
+                    txn, f"an attempt's answer was lost, and the DB-API that answered the retry "
+                    f"cannot tell: {exc}") from exc
+            raise
 
     def close(self) -> None:
         if self.closed:
@@ -323,19 +374,22 @@ class DriverModule:
 
 
 def connect(*, host: str, token: str | None = None, token_file: str | None = None,
-            timeout: float | None = None, eager_transactions: bool = False) -> Connection:
+            timeout: float | None = None, eager_transactions: bool = False,
+            commit_retry_deadline: float | None = None) -> Connection:
     """PEP 249 ``connect()``: a lazily transactional connection to the DB-API at *host*.
 
-    Without *token* / *token_file*, the token comes from the isolation settings (environment or
-    ``dbsession.configure``). Tokens are passed here, never in the URL, so they cannot leak
-    through ``repr(engine.url)`` or logs.
+    Without *token* / *token_file*, the token (and unset *timeout* / *commit_retry_deadline*)
+    come from the isolation settings (environment or ``dbsession.configure``). Tokens are passed
+    here, never in the URL, so they cannot leak through ``repr(engine.url)`` or logs.
     """
     if token is None and token_file is None:
         settings = get_settings()
         token, token_file = settings.token, settings.token_file
         timeout = timeout or settings.timeout
+        commit_retry_deadline = commit_retry_deadline or settings.commit_retry_deadline
     transport = transport_for(host, token, token_file, timeout or 30.0)
-    return Connection(transport, eager_transactions=eager_transactions)
+    return Connection(transport, eager_transactions=eager_transactions,
+                      commit_retry_deadline=commit_retry_deadline or DEFAULT_COMMIT_RETRY_DEADLINE)
 
 
 _THIS_MODULE = sys.modules[__name__]

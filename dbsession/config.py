@@ -7,7 +7,11 @@ setting                        environment variable
 ``database_api_host``          ``DATABASE_API_HOST`` (``http://host:port``)
 ``token``                      ``DATABASE_API_TOKEN``
 ``token_file``                 ``DATABASE_API_TOKEN_FILE`` (re-read when it changes)
+``commit_retry_deadline``      ``DATABASE_API_COMMIT_RETRY_DEADLINE`` (seconds, default 30)
 =============================  ==========================================================
+
+``commit_retry_deadline``: how long a commit whose answer was lost keeps asking the DB-API for its
+outcome before raising ``CommitOutcomeUnknownError`` (see ``docs/architecture.md``).
 
 ``DATABASE_API_TOKEN`` is a credential, so it is taken *out* of ``os.environ`` when ``dbsession``
 is imported (and whenever settings are resolved and it has been set again): the process keeps it
@@ -36,6 +40,7 @@ _ENV = {
     "database_api_host": "DATABASE_API_HOST",
     "token": "DATABASE_API_TOKEN",
     "token_file": "DATABASE_API_TOKEN_FILE",
+    "commit_retry_deadline": "DATABASE_API_COMMIT_RETRY_DEADLINE",
 }
 
 
@@ -48,8 +53,14 @@ class Settings:
     token: str | None = None
     token_file: str | None = None
     timeout: float = 30.0
+    commit_retry_deadline: float = 30.0
 
     def validate(self) -> Settings:
+        deadline = self.commit_retry_deadline
+        if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not deadline > 0:
+            raise ConfigurationError(
+                "commit_retry_deadline (DATABASE_API_COMMIT_RETRY_DEADLINE) must be a number of "
+                f"seconds above 0, got {deadline!r}.")
         if self.database_access_isolation and not self.database_api_host:
             raise ConfigurationError(
                 "database_access_isolation is on but database_api_host is not set; set "
@@ -65,7 +76,8 @@ class Settings:
         token = "'***'" if self.token else "None"
         return (f"Settings(database_access_isolation={self.database_access_isolation}, "
                 f"database_api_host={self.database_api_host!r}, token={token}, "
-                f"token_file={self.token_file!r}, timeout={self.timeout})")
+                f"token_file={self.token_file!r}, timeout={self.timeout}, "
+                f"commit_retry_deadline={self.commit_retry_deadline})")
 
 
 _configured: dict[str, Any] = {}
@@ -107,12 +119,27 @@ def _parse_bool(name: str, raw: str) -> bool:
     raise ConfigurationError(f"{name}={raw!r} is not a boolean; use true or false.")
 
 
+def _parse_seconds(name: str, raw: str) -> float | None:
+    if not raw.strip():
+        return None  # empty: the default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a number of seconds.") from None
+
+
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for field_name, var in _ENV.items():
         if var in environ:
             raw = environ[var]
-            found[field_name] = _parse_bool(var, raw) if field_name == "database_access_isolation" else raw or None
+            if field_name == "database_access_isolation":
+                found[field_name] = _parse_bool(var, raw)
+            elif field_name == "commit_retry_deadline":
+                if (seconds := _parse_seconds(var, raw)) is not None:
+                    found[field_name] = seconds
+            else:
+                found[field_name] = raw or None
     return found
 
 

@@ -267,7 +267,10 @@ class _IsolatedDialectMixin:
         return sa.pool.QueuePool
 
     def create_connect_args(self, url: URL) -> tuple[list[Any], dict[str, Any]]:
-        return [], {"host": base_url(url), "eager_transactions": _truthy(url.query.get("eager_transactions"))}
+        args = {"host": base_url(url), "eager_transactions": _truthy(url.query.get("eager_transactions"))}
+        if "commit_retry_deadline" in url.query:
+            args["commit_retry_deadline"] = _seconds(url, "commit_retry_deadline")
+        return [], args
 
     def on_connect(self) -> None:
         return None
@@ -391,6 +394,17 @@ class _IsolatedDialectMixin:
 
 def _truthy(value: Any) -> bool:
     return str(value).lower() in ("1", "true", "yes", "on")
+
+
+def _seconds(url: URL, name: str) -> float:
+    raw = url.query[name]
+    try:
+        value = float(raw if isinstance(raw, str) else raw[-1])
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise sa.exc.ArgumentError(f"?{name}= in a dbsession URL is a number of seconds above 0, got {raw!r}.")
+    return value
 
 
 def base_url(url: URL) -> str:

@@ -3,7 +3,10 @@
 Database errors are *not* here: in isolation mode a failing statement raises the same SQLAlchemy
 exception class (``IntegrityError``, ``OperationalError``, ...) that a direct session would raise.
 An unreachable DB-API counts as a lost database connection and surfaces as SQLAlchemy's
-``OperationalError``. What remains are errors only isolation can cause::
+``OperationalError``; when that happens to a commit that may have reached the DB-API, the
+``OperationalError`` is ``dbsession.CommitOutcomeUnknownError`` (``txn_id``): the commit may have
+succeeded (it lives in ``dbsession._dbapi``, being also the stand-in driver's disconnect error).
+What remains are errors only isolation can cause::
 
     DBSessionError(Exception)
      +-- ConfigurationError          settings missing or contradictory
@@ -63,7 +66,7 @@ class DBAPIRequestError(DBSessionError):
 
     def __init__(self, message: str, *, code: str = "error", error_id: str | None = None,
                  status: int | None = None, details: Any = None, txn_state: str | None = None,
-                 refused: dict[str, Any] | None = None) -> None:
+                 outcome: str | None = None, refused: dict[str, Any] | None = None) -> None:
         suffix = f" (error id {error_id})" if error_id else ""
         super().__init__(f"{message}{suffix}")
         self.code = code
@@ -71,6 +74,9 @@ class DBAPIRequestError(DBSessionError):
         self.status = status
         self.details = details
         self.txn_state = txn_state  # "open": the request ran inside the server transaction
+        self.outcome = outcome  # a finished transaction's remembered outcome (410 on commit)
+        # True when this answered a retry after an earlier attempt's answer was lost
+        self.answer_lost = False
         refused = refused or {}
         # what a policy refusal names (None when it does not apply)
         self.role: str | None = refused.get("role")

@@ -22,18 +22,19 @@ from .transport import discard_transports
 __all__ = ["DBSession", "isolated_engine", "release_api_host"]
 
 _engines_lock = threading.Lock()
-_engines: dict[tuple[str, str | None, str | None], sa.Engine] = {}
+_engines: dict[tuple[str, str | None, str | None, float], sa.Engine] = {}
 
 
 def isolated_engine(settings: Settings) -> sa.Engine:
     """The process-wide engine for the DB-API named by *settings* (created once)."""
     assert settings.database_api_host is not None
-    key = (settings.database_api_host, settings.token, settings.token_file)
+    key = (settings.database_api_host, settings.token, settings.token_file, settings.commit_retry_deadline)
     with _engines_lock:
         engine = _engines.get(key)
         if engine is None:
             engine = _engines[key] = create_isolated_engine(
                 settings.database_api_host, token=settings.token, token_file=settings.token_file,
+                connect_args={"commit_retry_deadline": settings.commit_retry_deadline},
                 pool_size=10, max_overflow=20)
         return engine
 
@@ -61,9 +62,11 @@ class DBSession(Session):
 
     def __init__(self, bind: Any = None, *, database_access_isolation: bool | None = None,
                  database_api_host: str | None = None, token: str | None = None,
-                 token_file: str | None = None, **kw: Any) -> None:
+                 token_file: str | None = None, commit_retry_deadline: float | None = None,
+                 **kw: Any) -> None:
         settings = get_settings(database_access_isolation=database_access_isolation,
-                                database_api_host=database_api_host, token=token, token_file=token_file)
+                                database_api_host=database_api_host, token=token, token_file=token_file,
+                                commit_retry_deadline=commit_retry_deadline)
         self.isolated = settings.database_access_isolation
         if self.isolated:
             for candidate in [bind, *(kw.get("binds") or {}).values()]:

@@ -7,10 +7,15 @@ against 0.05 ms for a bare socket (header parsing through ``email``, two writes 
 the largest remaining client-side cost, recorded in the issue notes as the next lever.
 
 Retries: a request that never reached the server (connection refused, connect timeout) is always
-retried with backoff. One whose response was lost is retried only when ``replay_safe`` - reads,
-and transactional requests, which the server de-duplicates by transaction id and sequence number.
-A 401 answer (the DB-API checks the token before anything runs) re-reads the token file and is
-retried once if the token changed, so a refresh racing a request does not fail it.
+retried with backoff. One whose response was lost (connection reset or closed, read timeout, or a
+proxy's 502/503/504 without the DB-API's error envelope) is retried only when ``replay_safe`` -
+reads, and transactional requests, which the server de-duplicates by transaction id and sequence
+number. Ordinary requests give up after ``connect_attempts`` (4: waits of 0.05, 0.2, 0.8 s).
+A request sent with a ``deadline`` (a commit: its outcome must be learned) keeps retrying, once an
+attempt may have reached the server, with backoff capped at 1 s until *deadline* seconds after it
+began; if it then gives up, :class:`ServerUnreachable` says ``answer_lost``. A 401 answer (the
+DB-API checks the token before anything runs) re-reads the token file and is retried once if the
+token changed, so a refresh racing a request does not fail it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import urllib3
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
 
 from .auth import TokenSource
-from .exceptions import REFUSAL_FIELDS, error_class_for
+from .exceptions import REFUSAL_FIELDS, DBAPIRequestError, error_class_for
 
 __all__ = ["API_PREFIX", "DatabaseErrorReply", "ServerUnreachable", "Transport", "discard_transports",
            "transport_for"]
@@ -34,8 +39,19 @@ __all__ = ["API_PREFIX", "DatabaseErrorReply", "ServerUnreachable", "Transport",
 API_PREFIX = "/dbapi/v1"
 
 
+_MAX_DELAY = 1.0  # seconds between attempts, once the backoff reaches it
+
+
 class ServerUnreachable(Exception):
-    """The DB-API could not be reached, or the response was lost (mapped to a disconnect)."""
+    """The DB-API could not be reached, or the response was lost (mapped to a disconnect).
+
+    ``answer_lost``: an attempt may have reached the server (so the request may have run) and no
+    answer to it arrived; otherwise no attempt reached it and nothing ran.
+    """
+
+    def __init__(self, message: str, *, answer_lost: bool = False) -> None:
+        super().__init__(message)
+        self.answer_lost = answer_lost
 
 
 class DatabaseErrorReply(Exception):
@@ -68,8 +84,12 @@ class Transport:
     def get(self, path: str) -> Any:
         return self._request("GET", path, None, replay_safe=True)
 
-    def post(self, path: str, payload: Mapping[str, Any], *, replay_safe: bool) -> Any:
-        return self._request("POST", path, orjson.dumps(payload), replay_safe=replay_safe)
+    def post(self, path: str, payload: Mapping[str, Any], *, replay_safe: bool,
+             deadline: float | None = None) -> Any:
+        """POST *payload*; with *deadline* (replay-safe requests only), retry until an answer
+        arrives or *deadline* seconds have passed, once an attempt may have reached the server."""
+        return self._request("POST", path, orjson.dumps(payload), replay_safe=replay_safe,
+                             deadline=deadline if replay_safe else None)
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -78,40 +98,65 @@ class Transport:
             headers["Authorization"] = f"Bearer {token}"
         return headers
 
-    def _request(self, method: str, path: str, body: bytes | None, *, replay_safe: bool) -> Any:
-        response = self._send(method, path, body, replay_safe=replay_safe)
+    def _request(self, method: str, path: str, body: bytes | None, *, replay_safe: bool,
+                 deadline: float | None = None) -> Any:
+        response, answer_lost = self._send(method, path, body, replay_safe=replay_safe, deadline=deadline)
         if response.status == 401 and self._token.reload():
             # the DB-API checks the token before anything runs: retry once with the refreshed one
-            response = self._send(method, path, body, replay_safe=replay_safe)
-        return self._parse(response)
+            response, lost_again = self._send(method, path, body, replay_safe=replay_safe, deadline=deadline)
+            answer_lost = answer_lost or lost_again
+        if not answer_lost:
+            return self._parse(response)
+        try:
+            return self._parse(response)
+        except DBAPIRequestError as exc:
+            exc.answer_lost = True  # the answer of a retry: an earlier attempt's answer was lost
+            raise
 
-    def _send(self, method: str, path: str, body: bytes | None, *,
-              replay_safe: bool) -> urllib3.BaseHTTPResponse:
+    def _send(self, method: str, path: str, body: bytes | None, *, replay_safe: bool,
+              deadline: float | None) -> tuple[urllib3.BaseHTTPResponse, bool]:
+        """The response, and whether an earlier attempt may have reached the server unanswered."""
         url = self._prefix + path
         delay = 0.05
-        for attempt in range(1, self._attempts + 1):
+        answer_lost = False
+        give_up_at = time.monotonic() + deadline if deadline is not None else 0.0
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 response = self._pool.urlopen(method, url, body=body, headers=self._headers(),
                                               retries=False, redirect=False)
             except (NewConnectionError, ConnectTimeoutError) as exc:
-                failure: Exception = exc
+                failure: Exception = exc  # never reached the server
             except HTTPError as exc:
                 if not replay_safe:
                     raise ServerUnreachable(
                         f"The connection to the DB-API at {self.base_url} broke before its answer "
-                        f"arrived ({exc}); the request is not retried because it may have run."
-                    ) from exc
-                failure = exc
+                        f"arrived ({exc}); the request is not retried because it may have run.",
+                        answer_lost=True) from exc
+                failure, answer_lost = exc, True
             else:
-                return response
-            if attempt == self._attempts:
+                if not 502 <= response.status <= 504 or not replay_safe or _is_envelope(response):
+                    return response, answer_lost
+                # a proxy's answer, not the DB-API's: the request may or may not have reached it
+                failure, answer_lost = ConnectionError(
+                    f"a proxy answered HTTP {response.status} for the DB-API"), True
+            if attempt < self._attempts:
+                pause = delay
+            elif answer_lost and deadline is not None and time.monotonic() < give_up_at:
+                pause = min(delay, max(give_up_at - time.monotonic(), 0.0))
+            elif answer_lost and deadline is not None:
+                raise ServerUnreachable(
+                    f"The DB-API at {self.base_url} (database_api_host) could not be asked again "
+                    f"within {deadline:g}s after an attempt may have reached it unanswered; last "
+                    f"error: {failure}.", answer_lost=True) from failure
+            else:
                 raise ServerUnreachable(
                     f"Cannot reach the DB-API at {self.base_url} (database_api_host) after "
-                    f"{attempt} attempts: {failure}. Is the server running?"
-                ) from failure
-            time.sleep(delay)
-            delay *= 4
-        raise AssertionError("unreachable")  # pragma: no cover
+                    f"{attempt} attempts: {failure}. Is the server running?",
+                    answer_lost=answer_lost) from failure
+            time.sleep(pause)
+            delay = min(delay * 4, _MAX_DELAY)
 
     def _parse(self, response: urllib3.BaseHTTPResponse) -> Any:
         status = response.status
@@ -131,8 +176,17 @@ class Transport:
         raise error_class_for(status, envelope.get("code"))(
             envelope.get("message", f"HTTP {status}"), code=envelope.get("code", "error"),
             error_id=envelope.get("error_id"), status=status, details=envelope.get("details"),
-            txn_state=envelope.get("txn_state"),
+            txn_state=envelope.get("txn_state"), outcome=envelope.get("outcome"),
             refused={k: envelope[k] for k in REFUSAL_FIELDS if k in envelope})
+
+
+def _is_envelope(response: urllib3.BaseHTTPResponse) -> bool:
+    """Whether an error answer is the DB-API's own (its JSON error envelope), not a proxy's."""
+    try:
+        data = orjson.loads(response.data) if response.data else None
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and isinstance(data.get("error"), dict)
 
 
 _registry_lock = threading.Lock()

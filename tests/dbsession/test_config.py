@@ -88,3 +88,24 @@ def test_token_and_token_file_contradict() -> None:
 def test_unknown_setting_is_an_error() -> None:
     with pytest.raises(ConfigurationError, match="Unknown setting.*database_url"):
         dbsession.configure(database_url="postgresql://secret@db/x")
+
+
+def test_commit_retry_deadline_from_environment_configure_and_argument() -> None:
+    assert get_settings(environ={}).commit_retry_deadline == 30.0
+    environ = {"DATABASE_API_COMMIT_RETRY_DEADLINE": "120"}
+    assert get_settings(environ=environ).commit_retry_deadline == 120.0
+    assert get_settings(environ={"DATABASE_API_COMMIT_RETRY_DEADLINE": " "}).commit_retry_deadline == 30.0
+    dbsession.configure(commit_retry_deadline=5)
+    assert get_settings(environ=environ).commit_retry_deadline == 5
+    assert get_settings(environ=environ, commit_retry_deadline=0.5).commit_retry_deadline == 0.5
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ("soon", "DATABASE_API_COMMIT_RETRY_DEADLINE='soon' is not a number of seconds"),
+    ("0", "must be a number of seconds above 0, got 0.0"),
+    ("-5", "must be a number of seconds above 0, got -5.0"),
+    ("nan", "must be a number of seconds above 0, got nan"),
+])
+def test_bad_commit_retry_deadline_is_refused(raw: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        get_settings(environ={"DATABASE_API_COMMIT_RETRY_DEADLINE": raw})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -55,8 +56,9 @@ def clients() -> Iterator[list[DBSession]]:
         release_api_host(session.info["api_host"])
 
 
-def isolated(clients: list[DBSession], api_host: str) -> DBSession:
-    session = DBSession(database_access_isolation=True, database_api_host=api_host, token=processes.token())
+def isolated(clients: list[DBSession], api_host: str, **settings: Any) -> DBSession:
+    session = DBSession(database_access_isolation=True, database_api_host=api_host, token=processes.token(),
+                        **settings)
     session.info["api_host"] = api_host
     clients.append(session)
     return session

@@ -9,10 +9,18 @@ contains a given text, and fires once:
                 client's connection closed;
 ``"cut"``       the request is forwarded and the client's connection is closed at once, while the
                 server is still working on it (its answer is read and thrown away).
+
+Armed with ``then_down=seconds`` (``math.inf``: until :meth:`FaultProxy.up`), the proxy goes down
+the moment the fault fires, before the client sees its connection closed: every open connection
+is dropped and, with ``down_as="refuse"``, the listening socket is closed (new connections are
+refused, as when the DB-API's host is unreachable); with ``down_as="503"`` connections are
+accepted and every request is answered ``503`` without the DB-API's error envelope, as a load
+balancer answers when it has no healthy backend. Nothing reaches the server while it is down.
 """
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 from collections.abc import Callable
@@ -22,6 +30,9 @@ from typing import Any
 __all__ = ["FaultProxy"]
 
 FAULTS = ("request", "response", "cut")
+DOWN_AS = ("refuse", "503")
+_UNAVAILABLE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                b"Content-Length: 19\r\nConnection: close\r\n\r\nno healthy upstream")
 
 
 class _Closed(Exception):
@@ -57,47 +68,95 @@ def _read_message(sock: socket.socket, buffer: bytearray) -> bytes:
 class FaultProxy:
     upstream: tuple[str, int]
     fired: list[tuple[str, str]] = field(default_factory=list)  # (fault, request line)
-    _armed: list[tuple[str, str]] = field(default_factory=list)
+    forwarded: list[str] = field(default_factory=list)  # request lines that reached the server
+    _armed: list[tuple[str, str, float | None, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: list[threading.Thread] = field(default_factory=list)
     _sockets: set[socket.socket] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._closed = False
+        self._down: str | None = None  # None (up), "refuse" or "503"
+        self._timer: threading.Timer | None = None
+        self._listener: socket.socket | None = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._spawn(self._accept_loop)
+        self._spawn(self._accept_loop, self._listener)
 
-    def arm(self, fault: str, request_contains: str) -> None:
-        """Lose the next request (or its answer) whose request line contains *request_contains*."""
+    def arm(self, fault: str, request_contains: str, *, then_down: float | None = None,
+            down_as: str = "refuse") -> None:
+        """Lose the next request (or its answer) whose request line contains *request_contains*.
+
+        With *then_down*, the proxy then stays down for that many seconds (see the module doc).
+        """
         if fault not in FAULTS:
             raise ValueError(f"fault must be one of {FAULTS}, got {fault!r}")
+        if down_as not in DOWN_AS:
+            raise ValueError(f"down_as must be one of {DOWN_AS}, got {down_as!r}")
         with self._lock:
-            self._armed.append((fault, request_contains))
+            self._armed.append((fault, request_contains, then_down, down_as))
 
-    def _take(self, request_line: str) -> str | None:
+    def _take(self, request_line: str) -> tuple[str, float | None, str] | None:
         with self._lock:
             for armed in self._armed:
                 if armed[1] in request_line:
                     self._armed.remove(armed)
                     self.fired.append((armed[0], request_line))
-                    return armed[0]
+                    return armed[0], armed[2], armed[3]
         return None
+
+    @property
+    def is_down(self) -> bool:
+        return self._down is not None
+
+    def down(self, seconds: float = math.inf, down_as: str = "refuse") -> None:
+        """Go down now: drop every connection; refuse new ones or answer them 503."""
+        with self._lock:
+            if self._closed:
+                return
+            self._down = down_as
+            listener, sockets = self._listener, list(self._sockets)
+            if down_as == "refuse":
+                self._listener = None
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = None
+            if seconds != math.inf:
+                self._timer = threading.Timer(seconds, self.up)
+                self._timer.daemon = True
+                self._timer.start()
+        if down_as == "refuse" and listener is not None:
+            _close_listener(listener)
+        for sock in sockets:
+            _shutdown(sock)
+
+    def up(self) -> None:
+        """Serve again, on the same port."""
+        with self._lock:
+            if self._closed or self._down is None:
+                return
+            if self._listener is None:
+                self._listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR
+                self._spawn(self._accept_loop, self._listener)
+            self._down = None
 
     def _spawn(self, target: Callable[..., None], *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True, name="fault-proxy")
         self._threads.append(thread)
         thread.start()
 
-    def _accept_loop(self) -> None:
+    def _accept_loop(self, listener: socket.socket) -> None:
         while True:
             try:
-                client, _ = self._listener.accept()
+                client, _ = listener.accept()
             except OSError:
                 return  # closed
             self._spawn(self._relay, client)
 
     def _relay(self, client: socket.socket) -> None:
+        if self._down == "503":
+            self._unavailable(client)
+            return
         try:
             upstream = socket.create_connection(self.upstream, timeout=30)
         except OSError:
@@ -110,16 +169,29 @@ class FaultProxy:
         try:
             while True:
                 request = _read_message(client, from_client)
-                fault = self._take(request.split(b"\r\n", 1)[0].decode("latin-1"))
-                if fault == "request":
+                if self._down is not None:  # went down while this connection was idle
+                    if self._down == "503":
+                        client.sendall(_UNAVAILABLE)
                     return
+                request_line = request.split(b"\r\n", 1)[0].decode("latin-1")
+                taken = self._take(request_line)
+                fault, then_down, down_as = taken if taken else (None, None, "refuse")
+                if fault == "request":
+                    if then_down is not None:
+                        self.down(then_down, down_as)
+                    return
+                self.forwarded.append(request_line)
                 upstream.sendall(request)
                 if fault == "cut":
+                    if then_down is not None:
+                        self.down(then_down, down_as)
                     client.close()
                     _read_message(upstream, from_server)  # let the server finish; discard
                     return
                 response = _read_message(upstream, from_server)
                 if fault == "response":
+                    if then_down is not None:
+                        self.down(then_down, down_as)  # before the client learns of the loss
                     return
                 client.sendall(response)
         except (_Closed, OSError):
@@ -128,18 +200,41 @@ class FaultProxy:
             for sock in (client, upstream):
                 sock.close()
 
-    def close(self) -> None:
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() (Linux)
-        except OSError:
-            pass
-        self._listener.close()
+    def _unavailable(self, client: socket.socket) -> None:
+        """Down as a load balancer without a backend: every request gets a bare 503."""
         with self._lock:
+            self._sockets.add(client)
+        buffer = bytearray()
+        try:
+            _read_message(client, buffer)
+            client.sendall(_UNAVAILABLE)
+        except (_Closed, OSError):
+            pass
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            listener, self._listener = self._listener, None
+            if self._timer is not None:
+                self._timer.cancel()
             sockets = list(self._sockets)
+        if listener is not None:
+            _close_listener(listener)
         for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in self._threads:
+            _shutdown(sock)
+        for thread in list(self._threads):
             thread.join(timeout=10)
+
+
+def _close_listener(listener: socket.socket) -> None:
+    _shutdown(listener)  # wakes the blocked accept() (Linux)
+    listener.close()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

@@ -3,21 +3,34 @@
 A real TCP proxy sits between the client and a real ``dbapi-server serve`` process. The client's
 transport retries; the server's transaction ids, sequence numbers and remembered outcomes must
 turn every retry into the original answer: the work is applied exactly once and a committed
-transaction is never reported as failed.
+transaction is never reported as failed. When the DB-API stays out of reach after a commit's
+answer was lost, the commit keeps asking until ``commit_retry_deadline``; past it, or when the
+DB-API that answers no longer knows the transaction, the client says the outcome is unknown
+(``CommitOutcomeUnknownError``) - never "failed".
 """
 
 from __future__ import annotations
 
+import math
+import re
+import time
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from dbsession import DBSession
+from dbsession import CommitOutcomeUnknownError, DBSession
+from dbsession._dbapi import DisconnectError
+from dbsession.auth import TokenSource
+from dbsession.exceptions import ServerError
+from dbsession.transport import ServerUnreachable, Transport
 
 from .conftest import entries, isolated
 from .models import Entry
-from .processes import ServerProcess
+from .processes import ServerProcess, token, wait_for
 from .proxy import FaultProxy
 
 pytestmark = pytest.mark.postgresql
@@ -93,3 +106,174 @@ def test_new_rows_of_a_lost_commit_exist_once(
     session.commit()
     assert entries(database, ref) == [(f"{ref}-a", 1), (f"{ref}-b", 2)]
     assert session.get(Entry, session.scalars(sa.select(Entry.id).where(Entry.ref == f"{ref}-a")).one()).amount == 1
+
+
+# -- the DB-API out of reach for longer than the ordinary retries -------------------------------
+OUTAGE = 2.0  # longer than the transport's ordinary retries: 4 attempts over about 1 s
+SHORT_DEADLINE = 1.5
+
+
+def forwarded(proxy: FaultProxy, path: str) -> list[str]:
+    """The requests for *path* that reached the DB-API."""
+    return [line for line in proxy.forwarded if path in line]
+
+
+def txn_of(request_line: str) -> str:
+    found = re.search(r"/transactions/([\w-]+)/commit", request_line)
+    assert found, request_line
+    return found.group(1)
+
+
+@pytest.mark.parametrize("down_as", ["refuse", "503"])
+def test_commit_answer_lost_then_the_api_unreachable_for_seconds(
+        proxy: FaultProxy, clients: list[DBSession], database: sa.Engine, account: str, down_as: str) -> None:
+    """The committed answer is lost, then connections are refused (or a load balancer answers 503)
+    for longer than the ordinary retries: the commit keeps asking and learns "committed"."""
+    session = isolated(clients, proxy.url)  # the default deadline, 30 s
+    credit(session, account, 5)
+    credit(session, account, 7)
+    proxy.arm("response", "/commit", then_down=OUTAGE, down_as=down_as)
+    started = time.monotonic()
+    session.commit()  # returns normally: the client was told the truth, "committed"
+    assert time.monotonic() - started >= OUTAGE  # its answer came from after the outage
+    assert len(forwarded(proxy, "/commit")) == 2  # the lost one and the retry that learned the outcome
+    assert entries(database, account) == [(account, 112)]  # once, not twice
+
+
+@pytest.mark.parametrize(("fault", "configured"), [("response", "argument"), ("request", "url")])
+def test_commit_outcome_unknown_past_the_deadline(
+        proxy: FaultProxy, clients: list[DBSession], database: sa.Engine, account: str,
+        fault: str, configured: str) -> None:
+    """The DB-API stays out of reach past ``commit_retry_deadline``: the client cannot learn the
+    outcome and says so - "may have succeeded", with the transaction id. Whether the answer was
+    lost (it committed) or the request (it did not) cannot be told apart from the client: both are
+    "unknown", and the database shows why that is the only true report."""
+    engine = None
+    if configured == "argument":
+        session = isolated(clients, proxy.url, commit_retry_deadline=SHORT_DEADLINE)
+    else:  # ?commit_retry_deadline= on the engine URL
+        engine = sa.create_engine(f"dbsession://127.0.0.1:{proxy.port}?commit_retry_deadline={SHORT_DEADLINE}",
+                                  connect_args={"token": token()})
+        session = isolated(clients, proxy.url, bind=engine)
+    try:
+        credit(session, account, 5)
+        proxy.arm(fault, "/commit", then_down=math.inf)
+        started = time.monotonic()
+        with pytest.raises(CommitOutcomeUnknownError) as unknown:
+            session.commit()
+        elapsed = time.monotonic() - started
+
+        txn = txn_of(proxy.fired[0][1])
+        error = unknown.value
+        assert error.txn_id == txn
+        assert f"The commit of transaction {txn} may have succeeded" in str(error)
+        assert "check whether its changes are in the database" in str(error)
+        assert "commit_retry_deadline" in str(error)
+        # what a direct session raises for a connection lost at COMMIT, so existing handlers catch it
+        assert isinstance(error, sa.exc.OperationalError) and error.connection_invalidated
+        assert isinstance(error.orig, DisconnectError)
+        assert SHORT_DEADLINE <= elapsed < SHORT_DEADLINE + 10
+        assert entries(database, account) == [(account, 105 if fault == "response" else 100)]
+
+        proxy.up()  # the same session works again after the rollback the ORM asks for
+        session.rollback()
+        session.add(Entry(ref=f"{account}-after", amount=1))
+        session.commit()
+        assert entries(database, account)[1:] == [(f"{account}-after", 1)]
+    finally:
+        if engine is not None:
+            session.close()
+            engine.dispose()
+
+
+def test_commit_outcome_unknown_when_the_api_that_committed_is_gone(
+        database: sa.Engine, pg_url: sa.URL, workdir: Path, clients: list[DBSession], account: str) -> None:
+    """The limit that remains: the DB-API restarts between committing and answering, so the
+    outcome it remembered is gone. The retry reaches the new process, which answers "unknown
+    transaction" at once: the client reports the outcome as unknown, not as a failure - it did
+    commit - and does not wait out its deadline."""
+    server = ServerProcess.start(pg_url, workdir)
+    replacement: list[ServerProcess] = []
+    proxy = FaultProxy(("127.0.0.1", server.port))
+
+    def restart_the_api() -> None:
+        wait_for(lambda: proxy.is_down, "the commit's answer to be lost")
+        server.kill()
+        replacement.append(ServerProcess.start(pg_url, workdir, port=server.port))
+        proxy.up()
+
+    try:
+        session = isolated(clients, proxy.url, commit_retry_deadline=600)
+        credit(session, account, 5)
+        proxy.arm("response", "/commit", then_down=math.inf)
+        with ThreadPoolExecutor(1) as pool:
+            restarted = pool.submit(restart_the_api)
+            with pytest.raises(CommitOutcomeUnknownError, match="unknown to this DB-API instance") as unknown:
+                session.commit()
+            restarted.result()
+        assert unknown.value.txn_id == txn_of(proxy.fired[0][1])
+        assert entries(database, account) == [(account, 105)]  # it had committed
+    finally:
+        proxy.close()
+        for process in [server, *replacement]:
+            process.kill()
+
+
+def test_a_commit_that_never_reached_the_api_fails_at_once(
+        proxy: FaultProxy, clients: list[DBSession], database: sa.Engine, account: str) -> None:
+    """Connections refused from the start: no attempt reached the DB-API, so the outcome is known -
+    nothing committed. A plain disconnect after the ordinary retries, not a 30 s wait."""
+    session = isolated(clients, proxy.url)
+    credit(session, account, 5)
+    proxy.down()
+    started = time.monotonic()
+    with pytest.raises(sa.exc.OperationalError, match="Cannot reach the DB-API .* after 4 attempts") as failed:
+        session.commit()
+    assert not isinstance(failed.value, CommitOutcomeUnknownError)
+    assert failed.value.connection_invalidated
+    assert time.monotonic() - started < 10
+    assert forwarded(proxy, "/commit") == []
+    assert entries(database, account) == [(account, 100)]
+
+
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["one-shot read", "in a transaction"])
+def test_a_statement_does_not_wait_for_the_commit_deadline(
+        proxy: FaultProxy, clients: list[DBSession], account: str, in_transaction: bool) -> None:
+    """Only a commit waits: a statement whose answer is lost gets the ordinary retries, then a
+    disconnect (nothing it did can be committed any more)."""
+    session = isolated(clients, proxy.url)
+    if in_transaction:
+        credit(session, account, 5)
+    proxy.arm("response", "/execute", then_down=math.inf)
+    started = time.monotonic()
+    with pytest.raises(sa.exc.OperationalError, match="Cannot reach the DB-API .* after 4 attempts") as failed:
+        session.scalar(sa.select(Entry.amount).where(Entry.ref == account))
+    assert not isinstance(failed.value, CommitOutcomeUnknownError)
+    assert time.monotonic() - started < 10
+    assert len(proxy.fired) == 1 and len(forwarded(proxy, "/execute")) == 1 + in_transaction
+
+
+def test_a_request_that_is_not_replay_safe_is_not_retried(proxy: FaultProxy, server: ServerProcess) -> None:
+    """The client sends every request replay-safe today (reads; transactional requests, which the
+    server de-duplicates); the transport still never repeats one that is not after it may have run,
+    whatever its deadline, nor a proxy's 503 for it."""
+    transport = Transport(proxy.url, TokenSource(token()))
+    path = f"/transactions/{uuid.uuid4().hex}/rollback"  # harmless: an unknown transaction is "rolled back"
+    try:
+        proxy.arm("response", "/rollback")
+        started = time.monotonic()
+        with pytest.raises(ServerUnreachable, match="not retried because it may have run"):
+            transport.post(path, {"seq": 1}, replay_safe=False, deadline=30)
+        assert time.monotonic() - started < 5
+        assert len(forwarded(proxy, "/rollback")) == 1
+
+        proxy.arm("response", "/rollback")  # the same request, replay-safe: asked again
+        assert transport.post(path, {"seq": 1}, replay_safe=True) == {"outcome": "rolled_back"}
+        assert len(forwarded(proxy, "/rollback")) == 3
+
+        proxy.down(down_as="503")
+        with pytest.raises(ServerError, match="HTTP 503 without an error envelope"):
+            transport.post(path, {"seq": 1}, replay_safe=False)
+        assert len(forwarded(proxy, "/rollback")) == 3
+    finally:
+        transport.close()
