@@ -117,24 +117,35 @@ class MethodRegistry:
 
     def __init__(self) -> None:
         self._methods: dict[str, Method] = {}
+        self._origins: dict[str, object] = {}  # name -> the module execution that registered it
         self._lock = threading.Lock()
 
     def register(self, function: Callable[..., Any], *, name: str | None = None, version: int = 1) -> Method:
-        """Register *function*; raises ``MethodDefinitionError`` if it cannot be served."""
+        """Register *function*; raises ``MethodDefinitionError`` if it cannot be served.
+
+        A name is taken once. The one exception is a module executed again (``importlib.reload``):
+        its functions replace the ones its previous execution registered. Two functions of one
+        execution under one name - a name defined twice in a module, or a factory's nested
+        function made twice - are duplicates even though their qualified names are equal.
+        """
         method = _define(function, name or function.__name__, version)
+        origin = _origin(function)
         with self._lock:
             existing = self._methods.get(method.name)
-            if existing is not None and existing.qualified_name != method.qualified_name:
+            if existing is not None and existing.function is not function and (
+                    existing.qualified_name != method.qualified_name
+                    or self._origins[method.name] is origin):
                 raise MethodDefinitionError(
-                    f"Two named methods are called {method.name!r}: {existing.qualified_name} and "
-                    f"{method.qualified_name}; give one of them another name=.")
-            # the same function defined again (its module reloaded) replaces the old entry
+                    f"Two named methods are called {method.name!r}: {_where(existing.function)} and "
+                    f"{_where(function)}; give one of them another name=.")
             self._methods[method.name] = method
+            self._origins[method.name] = origin
         return method
 
     def unregister(self, name: str) -> None:
         with self._lock:
             self._methods.pop(name, None)
+            self._origins.pop(name, None)
 
     def get(self, name: str, version: int | None = None) -> Method:
         """The method *name*; with *version*, only if it is that version."""
@@ -161,6 +172,18 @@ class MethodRegistry:
 
 #: The process-wide registry ``@server_method`` registers into and the DB-API serves by default.
 DEFAULT_REGISTRY = MethodRegistry()
+
+
+def _origin(function: Callable[..., Any]) -> object:
+    """What tells one execution of the function's module from another: its ``__spec__``, a new
+    object each time the import system (re)loads the module; None outside of it (``__main__``)."""
+    return getattr(function, "__globals__", {}).get("__spec__")
+
+
+def _where(function: Callable[..., Any]) -> str:
+    code = getattr(function, "__code__", None)
+    line = f" (line {code.co_firstlineno})" if code is not None else ""
+    return f"{function.__module__}.{function.__qualname__}{line}"
 
 
 def _define(function: Callable[..., Any], name: str, version: int) -> Method:

@@ -168,6 +168,33 @@ def test_a_duplicate_fails_when_its_module_is_imported(module_dir: Path) -> None
         importlib.import_module("qt_methods_dup")
 
 
+@pytest.mark.parametrize("body", [
+    """
+        def make():
+            def inner(session: Session) -> int: return 1
+            return inner
+        REGISTRY.register(make(), name="made")
+        REGISTRY.register(make(), name="made")
+    """,
+    """
+        def a(session: Session) -> int: return 1
+        REGISTRY.register(a)
+        def a(session: Session) -> int: return 2
+        REGISTRY.register(a)
+    """,
+], ids=["factory", "redefined"])
+def test_one_qualified_name_registered_twice_by_one_import_is_a_duplicate(module_dir: Path, body: str) -> None:
+    write_module(module_dir, "qt_methods_same_qualname", body)
+    with pytest.raises(MethodDefinitionError, match=r"Two named methods are called '(made|a)': "
+                       r"qt_methods_same_qualname\.(make\.<locals>\.inner|a) \(line \d+\) and "):
+        importlib.import_module("qt_methods_same_qualname")
+
+
+def test_the_same_function_registered_again_is_no_duplicate(registry: MethodRegistry) -> None:
+    registry.register(first)
+    assert registry.register(first, version=2) is registry.get("first", 2)
+
+
 def test_an_unserializable_signature_fails_when_its_module_is_imported(module_dir: Path) -> None:
     write_module(module_dir, "qt_methods_bad", """
         def a(session: Session, when: frozenset[int]) -> int: return 1
