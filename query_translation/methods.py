@@ -201,6 +201,9 @@ def _define(function: Callable[..., Any], name: str, version: int) -> Method:
     for param in params[1:]:
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise MethodDefinitionError(f"The {where} cannot take *{param.name}: name every parameter.")
+        if param.kind == param.POSITIONAL_ONLY:
+            raise MethodDefinitionError(f"The {where} cannot take {param.name!r} positional-only: arguments "
+                                        "travel by name (drop the '/' after it).")
         if param.name not in hints:
             raise MethodDefinitionError(f"The {where} must annotate the type of parameter {param.name!r}.")
         types.check_type(hints[param.name], f"parameter {param.name!r} of the {where}", orm=False)
