@@ -12,6 +12,7 @@ Every error is a ``ValueError`` subclass, because all of them mean "this input
      +-- MethodDefinitionError          a named method cannot be registered (duplicate name, signature)
      +-- UnknownMethodError             no such named method (or version) in the registry
      +-- MethodArgumentsError           a call's arguments do not fit the method's signature
+     +-- MethodResultError              a method's result does not fit its annotation or cannot travel
      +-- StatementCodecError
           +-- UnknownNodeError           (attribute .node_type)
           +-- MalformedStatementError    (attribute .errors: dict, marshmallow-style errors keyed by path)
@@ -31,6 +32,7 @@ __all__ = [
     "MalformedStatementError",
     "MethodArgumentsError",
     "MethodDefinitionError",
+    "MethodResultError",
     "MalformedValueError",
     "StatementCodecError",
     "TranslationError",
@@ -134,3 +136,8 @@ class UnknownMethodError(TranslationError):
 
 class MethodArgumentsError(TranslationError):
     """The arguments of a named method call do not fit the method's signature."""
+
+
+class MethodResultError(TranslationError):
+    """A named method returned a value its return annotation does not allow, or one that cannot
+    travel (an ORM object not in the database, a value of a type the codec does not carry)."""

@@ -29,6 +29,7 @@ from .exceptions import (
     TRANSMITTED_BUILTINS,
     MethodArgumentsError,
     MethodDefinitionError,
+    MethodResultError,
     UnknownMethodError,
     ValueCodecError,
 )
@@ -75,14 +76,26 @@ class Method:
 
     # -- arguments --------------------------------------------------------------------------
     def encode_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, JSONable]:
-        """The call's arguments (session excluded) by parameter name, in the value codec."""
+        """The call's arguments (session excluded) by parameter name, in the value codec.
+
+        Raises ``MethodArgumentsError`` when they do not bind to the signature, are not of the
+        annotated types, or cannot travel - in both modes (see ``call_arguments``).
+        """
         try:
             bound = self.signature.bind(None, *args, **kwargs)
         except TypeError as exc:
             raise MethodArgumentsError(f"{self.name}(): {exc}.") from None
         names = iter(bound.arguments)
         next(names)  # the session
-        return {name: encode_value(bound.arguments[name]) for name in names}
+        encoded: dict[str, JSONable] = {}
+        for name in names:
+            value = bound.arguments[name]
+            check_argument(self.name, name, value, self.parameters[name])
+            try:
+                encoded[name] = encode_value(value)
+            except ValueCodecError as exc:
+                raise MethodArgumentsError(f"{self.name}(): argument {name!r} cannot travel: {exc}") from None
+        return encoded
 
     def decode_arguments(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """Keyword arguments from a call document, checked against the annotations."""
@@ -90,7 +103,10 @@ class Method:
         if unknown:
             raise MethodArgumentsError(f"{self.name}() has no parameter named {', '.join(unknown)}.")
         resolver = enum_resolver_for(self.enums)
-        kwargs = {name: decode_value(value, enum_resolver=resolver) for name, value in data.items()}
+        try:
+            kwargs = {name: decode_value(value, enum_resolver=resolver) for name, value in data.items()}
+        except ValueCodecError as exc:
+            raise MethodArgumentsError(f"{self.name}(): an argument cannot be decoded: {exc}") from None
         for name, value in kwargs.items():
             check_argument(self.name, name, value, self.parameters[name])
         try:
@@ -99,13 +115,35 @@ class Method:
             raise MethodArgumentsError(f"{self.name}(): {exc}.") from None
         return kwargs
 
+    def call_arguments(self, args: tuple[Any, ...],
+                       kwargs: Mapping[str, Any]) -> tuple[dict[str, JSONable], dict[str, Any]]:
+        """``(wire, arguments)``: what a call sends, and what the function receives on the server.
+
+        Both modes take both: isolation mode sends *wire*, direct mode calls the function with
+        *arguments* - the values after the round trip, so the function sees what it would see on
+        the server (copies, not the caller's objects) and a call refused in one mode is refused
+        in the other, with the same ``MethodArgumentsError``.
+        """
+        wire = self.encode_arguments(args, kwargs)
+        return wire, self.decode_arguments(wire)
+
     # -- result -----------------------------------------------------------------------------
+    def check_result(self, value: Any) -> None:
+        """Raise ``MethodResultError`` where ``encode_result`` would (direct mode), without SQL."""
+        self._result(value, load=False)
+
     def encode_result(self, value: Any) -> JSONable:
+        return self._result(value, load=True)
+
+    def _result(self, value: Any, *, load: bool) -> JSONable:
         if not conforms(value, self.returns):
-            raise MethodArgumentsError(
+            raise MethodResultError(
                 f"{self.name}() returned a {type(value).__name__}, not the "
                 f"{types.type_name(self.returns)} its annotation promises.")
-        return self.result_codec.encode(value)
+        try:
+            return self.result_codec.encode(value, load=load)
+        except ValueCodecError as exc:
+            raise MethodResultError(f"{self.name}() returned a value that cannot travel: {exc}") from None
 
     def decode_result(self, data: Any, build: Callable[[type, dict[str, Any]], Any]) -> Any:
         """The result; ORM instances are made by *build(cls, column values)*."""
@@ -277,6 +315,9 @@ def decode_exception(data: Any) -> BaseException | None:
         return exc
 
 
+# the method errors both modes raise for the same mistakes: their messages name only methods,
+# parameters and types
 for _cls in (*TRANSMITTED_BUILTINS.values(), IndexError, PermissionError, NotImplementedError,
-             sa_exc.NoResultFound, sa_exc.MultipleResultsFound):
+             sa_exc.NoResultFound, sa_exc.MultipleResultsFound, MethodArgumentsError,
+             MethodResultError):
     register_safe_exception(_cls)

@@ -22,6 +22,7 @@ from query_translation import (
     MethodArgumentsError,
     MethodDefinitionError,
     MethodRegistry,
+    MethodResultError,
     UnknownMethodError,
     decode_exception,
     encode_exception,
@@ -271,9 +272,9 @@ def test_orm_results_carry_column_values_and_only_allowed_classes(registry: Meth
     assert built == [(Lamp, {"id": 3, "shade": Shade.LIGHT})]
     other = Other(id=1)
     sa.orm.make_transient_to_detached(other)
-    with pytest.raises(MethodArgumentsError, match="returned a list, not the list\\[Lamp\\]"):
+    with pytest.raises(MethodResultError, match="returned a list, not the list\\[Lamp\\]"):
         method.encode_result([other])
-    with pytest.raises(MethodArgumentsError, match="not in the database"):
+    with pytest.raises(MethodResultError, match="not in the database"):
         method.encode_result([Lamp(id=4, shade=Shade.DARK)])
     forged = [{"$orm": {"class": f"{__name__}:Other", "values": {"id": 1}}}]
     with pytest.raises(MalformedValueError, match="does not allow"):
