@@ -24,12 +24,14 @@ from typing import Any, TypeVar
 from sqlalchemy import exc as sa_exc
 
 from . import _method_types as types
+from ._method_guard import transaction_kept
 from ._method_types import ResultCodec, check_argument, conforms
 from .exceptions import (
     TRANSMITTED_BUILTINS,
     MethodArgumentsError,
     MethodDefinitionError,
     MethodResultError,
+    MethodTransactionError,
     UnknownMethodError,
     ValueCodecError,
 )
@@ -126,6 +128,19 @@ class Method:
         """
         wire = self.encode_arguments(args, kwargs)
         return wire, self.decode_arguments(wire)
+
+    # -- running ----------------------------------------------------------------------------
+    def invoke(self, session: Any, arguments: Mapping[str, Any]) -> Any:
+        """Run the function with *session*, as both modes do; the caller holds the savepoint.
+
+        The session (and its connection) refuse to begin, end or close the transaction while the
+        function runs (``MethodTransactionError``); afterwards the session is flushed, as the
+        savepoint's release would, so returned objects have their identity for ``check_result``.
+        """
+        with transaction_kept(session, self.name):
+            result = self.function(session, **arguments)
+        session.flush()
+        return result
 
     # -- result -----------------------------------------------------------------------------
     def check_result(self, value: Any) -> None:
@@ -315,9 +330,9 @@ def decode_exception(data: Any) -> BaseException | None:
         return exc
 
 
-# the method errors both modes raise for the same mistakes: their messages name only methods,
-# parameters and types
+# the three method errors both modes raise for the same mistakes: their messages name only
+# methods, parameters and types
 for _cls in (*TRANSMITTED_BUILTINS.values(), IndexError, PermissionError, NotImplementedError,
              sa_exc.NoResultFound, sa_exc.MultipleResultsFound, MethodArgumentsError,
-             MethodResultError):
+             MethodResultError, MethodTransactionError):
     register_safe_exception(_cls)

@@ -1,5 +1,5 @@
 """The rules a named method call follows in both modes: arguments and results are checked the
-same way.
+same way, and the function may not end its caller's transaction.
 
 Direct mode and the DB-API both run calls through these ``Method`` methods; the end-to-end
 parity of the two modes is tested in ``tests/dbsession/test_method_rules.py``.
@@ -21,8 +21,10 @@ from query_translation import (
     MethodArgumentsError,
     MethodRegistry,
     MethodResultError,
+    MethodTransactionError,
     encode_value,
 )
+from query_translation._method_guard import transaction_kept
 
 
 class Base(DeclarativeBase):
@@ -128,3 +130,33 @@ def test_checking_a_result_loads_nothing(registry: MethodRegistry) -> None:
         assert method.encode_result([lamp]) == [{"$orm": {"class": f"{__name__}:Lamp", "values": {
             "id": 1, "shade": encode_value(Shade.DARK)}}}]
         assert len(statements) == 1
+
+
+# -- the transaction rule -------------------------------------------------------------------------
+def commits(session: Session) -> None:
+    session.commit()
+
+
+def commits_the_connection(session: Session) -> None:
+    session.connection().commit()
+
+
+def test_the_guard_refuses_while_the_function_runs_and_a_nested_guard_restores_it(
+        registry: MethodRegistry) -> None:
+    outer, inner = registry.register(commits), registry.register(commits_the_connection)
+    engine = sa.create_engine("sqlite://")
+    with Session(engine) as session:
+        session.begin()
+        conn = session.connection()
+        with transaction_kept(session, "outer"):
+            with pytest.raises(MethodTransactionError, match="commits_the_connection called "
+                                                             "session.connection\\(\\).commit\\(\\)"):
+                inner.invoke(session, {})
+            with pytest.raises(MethodTransactionError, match="outer called session.rollback\\(\\)"):
+                session.rollback()  # the outer guard again, not nothing
+        with pytest.raises(MethodTransactionError, match="The named method commits called session.commit"):
+            outer.invoke(session, {})
+        assert session.in_transaction() and conn.in_transaction()
+        assert not {"commit", "rollback", "close"} & (vars(session).keys() | vars(conn).keys())
+        session.commit()  # the session's own methods again
+        assert not session.in_transaction()
