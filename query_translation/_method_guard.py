@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Any
 
 from sqlalchemy.orm import scoped_session
 
@@ -46,7 +46,7 @@ def transaction_kept(session: Any, method: str) -> Iterator[None]:
             attributes = vars(target)
             for call in calls:
                 saved.append((attributes, call, attributes.get(call, _ABSENT)))
-                attributes[call] = _refusal(method, f"{label}.{call}()")
+                attributes[call] = _refusal(method, f"{label}.{call}()", getattr(target, call))
         yield
     finally:
         for attributes, call, before in reversed(saved):  # a nested method's guard restores ours
@@ -56,8 +56,10 @@ def transaction_kept(session: Any, method: str) -> Iterator[None]:
                 attributes[call] = before
 
 
-def _refusal(method: str, what: str) -> Callable[..., NoReturn]:
-    def refuse(*args: Any, **kwargs: Any) -> NoReturn:
+def _refusal(method: str, what: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        if what == "session.begin()" and (kwargs.get("nested") or args[:1] == (True,)):
+            return original(*args, **kwargs)  # Session.begin_nested() is begin(nested=True)
         raise MethodTransactionError(
             f"The named method {method} called {what}: a named method runs inside its caller's "
             "transaction and must not begin, end or close it. Return to keep its writes, or raise "

@@ -154,6 +154,10 @@ def test_the_guard_refuses_while_the_function_runs_and_a_nested_guard_restores_i
                 inner.invoke(session, {})
             with pytest.raises(MethodTransactionError, match="outer called session.rollback\\(\\)"):
                 session.rollback()  # the outer guard again, not nothing
+            session.begin_nested().rollback()  # Session.begin_nested() is begin(nested=True)
+            session.begin(nested=True).commit()
+            with pytest.raises(MethodTransactionError, match="outer called session.begin\\(\\)"):
+                session.begin()
         with pytest.raises(MethodTransactionError, match="The named method commits called session.commit"):
             outer.invoke(session, {})
         assert session.in_transaction() and conn.in_transaction()
