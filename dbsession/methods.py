@@ -12,6 +12,11 @@ A call site is ordinary Python - ``mark_success(session, dag_id, run_id, task_id
   returned become persistent, clean objects in the caller's session; other objects of the
   session are expired, since the method may have changed their rows.
 
+Both modes apply the same rules (``Method`` in ``query_translation.methods``): arguments must fit
+the annotations (``MethodArgumentsError``, before anything runs or is sent) and the function gets
+them after the wire round trip; the result must fit its annotation (``MethodResultError``); and
+the function may not begin, end or close the caller's transaction (``MethodTransactionError``).
+
 Exceptions: database errors raise the same SQLAlchemy class as a direct call; an exception the
 function raises is re-raised with its class and arguments when the class is registered with
 ``register_safe_exception`` (``ValueError``, ``KeyError``, ``NoResultFound``... are by default),
