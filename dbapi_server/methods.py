@@ -9,9 +9,11 @@ not. Either way the method runs in a savepoint of a server ``Session``: when it 
 writes are undone and the caller's earlier work in the transaction stays.
 
 What the method raises: database errors answer as on ``/execute`` (the client raises the same
-SQLAlchemy class); exceptions registered safe answer 422 ``method_error`` with their class and
-arguments; anything else is logged with its traceback and answers 500 ``method_failed`` with the
-error id only.
+SQLAlchemy class); exceptions registered safe - among them ``MethodTransactionError`` (the
+method tried to end the caller's transaction) and ``MethodResultError`` (its result does not fit
+its annotation) - answer 422 ``method_error`` with their class and arguments, logged at INFO
+under the error id; anything else is logged with its traceback and answers 500
+``method_failed`` with the error id only.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from query_translation import (
     MethodArgumentsError,
     MethodRegistry,
     UnknownMethodError,
-    ValueCodecError,
     encode_exception,
 )
 
@@ -114,7 +115,7 @@ def call_method(name: str) -> Response:
 def _arguments(method: Method, data: Mapping[str, Any]) -> dict[str, Any]:
     try:
         return method.decode_arguments(data)
-    except (MethodArgumentsError, ValueCodecError) as exc:
+    except MethodArgumentsError as exc:
         raise APIError(str(exc), code="bad_arguments", method=method.name) from None
 
 
@@ -123,19 +124,20 @@ def _run(state: ServerState, method: Method, conn: sa.Connection, kwargs: dict[s
     session = Session(bind=conn, join_transaction_mode="create_savepoint", autoflush=True)
     try:
         with session.begin():  # a savepoint: released on return, rolled back when it raises
-            result = method.function(session, **kwargs)
-            session.flush()
-            return method.encode_result(result)
+            # invoke: the function may not end the caller's transaction (MethodTransactionError);
+            # encode_result: MethodResultError for a result its annotation does not allow -
+            # both registered safe, so the client raises them as direct mode does
+            return method.encode_result(method.invoke(session, kwargs))
     except sa.exc.DBAPIError:
         raise  # answered as on /execute: the client raises the same SQLAlchemy class
-    except MethodArgumentsError as exc:
-        raise _failed(method, exc) from None
     except Exception as exc:
         encoded = encode_exception(exc)
         if encoded is None:
             raise _failed(method, exc) from None
+        error_id = new_error_id()
+        log.info("named method %s raised %s, error id %s", method.name, type(exc).__name__, error_id)
         raise MethodRaised(f"The named method {method.name} raised {type(exc).__name__}: {exc}",
-                           method=method.name, details=encoded) from None
+                           method=method.name, details=encoded, error_id=error_id) from None
     finally:
         session.close()
 

@@ -22,11 +22,20 @@ from .exceptions import (
     LimitExceededError,
     MethodNotFoundError,
     PolicyViolationError,
+    RemoteArgumentsError,
     RemoteMethodError,
     ServerError,
     TransactionError,
 )
-from .methods import MethodRegistry, call_method, register_safe_exception, server_method
+from .methods import (
+    MethodArgumentsError,
+    MethodRegistry,
+    MethodResultError,
+    MethodTransactionError,
+    call_method,
+    register_safe_exception,
+    server_method,
+)
 from .session import DBSession, isolated_engine
 
 __all__ = [
@@ -41,9 +50,13 @@ __all__ = [
     "DirectDatabaseAccessError",
     "IncompatibleServerError",
     "LimitExceededError",
+    "MethodArgumentsError",
     "MethodNotFoundError",
     "MethodRegistry",
+    "MethodResultError",
+    "MethodTransactionError",
     "PolicyViolationError",
+    "RemoteArgumentsError",
     "RemoteMethodError",
     "ServerError",
     "Settings",

@@ -16,6 +16,8 @@ What remains are errors only isolation can cause::
      |    +-- PolicyViolationError   403: the policy does not allow this statement
      |    +-- BadRequestError        400/413: malformed, unsupported or oversized request
      |    |    +-- LimitExceededError  a policy limit: statement depth, body size, result rows
+     |    |    +-- RemoteArgumentsError  400 bad_arguments: the server's signature of a named
+     |    |                              method refused the arguments (also a MethodArgumentsError)
      |    +-- TransactionError       409/410: transaction expired, unknown, misrouted, out of order
      |    +-- MethodNotFoundError    404: the DB-API does not serve that named method (or version)
      |    +-- ServerError            5xx: the DB-API failed (see its log under error_id)
@@ -26,6 +28,8 @@ What remains are errors only isolation can cause::
 from __future__ import annotations
 
 from typing import Any
+
+from query_translation import MethodArgumentsError
 
 __all__ = [
     "AuthenticationError",
@@ -38,6 +42,7 @@ __all__ = [
     "LimitExceededError",
     "MethodNotFoundError",
     "PolicyViolationError",
+    "RemoteArgumentsError",
     "RemoteMethodError",
     "ServerError",
     "TransactionError",
@@ -105,6 +110,16 @@ class BadRequestError(DBAPIRequestError):
 class LimitExceededError(BadRequestError):
     """A policy limit refused the request: ``limit`` names it (``statement_depth``, ``body_bytes``,
     ``result_rows``), ``maximum`` is its value."""
+
+
+class RemoteArgumentsError(BadRequestError, MethodArgumentsError):
+    """The DB-API refused a named method's arguments (400 ``bad_arguments``).
+
+    This side checks arguments against its own signature before sending them, so this means the
+    server's signature of the method differs (same name and version, another annotation): deploy
+    the method's module to both sides together. It is also a ``MethodArgumentsError``, the error
+    a call with arguments that do not fit raises in either mode.
+    """
 
 
 class TransactionError(DBAPIRequestError):

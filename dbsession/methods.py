@@ -12,6 +12,11 @@ A call site is ordinary Python - ``mark_success(session, dag_id, run_id, task_id
   returned become persistent, clean objects in the caller's session; other objects of the
   session are expired, since the method may have changed their rows.
 
+Both modes apply the same rules (``Method`` in ``query_translation.methods``): arguments must fit
+the annotations (``MethodArgumentsError``, before anything runs or is sent) and the function gets
+them after the wire round trip; the result must fit its annotation (``MethodResultError``); and
+the function may not begin, end or close the caller's transaction (``MethodTransactionError``).
+
 Exceptions: database errors raise the same SQLAlchemy class as a direct call; an exception the
 function raises is re-raised with its class and arguments when the class is registered with
 ``register_safe_exception`` (``ValueError``, ``KeyError``, ``NoResultFound``... are by default),
@@ -32,16 +37,19 @@ from sqlalchemy.orm.attributes import set_committed_value
 from query_translation import (
     DEFAULT_REGISTRY,
     Method,
+    MethodArgumentsError,
     MethodRegistry,
+    MethodResultError,
+    MethodTransactionError,
     decode_exception,
     register_safe_exception,
 )
 
 from . import _dbapi
-from .exceptions import DBAPIRequestError, MethodNotFoundError, RemoteMethodError
+from .exceptions import DBAPIRequestError, MethodNotFoundError, RemoteArgumentsError, RemoteMethodError
 
-__all__ = ["DEFAULT_REGISTRY", "Method", "MethodRegistry", "call_method", "register_safe_exception",
-           "server_method"]
+__all__ = ["DEFAULT_REGISTRY", "Method", "MethodArgumentsError", "MethodRegistry", "MethodResultError",
+           "MethodTransactionError", "call_method", "register_safe_exception", "server_method"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -74,12 +82,21 @@ def server_method(function: Any = None, /, *, name: str | None = None, version: 
 
 
 def call_method(method: Method, session: Session, /, *args: Any, **kwargs: Any) -> Any:
-    """Run *method* for *session*: locally in direct mode, on the DB-API in isolation mode."""
+    """Run *method* for *session*: locally in direct mode, on the DB-API in isolation mode.
+
+    Both modes apply the same rules, from ``Method``: the arguments are checked and make the
+    wire round trip (``MethodArgumentsError``), the function may not end the caller's
+    transaction (``MethodTransactionError``), and the result must fit its annotation and be able
+    to travel (``MethodResultError``).
+    """
+    wire, arguments = method.call_arguments(args, kwargs)
     if not _is_isolated(session):
         _begin_for_real(session.connection())
         with session.begin_nested():
-            return method.function(session, *args, **kwargs)
-    return _call_remote(method, session, args, kwargs)
+            result = method.invoke(session, arguments)
+            method.check_result(result)  # in the savepoint: a refused result undoes the writes
+            return result
+    return _call_remote(method, session, wire)
 
 
 def _is_isolated(session: Session) -> bool:
@@ -94,8 +111,8 @@ def _begin_for_real(conn: sa.Connection) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
-def _call_remote(method: Method, session: Session, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    payload: dict[str, Any] = {"version": method.version, "args": method.encode_arguments(args, kwargs)}
+def _call_remote(method: Method, session: Session, wire: dict[str, Any]) -> Any:
+    payload: dict[str, Any] = {"version": method.version, "args": wire}
     session.flush()  # the method must see the caller's pending changes, as it would directly
     conn = session.connection()
     raw = cast(_dbapi.Connection, conn.connection.dbapi_connection)
@@ -139,6 +156,8 @@ def _translated(method: Method, exc: DBAPIRequestError) -> BaseException:
         return _as(RemoteMethodError, exc)
     if exc.code == "unknown_method":
         return _as(MethodNotFoundError, exc)
+    if exc.code == "bad_arguments":  # the server's signature differs from this side's
+        return _as(RemoteArgumentsError, exc)
     return exc
 
 

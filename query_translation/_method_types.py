@@ -22,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import InstanceState, Mapper
 
-from .exceptions import MalformedValueError, MethodArgumentsError, MethodDefinitionError
+from .exceptions import MalformedValueError, MethodArgumentsError, MethodDefinitionError, MethodResultError
 from .values import JSONable, decode_value, encode_value, enum_resolver_for
 
 ATOMS: tuple[type, ...] = (str, int, float, bool, decimal.Decimal, dt.datetime, dt.date, dt.time,
@@ -138,6 +138,8 @@ def conforms(value: Any, hint: Any) -> bool:
         return value is None
     if hint in (int, float) and isinstance(value, bool):
         return False
+    if isinstance(value, enum.Enum) and not (isinstance(hint, type) and issubclass(hint, enum.Enum)):
+        return False  # a StrEnum / IntEnum member travels as its enum, not as a str or an int
     if hint is float:
         return isinstance(value, (int, float))
     if isinstance(hint, type):
@@ -178,33 +180,35 @@ class ResultCodec:
                 self._classes[orm_path(sub.class_)] = sub.class_
         self._resolver = enum_resolver_for(enums)
 
-    def encode(self, value: Any) -> JSONable:
+    def encode(self, value: Any, *, load: bool = True) -> JSONable:
+        """*value* in the codec; ``load=False`` skips, rather than loads, expired ORM attributes
+        (a check that emits no SQL: direct mode's ``Method.check_result``)."""
         kind = type(value)
         if kind is list:
-            return [self.encode(v) for v in value]
+            return [self.encode(v, load=load) for v in value]
         if kind is tuple:
-            return {"$tu": [self.encode(v) for v in value]}
+            return {"$tu": [self.encode(v, load=load) for v in value]}
         if kind is dict:
-            return {"$o": {k: self.encode(v) for k, v in value.items()}}
+            return {"$o": {k: self.encode(v, load=load) for k, v in value.items()}}
         state = sa.inspect(value, raiseerr=False) if self._classes else None
         if isinstance(state, InstanceState):
-            return {"$orm": self._encode_instance(value, state)}
+            return {"$orm": self._encode_instance(value, state, load)}
         return encode_value(value)
 
-    def _encode_instance(self, instance: Any, state: InstanceState[Any]) -> JSONable:
+    def _encode_instance(self, instance: Any, state: InstanceState[Any], load: bool) -> JSONable:
         cls = state.mapper.class_
         if self._classes.get(orm_path(cls)) is not cls:
-            raise MethodArgumentsError(f"A {cls.__name__} cannot be returned: the return annotation "
-                                       "does not name its class.")
+            raise MethodResultError(f"A {cls.__name__} cannot be returned: the return annotation "
+                                    "does not name its class.")
         if state.key is None or state.deleted:
-            raise MethodArgumentsError(
+            raise MethodResultError(
                 f"The returned {cls.__name__} is not in the database (transient or deleted); "
                 "return objects the method's session has added or loaded.")
         values: dict[str, JSONable] = {}
         for prop in state.mapper.column_attrs:
             if prop.key in state.dict:
                 values[prop.key] = encode_value(state.dict[prop.key])
-            elif prop.key in state.expired_attributes:
+            elif load and prop.key in state.expired_attributes:
                 values[prop.key] = encode_value(getattr(instance, prop.key))  # refreshed by the flush
         return {"class": orm_path(cls), "values": values}
 

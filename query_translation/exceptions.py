@@ -12,6 +12,7 @@ Every error is a ``ValueError`` subclass, because all of them mean "this input
      +-- MethodDefinitionError          a named method cannot be registered (duplicate name, signature)
      +-- UnknownMethodError             no such named method (or version) in the registry
      +-- MethodArgumentsError           a call's arguments do not fit the method's signature
+     +-- MethodResultError              a method's result does not fit its annotation or cannot travel
      +-- StatementCodecError
           +-- UnknownNodeError           (attribute .node_type)
           +-- MalformedStatementError    (attribute .errors: dict, marshmallow-style errors keyed by path)
@@ -20,6 +21,11 @@ Every error is a ``ValueError`` subclass, because all of them mean "this input
           +-- UnsupportedStatementError
           +-- WireVersionError
 
+One error is not about translating anything, and is SQLAlchemy's kind of error instead::
+
+    sqlalchemy.exc.InvalidRequestError
+     +-- MethodTransactionError         a named method tried to begin, end or close its caller's transaction
+
 Messages are full sentences that say what to do about the problem.
 """
 
@@ -27,10 +33,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import exc as sa_exc
+
 __all__ = [
     "MalformedStatementError",
     "MethodArgumentsError",
     "MethodDefinitionError",
+    "MethodResultError",
+    "MethodTransactionError",
     "MalformedValueError",
     "StatementCodecError",
     "TranslationError",
@@ -134,3 +144,14 @@ class UnknownMethodError(TranslationError):
 
 class MethodArgumentsError(TranslationError):
     """The arguments of a named method call do not fit the method's signature."""
+
+
+class MethodResultError(TranslationError):
+    """A named method returned a value its return annotation does not allow, or one that cannot
+    travel (an ORM object not in the database, a value of a type the codec does not carry)."""
+
+
+class MethodTransactionError(sa_exc.InvalidRequestError):
+    """A named method called ``commit()``, ``rollback()``, ``begin()`` or ``close()`` on its session
+    (or on the session's connection): a method runs inside its caller's transaction and must not
+    end it. Raised the same way in direct and in isolation mode."""

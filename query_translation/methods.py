@@ -24,11 +24,14 @@ from typing import Any, TypeVar
 from sqlalchemy import exc as sa_exc
 
 from . import _method_types as types
+from ._method_guard import transaction_kept
 from ._method_types import ResultCodec, check_argument, conforms
 from .exceptions import (
     TRANSMITTED_BUILTINS,
     MethodArgumentsError,
     MethodDefinitionError,
+    MethodResultError,
+    MethodTransactionError,
     UnknownMethodError,
     ValueCodecError,
 )
@@ -75,14 +78,26 @@ class Method:
 
     # -- arguments --------------------------------------------------------------------------
     def encode_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, JSONable]:
-        """The call's arguments (session excluded) by parameter name, in the value codec."""
+        """The call's arguments (session excluded) by parameter name, in the value codec.
+
+        Raises ``MethodArgumentsError`` when they do not bind to the signature, are not of the
+        annotated types, or cannot travel - in both modes (see ``call_arguments``).
+        """
         try:
             bound = self.signature.bind(None, *args, **kwargs)
         except TypeError as exc:
             raise MethodArgumentsError(f"{self.name}(): {exc}.") from None
         names = iter(bound.arguments)
         next(names)  # the session
-        return {name: encode_value(bound.arguments[name]) for name in names}
+        encoded: dict[str, JSONable] = {}
+        for name in names:
+            value = bound.arguments[name]
+            check_argument(self.name, name, value, self.parameters[name])
+            try:
+                encoded[name] = encode_value(value)
+            except ValueCodecError as exc:
+                raise MethodArgumentsError(f"{self.name}(): argument {name!r} cannot travel: {exc}") from None
+        return encoded
 
     def decode_arguments(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """Keyword arguments from a call document, checked against the annotations."""
@@ -90,7 +105,10 @@ class Method:
         if unknown:
             raise MethodArgumentsError(f"{self.name}() has no parameter named {', '.join(unknown)}.")
         resolver = enum_resolver_for(self.enums)
-        kwargs = {name: decode_value(value, enum_resolver=resolver) for name, value in data.items()}
+        try:
+            kwargs = {name: decode_value(value, enum_resolver=resolver) for name, value in data.items()}
+        except ValueCodecError as exc:
+            raise MethodArgumentsError(f"{self.name}(): an argument cannot be decoded: {exc}") from None
         for name, value in kwargs.items():
             check_argument(self.name, name, value, self.parameters[name])
         try:
@@ -99,13 +117,48 @@ class Method:
             raise MethodArgumentsError(f"{self.name}(): {exc}.") from None
         return kwargs
 
+    def call_arguments(self, args: tuple[Any, ...],
+                       kwargs: Mapping[str, Any]) -> tuple[dict[str, JSONable], dict[str, Any]]:
+        """``(wire, arguments)``: what a call sends, and what the function receives on the server.
+
+        Both modes take both: isolation mode sends *wire*, direct mode calls the function with
+        *arguments* - the values after the round trip, so the function sees what it would see on
+        the server (copies, not the caller's objects) and a call refused in one mode is refused
+        in the other, with the same ``MethodArgumentsError``.
+        """
+        wire = self.encode_arguments(args, kwargs)
+        return wire, self.decode_arguments(wire)
+
+    # -- running ----------------------------------------------------------------------------
+    def invoke(self, session: Any, arguments: Mapping[str, Any]) -> Any:
+        """Run the function with *session*, as both modes do; the caller holds the savepoint.
+
+        The session (and its connection) refuse to begin, end or close the transaction while the
+        function runs (``MethodTransactionError``); afterwards the session is flushed, as the
+        savepoint's release would, so returned objects have their identity for ``check_result``.
+        """
+        with transaction_kept(session, self.name):
+            result = self.function(session, **arguments)
+        session.flush()
+        return result
+
     # -- result -----------------------------------------------------------------------------
+    def check_result(self, value: Any) -> None:
+        """Raise ``MethodResultError`` where ``encode_result`` would (direct mode), without SQL."""
+        self._result(value, load=False)
+
     def encode_result(self, value: Any) -> JSONable:
+        return self._result(value, load=True)
+
+    def _result(self, value: Any, *, load: bool) -> JSONable:
         if not conforms(value, self.returns):
-            raise MethodArgumentsError(
+            raise MethodResultError(
                 f"{self.name}() returned a {type(value).__name__}, not the "
                 f"{types.type_name(self.returns)} its annotation promises.")
-        return self.result_codec.encode(value)
+        try:
+            return self.result_codec.encode(value, load=load)
+        except ValueCodecError as exc:
+            raise MethodResultError(f"{self.name}() returned a value that cannot travel: {exc}") from None
 
     def decode_result(self, data: Any, build: Callable[[type, dict[str, Any]], Any]) -> Any:
         """The result; ORM instances are made by *build(cls, column values)*."""
@@ -117,24 +170,35 @@ class MethodRegistry:
 
     def __init__(self) -> None:
         self._methods: dict[str, Method] = {}
+        self._origins: dict[str, object] = {}  # name -> the module execution that registered it
         self._lock = threading.Lock()
 
     def register(self, function: Callable[..., Any], *, name: str | None = None, version: int = 1) -> Method:
-        """Register *function*; raises ``MethodDefinitionError`` if it cannot be served."""
+        """Register *function*; raises ``MethodDefinitionError`` if it cannot be served.
+
+        A name is taken once. The one exception is a module executed again (``importlib.reload``):
+        its functions replace the ones its previous execution registered. Two functions of one
+        execution under one name - a name defined twice in a module, or a factory's nested
+        function made twice - are duplicates even though their qualified names are equal.
+        """
         method = _define(function, name or function.__name__, version)
+        origin = _origin(function)
         with self._lock:
             existing = self._methods.get(method.name)
-            if existing is not None and existing.qualified_name != method.qualified_name:
+            if existing is not None and existing.function is not function and (
+                    existing.qualified_name != method.qualified_name
+                    or self._origins[method.name] is origin):
                 raise MethodDefinitionError(
-                    f"Two named methods are called {method.name!r}: {existing.qualified_name} and "
-                    f"{method.qualified_name}; give one of them another name=.")
-            # the same function defined again (its module reloaded) replaces the old entry
+                    f"Two named methods are called {method.name!r}: {_where(existing.function)} and "
+                    f"{_where(function)}; give one of them another name=.")
             self._methods[method.name] = method
+            self._origins[method.name] = origin
         return method
 
     def unregister(self, name: str) -> None:
         with self._lock:
             self._methods.pop(name, None)
+            self._origins.pop(name, None)
 
     def get(self, name: str, version: int | None = None) -> Method:
         """The method *name*; with *version*, only if it is that version."""
@@ -163,6 +227,18 @@ class MethodRegistry:
 DEFAULT_REGISTRY = MethodRegistry()
 
 
+def _origin(function: Callable[..., Any]) -> object:
+    """What tells one execution of the function's module from another: its ``__spec__``, a new
+    object each time the import system (re)loads the module; None outside of it (``__main__``)."""
+    return getattr(function, "__globals__", {}).get("__spec__")
+
+
+def _where(function: Callable[..., Any]) -> str:
+    code = getattr(function, "__code__", None)
+    line = f" (line {code.co_firstlineno})" if code is not None else ""
+    return f"{function.__module__}.{function.__qualname__}{line}"
+
+
 def _define(function: Callable[..., Any], name: str, version: int) -> Method:
     where = f"named method {name!r} ({function.__module__}.{function.__qualname__})"
     if not name.isidentifier():
@@ -178,6 +254,9 @@ def _define(function: Callable[..., Any], name: str, version: int) -> Method:
     for param in params[1:]:
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise MethodDefinitionError(f"The {where} cannot take *{param.name}: name every parameter.")
+        if param.kind == param.POSITIONAL_ONLY:
+            raise MethodDefinitionError(f"The {where} cannot take {param.name!r} positional-only: arguments "
+                                        "travel by name (drop the '/' after it).")
         if param.name not in hints:
             raise MethodDefinitionError(f"The {where} must annotate the type of parameter {param.name!r}.")
         types.check_type(hints[param.name], f"parameter {param.name!r} of the {where}", orm=False)
@@ -251,6 +330,9 @@ def decode_exception(data: Any) -> BaseException | None:
         return exc
 
 
+# the three method errors both modes raise for the same mistakes: their messages name only
+# methods, parameters and types
 for _cls in (*TRANSMITTED_BUILTINS.values(), IndexError, PermissionError, NotImplementedError,
-             sa_exc.NoResultFound, sa_exc.MultipleResultsFound):
+             sa_exc.NoResultFound, sa_exc.MultipleResultsFound, MethodArgumentsError,
+             MethodResultError, MethodTransactionError):
     register_safe_exception(_cls)

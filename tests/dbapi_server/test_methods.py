@@ -6,6 +6,7 @@ Raw HTTP against a real server (real tokens); what a client makes of the answers
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 
@@ -41,6 +42,16 @@ def add_then_fail(session: Session, name: str, safe: bool) -> None:
     raise RuntimeError(f"internal detail {SECRET_DETAIL}")
 
 
+def add_then_commit(session: Session, name: str) -> None:
+    session.execute(items.insert().values(name=name, qty=1))
+    session.commit()
+
+
+def add_then_return_a_str(session: Session, name: str) -> int:
+    session.execute(items.insert().values(name=name, qty=1))
+    return "five"  # type: ignore[return-value]
+
+
 def forbidden(session: Session) -> None:
     raise AssertionError("a denied method must not run")
 
@@ -51,6 +62,8 @@ def versioned(session: Session, tags: list[str]) -> dict[str, int]:
 
 METHODS.register(add_item)
 METHODS.register(add_then_fail)
+METHODS.register(add_then_commit)
+METHODS.register(add_then_return_a_str)
 METHODS.register(forbidden)
 METHODS.register(versioned, version=3)
 
@@ -69,7 +82,8 @@ def test_the_server_lists_exactly_its_registry(api: RawApi) -> None:
     reply = api.get("/methods")
     assert reply.status == 200
     listed = {m["name"]: m for m in reply.json["methods"]}
-    assert set(listed) == {"add_item", "add_then_fail", "forbidden", "versioned"}
+    assert set(listed) == {"add_item", "add_then_fail", "add_then_commit", "add_then_return_a_str", "forbidden",
+                           "versioned"}
     assert listed["add_item"] == {"name": "add_item", "version": 1,
                                   "signature": "add_item(name: str, qty: int = 0) -> int"}
     assert listed["versioned"]["version"] == 3
@@ -129,6 +143,40 @@ def test_a_safe_exception_travels_and_the_method_writes_are_undone(api: RawApi, 
     assert txn.commit().status == 200  # the caller's own work survives the method's failure
     assert count_rows(engine, items, items.c.name == before) == 1
     assert count_rows(engine, items, items.c.name == inside) == 0
+
+
+@pytest.mark.parametrize(("method", "error_type", "message"), [
+    ("add_then_commit", "query_translation.exceptions.MethodTransactionError",
+     "The named method add_then_commit called session.commit(): a named method runs inside its caller's "
+     "transaction and must not begin, end or close it."),
+    ("add_then_return_a_str", "query_translation.exceptions.MethodResultError",
+     "add_then_return_a_str() returned a str, not the int its annotation promises."),
+])
+def test_breaking_the_rules_answers_422_and_leaves_the_callers_transaction_open(
+        api: RawApi, engine: sa.Engine, caplog: pytest.LogCaptureFixture, method: str, error_type: str,
+        message: str) -> None:
+    before, inside = unique("before"), unique("inside")
+    txn = api.transaction()
+    assert txn.execute(items.insert().values(name=before, qty=1)).status == 200
+    txn.seq += 1
+    with caplog.at_level(logging.INFO, logger="dbapi_server.methods"):
+        reply = api.post(f"/methods/{method}", {**call(name=inside), "txn": txn.id, "seq": txn.seq})
+    assert reply.status == 422, reply.body
+    error = reply.error
+    assert (error["code"], error["txn_state"], error["details"]["type"]) == ("method_error", "open", error_type)
+    assert error["details"]["args"][0].startswith(message)
+    assert [r.levelname for r in caplog.records if error["error_id"] in r.getMessage()] == ["INFO"]
+    assert count_rows(engine, items, items.c.name.in_([before, inside])) == 0  # nothing committed
+    assert txn.commit().status == 200
+    assert count_rows(engine, items, items.c.name == before) == 1
+    assert count_rows(engine, items, items.c.name == inside) == 0  # the method's savepoint rolled back
+
+
+def test_a_commit_in_a_call_without_a_transaction_commits_nothing(api: RawApi, engine: sa.Engine) -> None:
+    name = unique("alone-commit")
+    reply = api.post("/methods/add_then_commit", call(name=name))
+    assert (reply.status, reply.error["code"]) == (422, "method_error")
+    assert count_rows(engine, items, items.c.name == name) == 0
 
 
 def test_another_exception_answers_only_an_error_id(api: RawApi, engine: sa.Engine,
@@ -226,6 +274,19 @@ def test_the_command_lists_methods_with_signatures() -> None:
     assert ("mark_success_and_schedule_downstream  v1  mark_success_and_schedule_downstream("
             "dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> list[TaskInstance]") in result.output
     assert "latest_successful_task_instances  v1" in result.output
+
+
+def test_the_command_lists_methods_as_json() -> None:
+    result = CliRunner().invoke(cli.main, ["methods", "--import", "examples.methods", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.output)
+    assert [m["name"] for m in listed] == sorted(m["name"] for m in listed)
+    assert {"name": "mark_success_and_schedule_downstream", "version": 1, "signature":
+            "mark_success_and_schedule_downstream(dag_id: str, run_id: str, task_id: str, map_index: int = -1) "
+            "-> list[TaskInstance]"} in listed
+    assert {"name": "finished_runs", "version": 1,
+            "signature": "finished_runs(dag_id: str) -> dict[str, RunState]"} in listed
+    assert all(set(m) == {"name", "version", "signature"} for m in listed)
 
 
 def test_the_command_says_when_a_module_cannot_be_imported() -> None:

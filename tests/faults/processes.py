@@ -63,7 +63,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 @dataclass
 class ServerProcess:
-    """``dbapi-server serve`` in a subprocess, serving :mod:`tests.faults.models`."""
+    """``dbapi-server serve`` in a subprocess, serving :mod:`tests.faults.models` (and the named
+    methods of the modules *methods* names, comma-separated)."""
 
     process: subprocess.Popen[bytes]
     port: int
@@ -75,14 +76,15 @@ class ServerProcess:
 
     @classmethod
     def start(cls, database_url: sa.URL | str, workdir: Path, *, port: int | None = None,
-              idle_timeout: float = 60.0) -> ServerProcess:
+              idle_timeout: float = 60.0, methods: str = "") -> ServerProcess:
         key = workdir / "dbapi.pub"
         key.write_bytes(_PUBLIC)
         port = port or free_port()
         log = workdir / f"server-{port}-{time.monotonic_ns()}.log"
         url = database_url.render_as_string(hide_password=False) if isinstance(database_url, sa.URL) else database_url
         env = clean_env(DBAPI_DATABASE_URL=url, DBAPI_METADATA=METADATA_PATH, DBAPI_JWT_KEY_FILE=str(key),
-                        DBAPI_JWT_ALGORITHMS="EdDSA", DBAPI_TXN_IDLE_TIMEOUT=str(idle_timeout))
+                        DBAPI_JWT_ALGORITHMS="EdDSA", DBAPI_TXN_IDLE_TIMEOUT=str(idle_timeout),
+                        DBAPI_METHODS=methods)
         with log.open("wb") as out:
             process = subprocess.Popen([*_server_command(), "serve", "--port", str(port), "--threads", "4"],
                                        cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -22,6 +22,7 @@ from query_translation import (
     MethodArgumentsError,
     MethodDefinitionError,
     MethodRegistry,
+    MethodResultError,
     UnknownMethodError,
     decode_exception,
     encode_exception,
@@ -86,6 +87,7 @@ def returns_object(session: Session) -> Opaque: ...
 def returns_untyped(session: Session):  # type: ignore[no-untyped-def]
     ...
 def takes_star(session: Session, *names: str) -> None: ...
+def takes_positional_only(session: Session, name: str, /) -> None: ...
 def no_session() -> None: ...
 def dict_int_keys(session: Session, values: dict[int, str]) -> None: ...
 def forward(session: Session, value: NotDefinedAnywhere) -> None: ...  # type: ignore[name-defined]  # noqa: F821
@@ -101,6 +103,7 @@ def forward(session: Session, value: NotDefinedAnywhere) -> None: ...  # type: i
     (returns_object, "return type .* is Opaque, which cannot travel .* or mapped ORM classes"),
     (returns_untyped, "must annotate its return type"),
     (takes_star, "cannot take \\*names"),
+    (takes_positional_only, "cannot take 'name' positional-only: arguments travel by name"),
     (no_session, "must take the session as its first parameter"),
     (dict_int_keys, "is dict\\[int, str\\], which cannot travel"),
     (forward, "cannot be resolved .*NotDefinedAnywhere"),
@@ -166,6 +169,33 @@ def test_a_duplicate_fails_when_its_module_is_imported(module_dir: Path) -> None
     """)
     with pytest.raises(MethodDefinitionError, match="Two named methods are called 'same'"):
         importlib.import_module("qt_methods_dup")
+
+
+@pytest.mark.parametrize("body", [
+    """
+        def make():
+            def inner(session: Session) -> int: return 1
+            return inner
+        REGISTRY.register(make(), name="made")
+        REGISTRY.register(make(), name="made")
+    """,
+    """
+        def a(session: Session) -> int: return 1
+        REGISTRY.register(a)
+        def a(session: Session) -> int: return 2
+        REGISTRY.register(a)
+    """,
+], ids=["factory", "redefined"])
+def test_one_qualified_name_registered_twice_by_one_import_is_a_duplicate(module_dir: Path, body: str) -> None:
+    write_module(module_dir, "qt_methods_same_qualname", body)
+    with pytest.raises(MethodDefinitionError, match=r"Two named methods are called '(made|a)': "
+                       r"qt_methods_same_qualname\.(make\.<locals>\.inner|a) \(line \d+\) and "):
+        importlib.import_module("qt_methods_same_qualname")
+
+
+def test_the_same_function_registered_again_is_no_duplicate(registry: MethodRegistry) -> None:
+    registry.register(first)
+    assert registry.register(first, version=2) is registry.get("first", 2)
 
 
 def test_an_unserializable_signature_fails_when_its_module_is_imported(module_dir: Path) -> None:
@@ -242,9 +272,9 @@ def test_orm_results_carry_column_values_and_only_allowed_classes(registry: Meth
     assert built == [(Lamp, {"id": 3, "shade": Shade.LIGHT})]
     other = Other(id=1)
     sa.orm.make_transient_to_detached(other)
-    with pytest.raises(MethodArgumentsError, match="returned a list, not the list\\[Lamp\\]"):
+    with pytest.raises(MethodResultError, match="returned a list, not the list\\[Lamp\\]"):
         method.encode_result([other])
-    with pytest.raises(MethodArgumentsError, match="not in the database"):
+    with pytest.raises(MethodResultError, match="not in the database"):
         method.encode_result([Lamp(id=4, shade=Shade.DARK)])
     forged = [{"$orm": {"class": f"{__name__}:Other", "values": {"id": 1}}}]
     with pytest.raises(MalformedValueError, match="does not allow"):
