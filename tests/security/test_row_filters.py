@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, aliased, defer, joinedload, selectinload, subqueryload
 
 from dbsession import PolicyViolationError
+from tests.dbapi_server._support import RawApi
 
 from ._policy_support import MINE, Backend, DagRun, TaskInstance, XCom
 
@@ -319,3 +320,30 @@ def test_update_conditions_do_not_run_on_hidden_rows_first(backend: Backend) -> 
         assert s.execute(sa.update(TI).where(hidden_row_fails).values(state="x")).rowcount == 0  # type: ignore[attr-defined]
         assert s.execute(sa.delete(XCom).where(sa.literal(1) / (XCom.id - 5) > 0)).rowcount == 0  # type: ignore[attr-defined]
         s.rollback()
+
+
+def test_no_answer_tells_the_row_id_another_caller_inserted(backend: Backend) -> None:
+    """SQLite's cursor reports the last row id inserted *on the connection* after any statement,
+    and the server's connections are pooled: a worker's SELECT, UPDATE or empty INSERT must not
+    tell the id of another run's newest row (found by the worker-policy fuzzer)."""
+    with backend.session(dag_id="report", run_id="r1") as other:
+        other.add(XCom(id=880, ti_id=5, dag_id="report", run_id="r1", key="other run's", value="v"))
+        other.commit()
+    api, token = RawApi(backend.server), backend.token(**MINE)
+    seen = []
+    try:
+        for _ in range(12):  # sequential requests take every pooled connection in turn
+            seen.append(api.execute(sa.select(XCom.id).where(XCom.id < 3), token=token).json.get("lastrowid"))
+        txn = api.transaction(token)
+        statements: list[sa.Executable] = [sa.update(TI).where(TI.id == 1).values(state="x"),
+                                           sa.delete(XCom).where(XCom.key == "none")]
+        for stmt in statements:
+            reply = txn.execute(stmt)
+            assert reply.status == 200, reply.body
+            seen.append(reply.json.get("lastrowid"))
+        assert txn.rollback().status == 200
+    finally:
+        with backend.direct() as d:
+            d.execute(sa.delete(XCom).where(XCom.id == 880))
+            d.commit()
+    assert 880 not in seen
