@@ -42,6 +42,7 @@ from dbapi_server.keyset import jwks_document, public_jwk, thumbprint
 from dbapi_server.minting import write_token_file
 from dbsession import AuthenticationError, ConfigurationError, DBSession, guard
 from dbsession.auth import TokenSource
+from tests.dbapi_server._support import statements_reaching
 from tests.servers import RunningServer, running_dbapi
 
 LEEWAY = 5.0
@@ -220,7 +221,9 @@ BAD_TOKENS: dict[str, Callable[[Keys], str]] = {
 def test_bad_token_is_401_and_nothing_is_written(server: RunningServer, engine: sa.Engine, keys: Keys,
                                                  make: Callable[[Keys], str]) -> None:
     token = make(keys)
-    refusal = write_attempt(server, token)
+    with statements_reaching(server.state.engine) as statements:
+        refusal = write_attempt(server, token)
+    assert statements == []  # not a single statement: the token is checked before anything runs
     assert refusal.status == 401 and refusal.code in ("unauthenticated", "token_expired")
     signature = token.split(".")[-1]
     assert token not in str(refusal) and (not signature or signature not in str(refusal))
@@ -232,9 +235,10 @@ def test_the_same_key_material_with_good_claims_works(server: RunningServer, eng
                                                       keys: Keys) -> None:
     """The bad-token cases fail for their one defect: the crafting helpers make good tokens too."""
     for token in (signed(keys, claims()), signed(keys, claims(), name="rsa"), keys.mint(), keys.mint("rsa")):
-        with isolated(server, token=token) as s:
+        with statements_reaching(server.state.engine) as statements, isolated(server, token=token) as s:
             s.add(Note(body="ok"))
             s.commit()
+        assert [sql.split(" (")[0] for sql in statements] == ["INSERT INTO notes"]  # what the bad ones never ran
     assert notes_in(engine) == ["ok"] * 4
 
 
