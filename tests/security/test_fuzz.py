@@ -1,23 +1,30 @@
 """Thousands of malformed requests against a real DB-API: no 5xx, no leaks, no partial writes.
 
-Two fuzzers, on SQLite, PostgreSQL and MariaDB, each against a real server on a loopback socket with real
-tokens:
+Two targets on each of SQLite, PostgreSQL and MariaDB, each a real server on a loopback socket with
+real tokens: the fuzz schema with no policy (the open preset: every statement may run), and the
+repo's worker policy (``examples/policies/airflow_worker.toml``) on the Airflow-like schema of
+``_policy_support``, with a worker's tokens and every value the worker may not see marked
+(``_worker_fuzz``). The fuzzers:
 
 - **mutation**: real ``/execute`` bodies an isolated client sends for varied ORM statements
   (select, join, subquery, union, window, DML with RETURNING, a data-modifying CTE), mutated by
   hypothesis - fields dropped, duplicated, retyped, node kinds swapped or invented, hostile names,
   huge numbers, deep nesting, bad values and tags, wrong fingerprints, bogus transaction ids and
   sequence numbers, cursor ids - and sent as raw HTTP, together with broken bodies (not JSON, not
-  UTF-8, wrong content type) and bad tokens;
+  UTF-8, wrong content type) and bad tokens. Half the mutated statements get the fingerprint of
+  what they now say, as an attacker would compute it, so the policy and the database meet them;
+- **mutation as a worker**: the same, plus well-formed reads composed over every table and column,
+  granted or not; no answer may hold a hidden row or column value, and on SQLite an allowed read
+  must answer exactly what it finds in a copy of what the worker may see;
 - **schema**: schemathesis generates requests from the served OpenAPI document, valid and invalid.
 
-Every answer is checked (``_fuzzing.Recorder``). Writes happen only inside transactions the fuzzer
-opened: it rolls them back, except one every 1.5 s that it leaves to the server's idle reaper
-(1 s here); real writes are undone both ways (counted), and afterwards
-every table must be exactly as before (row by row), ``/health`` must be ok and an isolated
-``DBSession`` must still work. The counts per route and status are printed and, with
-``DBSESSION_FUZZ_REPORT=<dir>``, written there as JSON. ``DBSESSION_FUZZ_EXAMPLES`` (default 1200)
-sets the mutation fuzzer's examples per database; a long run: ``DBSESSION_FUZZ_EXAMPLES=20000``.
+Every answer is checked (``_fuzzing.Recorder``). Writes happen only inside transactions the
+fuzzer opened: it rolls them back, except one every 1.5 s that it leaves to the server's idle
+reaper (1 s here); real writes are undone both ways (counted), and afterwards every table must be
+exactly as before (row by row), ``/health`` must be ok and an isolated ``DBSession`` must still
+work. The counts per route and status are printed and, with ``DBSESSION_FUZZ_REPORT=<dir>``,
+written there as JSON. ``DBSESSION_FUZZ_EXAMPLES`` (default 1200) sets the mutation fuzzer's
+examples per database, and the others' in proportion; a long run: ``DBSESSION_FUZZ_EXAMPLES=20000``.
 """
 
 from __future__ import annotations
@@ -39,21 +46,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dbsession import DBSession
-from tests.dbapi_server._support import RawApi, make_engine
-from tests.servers import RunningServer, running_dbapi
+from query_translation import encode_row
+from tests.dbapi_server._support import make_engine
+from tests.servers import running_dbapi
 
-from . import _fuzzing
-from ._fuzzing import (  # mariadb_url: a fixture
-    Recorder,
-    User,
-    fingerprint_tables,
-    fresh_txn_id,
-    seed_payloads,
-)
+from . import _fuzzing, _policy_support, _worker_fuzz
+from ._fuzzing import User, fresh_txn_id
 from ._mutations import BROKEN_BODIES, EXTRA_FIELDS, junk, mutate, serialize
+from ._targets import Target, WorkerTarget
 
 EXAMPLES = int(os.environ.get("DBSESSION_FUZZ_EXAMPLES", "1200"))
 SCHEMA_EXAMPLES = max(25, EXAMPLES // 10)  # per operation and generation mode
+POLICY_EXAMPLES = max(50, EXAMPLES // 6)  # the mutation fuzzer as a worker under the example policy
 IDLE_TIMEOUT = 1.0  # the reaper must get its share of the fuzzer's transactions within the run
 FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
                          suppress_health_check=list(HealthCheck))
@@ -64,6 +68,7 @@ TARGETS = ["sqlite", "postgresql", *_fuzzing.MARIADB]
 
 @pytest.fixture(scope="module", params=TARGETS)
 def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    """The fuzz schema served with no policy (the open preset): every statement may run."""
     if request.param == "postgresql":
         url: Any = request.getfixturevalue("pg_url")
     elif request.param == "mariadb":
@@ -78,30 +83,28 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         engine.dispose()
 
 
-class Target:
-    """One database behind one running DB-API, the fuzzers' client state and their tallies."""
-
-    def __init__(self, name: str, engine: sa.Engine, server: RunningServer) -> None:
-        self.name, self.engine, self.server = name, engine, server
-        self.api = RawApi(server)
-        self.seeds = seed_payloads(self.api)
-        self.recorder = Recorder(server.url, _fuzzing.secrets_of(engine))
-        self.other_token = server.mint("someone-else", ttl=3600)
-        self.expired_token = server.mint("test-worker", ttl=-60)
-        self.rows_before = fingerprint_tables(engine)
-        self.writes_in_transactions = 0  # writes that ran (200) and must leave no trace
-        self.last_left_open = 0.0
-        self.left_to_reaper = 0  # transactions the fuzzer never ended: the reaper must undo them
-
-    def headers(self, token: str | None = None, content_type: str | None = "application/json") -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {token or self.server.token}"} if token != "" else {}
-        if content_type:
-            headers["Content-Type"] = content_type
-        return headers
+@pytest.fixture(scope="module", params=TARGETS)
+def worker_target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                  ) -> Iterator[WorkerTarget]:
+    """The repo's worker policy (``POLICY_FILE``) on the Airflow-like schema, hidden rows marked."""
+    engine = _policy_support.make_engine(request.param, request, tmp_path_factory)
+    _worker_fuzz.hide_rows(engine)
+    oracle = _worker_fuzz.visible_copy(engine, tmp_path_factory.mktemp("visible")) if request.param == "sqlite" \
+        else None
+    try:
+        with running_dbapi(engine, _policy_support.Base.metadata, policy=_policy_support.POLICY_FILE,
+                           idle_timeout=IDLE_TIMEOUT) as server:
+            yield WorkerTarget(request.param, engine, server, oracle)
+    finally:
+        engine.dispose()
+        if oracle is not None:
+            oracle.dispose()
 
 
 # -- the mutation fuzzer ------------------------------------------------------------------------------
-def _send_mutated(target: Target, data: st.DataObject) -> None:
+def _send_mutated(target: Target, data: st.DataObject, *, transport: bool = True) -> None:
+    """One mutated statement; with *transport*, also odd routes, methods, content types and bodies
+    (without: every request is a well-formed POST /execute, so that most reach the policy)."""
     seed = data.draw(st.sampled_from(target.seeds), label="seed")
     body: Any = copy.deepcopy(seed.payload)
     in_txn = seed.needs_txn or data.draw(st.booleans(), label="in_txn")
@@ -113,15 +116,18 @@ def _send_mutated(target: Target, data: st.DataObject) -> None:
     if isinstance(body, dict) and data.draw(st.booleans(), label="extra field"):
         name = data.draw(st.sampled_from(sorted(EXTRA_FIELDS)), label="field")
         body[name] = copy.deepcopy(data.draw(st.sampled_from(EXTRA_FIELDS[name]) | junk, label="value"))
-    route = data.draw(st.sampled_from(["/execute"] * 8 + ["/cursors/x/fetch", "/transactions/x/commit",
-                                                           "/transactions/x/undo", "/nowhere"]), label="route")
-    route = route.replace("/x/", f"/{data.draw(st.sampled_from([txn_id or 'abc', 'x' * 300, '..', '%00']))}/")
-    raw = data.draw(st.sampled_from([None] * 10 + BROKEN_BODIES), label="raw body")
-    token = data.draw(st.sampled_from([None] * 12 + ["", "garbage", target.expired_token, target.other_token]),
-                      label="token")
-    content_type = data.draw(st.sampled_from(["application/json"] * 8 + [None, "text/plain", "application/x-www-form-urlencoded"]),
-                             label="content type")
-    method = data.draw(st.sampled_from(["POST"] * 15 + ["GET", "PUT", "DELETE"]), label="method")
+    if isinstance(body, dict) and isinstance(body.get("stmt"), dict) and data.draw(st.booleans(), label="sign"):
+        target.fingerprint(body)
+    route, raw, content_type, method = "/execute", None, "application/json", "POST"
+    if transport:
+        route = data.draw(st.sampled_from(["/execute"] * 8 + ["/cursors/x/fetch", "/transactions/x/commit",
+                                                               "/transactions/x/undo", "/nowhere"]), label="route")
+        route = route.replace("/x/", f"/{data.draw(st.sampled_from([txn_id or 'abc', 'x' * 300, '..', '%00']))}/")
+        raw = data.draw(st.sampled_from([None] * 10 + BROKEN_BODIES), label="raw body")
+        content_type = data.draw(st.sampled_from(["application/json"] * 8 + [
+            None, "text/plain", "application/x-www-form-urlencoded"]), label="content type")
+        method = data.draw(st.sampled_from(["POST"] * 15 + ["GET", "PUT", "DELETE"]), label="method")
+    token = data.draw(st.sampled_from([None] * 12 + target.odd_tokens), label="token")
     status, answer = target.recorder.send(method, route, raw if raw is not None else serialize(body),
                                           target.headers(token, content_type))
     if status == 200 and route == "/execute" and raw is None and _is_write(body):
@@ -161,7 +167,42 @@ def test_mutated_statements(target: Target, capsys: pytest.CaptureFixture[str]) 
 
     fuzz()
     _assert_nothing_left_behind(target)
-    _report(target, "mutation", capsys)
+    _report(target, "mutation", capsys, EXAMPLES)
+
+
+def test_mutated_statements_under_the_worker_policy(worker_target: WorkerTarget,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Mutated seeds and composed reads as a worker: no answer holds a hidden row or column value
+    (the Recorder checks every answer for ``HIDDEN_VALUES``), whatever the policy made of it."""
+    worker_target.recorder.reset()
+
+    @settings(FUZZ_SETTINGS, max_examples=POLICY_EXAMPLES)
+    @given(data=st.data())
+    def fuzz(data: st.DataObject) -> None:
+        if data.draw(st.booleans(), label="composed"):
+            _send_composed_read(worker_target, data)
+        else:
+            _send_mutated(worker_target, data, transport=False)  # the plain fuzzer covers the transport
+
+    fuzz()
+    _assert_nothing_left_behind(worker_target)
+    assert worker_target.reads[200] > 0 and worker_target.reads[403] > 0  # the policy allowed and refused
+    _report(worker_target, "mutation-worker-policy", capsys, POLICY_EXAMPLES,
+            composed_reads={str(k): n for k, n in sorted(worker_target.reads.items())})
+
+
+def _send_composed_read(target: WorkerTarget, data: st.DataObject) -> None:
+    """A well-formed read of anything: refused (403) or answered - on SQLite with exactly the rows
+    the same read finds in the copy of what the worker may see."""
+    statement = data.draw(_worker_fuzz.worker_reads(), label="read")
+    status, answer = target.recorder.send("POST", "/execute", orjson.dumps(target.api.payload(statement)),
+                                          target.headers())
+    target.reads[status] += 1
+    assert status in (200, 403), answer
+    if status == 200 and target.oracle is not None:
+        with target.oracle.connect() as conn:
+            expected = sorted(orjson.dumps(encode_row(row)) for row in conn.execute(statement))
+        assert sorted(orjson.dumps(row) for row in answer["rows"]) == expected, str(statement)
 
 
 def _valid_writes_sometimes_run(target: Target) -> None:
@@ -199,7 +240,7 @@ def test_a_select_writing_through_a_cte_is_no_read(target: Target) -> None:
         {**body, "txn": txn_id, "seq": 1, "begin": True}), target.headers())
     assert status == (200 if target.name == "postgresql" else 422), answer  # the others: no DML in WITH
     target.recorder.send("POST", f"/transactions/{txn_id}/rollback", b"{}", target.headers())
-    assert fingerprint_tables(target.engine) == target.rows_before
+    assert target.tables() == target.rows_before
 
 
 # -- the schema-driven fuzzer ---------------------------------------------------------------------------
@@ -231,7 +272,7 @@ def test_openapi_schema(target: Target, capsys: pytest.CaptureFixture[str]) -> N
 
             fuzz()
     _assert_nothing_left_behind(target)
-    _report(target, "schema", capsys)
+    _report(target, "schema", capsys, SCHEMA_EXAMPLES)
 
 
 # -- afterwards ------------------------------------------------------------------------------------------
@@ -242,22 +283,21 @@ def _assert_nothing_left_behind(target: Target) -> None:
         time.sleep(0.1)
     assert target.server.state.transactions.open_count == 0, "the reaper left transactions open"
     assert target.writes_in_transactions > 0 and target.left_to_reaper > 0
-    assert fingerprint_tables(target.engine) == target.rows_before, "a write survived its transaction"
+    assert target.tables() == target.rows_before, "a write survived its transaction"
     status, health = target.recorder.send("GET", "/health", None, {})
     assert (status, health["status"]) == (200, "ok")
     with DBSession(database_access_isolation=True, database_api_host=target.server.url,
-                   token=target.server.token) as session:
-        assert session.get(User, 3).name == "user3"  # type: ignore[union-attr]
-        session.get(User, 3).score += 1  # type: ignore[union-attr]
-        session.flush()
+                   token=target.token) as session:
+        target.probe(session)
         session.rollback()
-    assert fingerprint_tables(target.engine) == target.rows_before
+    assert target.tables() == target.rows_before
 
 
-def _report(target: Target, fuzzer: str, capsys: pytest.CaptureFixture[str]) -> None:
-    summary = {"fuzzer": fuzzer, "database": target.name, "examples": EXAMPLES,
+def _report(target: Target, fuzzer: str, capsys: pytest.CaptureFixture[str], examples: int,
+            **extra: Any) -> None:
+    summary = {"fuzzer": fuzzer, "database": target.name, "examples": examples,
                "writes_undone": target.writes_in_transactions, "transactions_left_to_reaper": target.left_to_reaper,
-               **target.recorder.summary()}
+               **extra, **target.recorder.summary()}
     with capsys.disabled():
         print(f"\nfuzz summary: {json.dumps(summary)}")
     if os.environ.get("DBSESSION_FUZZ_REPORT"):
