@@ -46,6 +46,8 @@ class Target:
         self.writes_in_transactions = 0  # writes that ran (200) and must leave no trace
         self.last_left_open = 0.0
         self.left_to_reaper = 0  # transactions the fuzzer never ended: the reaper must undo them
+        self.kept: Counter[str] = Counter()  # commit after a refusal: outcomes by status and code
+        self.kept_rows: list[tuple[Any, ...]] = []  # the good writes committed so far
 
     def headers(self, token: str | None = None, content_type: str | None = "application/json") -> dict[str, str]:
         headers = {"Authorization": f"Bearer {token or self.token}"} if token != "" else {}
@@ -66,6 +68,10 @@ class Target:
             body["sql"] = sql_fingerprint(compiled)
         except Exception:  # not rebuildable: the server will say why, unsigned
             pass
+
+    def kept_write(self, n: int) -> tuple[sa.Table, dict[str, Any]]:
+        """The known good write of the commit-after-refusal phase."""
+        return _fuzzing.Order.__table__, {"id": 100_000 + n, "user_id": 1, "amount": 1, "note": f"kept-{n}"}  # type: ignore[return-value]
 
     def probe(self, session: DBSession) -> None:
         """An ordinary read and write by an isolated session: the server still serves."""
@@ -91,6 +97,10 @@ class WorkerTarget(Target):
         self.odd_tokens += [server.mint("test-worker", ttl=3600, role="scheduler", **mine),  # no such role
                             server.mint("test-worker", ttl=3600, role="worker", dag_id="etl"),  # claim missing
                             server.mint("test-worker", ttl=3600, role="worker", dag_id="etl", run_id=["r1"])]
+
+    def kept_write(self, n: int) -> tuple[sa.Table, dict[str, Any]]:
+        return _policy_support.XCom.__table__, {"id": 100_000 + n, "ti_id": 1, "key": "kept", "value": f"kept-{n}",  # type: ignore[return-value]
+                                         **_policy_support.MINE}
 
     def probe(self, session: DBSession) -> None:
         ti = session.get(_policy_support.TaskInstance, 1)

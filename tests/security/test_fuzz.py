@@ -16,10 +16,12 @@ repo's worker policy (``examples/policies/airflow_worker.toml``) on the Airflow-
 - **mutation as a worker**: the same, plus well-formed reads composed over every table and column,
   granted or not; no answer may hold a hidden row or column value, and on SQLite an allowed read
   must answer exactly what it finds in a copy of what the worker may see;
+- **commit after a refusal**: a good write, a mutated request in the same transaction, COMMIT -
+  the tables must hold exactly the good write (a rollback would hide a partial write);
 - **schema**: schemathesis generates requests from the served OpenAPI document, valid and invalid.
 
-Every answer is checked (``_fuzzing.Recorder``). Writes happen only inside transactions the
-fuzzer opened: it rolls them back, except one every 1.5 s that it leaves to the server's idle
+Every answer is checked (``_fuzzing.Recorder``). Otherwise writes happen only inside transactions
+the fuzzer opened: it rolls them back, except one every 1.5 s that it leaves to the server's idle
 reaper (1 s here); real writes are undone both ways (counted), and afterwards every table must be
 exactly as before (row by row), ``/health`` must be ok and an isolated ``DBSession`` must still
 work. The counts per route and status are printed and, with ``DBSESSION_FUZZ_REPORT=<dir>``,
@@ -58,6 +60,7 @@ from ._targets import Target, WorkerTarget
 EXAMPLES = int(os.environ.get("DBSESSION_FUZZ_EXAMPLES", "1200"))
 SCHEMA_EXAMPLES = max(25, EXAMPLES // 10)  # per operation and generation mode
 POLICY_EXAMPLES = max(50, EXAMPLES // 6)  # the mutation fuzzer as a worker under the example policy
+KEPT_EXAMPLES = max(20, EXAMPLES // 40)  # per target: a refusal between a good write and its commit
 IDLE_TIMEOUT = 1.0  # the reaper must get its share of the fuzzer's transactions within the run
 FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
                          suppress_health_check=list(HealthCheck))
@@ -241,6 +244,75 @@ def test_a_select_writing_through_a_cte_is_no_read(target: Target) -> None:
     assert status == (200 if target.name == "postgresql" else 422), answer  # the others: no DML in WITH
     target.recorder.send("POST", f"/transactions/{txn_id}/rollback", b"{}", target.headers())
     assert target.tables() == target.rows_before
+
+
+# -- commit after a refusal ------------------------------------------------------------------------------
+def _refused_then_committed(target: Target, data: st.DataObject) -> None:
+    """One good write, a mutated request in the same transaction, COMMIT: exactly the good write.
+
+    Rolling back (as the fuzzers do) would erase a partial write of the refused request; a commit
+    keeps whatever it left. Requests that ran (200) or failed in the database while running (422:
+    the database's own error, as on a direct connection) prove nothing here: rolled back, counted.
+    """
+    table, row = target.kept_write(len(target.kept_rows) + 1)
+    txn_id = fresh_txn_id()
+    good = target.api.payload(sa.insert(table).values(**row), txn=txn_id, seq=1, begin=True)
+    status, answer = target.recorder.send("POST", "/execute", serialize(good), target.headers())
+    assert status == 200, answer
+    body: Any = copy.deepcopy(data.draw(st.sampled_from(target.seeds), label="seed").payload)
+    for _ in range(data.draw(st.integers(0, 3), label="mutations")):  # none: a seed the policy refuses
+        body = mutate(data, body, target.seeds)
+    if isinstance(body, dict):
+        if isinstance(body.get("stmt"), dict) and data.draw(st.booleans(), label="sign"):
+            target.fingerprint(body)
+        body.update(txn=txn_id, seq=2)
+    # mostly requests that reach the transaction: refused before it, a request cannot write anyway
+    raw = data.draw(st.sampled_from([None] * 30 + BROKEN_BODIES), label="raw body")
+    token = data.draw(st.sampled_from([None] * 20 + target.odd_tokens), label="token")
+    status, answer = target.recorder.send("POST", "/execute", raw if raw is not None else serialize(body),
+                                          target.headers(token))
+    error = answer.get("error", {}) if isinstance(answer, dict) else {}
+    if status == 200 or status == 422 or error.get("limit") == "result_rows":  # ran: see the docstring
+        target.kept[f"{status} ran: rolled back"] += 1
+        target.recorder.send("POST", f"/transactions/{txn_id}/rollback", b'{"seq": 3}', target.headers())
+        return
+    where = "inside the transaction" if error.get("txn_state") == "open" else "before it"
+    target.kept[f"{status} {error.get('code')} {where}"] += 1
+    status, answer = target.recorder.send("POST", f"/transactions/{txn_id}/commit", b'{"seq": 3}', target.headers())
+    assert (status, answer) == (200, {"outcome": "committed"})
+    target.kept_rows.append(tuple(row[c.name] for c in table.columns))
+    expected = {**target.rows_before, table.name: sorted([*target.rows_before[table.name], *target.kept_rows])}
+    assert target.tables() == expected, f"the refused request ({error.get('code')}) left a write behind"
+
+
+def test_a_refused_request_leaves_nothing_a_commit_could_keep(target: Target,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    _commit_after_refusals(target, "commit-after-refusal", capsys)
+
+
+def test_a_refused_request_leaves_nothing_a_commit_could_keep_under_the_worker_policy(
+        worker_target: WorkerTarget, capsys: pytest.CaptureFixture[str]) -> None:
+    _commit_after_refusals(worker_target, "commit-after-refusal-worker-policy", capsys)
+
+
+def _commit_after_refusals(target: Target, fuzzer: str, capsys: pytest.CaptureFixture[str]) -> None:
+    target.recorder.reset()
+    target.kept.clear()
+
+    @settings(FUZZ_SETTINGS, max_examples=KEPT_EXAMPLES)
+    @given(data=st.data())
+    def fuzz(data: st.DataObject) -> None:
+        _refused_then_committed(target, data)
+
+    fuzz()
+    inside = sum(n for outcome, n in target.kept.items() if outcome.endswith("inside the transaction"))
+    assert inside > 0, target.kept  # refusals that reached the transaction were committed over
+    table = target.kept_write(0)[0]
+    with target.engine.begin() as conn:  # once, not per example: a commit costs a disk flush
+        conn.execute(sa.delete(table).where(table.c.id.between(100_000, 100_000 + len(target.kept_rows))))
+    target.kept_rows.clear()
+    assert target.tables() == target.rows_before
+    _report(target, fuzzer, capsys, KEPT_EXAMPLES, outcomes=dict(sorted(target.kept.items())))
 
 
 # -- the schema-driven fuzzer ---------------------------------------------------------------------------
