@@ -240,6 +240,26 @@ def test_a_refusal_inside_a_transaction_leaves_it_open(backend: Backend) -> None
         d.commit()
 
 
+@pytest.mark.parametrize("first", [
+    lambda: sa.insert(XCom).values(id=310, ti_id=5, dag_id="report", run_id="r1", key="k"),  # another run's
+    lambda: sa.select(DagCode.source).with_for_update(),  # a locking read: it begins a transaction too
+], ids=["write", "locking-read"])
+def test_a_refused_first_statement_leaves_no_transaction_after_the_rollback(backend: Backend, first: Any) -> None:
+    """The server begins the transaction before the policy refuses its first statement (the envelope
+    says "open"); the client must then roll it back rather than forget it, or it holds a connection
+    until the idle timeout."""
+    transactions = backend.server.state.transactions
+    assert transactions.open_count == 0
+    with backend.worker() as s:
+        with pytest.raises(PolicyViolationError) as refused:
+            s.execute(first())
+        assert refused.value.txn_state == "open" and transactions.open_count == 1
+        s.rollback()
+        assert transactions.open_count == 0
+        assert s.scalar(sa.select(sa.func.count()).select_from(XCom)) == 2  # and the session goes on
+    assert transactions.open_count == 0
+
+
 @pytest.fixture
 def no_log_leaks(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     yield
