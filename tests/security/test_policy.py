@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from sqlalchemy.orm import Session
 
 from dbapi_server import ConfigError, Policy, PolicyError, PolicyViolation, Principal, RolePolicy, TableGrant
 from dbapi_server.app import create_app
@@ -139,6 +140,32 @@ def test_orm_write_of_a_column_not_granted(backend: Backend) -> None:
         with pytest.raises(PolicyViolationError, match="task_instance.task_id"):
             s.flush()
         s.rollback()
+
+
+def test_insert_of_a_column_outside_an_insert_column_list_is_refused_naming_it(
+        tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> None:
+    """The example policy grants whole-table inserts only; a column list is enforced per column,
+    whether the column is in VALUES, in the parameters, or set by an ORM flush (which sets every
+    column without a default, NULL when unset - so here any ORM insert is refused)."""
+    policy = Policy({"worker": RolePolicy(tables={"variable": TableGrant(read="*", insert=["key", "val"])})})
+    engine = make_engine("sqlite", request, tmp_path_factory)
+    try:
+        with serve(engine, policy=policy) as backend, backend.worker() as s:
+            with pytest.raises(PolicyViolationError, match=r"variable\.id \(insert\)") as refused:
+                s.execute(sa.insert(Variable).values(id=99, key="k", val="v"))
+            assert (refused.value.table, refused.value.column, refused.value.action) == ("variable", "id", "insert")
+            with pytest.raises(PolicyViolationError, match=r"variable\.description \(insert\)"):
+                s.execute(sa.insert(Variable), [{"key": "k", "val": "v", "description": "d"}])
+            s.execute(sa.insert(Variable).values(key="granted", val="v"))  # the granted columns only: allowed
+            s.add(Variable(key="described", val="v", description="not granted"))
+            with pytest.raises(PolicyViolationError, match=r"variable\.description \(insert\)") as refused:
+                s.flush()
+            assert refused.value.column == "description"
+            s.rollback()
+    finally:
+        engine.dispose()
+    with Session(engine) as d:
+        assert d.scalars(sa.select(Variable.key).order_by(Variable.id)).all() == ["threshold", "region"]
 
 
 # -- functions, raw SQL, DDL, methods ---------------------------------------------------------------

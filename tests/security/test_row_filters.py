@@ -50,8 +50,11 @@ def test_list_valued_claim_is_an_in_filter(backend: Backend) -> None:
 
 
 def test_where_clause_cannot_widen_the_filter(backend: Backend) -> None:
-    with backend.worker() as s:
-        assert s.scalars(sa.select(TI).where(sa.or_(TI.dag_id == "report", sa.true()))).all()
+    with backend.worker() as s, backend.direct() as d:
+        own = ids(d.scalars(sa.select(TI).where(mine())))
+        assert own == [1, 2]
+        assert ids(s.scalars(sa.select(TI).where(sa.or_(TI.dag_id == "report", sa.true())))) == own
+        assert ids(s.scalars(sa.select(TI).where(sa.or_(TI.dag_id != "etl", TI.run_id != "r1")))) == []
         assert s.scalars(sa.select(TI).where(TI.dag_id == "report")).all() == []
 
 
