@@ -15,6 +15,7 @@ import http.server
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,8 @@ from jwt.algorithms import OKPAlgorithm
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import dbsession
-from dbapi_server import JWTAuthenticator, KeyFiles, RemoteJWKS, TokenFileRefresher, mint_token
+from dbapi_server import JWTAuthenticator, KeyFiles, RemoteJWKS, TokenFileRefresher, create_app, mint_token
+from dbapi_server.app import ConfigError
 from dbapi_server.auth import Principal, Unauthenticated, authenticator_from_env
 from dbapi_server.cli import main as server_cli
 from dbapi_server.keys import generate_keypair
@@ -360,6 +362,30 @@ def test_a_broken_key_file_added_later_does_not_lock_everyone_out(engine: sa.Eng
     assert "half-copied.pub" in caplog.text
 
 
+@pytest.mark.parametrize(("name", "content"), [
+    ("half-copied.pub", "-----BEGIN PUBLIC KEY-----\nMCow"),
+    ("truncated.json", '{"keys": [{"kty": "OKP", '),
+    ("no-keys.jwks", '{"keys": "none"}'),
+], ids=["pem", "json", "jwks"])
+def test_a_broken_key_file_at_startup_is_an_error(engine: sa.Engine, tmp_path: Path, name: str, content: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unlike a file dropped in later (logged and skipped), a broken file at startup stops the
+    server, naming the file - even next to a good key."""
+    rotating = Keys(tmp_path / "keys", tmp_path)
+    rotating.directory.mkdir()
+    rotating.add("good")
+    (rotating.directory / name).write_text(content)
+    with pytest.raises(ValueError, match=re.escape(str(rotating.directory / name))):
+        KeyFiles([rotating.directory])
+    monkeypatch.setenv("DBAPI_JWT_KEY_FILE", str(rotating.directory))
+    with pytest.raises(ConfigError, match=re.escape(name)):
+        create_app(engine=engine, metadata=Base.metadata)
+    (rotating.directory / name).unlink()  # the same directory without it starts
+    state = create_app(engine=engine, metadata=Base.metadata).extensions["dbapi_server"]
+    state.transactions.close()  # its reaper thread; the engine is the module's
+    assert state.auth.keys.kids == [rotating.kid("good")]
+
+
 def test_key_files_refuse_private_and_secret_keys(tmp_path: Path) -> None:
     private, _ = generate_keypair()
     (tmp_path / "oops.pem").write_bytes(private)
@@ -508,6 +534,36 @@ def test_jwks_url_unreachable_is_a_retryable_503(engine: sa.Engine, keys: Keys, 
             s.rollback()
     assert caught.value.code == "key_service_unavailable"
     assert notes_in(engine) == []
+
+
+def test_jwks_url_down_keeps_verified_tokens_working(engine: sa.Engine, tmp_path: Path,
+                                                    jwks_server: JWKSServer) -> None:
+    """The key service goes away and the cached document lapses: a token verified before still
+    works (until it expires), a token never seen gets the retryable 503."""
+    rotating = Keys(tmp_path, tmp_path)
+    rotating.add("k1")
+    jwks_server.publish(rotating.public["k1"])
+    remote = RemoteJWKS(jwks_server.url, lifespan=0.3, cooldown=0.0, timeout=2)
+    with running_dbapi(engine, Base.metadata, authenticator=JWTAuthenticator(remote)) as server:
+        verified = rotating.mint("k1")
+        with isolated(server, token=verified) as s:
+            s.add(Note(body="before"))
+            s.commit()
+        fetches = jwks_server.fetches
+        jwks_server.close()
+        jwks_server.close = lambda: None  # type: ignore[method-assign]
+        time.sleep(0.5)  # past the document's lifespan: every key lookup now tries the dead URL
+        with isolated(server, token=verified) as s:
+            s.add(Note(body="while the key service is down"))
+            s.commit()
+        with isolated(server, token=rotating.mint("k1")) as s:  # same key, but never verified
+            s.add(Note(body="refused"))
+            with pytest.raises(dbsession.ServerError, match="cannot be checked now") as caught:
+                s.commit()
+            s.rollback()
+        assert (caught.value.code, caught.value.status) == ("key_service_unavailable", 503)
+    assert fetches >= 1
+    assert notes_in(engine) == ["before", "while the key service is down"]
 
 
 # -- refresh --------------------------------------------------------------------------------------
