@@ -35,6 +35,7 @@ class Access:
     value_columns: frozenset[str]  # target columns the statement's own VALUES / SET writes
     returned: frozenset[str]  # target columns an INSERT's top-level RETURNING hands back
     bind_keys: frozenset[str]  # explicit bind parameter names
+    upsert_columns: frozenset[str] | None = None  # what ON CONFLICT DO UPDATE sets in an existing row
 
 
 def base_table(from_: Any) -> sa.Table | None:
@@ -99,8 +100,10 @@ def _scan(statement: Any) -> Access:
     target: sa.Table | None = None
     value_columns: set[str] = set()
     returned: set[str] = set()
+    upsert_columns: frozenset[str] | None = None
     if isinstance(statement, dml.UpdateBase):
-        kind = {dml.Insert: "insert", dml.Update: "update", dml.Delete: "delete"}.get(type(statement), "other")
+        # isinstance: the dialects' upserts (sqlite / postgresql ``insert()``) are Insert subclasses
+        kind = next((name for cls, name in _DML_KINDS if isinstance(statement, cls)), "other")
         target = base_table(statement.table)
         skip = {"table", "_values", "_ordered_values", "_multi_values"}  # keys: writes; values: walked below
         for key, value in _set_pairs(statement):
@@ -115,6 +118,7 @@ def _scan(statement: Any) -> Access:
                     collector.walk(value)
             returned = _split_returning(statement, target, collector)
             skip |= set(_RETURNING_ATTRS)
+            upsert_columns = _upsert_columns(statement, target)
         for name, _ in type(statement)._traverse_internals:
             if name not in skip:
                 collector.walk(*_clauses(getattr(statement, name, None)))
@@ -127,7 +131,23 @@ def _scan(statement: Any) -> Access:
     return Access(kind=kind, target=target, tables=frozenset(collector.tables),
                   columns=frozenset(collector.columns), loose_names=frozenset(collector.loose),
                   value_columns=frozenset(value_columns), returned=frozenset(returned),
-                  bind_keys=frozenset(collector.binds))
+                  bind_keys=frozenset(collector.binds), upsert_columns=upsert_columns)
+
+
+_DML_KINDS = ((dml.Insert, "insert"), (dml.Update, "update"), (dml.Delete, "delete"))
+
+
+def _upsert_columns(statement: Any, target: sa.Table | None) -> frozenset[str] | None:
+    """The columns an ``ON CONFLICT DO UPDATE`` sets in the row it collides with, else None.
+
+    Its SET and WHERE are also walked as reads (the clause is one of the statement's traversal
+    attributes), so the columns it names need a read grant as well.
+    """
+    to_set = getattr(getattr(statement, "_post_values_clause", None), "update_values_to_set", None)
+    if to_set is None:
+        return None
+    pairs = to_set.items() if isinstance(to_set, dict) else to_set
+    return frozenset(_column_name(target, key) for key, _ in pairs)
 
 
 _RETURNING_ATTRS = ("_returning", "_return_defaults_columns", "_supplemental_returning")

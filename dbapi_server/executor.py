@@ -291,14 +291,29 @@ def _check_sql(conn: Any, cursor: Any, statement: Any, parameters: Any, context:
     _expected_sql.set(None)  # insertmanyvalues batches of the same statement need no re-check
 
 
+def _own_lastrowid(cursor: Any, context: Any) -> Any:
+    """The driver's last row id when it is this statement's own, else None.
+
+    SQLite's cursor reports the last row id inserted *on the connection* after any statement, and
+    the pooled connections serve every caller: after a SELECT, UPDATE, DELETE or an INSERT that
+    added no row it would be another caller's, possibly of a row its policy hides. SQL text keeps
+    the driver's value, as on a direct connection: only a raw-SQL role, trusted with the
+    connection, can send it.
+    """
+    compiled = getattr(context, "compiled", None)
+    if compiled is not None and not isinstance(compiled.statement, sa.TextClause) and (
+            not context.isinsert or cursor.rowcount == 0):
+        return None
+    try:
+        return cursor.lastrowid
+    except Exception:  # some drivers raise when there is no last row id
+        return None
+
+
 def _capture_cursor(conn: Any, cursor: Any, statement: Any, parameters: Any, context: Any,
                     executemany: bool) -> None:
     description = cursor.description  # encoded later, once per compiled statement
-    try:
-        lastrowid = cursor.lastrowid
-    except Exception:  # some drivers raise when there is no last row id
-        lastrowid = None
-    context._dbs_cursor = (description, cursor.rowcount, lastrowid)
+    context._dbs_cursor = (description, cursor.rowcount, _own_lastrowid(cursor, context))
     if context.execution_options.get("stream_results"):
         return  # streamed: rows are taken page by page, never all kept
     if not isinstance(context.cursor, _RecordingCursor):

@@ -16,7 +16,7 @@ a policy file runs; :class:`DefaultPolicy` is that preset with today's keyword a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from os import PathLike
 from typing import Any
@@ -413,6 +413,10 @@ class Policy:
                 values[bind] = value
                 comparisons.append((column_name, bind, isinstance(value, list)))
             filters.append((table, tuple(comparisons)))
+            if table is access.target and access.upsert_columns is not None:
+                raise PolicyViolation(f"An upsert (ON CONFLICT DO UPDATE) into the row-filtered table {table.name!r} "
+                                      "is not allowed: the row it collides with may lie outside the filter.",
+                                      table=table.name)
             if table is access.target and access.kind in ("insert", "update"):
                 _check_written_values(statement, access, table, grant.row_filter, principal, params, written)
         if not filters:
@@ -469,6 +473,8 @@ def _check_access(role: RolePolicy, access: _statement_scan.Access, written: fro
         if not _allows(allowed, column):
             raise PolicyViolation(f"Writing the column {target.fullname}.{column} ({action}) is not allowed by "
                                   "the DB-API's policy.", table=target.fullname, column=column, action=action)
+    if access.upsert_columns is not None:  # ON CONFLICT DO UPDATE: an UPDATE of the row it collides with
+        _check_access(role, replace(access, kind="update", upsert_columns=None), access.upsert_columns)
 
 
 def _claim_value(principal: Principal, claim: str, table: sa.Table, column_name: str) -> Any:

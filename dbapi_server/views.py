@@ -151,7 +151,7 @@ def execute() -> Response:
 
     if txn_id is not None:
         # inside the transaction even a refusal consumes its sequence number and leaves the
-        # transaction open, exactly as a failed statement would on a direct connection
+        # transaction open - and, never reaching the database, never aborted (docs/security.md)
         seq = _field(body, "seq", int, required=True)
         return _in_transaction(state, principal, txn_id, seq, bool(body.get("begin")), run)
     plan, stmt_info, params = prepare()

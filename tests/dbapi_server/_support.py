@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 import urllib3
+from sqlalchemy import event
 
 from dbsession import guard
 from dbsession.dialect import isolated_dialect_class
@@ -161,6 +163,22 @@ class Txn:
 
     def rollback(self, **kw: Any) -> Reply:
         return self.finish("rollback", **kw)
+
+
+@contextmanager
+def statements_reaching(engine: sa.Engine) -> Iterator[list[str]]:
+    """The SQL of every statement any thread runs on *engine* inside the block (the DB-API's
+    engine: the server runs in this process), collected by ``before_cursor_execute``."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
 
 
 def count_rows(engine: sa.Engine, table: sa.Table, *where: Any) -> int:

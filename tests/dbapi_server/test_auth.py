@@ -19,7 +19,7 @@ from dbapi_server.keys import generate_keypair
 from dbapi_server.keyset import public_jwk
 from tests.servers import _PRIVATE, _PUBLIC, RunningServer
 
-from ._support import RawApi, count_rows
+from ._support import RawApi, count_rows, statements_reaching
 
 metadata = sa.MetaData()
 notes = sa.Table(
@@ -101,15 +101,16 @@ def test_bad_token_is_refused_and_nothing_runs(api: RawApi, engine: sa.Engine, s
     headers = {"Authorization": authorization} if authorization is not None else {}
     txn = api.transaction(token=None)
     body = txn.next_payload(sa.insert(notes).values(body="forged"))
-    reply = api.post("/execute", body, token=None, headers=headers)
+    with statements_reaching(server.state.engine) as statements:
+        reply = api.post("/execute", body, token=None, headers=headers)
+        commit = api.post(f"/transactions/{txn.id}/commit", {"seq": 2}, token=None, headers=headers)
+    assert statements == []  # nothing reached the database, not even a read
     assert reply.status == 401, reply.body
     assert reply.error["code"] in ("unauthenticated", "token_expired")
     assert reply.error["retryable"] is False
     assert server.state.transactions.open_count == 0
     assert count_rows(engine, notes) == 0
-
-    reply = api.post(f"/transactions/{txn.id}/commit", {"seq": 2}, token=None, headers=headers)
-    assert reply.status == 401
+    assert commit.status == 401
 
 
 def test_reads_need_a_token_too(api: RawApi) -> None:
@@ -125,9 +126,11 @@ def test_expired_token_says_so(api: RawApi) -> None:
 
 
 def test_valid_tokens_work(api: RawApi, server: RunningServer) -> None:
-    assert api.execute(sa.select(notes)).status == 200
     other = server.mint("another-worker", ttl=60)
-    assert api.execute(sa.select(notes), token=other).status == 200
+    with statements_reaching(server.state.engine) as statements:
+        assert api.execute(sa.select(notes)).status == 200
+        assert api.execute(sa.select(notes), token=other).status == 200
+    assert len(statements) == 2  # the counter the bad-token test relies on sees real requests
 
 
 def test_token_within_clock_skew_still_works(api: RawApi) -> None:

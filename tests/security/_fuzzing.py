@@ -66,7 +66,10 @@ SEED_ROWS = {
 }
 
 
-def _seed_statements() -> dict[str, tuple[Callable[[], Any], bool]]:
+SeedStatements = dict[str, tuple[Callable[[], Any], bool]]
+
+
+def _seed_statements() -> SeedStatements:
     """name -> (statement builder, needs a transaction): select, join, subquery, DML, RETURNING."""
     users, orders = User.__table__, Order.__table__
     dml_cte = sa.insert(users).values(id=99, name="cte").returning(users.c.id).cte("ins")
@@ -110,10 +113,10 @@ class Seed:
         return self.payload["stmt"]["statement"]["t"] in ("insert", "update", "delete")
 
 
-def seed_payloads(api: RawApi) -> list[Seed]:
+def seed_payloads(api: RawApi, statements: SeedStatements = SEEDS) -> list[Seed]:
     """The /execute bodies an isolated client sends for the seed statements, on *api*'s dialect."""
     seeds = []
-    for name, (build, needs_txn) in SEEDS.items():
+    for name, (build, needs_txn) in statements.items():
         statement = build()
         if isinstance(statement, sa.Update) and statement._returning and not api.dialect.update_returning:
             continue  # MariaDB: no UPDATE ... RETURNING
@@ -129,12 +132,12 @@ def documented_error_codes() -> set[str]:
     return {code for row in rows for code in row if code}
 
 
-def fingerprint_tables(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
+def fingerprint_tables(engine: sa.Engine, served: sa.MetaData = metadata) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every served table, in primary key order: equal before and after means no write."""
     with engine.connect() as conn:
         return {table.name: [tuple(row) for row in conn.execute(
             sa.select(table).order_by(*table.primary_key.columns))]
-            for table in metadata.sorted_tables}
+            for table in served.sorted_tables}
 
 
 @dataclass

@@ -1,23 +1,32 @@
 """Thousands of malformed requests against a real DB-API: no 5xx, no leaks, no partial writes.
 
-Two fuzzers, on SQLite, PostgreSQL and MariaDB, each against a real server on a loopback socket with real
-tokens:
+Two targets on each of SQLite, PostgreSQL and MariaDB, each a real server on a loopback socket with
+real tokens: the fuzz schema with no policy (the open preset: every statement may run), and the
+repo's worker policy (``examples/policies/airflow_worker.toml``) on the Airflow-like schema of
+``_policy_support``, with a worker's tokens and every value the worker may not see marked
+(``_worker_fuzz``). The fuzzers:
 
 - **mutation**: real ``/execute`` bodies an isolated client sends for varied ORM statements
   (select, join, subquery, union, window, DML with RETURNING, a data-modifying CTE), mutated by
   hypothesis - fields dropped, duplicated, retyped, node kinds swapped or invented, hostile names,
   huge numbers, deep nesting, bad values and tags, wrong fingerprints, bogus transaction ids and
   sequence numbers, cursor ids - and sent as raw HTTP, together with broken bodies (not JSON, not
-  UTF-8, wrong content type) and bad tokens;
+  UTF-8, wrong content type) and bad tokens. Half the mutated statements get the fingerprint of
+  what they now say, as an attacker would compute it, so the policy and the database meet them;
+- **mutation as a worker**: the same, plus well-formed reads composed over every table and column,
+  granted or not; no answer may hold a hidden row or column value, and on SQLite an allowed read
+  must answer exactly what it finds in a copy of what the worker may see;
+- **commit after a refusal**: a good write, a mutated request in the same transaction, COMMIT -
+  the tables must hold exactly the good write (a rollback would hide a partial write);
 - **schema**: schemathesis generates requests from the served OpenAPI document, valid and invalid.
 
-Every answer is checked (``_fuzzing.Recorder``). Writes happen only inside transactions the fuzzer
-opened: it rolls them back, except one every 1.5 s that it leaves to the server's idle reaper
-(1 s here); real writes are undone both ways (counted), and afterwards
-every table must be exactly as before (row by row), ``/health`` must be ok and an isolated
-``DBSession`` must still work. The counts per route and status are printed and, with
-``DBSESSION_FUZZ_REPORT=<dir>``, written there as JSON. ``DBSESSION_FUZZ_EXAMPLES`` (default 1200)
-sets the mutation fuzzer's examples per database; a long run: ``DBSESSION_FUZZ_EXAMPLES=20000``.
+Every answer is checked (``_fuzzing.Recorder``). Otherwise writes happen only inside transactions
+the fuzzer opened: it rolls them back, except one every 1.5 s that it leaves to the server's idle
+reaper (1 s here); real writes are undone both ways (counted), and afterwards every table must be
+exactly as before (row by row), ``/health`` must be ok and an isolated ``DBSession`` must still
+work. The counts per route and status are printed and, with ``DBSESSION_FUZZ_REPORT=<dir>``,
+written there as JSON. ``DBSESSION_FUZZ_EXAMPLES`` (default 1200) sets the mutation fuzzer's
+examples per database, and the others' in proportion; a long run: ``DBSESSION_FUZZ_EXAMPLES=20000``.
 """
 
 from __future__ import annotations
@@ -28,7 +37,6 @@ import os
 import time
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,26 +44,23 @@ import orjson
 import pytest
 import schemathesis
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from dbsession import DBSession
-from query_translation.schemas import NODE_SPECS
-from tests.dbapi_server._support import RawApi, make_engine
-from tests.servers import RunningServer, running_dbapi
+from query_translation import encode_row
+from tests.dbapi_server._support import make_engine
+from tests.servers import running_dbapi
 
-from . import _fuzzing
-from ._fuzzing import (  # mariadb_url: a fixture
-    Recorder,
-    Seed,
-    User,
-    fingerprint_tables,
-    fresh_txn_id,
-    seed_payloads,
-)
+from . import _fuzzing, _policy_support, _worker_fuzz
+from ._fuzzing import User, fresh_txn_id
+from ._mutations import BROKEN_BODIES, EXTRA_FIELDS, junk, mutate, serialize
+from ._targets import Target, WorkerTarget
 
 EXAMPLES = int(os.environ.get("DBSESSION_FUZZ_EXAMPLES", "1200"))
 SCHEMA_EXAMPLES = max(25, EXAMPLES // 10)  # per operation and generation mode
+POLICY_EXAMPLES = max(50, EXAMPLES // 6)  # the mutation fuzzer as a worker under the example policy
+KEPT_EXAMPLES = max(20, EXAMPLES // 40)  # per target: a refusal between a good write and its commit
 IDLE_TIMEOUT = 1.0  # the reaper must get its share of the fuzzer's transactions within the run
 FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
                          suppress_health_check=list(HealthCheck))
@@ -66,6 +71,7 @@ TARGETS = ["sqlite", "postgresql", *_fuzzing.MARIADB]
 
 @pytest.fixture(scope="module", params=TARGETS)
 def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    """The fuzz schema served with no policy (the open preset): every statement may run."""
     if request.param == "postgresql":
         url: Any = request.getfixturevalue("pg_url")
     elif request.param == "mariadb":
@@ -80,158 +86,28 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         engine.dispose()
 
 
-class Target:
-    """One database behind one running DB-API, the fuzzers' client state and their tallies."""
-
-    def __init__(self, name: str, engine: sa.Engine, server: RunningServer) -> None:
-        self.name, self.engine, self.server = name, engine, server
-        self.api = RawApi(server)
-        self.seeds = seed_payloads(self.api)
-        self.recorder = Recorder(server.url, _fuzzing.secrets_of(engine))
-        self.other_token = server.mint("someone-else", ttl=3600)
-        self.expired_token = server.mint("test-worker", ttl=-60)
-        self.rows_before = fingerprint_tables(engine)
-        self.writes_in_transactions = 0  # writes that ran (200) and must leave no trace
-        self.last_left_open = 0.0
-        self.left_to_reaper = 0  # transactions the fuzzer never ended: the reaper must undo them
-
-    def headers(self, token: str | None = None, content_type: str | None = "application/json") -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {token or self.server.token}"} if token != "" else {}
-        if content_type:
-            headers["Content-Type"] = content_type
-        return headers
-
-
-# -- mutations ----------------------------------------------------------------------------------------
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    yield prefix
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _paths(item, (*prefix, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _paths(item, (*prefix, index))
-
-
-def _get(value: Any, path: tuple[Any, ...]) -> Any:
-    for key in path:
-        value = value[key]
-    return value
-
-
-def _set(root: Any, path: tuple[Any, ...], new: Any) -> Any:
-    if not path:
-        return new
-    _get(root, path[:-1])[path[-1]] = new
-    return root
-
-
-def _drop(root: Any, path: tuple[Any, ...]) -> Any:
-    if path:
-        del _get(root, path[:-1])[path[-1]]
-    return root
-
-
-_NASTY_VALUES = [
-    2**63, -(2**63) - 1, 2**64, 10**30, -1, 0, 1.5e308, -0.0, True, None, "", [], {}, [[[[]]]],
-    {"$i": "12x"}, {"$dt": "yesterday"}, {"$dec": "1e999999999"}, {"$dec": "NaN"}, {"$b": "!!"},
-    {"$u": "not-a-uuid"}, {"$e": ["os:system", "x"]}, {"$e": ["tests.security._fuzzing:User", "x"]},
-    {"$zz": 1}, {"$o": 5}, {"$o": {"a": {"$tu": "x"}}}, {"$td": [1e300, 0, 0]}, {"$td": ["a"]},
-    {"$f": "nan"}, {"$f": "zero"}, {"$s": "JSON_NULL"}, {"$s": "__class__"}, {"$set": [1, 2]},
-    {"$dtz": ["2024-01-01T00:00:00+00:00", "Mars/Olympus"]}, {"$t": "25:61"}, {"$d": "2024-02-30"},
-    {"$mv": "AAAA"}, {"$i": "9" * 5000}, {"t": "table", "name": "fz_users"},
-    {"t": "bind", "key": "x"}, {"t": "ref", "@": 10**9}, {"t": "text", "text": "SELECT 1"},
-    {"t": "function", "name": "pg_sleep", "args": []}, {"t": "function", "name": "random", "args": []},
-    {"t": "column_clause", "name": "1; DROP TABLE fz_users", "literal": True},
-    {"t": "table", "name": "sqlite_master"}, {"t": "table", "name": "pg_authid", "schema": "pg_catalog"},
-    {"custom": "; DROP TABLE fz_users; --"}, {"anon": "x", "n": 2**70},
-]
-
-_json_leaf = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-              | st.text(max_size=20) | st.sampled_from(list(_fuzzing.junk_strings())))
-_junk = st.one_of(
-    st.sampled_from(_NASTY_VALUES),
-    st.recursive(_json_leaf, lambda inner: st.lists(inner, max_size=4)
-                 | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=8),
-)
-_kinds = st.sampled_from(sorted(NODE_SPECS)) | st.text(max_size=12)
-
-
-def _mutate(data: st.DataObject, root: Any, seeds: list[Seed]) -> Any:
-    paths = list(_paths(root))
-    path = data.draw(st.sampled_from(paths), label="path")
-    target = _get(root, path)
-    op = data.draw(st.sampled_from(
-        ["drop", "retype", "retype", "swap", "kind", "name", "number", "nest", "graft"]), label="op")
-    if op == "drop":
-        return _drop(root, path)
-    if op == "retype":
-        return _set(root, path, copy.deepcopy(data.draw(_junk, label="junk")))
-    if op == "swap":  # another subtree of the same body, duplicated here
-        return _set(root, path, copy.deepcopy(_get(root, data.draw(st.sampled_from(paths), label="from"))))
-    if op == "graft":  # a subtree of another statement's body
-        other = data.draw(st.sampled_from(seeds), label="seed").payload
-        donor = data.draw(st.sampled_from(list(_paths(other))), label="donor")
-        return _set(root, path, copy.deepcopy(_get(other, donor)))
-    if op == "kind" and isinstance(target, dict) and "t" in target:
-        target["t"] = data.draw(_kinds, label="kind")
-        return root
-    if op == "name" and isinstance(target, str):
-        return _set(root, path, data.draw(st.sampled_from(list(_fuzzing.junk_strings())), label="name"))
-    if op == "number" and isinstance(target, int | float):
-        return _set(root, path, data.draw(st.sampled_from([2**63, 2**64, 10**100, -(2**31), 0.5, 1e308,
-                                                           -1, 0, True]), label="number"))
-    if op == "nest" and isinstance(target, dict) and "t" in target:
-        depth = data.draw(st.sampled_from([20, 60, 99, 101, 400, 3000]), label="depth")
-        return _set(root, path, _Nest(depth, target))
-    return _set(root, path, copy.deepcopy(data.draw(_junk, label="junk")))
-
-
-@dataclass
-class _Nest:
-    """*node* inside *depth* groupings: written as text, deeper than Python's JSON encoder goes.
-
-    Not a dict, so later mutations treat it as a leaf (they may replace it, not reach into it)."""
-
-    depth: int
-    node: Any
-
-
-def _serialize(body: Any) -> bytes:
-    """JSON text of a (mutated) request body."""
-    nests: list[tuple[int, Any]] = []
-
-    def hoist(value: Any) -> Any:
-        if isinstance(value, _Nest):
-            nests.append((value.depth, value.node))
-            return f"__NEST_{len(nests) - 1}__"
-        if isinstance(value, dict):
-            return {k: hoist(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [hoist(v) for v in value]
-        return value
-
-    text = json.dumps(hoist(body))
-    for index, (depth, node) in enumerate(nests):
-        inner = json.dumps(hoist(node))
-        text = text.replace(f'"__NEST_{index}__"', '{"t": "grouping", "element": ' * depth + inner + "}" * depth)
-    return text.encode()
-
-
-# request fields besides the statement, with values a client might plausibly (or wrongly) send
-_EXTRA_FIELDS: dict[str, list[Any]] = {
-    "stream": [1, 2, 100_000, 100_001, 0], "many": [True, False], "keys": [["id"], ["nope"], [1]],
-    "options": [{"preserve_rowcount": True}, {"insertmanyvalues_page_size": 0}, {"isolation_level": "x"}],
-    "begin": [True, False], "seq": [0, 2, 2**63], "params": [[], [{}], [{}, {}]], "sql": ["", "0" * 40],
-    "txn": ["a" * 128, "a" * 129, "x-y_z"],
-}
-
-_BROKEN_BODIES = [b"", b"{", b"[]", b"null", b"42", b'"stmt"', b"\xff\xfe\x00", b'{"stmt": NaN, "sql": ""}',
-                  b'{"stmt": {}, "stmt": {}}', b"{" * 5000, b'{"a": 1}' * 3, "{\"sql\": \"\u0000\"}".encode()]
+@pytest.fixture(scope="module", params=TARGETS)
+def worker_target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                  ) -> Iterator[WorkerTarget]:
+    """The repo's worker policy (``POLICY_FILE``) on the Airflow-like schema, hidden rows marked."""
+    engine = _policy_support.make_engine(request.param, request, tmp_path_factory)
+    _worker_fuzz.hide_rows(engine)
+    oracle = _worker_fuzz.visible_copy(engine, tmp_path_factory.mktemp("visible")) if request.param == "sqlite" \
+        else None
+    try:
+        with running_dbapi(engine, _policy_support.Base.metadata, policy=_policy_support.POLICY_FILE,
+                           idle_timeout=IDLE_TIMEOUT) as server:
+            yield WorkerTarget(request.param, engine, server, oracle)
+    finally:
+        engine.dispose()
+        if oracle is not None:
+            oracle.dispose()
 
 
 # -- the mutation fuzzer ------------------------------------------------------------------------------
-def _send_mutated(target: Target, data: st.DataObject) -> None:
+def _send_mutated(target: Target, data: st.DataObject, *, transport: bool = True) -> None:
+    """One mutated statement; with *transport*, also odd routes, methods, content types and bodies
+    (without: every request is a well-formed POST /execute, so that most reach the policy)."""
     seed = data.draw(st.sampled_from(target.seeds), label="seed")
     body: Any = copy.deepcopy(seed.payload)
     in_txn = seed.needs_txn or data.draw(st.booleans(), label="in_txn")
@@ -239,20 +115,23 @@ def _send_mutated(target: Target, data: st.DataObject) -> None:
     if txn_id is not None:
         body.update(txn=txn_id, seq=1, begin=True)
     for _ in range(data.draw(st.integers(0, 3), label="mutations")):
-        body = _mutate(data, body, target.seeds)
+        body = mutate(data, body, target.seeds)
     if isinstance(body, dict) and data.draw(st.booleans(), label="extra field"):
-        name = data.draw(st.sampled_from(sorted(_EXTRA_FIELDS)), label="field")
-        body[name] = copy.deepcopy(data.draw(st.sampled_from(_EXTRA_FIELDS[name]) | _junk, label="value"))
-    route = data.draw(st.sampled_from(["/execute"] * 8 + ["/cursors/x/fetch", "/transactions/x/commit",
-                                                           "/transactions/x/undo", "/nowhere"]), label="route")
-    route = route.replace("/x/", f"/{data.draw(st.sampled_from([txn_id or 'abc', 'x' * 300, '..', '%00']))}/")
-    raw = data.draw(st.sampled_from([None] * 10 + _BROKEN_BODIES), label="raw body")
-    token = data.draw(st.sampled_from([None] * 12 + ["", "garbage", target.expired_token, target.other_token]),
-                      label="token")
-    content_type = data.draw(st.sampled_from(["application/json"] * 8 + [None, "text/plain", "application/x-www-form-urlencoded"]),
-                             label="content type")
-    method = data.draw(st.sampled_from(["POST"] * 15 + ["GET", "PUT", "DELETE"]), label="method")
-    status, answer = target.recorder.send(method, route, raw if raw is not None else _serialize(body),
+        name = data.draw(st.sampled_from(sorted(EXTRA_FIELDS)), label="field")
+        body[name] = copy.deepcopy(data.draw(st.sampled_from(EXTRA_FIELDS[name]) | junk, label="value"))
+    if isinstance(body, dict) and isinstance(body.get("stmt"), dict) and data.draw(st.booleans(), label="sign"):
+        target.fingerprint(body)
+    route, raw, content_type, method = "/execute", None, "application/json", "POST"
+    if transport:
+        route = data.draw(st.sampled_from(["/execute"] * 8 + ["/cursors/x/fetch", "/transactions/x/commit",
+                                                               "/transactions/x/undo", "/nowhere"]), label="route")
+        route = route.replace("/x/", f"/{data.draw(st.sampled_from([txn_id or 'abc', 'x' * 300, '..', '%00']))}/")
+        raw = data.draw(st.sampled_from([None] * 10 + BROKEN_BODIES), label="raw body")
+        content_type = data.draw(st.sampled_from(["application/json"] * 8 + [
+            None, "text/plain", "application/x-www-form-urlencoded"]), label="content type")
+        method = data.draw(st.sampled_from(["POST"] * 15 + ["GET", "PUT", "DELETE"]), label="method")
+    token = data.draw(st.sampled_from([None] * 12 + target.odd_tokens), label="token")
+    status, answer = target.recorder.send(method, route, raw if raw is not None else serialize(body),
                                           target.headers(token, content_type))
     if status == 200 and route == "/execute" and raw is None and _is_write(body):
         target.writes_in_transactions += 1
@@ -291,7 +170,42 @@ def test_mutated_statements(target: Target, capsys: pytest.CaptureFixture[str]) 
 
     fuzz()
     _assert_nothing_left_behind(target)
-    _report(target, "mutation", capsys)
+    _report(target, "mutation", capsys, EXAMPLES)
+
+
+def test_mutated_statements_under_the_worker_policy(worker_target: WorkerTarget,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Mutated seeds and composed reads as a worker: no answer holds a hidden row or column value
+    (the Recorder checks every answer for ``HIDDEN_VALUES``), whatever the policy made of it."""
+    worker_target.recorder.reset()
+
+    @settings(FUZZ_SETTINGS, max_examples=POLICY_EXAMPLES)
+    @given(data=st.data())
+    def fuzz(data: st.DataObject) -> None:
+        if data.draw(st.booleans(), label="composed"):
+            _send_composed_read(worker_target, data)
+        else:
+            _send_mutated(worker_target, data, transport=False)  # the plain fuzzer covers the transport
+
+    fuzz()
+    _assert_nothing_left_behind(worker_target)
+    assert worker_target.reads[200] > 0 and worker_target.reads[403] > 0  # the policy allowed and refused
+    _report(worker_target, "mutation-worker-policy", capsys, POLICY_EXAMPLES,
+            composed_reads={str(k): n for k, n in sorted(worker_target.reads.items())})
+
+
+def _send_composed_read(target: WorkerTarget, data: st.DataObject) -> None:
+    """A well-formed read of anything: refused (403) or answered - on SQLite with exactly the rows
+    the same read finds in the copy of what the worker may see."""
+    statement = data.draw(_worker_fuzz.worker_reads(), label="read")
+    status, answer = target.recorder.send("POST", "/execute", orjson.dumps(target.api.payload(statement)),
+                                          target.headers())
+    target.reads[status] += 1
+    assert status in (200, 403), answer
+    if status == 200 and target.oracle is not None:
+        with target.oracle.connect() as conn:
+            expected = sorted(orjson.dumps(encode_row(row)) for row in conn.execute(statement))
+        assert sorted(orjson.dumps(row) for row in answer["rows"]) == expected, str(statement)
 
 
 def _valid_writes_sometimes_run(target: Target) -> None:
@@ -302,7 +216,7 @@ def _valid_writes_sometimes_run(target: Target) -> None:
         if seed.needs_txn:
             txn_id = fresh_txn_id()
             body = {**seed.payload, "txn": txn_id, "seq": 1, "begin": True}
-            status, answer = target.recorder.send("POST", "/execute", _serialize(body), target.headers())
+            status, answer = target.recorder.send("POST", "/execute", serialize(body), target.headers())
             assert status == 200, (seed.name, answer)
             target.writes_in_transactions += seed.writes
             _end_or_leave(target, txn_id, leave=seed.writes and not left)
@@ -321,15 +235,86 @@ def test_a_select_writing_through_a_cte_is_no_read(target: Target) -> None:
     body = target.api.payload(stmt)
     insert = body["stmt"]["statement"]["cols"][0]["from"]["element"]
     insert["values"] = [["name", {"t": "value", "v": "cte-write"}]]
-    body = json.loads(_serialize({**body, "params": [{}]}))
-    status, answer = target.recorder.send("POST", "/execute", _serialize(body), target.headers())
+    body = json.loads(serialize({**body, "params": [{}]}))
+    status, answer = target.recorder.send("POST", "/execute", serialize(body), target.headers())
     assert (status, answer["error"]["code"]) == (400, "transaction_required")
     txn_id = fresh_txn_id()
-    status, answer = target.recorder.send("POST", "/execute", _serialize(
+    status, answer = target.recorder.send("POST", "/execute", serialize(
         {**body, "txn": txn_id, "seq": 1, "begin": True}), target.headers())
     assert status == (200 if target.name == "postgresql" else 422), answer  # the others: no DML in WITH
     target.recorder.send("POST", f"/transactions/{txn_id}/rollback", b"{}", target.headers())
-    assert fingerprint_tables(target.engine) == target.rows_before
+    assert target.tables() == target.rows_before
+
+
+# -- commit after a refusal ------------------------------------------------------------------------------
+def _refused_then_committed(target: Target, data: st.DataObject) -> None:
+    """One good write, a mutated request in the same transaction, COMMIT: exactly the good write.
+
+    Rolling back (as the fuzzers do) would erase a partial write of the refused request; a commit
+    keeps whatever it left. Requests that ran (200) or failed in the database while running (422:
+    the database's own error, as on a direct connection) prove nothing here: rolled back, counted.
+    """
+    table, row = target.kept_write(len(target.kept_rows) + 1)
+    txn_id = fresh_txn_id()
+    good = target.api.payload(sa.insert(table).values(**row), txn=txn_id, seq=1, begin=True)
+    status, answer = target.recorder.send("POST", "/execute", serialize(good), target.headers())
+    assert status == 200, answer
+    writes = [seed for seed in target.seeds if seed.writes]  # what could leave a write: drawn more often
+    body: Any = copy.deepcopy(data.draw(st.sampled_from(writes * 2 + target.seeds), label="seed").payload)
+    for _ in range(data.draw(st.integers(0, 3), label="mutations")):  # none: a seed the policy refuses
+        body = mutate(data, body, target.seeds)
+    if isinstance(body, dict):
+        if isinstance(body.get("stmt"), dict) and data.draw(st.booleans(), label="sign"):
+            target.fingerprint(body)
+        body.update(txn=txn_id, seq=2)
+    # mostly requests that reach the transaction: refused before it, a request cannot write anyway
+    raw = data.draw(st.sampled_from([None] * 30 + BROKEN_BODIES), label="raw body")
+    token = data.draw(st.sampled_from([None] * 20 + target.odd_tokens), label="token")
+    status, answer = target.recorder.send("POST", "/execute", raw if raw is not None else serialize(body),
+                                          target.headers(token))
+    error = answer.get("error", {}) if isinstance(answer, dict) else {}
+    if status == 200 or status == 422 or error.get("limit") == "result_rows":  # ran: see the docstring
+        target.kept[f"{status} ran: rolled back"] += 1
+        target.recorder.send("POST", f"/transactions/{txn_id}/rollback", b'{"seq": 3}', target.headers())
+        return
+    where = "inside the transaction" if error.get("txn_state") == "open" else "before it"
+    target.kept[f"{status} {error.get('code')} {where}"] += 1
+    status, answer = target.recorder.send("POST", f"/transactions/{txn_id}/commit", b'{"seq": 3}', target.headers())
+    assert (status, answer) == (200, {"outcome": "committed"})
+    target.kept_rows.append(tuple(row[c.name] for c in table.columns))
+    expected = {**target.rows_before, table.name: sorted([*target.rows_before[table.name], *target.kept_rows])}
+    assert target.tables() == expected, f"the refused request ({error.get('code')}) left a write behind"
+
+
+def test_a_refused_request_leaves_nothing_a_commit_could_keep(target: Target,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    _commit_after_refusals(target, "commit-after-refusal", capsys)
+
+
+def test_a_refused_request_leaves_nothing_a_commit_could_keep_under_the_worker_policy(
+        worker_target: WorkerTarget, capsys: pytest.CaptureFixture[str]) -> None:
+    _commit_after_refusals(worker_target, "commit-after-refusal-worker-policy", capsys)
+
+
+def _commit_after_refusals(target: Target, fuzzer: str, capsys: pytest.CaptureFixture[str]) -> None:
+    target.recorder.reset()
+    target.kept.clear()
+
+    # no shrinking: once a partial write is committed every later example fails too
+    @settings(FUZZ_SETTINGS, max_examples=KEPT_EXAMPLES, phases=[Phase.generate])
+    @given(data=st.data())
+    def fuzz(data: st.DataObject) -> None:
+        _refused_then_committed(target, data)
+
+    fuzz()
+    inside = sum(n for outcome, n in target.kept.items() if outcome.endswith("inside the transaction"))
+    assert inside > 0, target.kept  # refusals that reached the transaction were committed over
+    table = target.kept_write(0)[0]
+    with target.engine.begin() as conn:  # once, not per example: a commit costs a disk flush
+        conn.execute(sa.delete(table).where(table.c.id.between(100_000, 100_000 + len(target.kept_rows))))
+    target.kept_rows.clear()
+    assert target.tables() == target.rows_before
+    _report(target, fuzzer, capsys, KEPT_EXAMPLES, outcomes=dict(sorted(target.kept.items())))
 
 
 # -- the schema-driven fuzzer ---------------------------------------------------------------------------
@@ -361,7 +346,7 @@ def test_openapi_schema(target: Target, capsys: pytest.CaptureFixture[str]) -> N
 
             fuzz()
     _assert_nothing_left_behind(target)
-    _report(target, "schema", capsys)
+    _report(target, "schema", capsys, SCHEMA_EXAMPLES)
 
 
 # -- afterwards ------------------------------------------------------------------------------------------
@@ -372,22 +357,21 @@ def _assert_nothing_left_behind(target: Target) -> None:
         time.sleep(0.1)
     assert target.server.state.transactions.open_count == 0, "the reaper left transactions open"
     assert target.writes_in_transactions > 0 and target.left_to_reaper > 0
-    assert fingerprint_tables(target.engine) == target.rows_before, "a write survived its transaction"
+    assert target.tables() == target.rows_before, "a write survived its transaction"
     status, health = target.recorder.send("GET", "/health", None, {})
     assert (status, health["status"]) == (200, "ok")
     with DBSession(database_access_isolation=True, database_api_host=target.server.url,
-                   token=target.server.token) as session:
-        assert session.get(User, 3).name == "user3"  # type: ignore[union-attr]
-        session.get(User, 3).score += 1  # type: ignore[union-attr]
-        session.flush()
+                   token=target.token) as session:
+        target.probe(session)
         session.rollback()
-    assert fingerprint_tables(target.engine) == target.rows_before
+    assert target.tables() == target.rows_before
 
 
-def _report(target: Target, fuzzer: str, capsys: pytest.CaptureFixture[str]) -> None:
-    summary = {"fuzzer": fuzzer, "database": target.name, "examples": EXAMPLES,
+def _report(target: Target, fuzzer: str, capsys: pytest.CaptureFixture[str], examples: int,
+            **extra: Any) -> None:
+    summary = {"fuzzer": fuzzer, "database": target.name, "examples": examples,
                "writes_undone": target.writes_in_transactions, "transactions_left_to_reaper": target.left_to_reaper,
-               **target.recorder.summary()}
+               **extra, **target.recorder.summary()}
     with capsys.disabled():
         print(f"\nfuzz summary: {json.dumps(summary)}")
     if os.environ.get("DBSESSION_FUZZ_REPORT"):

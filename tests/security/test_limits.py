@@ -84,6 +84,7 @@ def test_request_body(limited: Backend) -> None:
             s.execute(sa.insert(XCom), rows)
         assert (refused.value.limit, refused.value.status) == ("body_bytes", 413)
         assert refused.value.txn_state is None  # refused before the request reached the transaction
+        assert limited.server.state.transactions.open_count == 0  # ... so the server never began one
         s.execute(sa.insert(XCom), rows[:2])  # a small one goes through, in the same session
         s.rollback()
     with limited.session(role="relaxed") as s:
@@ -121,6 +122,21 @@ def test_row_limit_inside_a_transaction_leaves_it_open(limited: Backend) -> None
         assert refused.value.txn_state == "open"
         assert s.scalar(sa.select(Variable.val).where(Variable.id == 50)) == "x"  # still in the transaction
         s.rollback()
+
+
+def test_returning_dml_refused_for_its_rows_has_changed_them_until_rolled_back(limited: Backend) -> None:
+    """The documented exception: the row limit is checked while the result is read, after the
+    DELETE ... RETURNING ran. Its changes are in the (still open) transaction; a rollback ends them."""
+    xcom = XCom.__table__
+    with limited.session(role="limited") as s:
+        with pytest.raises(LimitExceededError, match="3 rows") as refused:
+            s.execute(sa.delete(xcom).returning(xcom.c.id))  # all 6 xcom rows
+        assert (refused.value.limit, refused.value.txn_state) == ("result_rows", "open")
+        assert s.scalar(sa.select(sa.func.count()).select_from(xcom)) == 0  # already deleted, in the transaction
+        s.rollback()
+        assert s.scalar(sa.select(sa.func.count()).select_from(xcom)) == 6
+    with limited.direct() as d:
+        assert d.scalar(sa.select(sa.func.count()).select_from(xcom)) == 6
 
 
 # -- statement timeout -------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from sqlalchemy.orm import Session
 
 from dbapi_server import ConfigError, Policy, PolicyError, PolicyViolation, Principal, RolePolicy, TableGrant
 from dbapi_server.app import create_app
@@ -141,6 +142,32 @@ def test_orm_write_of_a_column_not_granted(backend: Backend) -> None:
         s.rollback()
 
 
+def test_insert_of_a_column_outside_an_insert_column_list_is_refused_naming_it(
+        tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> None:
+    """The example policy grants whole-table inserts only; a column list is enforced per column,
+    whether the column is in VALUES, in the parameters, or set by an ORM flush (which sets every
+    column without a default, NULL when unset - so here any ORM insert is refused)."""
+    policy = Policy({"worker": RolePolicy(tables={"variable": TableGrant(read="*", insert=["key", "val"])})})
+    engine = make_engine("sqlite", request, tmp_path_factory)
+    try:
+        with serve(engine, policy=policy) as backend, backend.worker() as s:
+            with pytest.raises(PolicyViolationError, match=r"variable\.id \(insert\)") as refused:
+                s.execute(sa.insert(Variable).values(id=99, key="k", val="v"))
+            assert (refused.value.table, refused.value.column, refused.value.action) == ("variable", "id", "insert")
+            with pytest.raises(PolicyViolationError, match=r"variable\.description \(insert\)"):
+                s.execute(sa.insert(Variable), [{"key": "k", "val": "v", "description": "d"}])
+            s.execute(sa.insert(Variable).values(key="granted", val="v"))  # the granted columns only: allowed
+            s.add(Variable(key="described", val="v", description="not granted"))
+            with pytest.raises(PolicyViolationError, match=r"variable\.description \(insert\)") as refused:
+                s.flush()
+            assert refused.value.column == "description"
+            s.rollback()
+    finally:
+        engine.dispose()
+    with Session(engine) as d:
+        assert d.scalars(sa.select(Variable.key).order_by(Variable.id)).all() == ["threshold", "region"]
+
+
 # -- functions, raw SQL, DDL, methods ---------------------------------------------------------------
 def test_function_allowlist(backend: Backend) -> None:
     with backend.worker() as s:
@@ -238,6 +265,26 @@ def test_a_refusal_inside_a_transaction_leaves_it_open(backend: Backend) -> None
         assert d.scalars(sa.select(XCom.key).where(XCom.id >= 300).order_by(XCom.id)).all() == ["kept", "also"]
         d.execute(sa.delete(XCom).where(XCom.id >= 300))
         d.commit()
+
+
+@pytest.mark.parametrize("first", [
+    lambda: sa.insert(XCom).values(id=310, ti_id=5, dag_id="report", run_id="r1", key="k"),  # another run's
+    lambda: sa.select(DagCode.source).with_for_update(),  # a locking read: it begins a transaction too
+], ids=["write", "locking-read"])
+def test_a_refused_first_statement_leaves_no_transaction_after_the_rollback(backend: Backend, first: Any) -> None:
+    """The server begins the transaction before the policy refuses its first statement (the envelope
+    says "open"); the client must then roll it back rather than forget it, or it holds a connection
+    until the idle timeout."""
+    transactions = backend.server.state.transactions
+    assert transactions.open_count == 0
+    with backend.worker() as s:
+        with pytest.raises(PolicyViolationError) as refused:
+            s.execute(first())
+        assert refused.value.txn_state == "open" and transactions.open_count == 1
+        s.rollback()
+        assert transactions.open_count == 0
+        assert s.scalar(sa.select(sa.func.count()).select_from(XCom)) == 2  # and the session goes on
+    assert transactions.open_count == 0
 
 
 @pytest.fixture

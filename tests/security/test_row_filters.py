@@ -6,11 +6,14 @@ writes outside the filter touch nothing (or are refused), checked on the databas
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, aliased, defer, joinedload, selectinload, subqueryload
 
 from dbsession import PolicyViolationError
+from tests.dbapi_server._support import RawApi
 
 from ._policy_support import MINE, Backend, DagRun, TaskInstance, XCom
 
@@ -47,8 +50,11 @@ def test_list_valued_claim_is_an_in_filter(backend: Backend) -> None:
 
 
 def test_where_clause_cannot_widen_the_filter(backend: Backend) -> None:
-    with backend.worker() as s:
-        assert s.scalars(sa.select(TI).where(sa.or_(TI.dag_id == "report", sa.true()))).all()
+    with backend.worker() as s, backend.direct() as d:
+        own = ids(d.scalars(sa.select(TI).where(mine())))
+        assert own == [1, 2]
+        assert ids(s.scalars(sa.select(TI).where(sa.or_(TI.dag_id == "report", sa.true())))) == own
+        assert ids(s.scalars(sa.select(TI).where(sa.or_(TI.dag_id != "etl", TI.run_id != "r1")))) == []
         assert s.scalars(sa.select(TI).where(TI.dag_id == "report")).all() == []
 
 
@@ -319,3 +325,90 @@ def test_update_conditions_do_not_run_on_hidden_rows_first(backend: Backend) -> 
         assert s.execute(sa.update(TI).where(hidden_row_fails).values(state="x")).rowcount == 0  # type: ignore[attr-defined]
         assert s.execute(sa.delete(XCom).where(sa.literal(1) / (XCom.id - 5) > 0)).rowcount == 0  # type: ignore[attr-defined]
         s.rollback()
+
+
+def test_no_answer_tells_the_row_id_another_caller_inserted(backend: Backend) -> None:
+    """SQLite's cursor reports the last row id inserted *on the connection* after any statement,
+    and the server's connections are pooled: a worker's SELECT, UPDATE or empty INSERT must not
+    tell the id of another run's newest row (found by the worker-policy fuzzer)."""
+    with backend.session(dag_id="report", run_id="r1") as other:
+        other.add(XCom(id=880, ti_id=5, dag_id="report", run_id="r1", key="other run's", value="v"))
+        other.commit()
+    api, token = RawApi(backend.server), backend.token(**MINE)
+    seen = []
+    try:
+        for _ in range(12):  # sequential requests take every pooled connection in turn
+            seen.append(api.execute(sa.select(XCom.id).where(XCom.id < 3), token=token).json.get("lastrowid"))
+        txn = api.transaction(token)
+        statements: list[sa.Executable] = [sa.update(TI).where(TI.id == 1).values(state="x"),
+                                           sa.delete(XCom).where(XCom.key == "none")]
+        if backend.name == "sqlite":  # an INSERT that adds no row: id 1 exists
+            from sqlalchemy.dialects.sqlite import insert
+
+            statements.append(insert(XCom).values(id=1, ti_id=1, key="k", **MINE).on_conflict_do_nothing())
+        for stmt in statements:
+            reply = txn.execute(stmt)
+            assert reply.status == 200, reply.body
+            seen.append(reply.json.get("lastrowid"))
+        assert txn.rollback().status == 200
+    finally:
+        with backend.direct() as d:
+            d.execute(sa.delete(XCom).where(XCom.id == 880))
+            d.commit()
+    assert 880 not in seen
+
+
+def test_upserts_are_an_insert_and_an_update_to_the_policy(backend: Backend) -> None:
+    """The dialects' ``insert()`` (ON CONFLICT) was taken for an unknown kind of statement: refused
+    with an internal AttributeError, answered as a driver error. DO NOTHING is an INSERT; DO
+    UPDATE also updates the row it collides with, which needs the update grant."""
+    if backend.name == "mariadb":
+        pytest.skip("the wire format carries ON CONFLICT for SQLite and PostgreSQL only")
+    insert = importlib.import_module(f"sqlalchemy.dialects.{backend.name}").insert
+    with backend.worker() as s:
+        new = insert(XCom).values(id=120, ti_id=1, key="k", value="v", **MINE).on_conflict_do_nothing()
+        assert s.execute(new).rowcount == 1  # type: ignore[attr-defined]
+        assert s.execute(new).rowcount == 0  # type: ignore[attr-defined]
+        with pytest.raises(PolicyViolationError, match="claim") as refused:  # must carry the claims, as any INSERT
+            s.execute(insert(XCom).values(id=121, ti_id=5, dag_id="report", run_id="r1", key="k")
+                      .on_conflict_do_nothing())
+        assert refused.value.column == "dag_id"
+        with pytest.raises(PolicyViolationError, match="Update on the table 'xcom'"):  # no update grant
+            s.execute(insert(XCom).values(id=5, ti_id=1, key="k", **MINE)
+                      .on_conflict_do_update(index_elements=["id"], set_={"value": "mine now"}))
+        s.rollback()
+    with backend.direct() as d:
+        assert d.scalar(sa.select(XCom.value).where(XCom.id == 5)) == "report/r1/extract"
+        assert d.scalar(sa.select(sa.func.count()).select_from(XCom).where(XCom.id >= 100)) == 0
+
+
+def test_an_upsert_may_not_update_a_row_outside_the_filter(tmp_path_factory: pytest.TempPathFactory,
+                                                           request: pytest.FixtureRequest) -> None:
+    """Even with an update grant: the row an INSERT collides with may be another run's."""
+    from sqlalchemy.dialects.sqlite import insert
+
+    from dbapi_server import Policy, RolePolicy, TableGrant
+
+    from ._policy_support import Variable, make_engine, serve
+
+    policy = Policy({"worker": RolePolicy(tables={
+        "xcom": TableGrant(read="*", insert="*", update=["value"], row_filter={"dag_id": "dag_id", "run_id": "run_id"}),
+        "variable": TableGrant(read="*", insert=["key", "val"], update=["val"])})})
+    engine = make_engine("sqlite", request, tmp_path_factory)
+    try:
+        with serve(engine, policy=policy) as backend, backend.worker() as s:
+            with pytest.raises(PolicyViolationError, match="row-filtered table 'xcom'"):
+                s.execute(insert(XCom).values(id=5, ti_id=1, key="k", **MINE)
+                          .on_conflict_do_update(index_elements=["id"], set_={"value": "mine now"}))
+            upsert = insert(Variable).values(key="region", val="us")
+            assert s.execute(upsert.on_conflict_do_update(index_elements=["key"], set_={"val": "us"})).rowcount == 1  # type: ignore[attr-defined]
+            with pytest.raises(PolicyViolationError, match="variable.description") as refused:
+                s.execute(upsert.on_conflict_do_update(index_elements=["key"], set_={"description": "x"}))
+            assert (refused.value.column, refused.value.action) == ("description", "update")
+            s.commit()
+    finally:
+        engine.dispose()
+    with Session(engine) as d:
+        assert d.scalar(sa.select(XCom.value).where(XCom.id == 5)) == "report/r1/extract"
+        assert d.execute(sa.select(Variable.val, Variable.description).where(Variable.key == "region")).one() == (
+            "us", "SECRET-DESCRIPTION-0a4b")

@@ -15,6 +15,7 @@ import http.server
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,8 @@ from jwt.algorithms import OKPAlgorithm
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import dbsession
-from dbapi_server import JWTAuthenticator, KeyFiles, RemoteJWKS, TokenFileRefresher, mint_token
+from dbapi_server import JWTAuthenticator, KeyFiles, RemoteJWKS, TokenFileRefresher, create_app, mint_token
+from dbapi_server.app import ConfigError
 from dbapi_server.auth import Principal, Unauthenticated, authenticator_from_env
 from dbapi_server.cli import main as server_cli
 from dbapi_server.keys import generate_keypair
@@ -42,6 +44,7 @@ from dbapi_server.keyset import jwks_document, public_jwk, thumbprint
 from dbapi_server.minting import write_token_file
 from dbsession import AuthenticationError, ConfigurationError, DBSession, guard
 from dbsession.auth import TokenSource
+from tests.dbapi_server._support import statements_reaching
 from tests.servers import RunningServer, running_dbapi
 
 LEEWAY = 5.0
@@ -220,7 +223,9 @@ BAD_TOKENS: dict[str, Callable[[Keys], str]] = {
 def test_bad_token_is_401_and_nothing_is_written(server: RunningServer, engine: sa.Engine, keys: Keys,
                                                  make: Callable[[Keys], str]) -> None:
     token = make(keys)
-    refusal = write_attempt(server, token)
+    with statements_reaching(server.state.engine) as statements:
+        refusal = write_attempt(server, token)
+    assert statements == []  # not a single statement: the token is checked before anything runs
     assert refusal.status == 401 and refusal.code in ("unauthenticated", "token_expired")
     signature = token.split(".")[-1]
     assert token not in str(refusal) and (not signature or signature not in str(refusal))
@@ -232,9 +237,10 @@ def test_the_same_key_material_with_good_claims_works(server: RunningServer, eng
                                                       keys: Keys) -> None:
     """The bad-token cases fail for their one defect: the crafting helpers make good tokens too."""
     for token in (signed(keys, claims()), signed(keys, claims(), name="rsa"), keys.mint(), keys.mint("rsa")):
-        with isolated(server, token=token) as s:
+        with statements_reaching(server.state.engine) as statements, isolated(server, token=token) as s:
             s.add(Note(body="ok"))
             s.commit()
+        assert [sql.split(" (")[0] for sql in statements] == ["INSERT INTO notes"]  # what the bad ones never ran
     assert notes_in(engine) == ["ok"] * 4
 
 
@@ -354,6 +360,30 @@ def test_a_broken_key_file_added_later_does_not_lock_everyone_out(engine: sa.Eng
     (rotating.directory / "half-copied.pub").write_text("-----BEGIN PUBLIC KEY-----\nMCow")
     assert key_files.kids == [rotating.kid("k1")]
     assert "half-copied.pub" in caplog.text
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("half-copied.pub", "-----BEGIN PUBLIC KEY-----\nMCow"),
+    ("truncated.json", '{"keys": [{"kty": "OKP", '),
+    ("no-keys.jwks", '{"keys": "none"}'),
+], ids=["pem", "json", "jwks"])
+def test_a_broken_key_file_at_startup_is_an_error(engine: sa.Engine, tmp_path: Path, name: str, content: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unlike a file dropped in later (logged and skipped), a broken file at startup stops the
+    server, naming the file - even next to a good key."""
+    rotating = Keys(tmp_path / "keys", tmp_path)
+    rotating.directory.mkdir()
+    rotating.add("good")
+    (rotating.directory / name).write_text(content)
+    with pytest.raises(ValueError, match=re.escape(str(rotating.directory / name))):
+        KeyFiles([rotating.directory])
+    monkeypatch.setenv("DBAPI_JWT_KEY_FILE", str(rotating.directory))
+    with pytest.raises(ConfigError, match=re.escape(name)):
+        create_app(engine=engine, metadata=Base.metadata)
+    (rotating.directory / name).unlink()  # the same directory without it starts
+    state = create_app(engine=engine, metadata=Base.metadata).extensions["dbapi_server"]
+    state.transactions.close()  # its reaper thread; the engine is the module's
+    assert state.auth.keys.kids == [rotating.kid("good")]
 
 
 def test_key_files_refuse_private_and_secret_keys(tmp_path: Path) -> None:
@@ -504,6 +534,36 @@ def test_jwks_url_unreachable_is_a_retryable_503(engine: sa.Engine, keys: Keys, 
             s.rollback()
     assert caught.value.code == "key_service_unavailable"
     assert notes_in(engine) == []
+
+
+def test_jwks_url_down_keeps_verified_tokens_working(engine: sa.Engine, tmp_path: Path,
+                                                    jwks_server: JWKSServer) -> None:
+    """The key service goes away and the cached document lapses: a token verified before still
+    works (until it expires), a token never seen gets the retryable 503."""
+    rotating = Keys(tmp_path, tmp_path)
+    rotating.add("k1")
+    jwks_server.publish(rotating.public["k1"])
+    remote = RemoteJWKS(jwks_server.url, lifespan=0.3, cooldown=0.0, timeout=2)
+    with running_dbapi(engine, Base.metadata, authenticator=JWTAuthenticator(remote)) as server:
+        verified = rotating.mint("k1")
+        with isolated(server, token=verified) as s:
+            s.add(Note(body="before"))
+            s.commit()
+        fetches = jwks_server.fetches
+        jwks_server.close()
+        jwks_server.close = lambda: None  # type: ignore[method-assign]
+        time.sleep(0.5)  # past the document's lifespan: every key lookup now tries the dead URL
+        with isolated(server, token=verified) as s:
+            s.add(Note(body="while the key service is down"))
+            s.commit()
+        with isolated(server, token=rotating.mint("k1")) as s:  # same key, but never verified
+            s.add(Note(body="refused"))
+            with pytest.raises(dbsession.ServerError, match="cannot be checked now") as caught:
+                s.commit()
+            s.rollback()
+        assert (caught.value.code, caught.value.status) == ("key_service_unavailable", 503)
+    assert fetches >= 1
+    assert notes_in(engine) == ["before", "while the key service is down"]
 
 
 # -- refresh --------------------------------------------------------------------------------------
