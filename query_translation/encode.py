@@ -328,6 +328,12 @@ class StatementEncoder:
             clauses = list(post_values.clauses) if isinstance(post_values, elements.ClauseList) else [post_values]
             if all(type(c).__module__ in _UPSERT_MODULES for c in clauses):
                 node["on_conflict"] = [self._on_conflict(c) for c in clauses]
+            else:
+                names = ", ".join(sorted({getattr(c, "__visit_name__", type(c).__name__) for c in clauses}))
+                raise UnsupportedStatementError(
+                    f"INSERT ... {names} cannot be sent to the DB-API yet; only the SQLite and "
+                    "PostgreSQL upserts (on_conflict_do_nothing / on_conflict_do_update) travel. "
+                    "Select the row first and update or insert it instead.")
         return self._dml_common(node, insert)
 
     def _on_conflict(self, clause: Any) -> _Json:

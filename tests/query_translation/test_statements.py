@@ -745,6 +745,16 @@ def test_upserts_round_trip(dialects: Dialects) -> None:
         assert info.write_table == "users"
 
 
+def test_mysql_upsert_is_refused_by_name() -> None:
+    # MySQL / MariaDB's ON DUPLICATE KEY UPDATE has no wire node yet: the refusal must name it,
+    # not call it a raw SQL fragment the user never wrote
+    from sqlalchemy.dialects import mysql
+
+    stmt = mysql.insert(users).values(id=1, name="a").on_duplicate_key_update(name="b")
+    with pytest.raises(UnsupportedStatementError, match="on_duplicate_key_update cannot be sent"):
+        to_wire(stmt)
+
+
 def test_override_binds_travel_as_the_element_they_wrap(dialects: Dialects) -> None:
     # found by SQLAlchemy's test suite (relationship criteria and with_expression() reused from
     # the cache with new values: 8 tests): _OverrideBinds had no wire node
