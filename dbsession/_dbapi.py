@@ -144,8 +144,10 @@ class Connection:
     """One logical client connection; owns at most one server-side transaction."""
 
     def __init__(self, transport: Transport, *, eager_transactions: bool = False,
-                 commit_retry_deadline: float = DEFAULT_COMMIT_RETRY_DEADLINE) -> None:
+                 commit_retry_deadline: float = DEFAULT_COMMIT_RETRY_DEADLINE,
+                 close_resets_rowcount: bool = False) -> None:
         self.transport = transport
+        self.close_resets_rowcount = close_resets_rowcount
         self.eager_transactions = eager_transactions
         self.commit_retry_deadline = commit_retry_deadline
         self.txn: str | None = None
@@ -286,6 +288,8 @@ class Cursor:
 
     def close(self) -> None:
         self._rows = []
+        if self.connection.close_resets_rowcount:
+            self.rowcount = -1
 
     def setinputsizes(self, *args: Any) -> None:
         pass
@@ -375,7 +379,7 @@ class DriverModule:
 
 def connect(*, host: str, token: str | None = None, token_file: str | None = None,
             timeout: float | None = None, eager_transactions: bool = False,
-            commit_retry_deadline: float | None = None) -> Connection:
+            commit_retry_deadline: float | None = None, close_resets_rowcount: bool = False) -> Connection:
     """PEP 249 ``connect()``: a lazily transactional connection to the DB-API at *host*.
 
     Without *token* / *token_file*, the token (and unset *timeout* / *commit_retry_deadline*)
@@ -389,7 +393,8 @@ def connect(*, host: str, token: str | None = None, token_file: str | None = Non
         commit_retry_deadline = commit_retry_deadline or settings.commit_retry_deadline
     transport = transport_for(host, token, token_file, timeout or 30.0)
     return Connection(transport, eager_transactions=eager_transactions,
-                      commit_retry_deadline=commit_retry_deadline or DEFAULT_COMMIT_RETRY_DEADLINE)
+                      commit_retry_deadline=commit_retry_deadline or DEFAULT_COMMIT_RETRY_DEADLINE,
+                      close_resets_rowcount=close_resets_rowcount)
 
 
 _THIS_MODULE = sys.modules[__name__]

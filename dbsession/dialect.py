@@ -267,7 +267,8 @@ class _IsolatedDialectMixin:
         return sa.pool.QueuePool
 
     def create_connect_args(self, url: URL) -> tuple[list[Any], dict[str, Any]]:
-        args = {"host": base_url(url), "eager_transactions": _truthy(url.query.get("eager_transactions"))}
+        args = {"host": base_url(url), "eager_transactions": _truthy(url.query.get("eager_transactions")),
+                "close_resets_rowcount": getattr(self, "driver", None) in _DRIVERS_RESETTING_ROWCOUNT_ON_CLOSE}
         if "commit_retry_deadline" in url.query:
             args["commit_retry_deadline"] = _seconds(url, "commit_retry_deadline")
         return [], args
@@ -348,9 +349,12 @@ class _IsolatedDialectMixin:
                                    "params": encode_params(context._dbs_params or context.compiled_parameters)}
         if many or context.executemany:
             payload["many"] = True
-        if compiled.isinsert and "select" in document["statement"]:
-            # INSERT ... FROM SELECT: crud decides from the compiled column keys which Python
-            # defaults join the SELECT; the parameters carry more keys than were compiled with
+        if compiled.isinsert and ("select" in document["statement"] or "multi_values" in document["statement"]):
+            # INSERT ... FROM SELECT and multi-row VALUES: crud decides from the compiled column
+            # keys which Python defaults join the SELECT, and how a row's default binds are named
+            # (the first row's prefetch default is keyed like the column, the others "<key>_m<n>");
+            # the parameters carry more keys than were compiled with, so the server must compile
+            # with the client's keys, not the parameters', to build the same statement
             payload["keys"] = list(compiled.column_keys or ())
         if isinstance(cursor, _dbapi.StreamingCursor):
             payload["stream"] = int(context.execution_options.get("max_row_buffer") or _DEFAULT_PAGE_ROWS)
@@ -448,6 +452,12 @@ def _apply_state(dialect: Any, state: Mapping[str, Any]) -> None:
             setattr(dialect, name, tuple(value) if isinstance(value, list) else value)
     if getattr(dialect, "_server_ansiquotes", False):
         dialect.identifier_preparer = dialect.preparer(dialect, server_ansiquotes=True)
+
+
+# Drivers whose cursor forgets its rowcount when closed (psycopg 3: ``_reset()`` sets -1).
+# SQLAlchemy reads an INSERT's rowcount after closing the cursor (unless ``preserve_rowcount``),
+# so a direct session sees -1 there; the stand-in cursor must do what the server's driver does.
+_DRIVERS_RESETTING_ROWCOUNT_ON_CLOSE = frozenset({"psycopg"})
 
 
 def isolated_dialect_class(info: Mapping[str, Any]) -> type[Dialect]:

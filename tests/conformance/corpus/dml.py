@@ -226,3 +226,42 @@ def _(s: Session):
     )
     s.commit()
     return s.execute(select(Connection.id, Connection.conn_id, Connection.port).order_by(Connection.id)).all()
+
+
+def _dialect_insert(s: Session):
+    """The dialect's own ``insert()`` (``sqlalchemy.dialects.<name>.insert``), the one with upserts."""
+    import importlib
+
+    return importlib.import_module(f"sqlalchemy.dialects.{s.get_bind().dialect.name}").insert
+
+
+@op("write.upsert_do_nothing", writes=True, backends={"sqlite", "postgresql"})
+def _(s: Session):
+    ins = _dialect_insert(s)
+    keys = s.scalars(select(Variable.key).order_by(Variable.id).limit(2)).all()
+    rows = [{"key": keys[0], "val": "clash"}, {"key": "upsert_new", "val": "fresh"}]
+    result = s.execute(ins(Variable).values(rows).on_conflict_do_nothing(index_elements=["key"]))
+    s.commit()
+    return [result.rowcount, s.execute(select(Variable.key, Variable.val).order_by(Variable.key)).all()]
+
+
+@op("write.upsert_do_update_returning", writes=True, backends={"sqlite", "postgresql"})
+def _(s: Session):
+    ins = _dialect_insert(s)
+    key = s.scalars(select(Variable.key).order_by(Variable.id).limit(1)).one()
+    stmt = ins(Variable).values([{"key": key, "val": "v2"}, {"key": "upsert_other", "val": "v1"}])
+    stmt = stmt.on_conflict_do_update(index_elements=["key"], set_={"val": stmt.excluded.val + "!"},
+                                      where=Variable.is_encrypted.is_(False))
+    returned = sorted(s.execute(stmt.returning(Variable.key, Variable.val)).all())
+    s.commit()
+    return [returned, s.execute(select(Variable.key, Variable.val).order_by(Variable.key)).all()]
+
+
+@op("write.insert_multirow_python_default", writes=True)
+def _(s: Session):
+    # is_encrypted has a Python default: crud names the first row's default bind like the column
+    # and the others "<key>_m<n>", from the column keys the statement was compiled with
+    rows = [{"key": "mr1", "val": "a"}, {"key": "mr2", "val": "b", "is_encrypted": True}, {"key": "mr3", "val": None}]
+    n = s.execute(insert(Variable).values(rows)).rowcount
+    s.commit()
+    return [n, s.execute(select(Variable.key, Variable.val, Variable.is_encrypted).order_by(Variable.key)).all()]
