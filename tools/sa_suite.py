@@ -2,8 +2,8 @@
 
     python tools/sa_suite.py --backend sqlite [--subset core|full|PATH...] [--jobs N] [--check]
 
-Downloads the SQLAlchemy source distribution matching the installed version (``pip download``,
-into the scratch directory), then runs its ``test/orm`` (or a subset) twice with SQLAlchemy's
+Downloads the SQLAlchemy source distribution matching the installed version (``pip download
+--no-binary sqlalchemy``, into the scratch directory), then runs its ``test/orm`` (or a subset) twice with SQLAlchemy's
 own pytest plugin:
 
 * **direct** - ``--dburi`` the backend's normal driver (SQLite: a file database, as the suite's
@@ -27,6 +27,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -54,19 +55,50 @@ SUBSETS = {
 
 
 def sdist_dir(scratch: Path) -> Path:
-    """The unpacked source distribution of the installed SQLAlchemy version."""
+    """The unpacked source distribution of the installed SQLAlchemy version.
+
+    The archive's name depends on the release: ``sqlalchemy-X.tar.gz`` since the normalised sdist
+    names (PEP 625), ``SQLAlchemy-X.tar.gz`` before (some 2.0 releases), with a top directory of
+    the same spelling; both are found by name regardless of case, and the directory is read from
+    the archive.
+    """
     version = sa.__version__
-    target = scratch / f"sqlalchemy-{version}"
-    if (target / "test" / "orm").is_dir():
-        return target
+    for name in (f"sqlalchemy-{version}", f"SQLAlchemy-{version}"):
+        if (scratch / name / "test" / "orm").is_dir():
+            return scratch / name
     download = scratch / "sdist"
-    archive = download / f"sqlalchemy-{version}.tar.gz"
-    if not archive.exists():
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
-                        f"sqlalchemy=={version}", "-d", str(download)], check=True)
+    archive = _find_archive(download, version)
+    if archive is None:
+        # --no-binary for SQLAlchemy only: pip still prepares the sdist's metadata, in an isolated
+        # build environment, and with --no-binary :all: that environment's build requirements
+        # (setuptools, Cython) would be built from source too - minutes of compiling, and a C
+        # compiler needed. With this they come as wheels; only SQLAlchemy's dist_info step runs.
+        # pip checks the archive against the index's sha256.
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                        "--no-deps", "--no-binary", "sqlalchemy", f"sqlalchemy=={version}",
+                        "-d", str(download)], check=True)
+        archive = _find_archive(download, version)
+        if archive is None:
+            raise SystemExit(f"pip download left no sqlalchemy-{version}.tar.gz in {download}")
     with tarfile.open(archive) as tar:
-        tar.extractall(scratch, filter="data")
+        roots = {member.name.split("/", 1)[0] for member in tar.getmembers()}
+        if len(roots) != 1:
+            raise SystemExit(f"{archive}: expected one top directory, found {sorted(roots)}")
+        # unpack beside the target and rename, so that an interrupted unpack is not taken for a sdist
+        partial = scratch / f".unpacking-{os.getpid()}"
+        tar.extractall(partial, filter="data")
+    target = scratch / roots.pop()
+    if target.exists():  # an unpack without test/orm: not a usable sdist
+        shutil.rmtree(target)
+    (partial / target.name).rename(target)
+    partial.rmdir()
     return target
+
+
+def _find_archive(download: Path, version: str) -> Path | None:
+    wanted = f"sqlalchemy-{version}.tar.gz"
+    found = [p for p in download.glob("*.tar.gz") if p.name.lower() == wanted] if download.is_dir() else []
+    return found[0] if found else None
 
 
 def free_port() -> int:
