@@ -4,6 +4,7 @@ stale entries, and what makes ``--check`` fail."""
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 from pathlib import Path
 
@@ -237,11 +238,28 @@ def test_the_sdist_is_downloaded_without_building_its_build_requirements(
     assert "--no-deps" in cmd and "sqlalchemy==9.9.9" in cmd
 
 
+CATEGORIES = ("REAL", "BY DESIGN", "ARTEFACT")
+HEADER = re.compile(r"^# --- (?P<tag>[A-Z-]+) \(SQLite (?P<sqlite>\d+), PostgreSQL (?P<postgresql>\d+) tests "
+                    r"in the measured runs\): (?P<reason>.+)$")
+
+
 def test_the_committed_explanations_are_well_formed() -> None:
     entries = sa_suite.load_expected()
     assert entries
-    categories = ("REAL", "BY DESIGN", "ARTEFACT", "HARNESS")
-    text = sa_suite.EXPECTED.read_text()
-    for tag in {reason.split()[0] for reason in entries.values()}:
-        header = next(line for line in text.splitlines() if line.startswith(f"# --- {tag} "))
-        assert any(c in header for c in categories), header
+    headers = {}
+    for line in sa_suite.EXPECTED.read_text().splitlines():
+        if line.startswith("# --- "):
+            match = HEADER.match(line)
+            assert match, line
+            assert match["reason"].startswith(CATEGORIES), line
+            headers[match["tag"]] = match
+    tags = {reason.split()[0] for reason in entries.values()}
+    assert tags == set(headers)
+    for tag, header in headers.items():
+        listed = [entry for entry, reason in entries.items() if reason.split()[0] == tag]
+        if any(sa_suite.is_pattern(entry) for entry in listed):
+            continue  # a family: its count is the measured one
+        # one entry per test, for its backend or (no per-backend class) for both
+        for backend in ("sqlite", "postgresql"):
+            count = sum(1 for entry in listed if sa_suite.entry_backend(entry) in (None, backend))
+            assert count == int(header[backend]), (tag, backend)
