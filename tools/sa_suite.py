@@ -225,11 +225,14 @@ def load_expected(path: Path | None = None) -> dict[str, str]:
 
 
 def explain(test_id: str, expected: dict[str, str]) -> str | None:
-    """The reason listed for *test_id* (entries may be fnmatch patterns), or None."""
+    """The reason listed for *test_id* (entries may be fnmatch patterns), or None.
+
+    An entry naming the test is preferred over a pattern of a family it also belongs to.
+    """
     if test_id in expected:
         return expected[test_id]
-    for pattern, reason in expected.items():
-        if fnmatch.fnmatchcase(test_id, pattern):
+    for entry, reason in sorted(expected.items(), key=lambda item: is_pattern(item[0])):
+        if fnmatch.fnmatchcase(test_id, entry):
             return reason
     return None
 

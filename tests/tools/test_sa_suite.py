@@ -144,6 +144,13 @@ def test_entries_name_their_backend_and_patterns_are_told_from_single_tests() ->
     assert sa_suite.is_pattern("test.orm.test_x.Plain::test_a[[]p-?]")
 
 
+def test_an_entry_naming_the_test_explains_it_before_a_family_pattern() -> None:
+    expected = {"test.orm.test_x.Bulk*_random_*::test_*": "ARTEFACT: family",
+                "test.orm.test_x.Bulk_random_sqlite+pysqlite_*::test_a[[]p]": "ARTEFACT: this one"}
+    assert sa_suite.explain("test.orm.test_x.Bulk_random_sqlite+pysqlite_3_40_1::test_a[p]", expected) == "ARTEFACT: this one"
+    assert sa_suite.explain("test.orm.test_x.Bulk_random_sqlite+pysqlite_3_40_1::test_b", expected) == "ARTEFACT: family"
+
+
 def _stale_fixture(tmp_path: Path) -> tuple[dict, dict]:
     tests = {f"test.orm.test_y.Other::t{i}": "passed" for i in range(200)}
     return _runs(tmp_path, {
