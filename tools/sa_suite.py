@@ -42,9 +42,9 @@ import sqlalchemy as sa
 REPO = Path(__file__).resolve().parent.parent
 EXPECTED = Path(__file__).resolve().parent / "sa_suite_expected.txt"
 BAR = 0.99
-# A plausible direct run (docs/sqlalchemy-test-suite.md, "Results"): it passes at least this share
-# of what it collects (measured: 97 % SQLite, 98 % PostgreSQL), and on the full test/orm at least
-# the backend's floor (measured with SQLAlchemy 2.1.9: 11,543 SQLite, 11,698 PostgreSQL).
+# A plausible direct run (docs/sqlalchemy-test-suite.md, "Results"): of a named subset it passes
+# at least this share of what it collects (measured: full 97 % SQLite, 98 % PostgreSQL; core 99 %
+# SQLite), and of the full test/orm at least the backend's floor (measured with SQLAlchemy 2.1.9: 11,543 SQLite, 11,698 PostgreSQL).
 MIN_DIRECT_FRACTION = 0.95
 DIRECT_FLOOR = {"sqlite": 11_300, "postgresql": 11_400}
 PG_ADMIN = os.environ.get("SA_SUITE_PG_ADMIN", "postgresql+psycopg://root@127.0.0.1:5432/postgres")
@@ -334,21 +334,22 @@ def compare(direct: dict[str, tuple[str, str]], isolated: dict[str, tuple[str, s
     }
 
 
-def check_failures(report: dict[str, object], direct_total: int, backend: str, full: bool,
+def check_failures(report: dict[str, object], direct_total: int, backend: str, subset: str | None,
                    enforce_stale: bool = True) -> list[str]:
     """Why ``--check`` fails (empty: it passes).
 
     Besides the bar and the explanations: a direct run that passes implausibly few tests (a
     broken baseline - missing driver, database down, collection errors - would otherwise make
-    the ratio meaningless) fails, below MIN_DIRECT_FRACTION of the tests it collected and, for
-    the full test/orm, below the backend's DIRECT_FLOOR.
+    the ratio meaningless) fails: no pass at all; for a named *subset* ("core", "full") below
+    MIN_DIRECT_FRACTION of the tests it collected (single files vary: test_naturalpks.py passes
+    67 % on SQLite, the rest skipped); for "full" below the backend's DIRECT_FLOOR.
     """
     failures = []
     direct_passed = int(report["direct_passed"])  # type: ignore[call-overload]
-    if direct_passed < MIN_DIRECT_FRACTION * direct_total or not direct_passed:
+    if not direct_passed or (subset in SUBSETS and direct_passed < MIN_DIRECT_FRACTION * direct_total):
         failures.append(f"the direct run passed {direct_passed} of {direct_total} collected tests "
                         f"(at least {100 * MIN_DIRECT_FRACTION:.0f} % expected): a broken baseline")
-    if full and direct_passed < DIRECT_FLOOR[backend]:
+    if subset == "full" and direct_passed < DIRECT_FLOOR[backend]:
         failures.append(f"the direct run passed {direct_passed} tests, below the {backend} floor "
                         f"of {DIRECT_FLOOR[backend]} for the full test/orm: a broken baseline")
     if report["ratio"] < BAR:  # type: ignore[operator]
@@ -428,8 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {entry}")
     print(f"result: {out}")
     if args.check:
-        full = paths == SUBSETS["full"]
-        failures = check_failures(report, len(direct), args.backend, full, enforce_stale=not args.pytest_args)
+        subset = args.subset[0] if len(args.subset) == 1 and args.subset[0] in SUBSETS else None
+        failures = check_failures(report, len(direct), args.backend, subset, enforce_stale=not args.pytest_args)
         if failures:
             for failure in failures:
                 print(f"FAILED: {failure}")
