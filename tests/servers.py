@@ -13,6 +13,7 @@ from dbapi_server import JWTAuthenticator, create_app, mint_token
 from dbapi_server.keys import generate_keypair
 from dbapi_server.serving import start_background
 from dbsession import guard
+from dbsession.session import release_api_host
 
 _PRIVATE, _PUBLIC = generate_keypair()
 
@@ -46,3 +47,6 @@ def running_dbapi(engine: sa.Engine, metadata: sa.MetaData, **app_kw: Any) -> It
     finally:
         server.stop()
         app.extensions["dbapi_server"].transactions.close()
+        # the client caches a host's handshake and engines; a later server on the same loopback
+        # port (another database, another schema) must not inherit them
+        release_api_host(server.url)
