@@ -15,3 +15,9 @@ def _clean_isolation(isolation_reset: None, monkeypatch: pytest.MonkeyPatch) -> 
     for name in ISOLATION_ENV:
         monkeypatch.delenv(name, raising=False)
     yield
+
+
+@pytest.fixture(params=["direct", "isolated"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """The mode under test, for tests that must hold alike in direct and isolation mode."""
+    return str(request.param)

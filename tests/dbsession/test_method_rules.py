@@ -127,11 +127,6 @@ def server(engine: sa.Engine) -> Iterator[RunningServer]:
         yield server
 
 
-@pytest.fixture(params=["direct", "isolated"])
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 def session(mode: str, engine: sa.Engine, server: RunningServer) -> Iterator[DBSession]:
     """A session of the mode under test; afterwards no server transaction or connection is left."""

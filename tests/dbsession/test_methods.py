@@ -163,11 +163,6 @@ def server(engine: sa.Engine) -> Iterator[RunningServer]:
         yield server
 
 
-@pytest.fixture(params=["direct", "isolated"])
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 def open_session(mode: str, engine: sa.Engine, server: RunningServer) -> Iterator[Any]:
     """``open_session()``: a new session of the mode under test (closed at the end)."""
