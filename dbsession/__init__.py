@@ -2,13 +2,15 @@
 
 ``DBSession`` is a drop-in ``Session``: direct mode is a plain session; with
 ``database_access_isolation`` on, every statement goes to the DB-API and behaves exactly as on a
-direct connection. See ``README.md`` and ``docs/architecture.md``.
+direct connection. ``AsyncDBSession`` is the same for ``AsyncSession`` (``docs/async.md``). See
+``README.md`` and ``docs/architecture.md``.
 """
 
 from __future__ import annotations
 
 from . import guard, methods
 from ._dbapi import CommitOutcomeUnknownError
+from .async_session import AsyncDBSession, create_isolated_async_engine, isolated_async_engine
 from .config import Settings, configure, get_settings, reset_configuration
 from .dialect import DBSessionDialect, create_isolated_engine, isolated_url
 from .exceptions import (
@@ -39,6 +41,7 @@ from .methods import (
 from .session import DBSession, isolated_engine
 
 __all__ = [
+    "AsyncDBSession",
     "AuthenticationError",
     "BadRequestError",
     "CommitOutcomeUnknownError",
@@ -63,9 +66,11 @@ __all__ = [
     "TransactionError",
     "call_method",
     "configure",
+    "create_isolated_async_engine",
     "create_isolated_engine",
     "get_settings",
     "guard",
+    "isolated_async_engine",
     "isolated_engine",
     "isolated_url",
     "methods",

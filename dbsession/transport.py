@@ -33,8 +33,8 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionErro
 from .auth import TokenSource
 from .exceptions import REFUSAL_FIELDS, DBAPIRequestError, error_class_for
 
-__all__ = ["API_PREFIX", "DatabaseErrorReply", "ServerUnreachable", "Transport", "discard_transports",
-           "transport_for"]
+__all__ = ["API_PREFIX", "AttemptFailed", "DatabaseErrorReply", "ServerUnreachable", "Transport",
+           "discard_transports", "transport_for"]
 
 API_PREFIX = "/dbapi/v1"
 
@@ -54,6 +54,19 @@ class ServerUnreachable(Exception):
         self.answer_lost = answer_lost
 
 
+class AttemptFailed(Exception):
+    """One HTTP exchange failed without an answer; ``reached``: it may have reached the server.
+
+    Raised by :meth:`Transport._attempt` (whatever the HTTP client underneath) for the retry
+    loop in :meth:`Transport._send`, which decides from ``reached`` what may be retried.
+    """
+
+    def __init__(self, cause: Exception, *, reached: bool) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.reached = reached
+
+
 class DatabaseErrorReply(Exception):
     """The database raised an error while executing the statement (HTTP 422 envelope)."""
 
@@ -63,7 +76,12 @@ class DatabaseErrorReply(Exception):
 
 
 class Transport:
-    """One per DB-API host; thread-safe (urllib3 pools are)."""
+    """One per DB-API host; thread-safe (urllib3 pools are).
+
+    The retry rules live in :meth:`_send`, which does its I/O only through :meth:`_attempt` (one
+    HTTP exchange) and :meth:`_pause` (the wait between attempts): the async transport
+    (:mod:`dbsession._async_transport`) overrides those two and nothing else.
+    """
 
     def __init__(self, base_url: str, token: TokenSource, *, timeout: float = 30.0,
                  maxsize: int = 16, connect_attempts: int = 4) -> None:
@@ -74,7 +92,10 @@ class Transport:
         self._prefix = parts.path.rstrip("/") + API_PREFIX
         self._token = token
         self._attempts = connect_attempts
-        self._pool = urllib3.connection_from_url(
+        self._pool = self._open_pool(maxsize, timeout)
+
+    def _open_pool(self, maxsize: int, timeout: float) -> Any:
+        return urllib3.connection_from_url(
             self.base_url, maxsize=maxsize, block=False, retries=False,
             timeout=urllib3.Timeout(connect=min(timeout, 5.0), read=timeout))
 
@@ -114,7 +135,7 @@ class Transport:
             raise
 
     def _send(self, method: str, path: str, body: bytes | None, *, replay_safe: bool,
-              deadline: float | None) -> tuple[urllib3.BaseHTTPResponse, bool]:
+              deadline: float | None) -> tuple[Any, bool]:
         """The response, and whether an earlier attempt may have reached the server unanswered."""
         url = self._prefix + path
         delay = 0.05
@@ -124,17 +145,17 @@ class Transport:
         while True:
             attempt += 1
             try:
-                response = self._pool.urlopen(method, url, body=body, headers=self._headers(),
-                                              retries=False, redirect=False)
-            except (NewConnectionError, ConnectTimeoutError) as exc:
-                failure: Exception = exc  # never reached the server
-            except HTTPError as exc:
-                if not replay_safe:
+                response = self._attempt(method, url, body, self._headers())
+            except AttemptFailed as exc:
+                if not exc.reached:
+                    failure: Exception = exc.cause  # never reached the server
+                elif not replay_safe:
                     raise ServerUnreachable(
                         f"The connection to the DB-API at {self.base_url} broke before its answer "
-                        f"arrived ({exc}); the request is not retried because it may have run.",
-                        answer_lost=True) from exc
-                failure, answer_lost = exc, True
+                        f"arrived ({exc.cause}); the request is not retried because it may have run.",
+                        answer_lost=True) from exc.cause
+                else:
+                    failure, answer_lost = exc.cause, True
             else:
                 if not 502 <= response.status <= 504 or not replay_safe or _is_envelope(response):
                     return response, answer_lost
@@ -155,10 +176,22 @@ class Transport:
                     f"Cannot reach the DB-API at {self.base_url} (database_api_host) after "
                     f"{attempt} attempts: {failure}. Is the server running?",
                     answer_lost=answer_lost) from failure
-            time.sleep(pause)
+            self._pause(pause)
             delay = min(delay * 4, _MAX_DELAY)
 
-    def _parse(self, response: urllib3.BaseHTTPResponse) -> Any:
+    def _attempt(self, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> Any:
+        """One HTTP exchange: the answer (``status``, ``data``), or :class:`AttemptFailed`."""
+        try:
+            return self._pool.urlopen(method, url, body=body, headers=headers, retries=False, redirect=False)
+        except (NewConnectionError, ConnectTimeoutError) as exc:
+            raise AttemptFailed(exc, reached=False) from exc
+        except HTTPError as exc:
+            raise AttemptFailed(exc, reached=True) from exc
+
+    def _pause(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def _parse(self, response: Any) -> Any:
         status = response.status
         try:
             data = orjson.loads(response.data) if response.data else None
@@ -180,7 +213,7 @@ class Transport:
             refused={k: envelope[k] for k in REFUSAL_FIELDS if k in envelope})
 
 
-def _is_envelope(response: urllib3.BaseHTTPResponse) -> bool:
+def _is_envelope(response: Any) -> bool:
     """Whether an error answer is the DB-API's own (its JSON error envelope), not a proxy's."""
     try:
         data = orjson.loads(response.data) if response.data else None
