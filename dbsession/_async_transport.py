@@ -114,6 +114,10 @@ class HostClients:
     async def attempt(self, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> _Answer:
         """One exchange with *url* (absolute), read to its end; failures as :class:`AttemptFailed`."""
         session = await self.session()
+        # one pass of the loop first: a pooled connection the server has closed is then seen as
+        # closed and not reused (urllib3 polls its sockets for the same reason); reused, it would
+        # fail after sending, and a commit would count as possibly reached, not as refused
+        await asyncio.sleep(0)
         try:
             async with session.request(method, url, data=body, headers=headers,
                                        allow_redirects=False) as response:
