@@ -28,7 +28,19 @@ from . import _dbapi
 from ._async_transport import AsyncTransport, host_clients, keep_alive, sa_await
 from .config import get_settings
 
-__all__ = ["AsyncConnection", "connect"]
+__all__ = ["AsyncConnection", "AsyncCursor", "AsyncStreamingCursor", "connect"]
+
+
+class AsyncCursor(_dbapi.Cursor):
+    """The buffered cursor: every row is here already when ``execute`` returns."""
+
+    async def _async_soft_close(self) -> None:
+        """What ``sqlalchemy.ext.asyncio`` calls before handing a buffered result to async code:
+        a driver's cursor would be released here; this one holds no server resource."""
+
+
+class AsyncStreamingCursor(_dbapi.StreamingCursor):
+    """The streaming cursor, unchanged: its pages are fetched through the async transport."""
 
 
 class AsyncConnection(_dbapi.Connection):
@@ -42,9 +54,10 @@ class AsyncConnection(_dbapi.Connection):
         self._closing = False
 
     def cursor(self, stream: bool = False) -> _dbapi.Cursor:
-        cursor = super().cursor(stream)
-        if isinstance(cursor, _dbapi.StreamingCursor):
-            self._streams.add(cursor)
+        if not stream:
+            return AsyncCursor(self)
+        cursor = AsyncStreamingCursor(self)
+        self._streams.add(cursor)
         return cursor
 
     def close(self) -> None:
@@ -70,7 +83,7 @@ class AsyncConnection(_dbapi.Connection):
         for answer in self.transport.take_abandoned():
             # a streamed result's first page that reached no one: its cursor is still open
             if isinstance(answer, dict) and answer.get("cursor") and answer.get("more"):
-                orphan = _dbapi.StreamingCursor(self)
+                orphan = AsyncStreamingCursor(self)
                 orphan._cursor_id, orphan._more = answer["cursor"], True
                 self._streams.add(orphan)
         for cursor in list(self._streams):
