@@ -31,6 +31,7 @@ session does the closing).
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -52,6 +53,7 @@ sa_await: Callable[[Awaitable[Any]], Any] = getattr(concurrency, "await_", None)
 """SQLAlchemy's ``await_`` (2.1) / ``await_only`` (2.0): await from sync code in its greenlet."""
 
 _background: set[asyncio.Future[Any]] = set()  # the loop holds tasks only weakly
+_LARGE_BODY = 2**20
 
 
 def keep_alive(task: asyncio.Future[Any]) -> asyncio.Future[Any]:
@@ -118,8 +120,11 @@ class HostClients:
         # closed and not reused (urllib3 polls its sockets for the same reason); reused, it would
         # fail after sending, and a commit would count as possibly reached, not as refused
         await asyncio.sleep(0)
+        # a body over 1 MiB goes as a stream: aiohttp warns (ResourceWarning) that writing one
+        # that size from bytes in one go may hold up the loop
+        data: bytes | io.BytesIO | None = io.BytesIO(body) if body and len(body) > _LARGE_BODY else body
         try:
-            async with session.request(method, url, data=body, headers=headers,
+            async with session.request(method, url, data=data, headers=headers,
                                        allow_redirects=False) as response:
                 return _Answer(response.status, await response.read())
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:

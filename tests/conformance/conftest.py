@@ -22,6 +22,7 @@ before the next test.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -300,19 +301,22 @@ _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycop
 
 
 @pytest.fixture(scope="session")
-def reference_async_sessionmaker(backend: str, db_a: Database) -> Iterator[Callable[[], Any]]:
-    """Plain ``AsyncSession`` factory for database A, over the async twin of its driver.
+def async_runner() -> Iterator[asyncio.Runner]:
+    """The event loop of the async corpus: one for the whole run, as an application has one."""
+    with asyncio.Runner() as runner:
+        yield runner
 
-    ``NullPool``: a driver's async connection belongs to the event loop that opened it, and
-    every operation runs in a loop of its own.
-    """
+
+@pytest.fixture(scope="session")
+def reference_async_sessionmaker(backend: str, db_a: Database,
+                                 async_runner: asyncio.Runner) -> Iterator[Callable[[], Any]]:
+    """Plain ``AsyncSession`` factory for database A, over the async twin of its driver."""
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
-    from sqlalchemy.pool import NullPool
 
     url = db_a.url.set(drivername=_ASYNC_DRIVERS[backend])
     if backend == "mysql":
         url = url.update_query_dict({"charset": "utf8mb4"})  # PyMySQL's default, which aiomysql lacks
-    engine = create_async_engine(url, poolclass=NullPool)
+    engine = create_async_engine(url)
     try:
         from dbsession import guard
 
@@ -327,7 +331,7 @@ def reference_async_sessionmaker(backend: str, db_a: Database) -> Iterator[Calla
             cur.close()
 
     yield async_sessionmaker(engine, class_=AsyncSession)
-    engine.sync_engine.dispose()
+    async_runner.run(engine.dispose())  # its connections belong to the runner's loop
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,10 @@
-"""Runners for the async corpus: an operation in a fresh event loop, through an async session.
+"""Runners for the async corpus: an operation through an async session, in the corpus's event loop.
 
 :func:`run_op_via_run_sync` runs a sync corpus operation as async application code runs sync ORM
 code: ``await session.run_sync(op)``. :func:`run_async_op` runs an async-only operation
 (:mod:`.async_ops`). Both return the sync harness's :class:`~.harness.Outcome`, canonicalised
-while the session is still open, and always close the session.
+while the session is still open, and always close the session. They run in *runner*'s loop (one
+long-lived loop, as an application has; ``tests/dbsession/test_async_*`` cover fresh loops).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def _outcome(produce: Callable[[], Any]) -> Outcome:
         return Outcome("canonical-raised", qualname(type(exc)), exc)
 
 
-def run_op_via_run_sync(op: Op, make_session: AsyncSessionFactory) -> Outcome:
+def run_op_via_run_sync(op: Op, make_session: AsyncSessionFactory, *, runner: asyncio.Runner) -> Outcome:
     """The sync operation inside ``await session.run_sync(...)``."""
     async def main() -> Outcome:
         session = make_session()
@@ -42,10 +43,10 @@ def run_op_via_run_sync(op: Op, make_session: AsyncSessionFactory) -> Outcome:
         finally:
             await session.close()
 
-    return asyncio.run(main())
+    return runner.run(main())
 
 
-def run_async_op(op: Op, make_session: AsyncSessionFactory) -> Outcome:
+def run_async_op(op: Op, make_session: AsyncSessionFactory, *, runner: asyncio.Runner) -> Outcome:
     """The async operation, awaited; its result canonicalised inside ``run_sync`` (no lazy I/O there)."""
     async def main() -> Outcome:
         session = make_session()
@@ -59,4 +60,4 @@ def run_async_op(op: Op, make_session: AsyncSessionFactory) -> Outcome:
         finally:
             await session.close()
 
-    return asyncio.run(main())
+    return runner.run(main())

@@ -17,7 +17,9 @@ as long as the sync corpus), to keep the default run within its time budget.
 
 from __future__ import annotations
 
+import asyncio
 import os
+from functools import partial
 
 import pytest
 
@@ -49,13 +51,14 @@ def _check(op: Op, backend: str, dbs: DatabasePair, make_a, make_b, run_a, run_b
 
 @pytest.mark.parametrize("op_name", RUN_SYNC_OPS)
 def test_op_run_sync(op_name: str, backend: str, conformance_dbs: DatabasePair, reference_sessionmaker,
-                     isolated_async_sessionmaker) -> None:
+                     isolated_async_sessionmaker, async_runner: asyncio.Runner) -> None:
     _check(OPS[op_name], backend, conformance_dbs, reference_sessionmaker, isolated_async_sessionmaker,
-           run_op, run_op_via_run_sync)
+           run_op, partial(run_op_via_run_sync, runner=async_runner))
 
 
 @pytest.mark.parametrize("op_name", list(ASYNC_OPS))
 def test_async_op(op_name: str, backend: str, conformance_dbs: DatabasePair, reference_async_sessionmaker,
-                  isolated_async_sessionmaker) -> None:
+                  isolated_async_sessionmaker, async_runner: asyncio.Runner) -> None:
+    run = partial(run_async_op, runner=async_runner)
     _check(ASYNC_OPS[op_name], backend, conformance_dbs, reference_async_sessionmaker,
-           isolated_async_sessionmaker, run_async_op, run_async_op)
+           isolated_async_sessionmaker, run, run)
