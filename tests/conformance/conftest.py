@@ -336,15 +336,15 @@ def reference_async_sessionmaker(backend: str, db_a: Database,
 
 @pytest.fixture(scope="session")
 def isolated_async_sessionmaker(backend: str, db_a: Database, db_b: Database) -> Iterator[Callable[[], Any]]:
-    """The side under test in async mode: ``AsyncDBSession`` factories for database B, through a
-    real DB-API server on loopback (as ``isolated_sessionmaker``, with the async engine)."""
+    """The side under test in async mode: ``AsyncDBSession`` factories for database B, through the
+    DB-API in its own process (``dbapi-server serve``, another hash seed), as in production."""
     from sqlalchemy.ext.asyncio import async_sessionmaker
 
     from dbsession import AsyncDBSession, guard
-    from tests.servers import running_dbapi
+    from tests.servers import dbapi_process
 
     guard.exempt(db_a.engine)
-    with running_dbapi(db_b.engine, metadata) as server:
+    with dbapi_process(db_b.url, "tests.conformance.dbapi_metadata:metadata") as server:
         yield async_sessionmaker(class_=AsyncDBSession, database_access_isolation=True,
                                  database_api_host=server.url, token=server.token)
     guard.uninstall()
