@@ -54,6 +54,7 @@ def engine(pg_url: sa.URL) -> Iterator[sa.Engine]:
 
 @pytest.fixture(scope="module")
 def server(engine: sa.Engine) -> Iterator[RunningServer]:
+    # in this process: the tests count the server's open transactions and cursors (its state)
     with running_dbapi(engine, Base.metadata, idle_timeout=60) as server:
         yield server
 

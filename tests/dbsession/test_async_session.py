@@ -75,6 +75,7 @@ def db_path(server_engine: sa.Engine) -> Path:
 
 @pytest.fixture(scope="module")
 def server(server_engine: sa.Engine) -> Iterator[RunningServer]:
+    # in this process: tests check the server's open transactions and its engine's pool
     with running_dbapi(server_engine, Base.metadata) as server:
         yield server
 

@@ -40,6 +40,7 @@ class Note(Base):
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     engine = guard.exempt(sa.create_engine(f"sqlite:///{tmp_path_factory.mktemp('t') / 'db.sqlite'}"))
     Base.metadata.create_all(engine)
+    # in this process: the transport's HTTP behaviour is under test, not the statements' results
     with running_dbapi(engine, Base.metadata) as server:
         yield server
     engine.dispose()
