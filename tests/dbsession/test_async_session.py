@@ -27,6 +27,7 @@ from dbsession import (
     IncompatibleServerError,
     PolicyViolationError,
     guard,
+    server_method,
 )
 from tests.servers import RunningServer, running_dbapi
 
@@ -53,6 +54,15 @@ class Book(Base):
     shelf: Mapped[Shelf] = relationship(back_populates="books")
 
 
+@server_method
+def rename_shelf(session: Session, shelf_id: int, name: str) -> str:
+    """A named method: runs on the server, in the caller's server transaction."""
+    shelf = session.get(Shelf, shelf_id)
+    assert shelf is not None
+    old, shelf.name = shelf.name, name
+    return old
+
+
 @pytest.fixture(scope="module")
 def server_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine]:
     path = tmp_path_factory.mktemp("async_session") / "async.sqlite"
@@ -76,7 +86,7 @@ def db_path(server_engine: sa.Engine) -> Path:
 @pytest.fixture(scope="module")
 def server(server_engine: sa.Engine) -> Iterator[RunningServer]:
     # in this process: tests check the server's open transactions and its engine's pool
-    with running_dbapi(server_engine, Base.metadata) as server:
+    with running_dbapi(server_engine, Base.metadata, methods=[rename_shelf.__module__]) as server:
         yield server
 
 
@@ -267,6 +277,18 @@ def test_run_sync_awaitable_attrs_and_refresh(server: RunningServer) -> None:
                 return [b.title for b in fiction.books[:2]]
 
             assert await s.run_sync(sync_part) == ["book 0002", "book 0004"]
+
+    run(body)
+
+
+def test_named_methods_through_run_sync(server: RunningServer, server_engine: sa.Engine) -> None:
+    async def body() -> None:
+        async with isolated(server)() as s:
+            assert await s.run_sync(lambda sync: rename_shelf(sync, 2, "verse")) == "poetry"
+            assert server.state.transactions.open_count == 1  # the caller's server transaction
+            assert await s.scalar(sa.select(Shelf.name).where(Shelf.id == 2)) == "verse"
+            await s.rollback()  # the method's write follows the caller's transaction
+            assert await s.scalar(sa.select(Shelf.name).where(Shelf.id == 2)) == "poetry"
 
     run(body)
 
