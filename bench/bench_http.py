@@ -43,7 +43,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import sqlalchemy as sa  # noqa: E402
 
-from bench.bench_isolation import METADATA_PATH, fresh_database, free_port, load_average, op_variable, seed  # noqa: E402
+from bench.bench_isolation import METADATA_PATH, free_port, fresh_database, load_average, op_variable, seed  # noqa: E402
 
 INFO = "/dbapi/v1/info"
 EXECUTE = "/dbapi/v1/execute"
@@ -65,12 +65,6 @@ def server_command(name: str, port: int, workdir: Path) -> list[str]:
         return [str(bindir / "granian"), "--interface", "wsgi", "--workers", "1", "--blocking-threads",
                 str(THREADS), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
                 "wsgi_entry:application"]
-    if name == "granian-mt":  # granian's thread workers: everything in this one process
-        return [py, "-c", "import wsgi_entry; from granian.constants import Interfaces; "
-                "from granian.server.mt import MTServer; "
-                f"MTServer('wsgi_entry:application', address='127.0.0.1', port={port}, interface=Interfaces.WSGI, "
-                f"workers=1, blocking_threads={THREADS}, log_level='warning')"
-                ".serve(target_loader=lambda *a, **k: wsgi_entry.application)"]
     if name == "cheroot":
         return [py, "-c", "import wsgi_entry; from cheroot.wsgi import Server; "
                 f"s = Server(('127.0.0.1', {port}), wsgi_entry.application, numthreads={THREADS}); s.safe_start()"]

@@ -7,20 +7,32 @@ closed after the request was read - and counts the connections and requests that
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from dbsession import ConfigurationError
+from dbsession import ConfigurationError, DBSession, guard
 from dbsession._http import AnswerLost, ConnectionPool, NotSent, _Connection
 from dbsession.auth import TokenSource
+from dbsession.session import release_api_host
 from dbsession.transport import ServerUnreachable, Transport
+from tests.servers import RunningServer, running_dbapi
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\": 1}\r\n"
 
@@ -395,3 +407,123 @@ def test_a_token_that_cannot_be_a_header_is_refused(serve: Callable[[Script], Sc
         transport.get("/info")
     transport.close()
     assert not server.requests
+
+
+# -- TLS -------------------------------------------------------------------------------------------
+class Base(DeclarativeBase):
+    metadata = sa.MetaData()
+
+
+class Widget(Base):
+    __tablename__ = "widgets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key (PEM files: certificate, key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dbapi test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+class TLSTerminator:
+    """TLS on a loopback port in front of a plain HTTP server, as a terminating proxy does."""
+
+    def __init__(self, upstream_port: int, cert_file: Path, key_file: Path) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_file, key_file)
+        self.listener = context.wrap_socket(socket.create_server(("127.0.0.1", 0)), server_side=True)
+        self.port = self.listener.getsockname()[1]
+        self.upstream_port = upstream_port
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except ssl.SSLError:
+                continue  # a client that refused our certificate
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self.sockets += [client, upstream]
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, target):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.fixture(scope="module")
+def tls_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, RunningServer, Path]]:
+    """(https URL, the DB-API behind it, the certificate a client must trust)."""
+    directory = tmp_path_factory.mktemp("tls")
+    engine = guard.exempt(sa.create_engine(f"sqlite:///{directory / 'w.sqlite'}"))
+    Base.metadata.create_all(engine)
+    with Session(engine) as s:
+        s.add_all([Widget(id=1), Widget(id=2)])
+        s.commit()
+    cert_file, key_file = self_signed(directory)
+    with running_dbapi(engine, Base.metadata) as server:
+        terminator = TLSTerminator(int(server.url.rsplit(":", 1)[1]), cert_file, key_file)
+        url = f"https://127.0.0.1:{terminator.port}"
+        try:
+            yield url, server, cert_file
+        finally:
+            release_api_host(url)
+            terminator.close()
+    engine.dispose()
+
+
+def test_a_session_over_tls_trusting_the_certificate(tls_api: tuple[str, RunningServer, Path],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    url, server, cert_file = tls_api
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))  # OpenSSL's standard way to add a CA
+    with DBSession(database_access_isolation=True, database_api_host=url, token=server.token) as s:
+        assert s.scalars(sa.select(Widget.id).order_by(Widget.id)).all() == [1, 2]
+        s.add(Widget(id=3))
+        s.commit()
+        assert s.get(Widget, 3) is not None
+        s.delete(s.get(Widget, 3))
+        s.commit()
+
+
+def test_a_certificate_the_client_does_not_trust_is_refused(tls_api: tuple[str, RunningServer, Path]) -> None:
+    url, server, cert_file = tls_api
+    transport = Transport(url, TokenSource(server.token), connect_attempts=1)
+    with pytest.raises(ServerUnreachable, match="CERTIFICATE_VERIFY_FAILED") as refused:
+        transport.get("/info")
+    assert not refused.value.answer_lost  # nothing was sent: the handshake failed
+    transport.close()
+    trusting = Transport(url, TokenSource(server.token),
+                         ssl_context=ssl.create_default_context(cafile=str(cert_file)))
+    assert trusting.get("/info")["dialect"] == "sqlite"
+    trusting.close()
