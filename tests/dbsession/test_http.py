@@ -367,7 +367,7 @@ def test_many_threads_share_one_transport(serve: Callable[[Script], ScriptedServ
         try:
             for i in range(40):
                 assert transport.post("/echo", {"n": n, "i": i}, replay_safe=True) == {"n": n, "i": i}
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             failures.append(exc)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
