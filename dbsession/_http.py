@@ -128,10 +128,16 @@ class _Connection:
                 if not 100 <= status < 200 or status == 101:
                     break
             keep_alive = status != 101 and _keeps_alive(version, headers.get("connection", ""))
+            coding = headers.get("transfer-encoding")
             if method == "HEAD" or status in _NO_BODY or 100 <= status < 200:
                 body = b""
-            elif "chunked" in headers.get("transfer-encoding", "").lower():
-                body = self._read_chunked()
+            elif coding is not None:  # it overrides Content-Length (RFC 9112 6.3)
+                if coding.lower().rsplit(",", 1)[-1].strip() == "chunked":
+                    body = self._read_chunked()
+                else:  # a coding without chunked framing: the end of the connection ends it
+                    body, keep_alive = self._read_to_end(), False
+                if "content-length" in headers:  # both: out of step with some intermediary
+                    keep_alive = False
             elif (length := headers.get("content-length")) is not None:
                 body = self._read_exact(_content_length(length))
             else:  # delimited by the end of the connection

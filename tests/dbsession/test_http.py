@@ -193,7 +193,8 @@ def test_a_large_answer_is_read_whole(serve: Callable[[Script], ScriptedServer])
     b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end",
     b"HTTP/1.0 200 OK\r\n\r\nuntil the end",
     b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nConnection: Close\r\n\r\nuntil the end",
-], ids=["no-length-close", "http-1.0", "connection-close"])
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nuntil the end",
+], ids=["no-length-close", "http-1.0", "connection-close", "coding-without-chunked"])
 def test_an_answer_that_ends_the_connection_is_not_reused(serve: Callable[[Script], ScriptedServer],
                                                            answer: bytes) -> None:
     def script(peer: Peer) -> None:
@@ -204,6 +205,17 @@ def test_an_answer_that_ends_the_connection_is_not_reused(serve: Callable[[Scrip
     pool = pool_for(server)
     assert pool.request("GET", get()).data == b"until the end"
     assert pool.request("GET", get()).data == b"until the end"
+    assert server.connections == 2
+
+
+def test_transfer_encoding_overrides_content_length_and_retires_the_connection(
+        serve: Callable[[Script], ScriptedServer]) -> None:
+    """Both framings at once (RFC 9112 6.3): chunked wins, and the connection, out of step with
+    whatever sent it, is not used again."""
+    server = serve(keep_answering(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  b"5\r\nhello\r\n0\r\n\r\n"))
+    pool = pool_for(server)
+    assert [pool.request("GET", get()).data for _ in range(2)] == [b"hello", b"hello"]
     assert server.connections == 2
 
 
