@@ -55,13 +55,13 @@ def server_command(name: str, port: int, workdir: Path) -> list[str]:
     """The command line serving ``wsgi_entry:application`` (``create_app()`` from the environment)."""
     py, bind = sys.executable, f"127.0.0.1:{port}"
     bindir = Path(sys.executable).parent
-    if name == "waitress":
+    if name in ("dbapi-server", "waitress"):  # what ``dbapi-server serve`` runs: granian, or waitress
         return [py, "-c", "from dbapi_server.cli import main; main()", "serve", "--port", str(port),
-                "--threads", str(THREADS)]
+                "--threads", str(THREADS), "--server", "waitress" if name == "waitress" else "granian"]
     if name == "gunicorn":
         return [str(bindir / "gunicorn"), "-k", "gthread", "-w", "1", "--threads", str(THREADS), "-b", bind,
                 "--keep-alive", "300", "--log-level", "warning", "wsgi_entry:application"]
-    if name == "granian":
+    if name == "granian":  # granian's own command line, the app as is
         return [str(bindir / "granian"), "--interface", "wsgi", "--workers", "1", "--blocking-threads",
                 str(THREADS), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
                 "wsgi_entry:application"]
@@ -291,6 +291,52 @@ def load(server: ServerProcess, token: str, kind: str, body: bytes | None, clien
             "p99_ms": times[int(0.99 * (total - 1))] / 1e6, "server_cpu_ms": srv * 1e3 / total}
 
 
+def alternate(names: list[str], url: str, workdir: Path, key_file: Path, token: str, n: int,
+              rounds: int = 6, chunk: int = 100) -> dict[str, Any]:
+    """All *names* running at once, one client alternating between them in chunks: an A/B under the
+    same machine noise. Per server and request: median latency and server CPU per request."""
+    from dbsession.auth import TokenSource
+    from dbsession.transport import Transport
+
+    servers: list[ServerProcess] = []
+    for name in names:
+        (workdir / name).mkdir()
+        servers.append(ServerProcess(name, url, workdir / name, key_file))
+    try:
+        body = capture_execute_body(f"http://127.0.0.1:{servers[0].port}", token)
+        transports = [Transport(f"http://127.0.0.1:{s.port}", TokenSource(token), maxsize=1) for s in servers]
+        calls = {"info": lambda t: t.get("/info"),
+                 "execute": lambda t: t._request("POST", "/execute", body, replay_safe=True)}
+        results: dict[str, Any] = {}
+        for kind, call in calls.items():
+            times: dict[str, list[int]] = {s.name: [] for s in servers}
+            cpu = dict.fromkeys(times, 0.0)
+            for transport in transports:
+                for _ in range(50):
+                    call(transport)
+            for r in range(rounds * max(1, n // (rounds * chunk))):
+                order = list(zip(servers, transports))
+                for server, transport in order if r % 2 == 0 else order[::-1]:
+                    srv0 = server.cpu_seconds()
+                    for _ in range(chunk):
+                        t0 = time.perf_counter_ns()
+                        call(transport)
+                        times[server.name].append(time.perf_counter_ns() - t0)
+                    cpu[server.name] += server.cpu_seconds() - srv0
+            for name, ts in times.items():
+                ts.sort()
+                results[f"{name} {kind}"] = r = {"median_ms": statistics.median(ts) / 1e6, "p99_ms": ts[int(0.99 * (len(ts) - 1))] / 1e6,
+                                                 "server_cpu_ms": cpu[name] * 1e3 / len(ts), "n": len(ts)}
+                print(f"{name:<14} {kind:<8} median {r['median_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  "
+                      f"server CPU {r['server_cpu_ms']:.3f} ms/req  ({r['n']} requests)", flush=True)
+        for transport in transports:
+            transport.close()
+        return results
+    finally:
+        for server in servers:
+            server.stop()
+
+
 def capture_execute_body(base: str, token: str) -> bytes:
     """The ``/execute`` body a ``DBSession`` sends for a ``Variable.get``-style read."""
     import dbsession.transport
@@ -315,7 +361,7 @@ def capture_execute_body(base: str, token: str) -> bytes:
 # -- main ------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["clients", "servers"])
+    parser.add_argument("what", choices=["clients", "servers", "ab"])
     parser.add_argument("--sqlite", action="store_true", help="a SQLite file instead of PostgreSQL")
     parser.add_argument("--database-url", default="postgresql+psycopg://root@127.0.0.1/dbsession_bench_http")
     parser.add_argument("-n", "--requests", type=int, default=2000, help="per measurement (and per client process)")
@@ -337,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
             engine.dispose()
             private, public = write_keypair(workdir / "keys")
             token = mint_token(private.read_bytes(), subject="bench", ttl=3600)
-            if args.what == "clients":
+            if args.what == "ab":
+                results.update(alternate(args.servers.split(","), url, workdir, public, token, args.requests))
+            elif args.what == "clients":
                 server = ServerProcess("waitress", url, workdir, public)
                 try:
                     for name in args.clients.split(","):
