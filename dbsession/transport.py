@@ -108,7 +108,9 @@ class Transport:
                                          "HTTP header (control or non-ASCII characters); check its source.")
             auth = f"Authorization: Bearer {token}\r\n".encode("ascii") if token else b""
             self._auth_line = (token, auth)
-        head = f"{method} {self._prefix}{path} HTTP/1.1\r\n".encode("latin-1") + self._common_headers + auth
+        if not (path.isascii() and path.isprintable()) or " " in path:  # e.g. an id the server sent
+            raise ValueError(f"Not a DB-API request path: {path!r}.")
+        head = f"{method} {self._prefix}{path} HTTP/1.1\r\n".encode("ascii") + self._common_headers + auth
         if body is None:
             return head + b"\r\n"
         return b"%sContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (head, len(body), body)

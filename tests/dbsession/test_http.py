@@ -539,3 +539,13 @@ def test_a_certificate_the_client_does_not_trust_is_refused(tls_api: tuple[str, 
                          ssl_context=ssl.create_default_context(cafile=str(cert_file)))
     assert trusting.get("/info")["dialect"] == "sqlite"
     trusting.close()
+
+
+def test_a_path_that_would_break_the_request_line_is_refused(serve: Callable[[Script], ScriptedServer]) -> None:
+    server = serve(keep_answering(OK))
+    transport = Transport(server.url, TokenSource("t"))
+    for path in ("/cursors/x HTTP/1.1\r\nX-Injected: 1\r\n\r\n/fetch", "/cursors/\u00e9/fetch", "/a b"):
+        with pytest.raises(ValueError, match="Not a DB-API request path"):
+            transport.post(path, {}, replay_safe=True)
+    transport.close()
+    assert not server.requests
