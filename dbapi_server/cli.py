@@ -25,8 +25,11 @@ def main() -> None:
 @click.option("--metadata", envvar="DBAPI_METADATA", required=True,
               help="Import path of the application's tables, e.g. myapp.models:Base.metadata.")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=9180, show_default=True, type=int)
-@click.option("--threads", default=8, show_default=True, type=int,
+@click.option("--port", default=9180, show_default=True, type=click.IntRange(0, 65535),
+              help="0 binds a free port (printed, and written to --port-file).")
+@click.option("--port-file", type=click.Path(dir_okay=False),
+              help="Write the bound port to this file once the server listens (for --port 0).")
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1),
               help="Threads of the one serving process (transactions live in its memory).")
 @click.option("--server", "server_name", envvar="DBAPI_SERVER", default="granian", show_default=True,
               type=click.Choice(["granian", "waitress"]),
@@ -36,9 +39,9 @@ def main() -> None:
 @click.option("--policy", "policy_file", envvar="DBAPI_POLICY_FILE", default=None,
               type=click.Path(exists=True, dir_okay=False),
               help="Per-role policy file (TOML, see docs/security.md); default: the open preset.")
-def serve(database_url: str, metadata: str, host: str, port: int, threads: int, server_name: str, methods: str,
-          policy_file: str | None) -> None:
-    """Serve the DB-API under a production WSGI server (granian by default)."""
+def serve(database_url: str, metadata: str, host: str, port: int, port_file: str | None, threads: int,
+          server_name: str, methods: str, policy_file: str | None) -> None:
+    """Serve the DB-API under a production WSGI server (granian by default) until SIGINT or SIGTERM."""
     from .app import ConfigError, create_app
     from .serving import serve as run
 
@@ -50,12 +53,21 @@ def serve(database_url: str, metadata: str, host: str, port: int, threads: int, 
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     if server_name == "granian":
-        # the worker process builds its own: it must not inherit this one's database connections
-        # or transaction reaper thread
+        # the worker process builds its own and closes it when it stops: it must not inherit this
+        # one's database connections or transaction reaper thread
         app.extensions["dbapi_server"].close()
-        run(factory, host=host, port=port, threads=threads, server="granian")
-    else:
-        run(lambda: app, host=host, port=port, threads=threads, server="waitress")
+        try:
+            run(factory, host=host, port=port, threads=threads, server="granian", port_file=port_file)
+        except OSError as exc:  # the port is taken
+            raise click.ClickException(str(exc)) from None
+        return
+    try:
+        run(lambda: app, host=host, port=port, threads=threads, server="waitress", port_file=port_file)
+    except OSError as exc:
+        raise click.ClickException(f"Cannot serve on {host}:{port}: {exc}") from None
+    finally:
+        # open transactions are rolled back and pooled connections closed, not left to the database
+        app.extensions["dbapi_server"].close()
 
 
 @main.command()
