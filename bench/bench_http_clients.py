@@ -14,7 +14,8 @@ with each client over one keep-alive pool:
 * ``50 tasks``: 50 concurrent tasks in one event loop sharing the pool - latency, throughput and
   client CPU per request.
 
-urllib3 (the sync transport's client) is measured too, sequentially, as the reference. Every
+The sync transport's own client (``dbsession._http``) is measured too, sequentially, as the
+reference. Every
 answer is checked (status 200, the expected row), so a broken client cannot look fast. Clients
 alternate in rounds so machine noise hits all of them; the better round is reported.
 """
@@ -41,7 +42,6 @@ if str(REPO_ROOT) not in sys.path:
 
 import orjson  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
-import urllib3  # noqa: E402
 from sqlalchemy.orm import sessionmaker  # noqa: E402
 
 import dbsession.transport  # noqa: E402
@@ -56,12 +56,14 @@ from bench.bench_isolation import (  # noqa: E402
     seed,
 )
 from dbsession import DBSession  # noqa: E402
+from dbsession.auth import TokenSource  # noqa: E402
+from dbsession.transport import Transport  # noqa: E402
 
 CONCURRENCY = 50
 
 
 def capture_request(server: Server) -> tuple[str, bytes, dict[str, str], Any]:
-    """(path, body, headers, answer) of the request a Variable.get-style read sends."""
+    """(path under the API prefix, body, headers, rows) of the request a Variable.get-style read sends."""
     captured: list[tuple[str, Any]] = []
     original = dbsession.transport.Transport.post
 
@@ -79,10 +81,12 @@ def capture_request(server: Server) -> tuple[str, bytes, dict[str, str], Any]:
     [(path, payload)] = [c for c in captured if c[0] == "/execute"]
     headers = {"Content-Type": "application/json", "Accept": "application/json",
                "Authorization": f"Bearer {server.token}"}
-    body = orjson.dumps(payload)
-    answer = orjson.loads(urllib3.request("POST", f"{server.base}/dbapi/v1{path}", body=body,
-                                          headers=headers).data)
-    return f"/dbapi/v1{path}", body, headers, answer["rows"]
+    transport = Transport(server.base, TokenSource(server.token))
+    try:
+        answer = transport.post(path, payload, replay_safe=True)
+    finally:
+        transport.close()
+    return path, orjson.dumps(payload), headers, answer["rows"]
 
 
 def summarize(ns: list[int], cpu: float, wall: float) -> dict[str, float]:
@@ -141,24 +145,26 @@ async def measure_aiohttp(url: str, body: bytes, headers: dict[str, str], n: int
         return await _measure(round_trip, n, tasks, check)
 
 
-def measure_urllib3(url: str, body: bytes, headers: dict[str, str], n: int,
-                    check: Callable[[int, bytes], None]) -> dict[str, float]:
-    pool = urllib3.connection_from_url(url, maxsize=1, retries=False)
+def measure_sync_client(server: Server, path: str, body: bytes, n: int,
+                        check: Callable[[int, bytes], None]) -> dict[str, float]:
+    """The sync transport's own HTTP/1.1 client (``dbsession._http``), the exact bytes it sends."""
+    transport = Transport(server.base, TokenSource(server.token), maxsize=1)
+    pool, request = transport._pool, transport._encode("POST", path, body)
     try:
         for _ in range(max(50, n // 10)):
-            response = pool.urlopen("POST", url, body=body, headers=headers)
+            response = pool.request("POST", request)
             check(response.status, response.data)
         gc.collect()
         times = []
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for _ in range(n):
             t0 = time.perf_counter_ns()
-            response = pool.urlopen("POST", url, body=body, headers=headers)
+            response = pool.request("POST", request)
             times.append(time.perf_counter_ns() - t0)
             check(response.status, response.data)
         return summarize(times, time.process_time() - cpu0, time.perf_counter() - wall0)
     finally:
-        pool.close()
+        transport.close()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -181,7 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace, server: Server, db_url: str) -> dict[str, Any]:
     path, body, headers, rows = capture_request(server)
-    url = f"{server.base}{path}"
+    url = f"{server.base}/dbapi/v1{path}"
 
     def check(status: int, data: bytes) -> None:
         if status != 200 or orjson.loads(data)["rows"] != rows:
@@ -190,12 +196,12 @@ def _run(args: argparse.Namespace, server: Server, db_url: str) -> dict[str, Any
     results: dict[str, Any] = {
         "config": {"backend": sa.make_url(db_url).get_backend_name(), "requests": args.iterations,
                    "rounds": args.rounds, "concurrency": CONCURRENCY, "threads": args.threads,
-                   "request": f"POST {path} ({len(body)} bytes)"},
-        "versions": {name: _version(name) for name in ("httpx", "httpcore", "aiohttp", "urllib3")},
+                   "server": server.server, "request": f"POST /dbapi/v1{path} ({len(body)} bytes)"},
+        "versions": {name: _version(name) for name in ("httpx", "httpcore", "aiohttp", "granian")},
         "load_before": load_average(), "clients": {}}
     n = args.iterations
     candidates: list[tuple[str, Callable[[int], dict[str, float]]]] = [
-        ("urllib3 (sync)", lambda tasks: measure_urllib3(url, body, headers, n, check)),
+        ("sync client", lambda tasks: measure_sync_client(server, path, body, n, check)),
         ("httpx", lambda tasks: asyncio.run(measure_httpx(url, body, headers, n, tasks, check))),
         ("aiohttp", lambda tasks: asyncio.run(measure_aiohttp(url, body, headers, n, tasks, check))),
     ]
@@ -204,7 +210,7 @@ def _run(args: argparse.Namespace, server: Server, db_url: str) -> dict[str, Any
         order = candidates if rnd % 2 == 0 else candidates[::-1]
         for name, measure in order:
             for tasks in (1, CONCURRENCY):
-                if tasks > 1 and name.endswith("(sync)"):
+                if tasks > 1 and name == "sync client":
                     continue
                 rounds.setdefault((name, tasks), []).append(measure(tasks))
         print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr, flush=True)
@@ -221,7 +227,7 @@ def report(results: dict[str, Any]) -> None:
     cfg = results["config"]
     print(f"\n== async HTTP clients against the DB-API ({cfg['backend']}, {cfg['request']}) ==")
     print(f"{cfg['requests']} requests per client and concurrency, best of {cfg['rounds']} rounds; "
-          f"server threads {cfg['threads']}; versions {results['versions']}")
+          f"server {cfg['server']}, threads {cfg['threads']}; versions {results['versions']}")
     print(f"load average before {results['load_before']}, after {results['load_after']}")
     header = f"{'client':<16} {'tasks':>5} {'median ms':>9} {'p90 ms':>8} {'req/s':>7} {'CPU ms/req':>10}"
     print(header + "\n" + "-" * len(header))

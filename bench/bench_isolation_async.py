@@ -122,9 +122,11 @@ class RoomyServer(Server):
         super().__init__(url, port, threads, workdir)
 
     def _command(self, url: str, port: int, threads: int, metadata: str) -> list[str]:
-        code = ("import sys; from dbapi_server.app import create_app; from dbapi_server.serving import serve; "
-                f"serve(create_app({url!r}, {metadata!r}, engine_options={{'pool_size': 10, "
-                f"'max_overflow': {self._pool_size - 10}}}), port={port}, threads={threads})")
+        # what `dbapi-server serve` does, with engine_options (under granian the factory runs in
+        # the worker process, so it is a picklable partial)
+        code = ("import functools; from dbapi_server.app import create_app; from dbapi_server.serving import serve; "
+                f"serve(functools.partial(create_app, {url!r}, {metadata!r}, engine_options={{'pool_size': 10, "
+                f"'max_overflow': {self._pool_size - 10}}}), port={port}, threads={threads}, server={self.server!r})")
         return [sys.executable, "-c", code]
 
 

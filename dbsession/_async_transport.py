@@ -44,8 +44,9 @@ try:
 except ImportError as exc:  # pragma: no cover - the async extra is not installed
     raise ImportError("The isolated async engine needs aiohttp: pip install 'dbsession[async]'.") from exc
 
+from ._http import AnswerLost, NotSent, Response
 from .auth import TokenSource
-from .transport import AttemptFailed, Transport
+from .transport import Transport, _check_path
 
 __all__ = ["AsyncTransport", "HostClients", "discard_hosts", "host_clients", "keep_alive", "sa_await"]
 
@@ -67,11 +68,6 @@ def _forget(task: asyncio.Future[Any]) -> None:
     _background.discard(task)
     if not task.cancelled():
         task.exception()
-
-
-class _Answer(NamedTuple):
-    status: int
-    data: bytes
 
 
 class _LoopSession(NamedTuple):
@@ -113,12 +109,13 @@ class HostClients:
             self._sessions[loop] = _LoopSession(session, closer)
         return session
 
-    async def attempt(self, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> _Answer:
-        """One exchange with *url* (absolute), read to its end; failures as :class:`AttemptFailed`."""
+    async def attempt(self, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> Response:
+        """One exchange with *url* (absolute), read to its end; failures as the sync client's:
+        :class:`NotSent` (nothing reached the server) or :class:`AnswerLost` (it may have run)."""
         session = await self.session()
         # one pass of the loop first: a pooled connection the server has closed is then seen as
-        # closed and not reused (urllib3 polls its sockets for the same reason); reused, it would
-        # fail after sending, and a commit would count as possibly reached, not as refused
+        # closed and not reused (the sync client polls its idle sockets for the same reason);
+        # reused, it would fail after sending, and a commit would count as possibly reached
         await asyncio.sleep(0)
         # a body over 1 MiB goes as a stream: aiohttp warns (ResourceWarning) that writing one
         # that size from bytes in one go may hold up the loop
@@ -126,11 +123,12 @@ class HostClients:
         try:
             async with session.request(method, url, data=data, headers=headers,
                                        allow_redirects=False) as response:
-                return _Answer(response.status, await response.read())
+                return Response(response.status, {k.lower(): v for k, v in response.headers.items()},
+                                await response.read())
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise AttemptFailed(exc, reached=False) from exc  # never connected: nothing was sent
+            raise NotSent(f"could not connect ({exc})") from exc  # nothing was sent
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise AttemptFailed(exc, reached=True) from exc
+            raise AnswerLost(f"no complete answer ({type(exc).__name__}: {exc})") from exc
 
     def close(self) -> None:
         """Close the sessions of loops that are still open (from outside them: scheduled)."""
@@ -183,23 +181,32 @@ class AsyncTransport(Transport):
         self._clients = clients
         super().__init__(clients.host, clients.token, timeout=clients.timeout,
                          connect_attempts=connect_attempts)
-        self._pending: asyncio.Future[_Answer] | None = None
-        self._abandoned: list[asyncio.Future[_Answer]] = []
+        self._pending: asyncio.Future[Response] | None = None
+        self._abandoned: list[asyncio.Future[Response]] = []
 
-    def _open_pool(self, maxsize: int, timeout: float) -> Any:
+    def _open_pool(self, scheme: str, host: str, port: int, timeout: float, maxsize: int,
+                   ssl_context: Any) -> Any:
         return self._clients
 
     def close(self) -> None:
         return None  # the pool is the host's, shared by every connection
 
-    def _attempt(self, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> Any:
-        url = self.base_url + url
-        return sa_await(self._in_order(lambda: self._clients.attempt(method, url, body, headers)))
+    def _attempt(self, method: str, path: str, body: bytes | None) -> Response:
+        _check_path(path)
+        token = self._checked_token()
+        headers = {"Accept": "application/json", "User-Agent": "dbsession"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        url = f"{self.base_url}{self._prefix}{path}"
+        answer: Response = sa_await(self._in_order(lambda: self._clients.attempt(method, url, body, headers)))
+        return answer
 
     def _pause(self, seconds: float) -> None:
         sa_await(asyncio.sleep(seconds))
 
-    async def _in_order(self, exchange: Callable[[], Awaitable[_Answer]]) -> _Answer:
+    async def _in_order(self, exchange: Callable[[], Awaitable[Response]]) -> Response:
         await self.settle()
         task = keep_alive(asyncio.ensure_future(exchange()))
         self._pending = task

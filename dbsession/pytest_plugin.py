@@ -26,6 +26,7 @@ async engine on the same DB-API). Tests marked
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 import traceback
@@ -197,7 +198,7 @@ def _awaiting_stack() -> list[traceback.FrameSummary]:
     the stack of the greenlet that switched to it, suspended.
     """
     try:
-        import greenlet
+        greenlet = importlib.import_module("greenlet")  # untyped; installed with the async extra
     except ImportError:  # no greenlet, no async engine
         return []
     frames: list[traceback.FrameSummary] = []

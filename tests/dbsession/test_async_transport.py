@@ -57,7 +57,11 @@ def proxy(server: RunningServer) -> Iterator[FaultProxy]:
 
 def expected(proxy: FaultProxy, path: str) -> Any:
     """The answer as the sync transport gets it (through the proxy: the document names its host)."""
-    return Transport(proxy.url, TokenSource()).get(path)
+    transport = Transport(proxy.url, TokenSource())
+    try:
+        return transport.get(path)
+    finally:
+        transport.close()
 
 
 def test_a_half_read_connection_is_discarded_by_the_pool(proxy: FaultProxy, server: RunningServer) -> None:
