@@ -320,7 +320,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             args.server_pool = args.tasks + 5  # a database connection per open transaction
             server = RoomyServer(url, free_port(), args.threads, workdir, args.server_pool)
             try:
-                server.wait_healthy()
+                server.wait_healthy(timeout=180)  # 54 threads start slowly on a busy machine
                 return asyncio.run(_run(args, url, server))
             finally:
                 server.stop()
