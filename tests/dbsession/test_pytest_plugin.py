@@ -422,8 +422,10 @@ def test_several_db_metadata_overrides_on_postgresql(project: pytest.Pytester, p
     admin = guard.exempt(sa.create_engine(pg_url))
     try:
         def databases() -> set[str]:
+            """This test's databases (--db-url's and those beside it): the server is shared."""
             with admin.connect() as conn:
-                return set(conn.scalars(sa.text("SELECT datname FROM pg_database")))
+                return {name for name in conn.scalars(sa.text("SELECT datname FROM pg_database"))
+                        if name.startswith(str(pg_url.database))}
 
         before = databases()
         run(project, *mode, *ORDER, "--db-url",
