@@ -29,7 +29,7 @@ from .corpus import OPS, Op
 from .harness import compare_op, run_op
 from .harness_async import run_async_op, run_op_via_run_sync
 
-SAMPLE_EVERY = 12
+SAMPLE_EVERY = 20
 FULL = os.environ.get("DBSESSION_ASYNC_CORPUS", "") == "full"
 RUN_SYNC_OPS = list(OPS) if FULL else list(OPS)[::SAMPLE_EVERY]
 
