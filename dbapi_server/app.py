@@ -40,6 +40,7 @@ from query_translation import MethodRegistry
 
 from .auth import Authenticator, authenticator_from_env
 from .errors import envelope_for_exception
+from .logs import attach_request_ids
 from .methods import load_methods, methods_api
 from .observability import MetricsAccess, ObservedApp
 from .policy import Policy, PolicyError
@@ -114,6 +115,7 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
     app.register_blueprint(probes)
     app.register_error_handler(Exception, _handle_error)
     app.before_request(_label_route)
+    attach_request_ids()
     # outermost layer: timing, metrics, the access log line and the request id for every request,
     # whatever path it takes inside (dbapi_server/observability.py)
     app.wsgi_app = ObservedApp(app.wsgi_app, state.metrics,  # type: ignore[method-assign]

@@ -28,7 +28,7 @@ from pythonjsonlogger.orjson import OrjsonFormatter
 
 from .telemetry import current
 
-__all__ = ["RequestIdFilter", "configure_logging", "json_formatter"]
+__all__ = ["RequestIdFilter", "attach_request_ids", "configure_logging", "json_formatter"]
 
 _FIELDS = ["asctime", "levelname", "name", "message"]
 _RENAMED = {"asctime": "time", "levelname": "level", "name": "logger"}
@@ -43,6 +43,21 @@ class RequestIdFilter(logging.Filter):
             if labels is not None:
                 record.request_id = labels.request_id
         return True
+
+
+_FILTER = RequestIdFilter()
+
+
+def attach_request_ids() -> None:
+    """Put the request id on every record of the DB-API's loggers, whoever handles them (idempotent).
+
+    A logger's filters see only the records created on it, so each ``dbapi_server*`` logger gets one.
+    """
+    names = ["dbapi_server", *(n for n in logging.Logger.manager.loggerDict if n.startswith("dbapi_server."))]
+    for name in names:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
 
 
 def json_formatter() -> logging.Formatter:
@@ -63,9 +78,10 @@ def configure_logging(env: Mapping[str, str] | None = None) -> None:
     level = env.get("DBAPI_LOG_LEVEL", "INFO").strip().upper()
     if not isinstance(logging.getLevelName(level), int):
         raise ValueError(f"DBAPI_LOG_LEVEL must be a logging level name (INFO, WARNING...), got {level!r}.")
+    attach_request_ids()
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name("dbapi_server")
-    handler.addFilter(RequestIdFilter())
+    handler.addFilter(_FILTER)  # records of loggers made later (a named method's module...)
     handler.setFormatter(json_formatter() if fmt == "json" else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s", defaults={"request_id": "-"}))
     logger = logging.getLogger("dbapi_server")

@@ -212,16 +212,17 @@ class _EnvironGetter:
 class _Tracer:
     """Server spans through the OpenTelemetry API; spans record only if an SDK is configured."""
 
-    def __init__(self) -> None:
+    def __init__(self, provider: Any = None) -> None:
         from opentelemetry import context, propagate, trace
 
         self._context, self._propagate, self._trace = context, propagate, trace
+        self._provider = provider  # None: the process's (trace.set_tracer_provider)
         self._getter: Any = _EnvironGetter()  # duck-typed: opentelemetry's Getter protocol
 
     def start(self, environ: dict[str, Any]) -> tuple[Any, Any]:
         trace = self._trace
         parent = self._propagate.extract(environ, getter=self._getter)
-        span = trace.get_tracer("dbapi_server").start_span(
+        span = trace.get_tracer("dbapi_server", tracer_provider=self._provider).start_span(
             f"{environ.get('REQUEST_METHOD', '')} dbapi", context=parent, kind=trace.SpanKind.SERVER)
         return span, self._context.attach(trace.set_span_in_context(span, parent))
 
