@@ -68,7 +68,9 @@ class Metrics:
         self.replayed = Counter("dbapi_replayed_answers", "Retried requests answered from the stored "
                                 "answer instead of running again (commit retries, lost answers), by "
                                 "statement kind.", ["kind"], registry=self.registry)
+        # labelled children by label values: labels() takes a lock and builds a key on each call
         self._latency_children: dict[tuple[str, str], Any] = {}
+        self._request_children: dict[tuple[str, str, int], Any] = {}
         if state is not None:
             self.registry.register(StateCollector(state))
 
@@ -79,7 +81,10 @@ class Metrics:
         if child is None:
             child = self._latency_children[(route, kind)] = self.latency.labels(route, kind)
         child.observe(seconds)
-        self.requests.labels(route, kind, str(status)).inc()
+        counter = self._request_children.get((route, kind, status))
+        if counter is None:
+            counter = self._request_children[(route, kind, status)] = self.requests.labels(route, kind, str(status))
+        counter.inc()
         if status == 401:
             self.token_failures.labels(token_failure or "invalid").inc()
         elif 400 <= status < 500:

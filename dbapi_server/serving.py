@@ -135,6 +135,7 @@ def _serve_granian(factory: Callable[[], Any], host: str, port: int, threads: in
     from granian.log import LogLevels
     from granian.server import Server
 
+    _granian_signals()  # here, not only in the worker: a worker failing to load would be respawned
     reservation = _reserve(host, port)
     bound = reservation.getsockname()[1]
     threading.Thread(target=_announce_when_listening, args=(reservation, host, bound, port_file),
@@ -234,11 +235,7 @@ def _drain_then_stop_granian(drain: Callable[[], None]) -> None:
     meanwhile - and set the ``WorkerSignal`` when it is over. ``tests/dbapi_server/test_shutdown.py``
     proves it on the granian installed; a granian without the hook fails loudly here.
     """
-    from granian import _signals
-
-    if not callable(getattr(_signals, "set_sync_signals", None)) or not hasattr(_signals, "WorkerSignal"):
-        raise RuntimeError("This granian version has no granian._signals.set_sync_signals / WorkerSignal; "
-                           "dbapi_server.serving cannot drain transactions on SIGTERM with it.")
+    _signals = _granian_signals()
     worker_signal = _signals.WorkerSignal
 
     def set_main_signals(handler: Callable[[int, Any], None]) -> None:
@@ -261,6 +258,17 @@ def _drain_then_stop_granian(drain: Callable[[], None]) -> None:
         return stop
 
     _signals.set_sync_signals = set_sync_signals
+
+
+def _granian_signals() -> Any:
+    """granian's worker signal module, checked for the hook the drain replaces."""
+    from granian import _signals
+
+    if not callable(getattr(_signals, "set_sync_signals", None)) or not hasattr(_signals, "WorkerSignal"):
+        raise RuntimeError("This granian version has no granian._signals.set_sync_signals / WorkerSignal: "
+                           "dbapi-server cannot drain open transactions on SIGTERM under it. Use granian "
+                           "2.5-2.8, or --server waitress.")
+    return _signals
 
 
 @dataclass
