@@ -8,9 +8,10 @@ direct connection. ``AsyncDBSession`` is the same for ``AsyncSession`` (``docs/a
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from . import guard, methods
 from ._dbapi import CommitOutcomeUnknownError
-from .async_session import AsyncDBSession, create_isolated_async_engine, isolated_async_engine
 from .config import Settings, configure, get_settings, reset_configuration
 from .dialect import DBSessionDialect, create_isolated_engine, isolated_url
 from .exceptions import (
@@ -39,6 +40,21 @@ from .methods import (
     server_method,
 )
 from .session import DBSession, isolated_engine
+
+if TYPE_CHECKING:
+    from .async_session import AsyncDBSession, create_isolated_async_engine, isolated_async_engine
+
+# imported on first use: sqlalchemy.ext.asyncio needs greenlet (the async extra), which a sync-only
+# install does not have
+_ASYNC_NAMES = frozenset({"AsyncDBSession", "create_isolated_async_engine", "isolated_async_engine"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ASYNC_NAMES:
+        from . import async_session
+
+        return getattr(async_session, name)
+    raise AttributeError(f"module 'dbsession' has no attribute {name!r}")
 
 __all__ = [
     "AsyncDBSession",

@@ -46,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - the async extra is not installe
 
 from ._http import AnswerLost, NotSent, Response
 from .auth import TokenSource
-from .transport import Transport, _check_path
+from .transport import Transport, _check_path, trace_context
 
 __all__ = ["AsyncTransport", "HostClients", "discard_hosts", "host_clients", "keep_alive", "sa_await"]
 
@@ -191,10 +191,11 @@ class AsyncTransport(Transport):
     def close(self) -> None:
         return None  # the pool is the host's, shared by every connection
 
-    def _attempt(self, method: str, path: str, body: bytes | None) -> Response:
+    def _attempt(self, method: str, path: str, body: bytes | None, request_id: str) -> Response:
         _check_path(path)
         token = self._checked_token()
-        headers = {"Accept": "application/json", "User-Agent": "dbsession"}
+        headers = {"X-Request-Id": request_id, "Accept": "application/json", "User-Agent": "dbsession",
+                   **trace_context()}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if body is not None:
@@ -234,7 +235,7 @@ class AsyncTransport(Transport):
         for task in found:
             if task.done() and not task.cancelled() and task.exception() is None:
                 try:
-                    answers.append(self._parse(task.result()))
+                    answers.append(self._parse(task.result(), ""))
                 except Exception:  # an error answer holds nothing to clean up
                     continue
         return answers

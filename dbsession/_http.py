@@ -36,6 +36,7 @@ automatic retries only where the request is known to be idempotent: the caller d
 
 from __future__ import annotations
 
+import atexit
 import os
 import select
 import socket
@@ -356,5 +357,13 @@ def _after_fork_in_child() -> None:
         pool._forget_after_fork()
 
 
+def _close_all_at_exit() -> None:
+    # pooled sockets still idle at interpreter exit are closed here, not left to the garbage
+    # collector, which would warn (ResourceWarning) about each one
+    for pool in list(_pools):
+        pool.close()
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_all_at_exit)
