@@ -215,6 +215,8 @@ def test_errors_keep_their_classes(server: RunningServer) -> None:
             with pytest.raises(PolicyViolationError, match="Raw SQL") as refused:
                 await s.execute(sa.text("SELECT name FROM shelves"))
             assert refused.value.status == 403
+            # the X-Request-Id the async transport sent, which the DB-API logged, as the sync one
+            assert refused.value.request_id and len(refused.value.request_id) == 16
             assert await s.scalar(sa.select(sa.func.count()).select_from(Shelf)) == 2  # goes on
         async with isolated(server, token="not-a-jwt")() as s:
             with pytest.raises(AuthenticationError, match="token"):

@@ -172,3 +172,13 @@ def test_requests_carry_the_bearer_token(server: RunningServer) -> None:
     with pytest.raises(Exception, match="token") as refused:
         asyncio.run(body(None))
     assert getattr(refused.value, "status", None) == 401
+
+
+def test_requests_carry_the_request_id_the_db_api_echoes(server: RunningServer) -> None:
+    """The sync transport's request id travels as the same header, and comes back."""
+    async def body() -> Any:
+        transport = AsyncTransport(HostClients(server.url, TokenSource(server.token), 30.0))
+        return await greenlet_spawn(transport._attempt, "GET", "/info", None, "0123456789abcdef")
+
+    answer = asyncio.run(body())
+    assert answer.status == 200 and answer.headers.get("x-request-id") == "0123456789abcdef"
