@@ -32,7 +32,7 @@ from .values import encode_value
 
 __all__ = ["WIRE_VERSION", "StatementEncoder", "to_wire"]
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 
 _ANON = re.compile(r"^%\((\S+) (.*)\)s$", re.S)
 
@@ -302,6 +302,17 @@ class StatementEncoder:
             return self.visit(value)
         return {"t": "value", "v": encode_value(value)}
 
+    def _row_value(self, value: Any) -> _Json:
+        """A multi-row VALUES item: SQL stays structure; a plain value travels in ``params``.
+
+        crud turns every plain value of a multi-row VALUES into a bind (``<key>_m<n>``) of the
+        column's type, whatever the value, and the client sends it processed with the other
+        parameters; the document carries only that a value is there.
+        """
+        if isinstance(value, sa.ClauseElement):
+            return self.visit(value)
+        return {"t": "value", "v": None}
+
     def _value_key(self, key: Any) -> Any:
         if isinstance(key, str):
             return key
@@ -316,8 +327,9 @@ class StatementEncoder:
         if values:
             node["values"] = values
         if insert._multi_values:
-            node["multi_values"] = [[{"pairs": self._values(row)} if isinstance(row, Mapping)
-                                     else {"seq": [self._value(v) for v in row]} for row in batch]
+            node["multi_values"] = [[{"pairs": [[self._value_key(k), self._row_value(v)] for k, v in row.items()]}
+                                     if isinstance(row, Mapping) else {"seq": [self._row_value(v) for v in row]}
+                                     for row in batch]
                                     for batch in insert._multi_values]
         if insert.select is not None:
             node["select"] = self.visit(insert.select)

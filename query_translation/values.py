@@ -25,6 +25,7 @@ import math
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -44,8 +45,10 @@ __all__ = [
     "DECODERS",
     "ENCODERS",
     "SYMBOLS",
+    "WRAPPED_KINDS",
     "EnumResolver",
     "JSONable",
+    "Wrapped",
     "decode_params",
     "decode_rows",
     "decode_value",
@@ -68,6 +71,23 @@ _FLOAT_SPECIALS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 #: Sentinels allowed on the wire as ``{"$s": name}``; identity round-trips.
 SYMBOLS: dict[str, object] = {"JSON_NULL": JSON.NULL}
+
+#: Kinds of driver wrapper a :class:`Wrapped` value may name.
+WRAPPED_KINDS = frozenset({"json", "jsonb"})
+
+
+@dataclass(frozen=True)
+class Wrapped:
+    """A value the server hands its driver inside a wrapper the server builds itself.
+
+    psycopg dumps JSON only from its ``Json`` / ``Jsonb`` wrappers; the client serializes the
+    document (with the application's serializer, where psycopg would call it) and sends the text
+    as ``Wrapped("json", text)``. The server wraps it with an identity ``dumps``. ``kind`` is one
+    of :data:`WRAPPED_KINDS`; ``value`` is ``str`` or ``bytes``.
+    """
+
+    kind: str
+    value: str | bytes
 
 
 # --- encoding ------------------------------------------------------------------
@@ -158,6 +178,12 @@ def _encode_enum(value: enum.Enum) -> JSONable:
     return {"$e": [enum_path(cls), value.name]}
 
 
+def _encode_wrapped(value: Wrapped) -> JSONable:
+    if value.kind not in WRAPPED_KINDS or type(value.value) not in (str, bytes):
+        raise _unsupported(value, f"({value.kind!r}); wrapped values are {sorted(WRAPPED_KINDS)} of str or bytes.")
+    return {"$w": [value.kind, encode_value(value.value)]}
+
+
 #: Exact Python type -> encoder.  Subclasses are refused (their type would be
 #: lost), except enum members, which ``encode_value`` handles itself.
 ENCODERS: dict[type, Callable[[Any], JSONable]] = {
@@ -180,6 +206,7 @@ ENCODERS: dict[type, Callable[[Any], JSONable]] = {
     tuple: lambda v: {"$tu": [encode_value(item) for item in v]},
     set: _encode_set,
     symbol: _encode_symbol,
+    Wrapped: _encode_wrapped,
 }
 
 
@@ -302,6 +329,16 @@ def _decode_symbol(payload: Any, _: EnumResolver | None = None) -> object:
     return SYMBOLS[payload]
 
 
+def _decode_wrapped(payload: Any, _: EnumResolver | None = None) -> Wrapped:
+    kind, data = _array(payload, 2)
+    if _str(kind) not in WRAPPED_KINDS:
+        raise ValueError(f"unknown wrapper kind; known kinds are {sorted(WRAPPED_KINDS)}")
+    value = decode_value(data)
+    if type(value) not in (str, bytes):
+        raise TypeError("a wrapped value is a string or bytes")
+    return Wrapped(kind, value)
+
+
 def _decode_enum(payload: Any, resolver: EnumResolver | None) -> enum.Enum:
     path, name = map(_str, _array(payload, 2))
     if resolver is None:
@@ -361,6 +398,7 @@ DECODERS: dict[str, Callable[[Any, EnumResolver | None], Any]] = {
     "$set": lambda p, r: _decode_set(p, r),
     "$s": _decode_symbol,
     "$e": _decode_enum,
+    "$w": _decode_wrapped,
 }
 
 
