@@ -31,7 +31,8 @@ from sqlalchemy.sql import compiler as sql_compiler
 from . import _dbapi
 from ._adapt import DriverAdapter, Unbindable
 
-__all__ = ["dbapi_parameters", "driver_parameters", "driver_sql_parameters", "processed_parameters"]
+__all__ = ["adapted_parameters", "dbapi_parameters", "driver_parameters", "driver_sql_parameters",
+           "processed_parameters", "wire_parameters"]
 
 _real_processors = sql_compiler.SQLCompiler._bind_processors.fget  # type: ignore[attr-defined]
 
@@ -192,10 +193,27 @@ def dbapi_parameters(context: Any, processed: Sequence[Mapping[str, Any]]) -> li
 # -- adapting (in do_execute) -----------------------------------------------------------------------
 def driver_parameters(context: Any, adapter: DriverAdapter) -> list[dict[str, Any]]:
     """The processed parameters as the server's driver must bind them (see module docstring)."""
-    plan = _plan(context.compiled)
+    return adapted_parameters(context.compiled, context._dbs_params, adapter)
+
+
+def wire_parameters(compiled: Any, param_sets: Sequence[Mapping[str, Any]],
+                    adapter: DriverAdapter) -> list[dict[str, Any]]:
+    """Unexpanded Python-level *param_sets* (``construct_params()``), processed and adapted.
+
+    What an execution sends, for callers that build requests without executing (tests).
+    """
+    plan = _plan(compiled)
+    processed = [_process(p, plan) for p in param_sets] if plan.processors else list(param_sets)
+    return adapted_parameters(compiled, processed, adapter)
+
+
+def adapted_parameters(compiled: Any, param_sets: Sequence[Mapping[str, Any]],
+                       adapter: DriverAdapter) -> list[dict[str, Any]]:
+    """Processed *param_sets* through the driver replica; literal_execute values as they are."""
+    plan = _plan(compiled)
     adapt = adapter.adapt
     out = []
-    for params in context._dbs_params:
+    for params in param_sets:
         sent: dict[str, Any] = {}
         for name in plan.ordered(params):
             value = params[name]

@@ -148,6 +148,8 @@ CASES: dict[str, Any] = {
     "strenum": Mode.WRITE,
     "flag": Perm.R,
     "json-null": JSON.NULL,
+    "wrapped-json": values.Wrapped("json", '{"a": [1]}'),
+    "wrapped-jsonb-bytes": values.Wrapped("jsonb", b'{"a": 1}'),
 }
 
 
@@ -273,6 +275,7 @@ def test_float_and_int_stay_apart() -> None:
         ({2, "a", 1}, {"$set": ["a", 1, 2]}),
         (Priority.HIGH, {"$e": [enum_path(Priority), "HIGH"]}),
         (JSON.NULL, {"$s": "JSON_NULL"}),
+        (values.Wrapped("jsonb", "{}"), {"$w": ["jsonb", "{}"]}),
     ],
     ids=repr,
 )
@@ -431,6 +434,9 @@ def test_unknown_tag() -> None:
         ({"$set": [{"$o": {}}]}, "unhashable"),
         ({"$s": "NOPE"}, "known symbols are \\['JSON_NULL'\\]"),
         ({"$e": ["a:B"]}, "JSON array of 2 items"),
+        ({"$w": ["xml", "<a/>"]}, "unknown wrapper kind"),
+        ({"$w": ["json", 1]}, "a wrapped value is a string or bytes"),
+        ({"$w": ["json"]}, "JSON array of 2 items"),
     ],
     ids=repr,
 )
