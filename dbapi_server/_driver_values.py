@@ -5,6 +5,8 @@ builtins, except where the driver dumps a value only from a wrapper of its own. 
 JSON only from ``psycopg.types.json.Json`` / ``Jsonb``; the client serialized the document with
 the application's serializer and sent the text as :class:`query_translation.Wrapped`. Here that
 text goes into the driver's wrapper with an identity ``dumps``, so psycopg sends it unchanged.
+Array items psycopg sends with a width their classes chose (an ``IntEnum`` array) arrive as
+integers of a kind and become psycopg's ``Int2`` ... ``IntNumeric``, which pick that width again.
 Nothing named on the wire is imported: the kinds map to wrappers this module chose.
 """
 
@@ -28,8 +30,10 @@ def _same(data: Any) -> Any:
 
 def _psycopg_wrappers() -> dict[str, Callable[[Any], Any]]:
     from psycopg.types.json import Json, Jsonb
+    from psycopg.types.numeric import Int2, Int4, Int8, IntNumeric
 
-    return {"json": lambda data: Json(data, dumps=_same), "jsonb": lambda data: Jsonb(data, dumps=_same)}
+    return {"json": lambda data: Json(data, dumps=_same), "jsonb": lambda data: Jsonb(data, dumps=_same),
+            "int2": Int2, "int4": Int4, "int8": Int8, "numeric": IntNumeric}
 
 
 _WRAPPERS: dict[str, Callable[[], dict[str, Callable[[Any], Any]]]] = {"psycopg": _psycopg_wrappers}

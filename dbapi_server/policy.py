@@ -330,7 +330,7 @@ class Policy:
         _check_access(role, access, written)
         return self._filtered(statement, access, role, principal, params or [{}], written, limits,
                               dialect if isinstance(dialect, sa.engine.Dialect) else None,
-                              getattr(dialect, "name", dialect))
+                              dialect.name if isinstance(dialect, sa.engine.Dialect) else dialect)
 
     def check_method(self, name: str, principal: Principal) -> None:
         """Refuse a named method the caller's role may not invoke."""

@@ -25,9 +25,11 @@ __all__ = ["DriverAdapter", "ExactAdapter", "Unbindable", "adapter_for"]
 
 
 class DriverAdapter(Protocol):
-    """One server driver's adaptation, replicated."""
+    """One server driver's adaptation, replicated (constructed with the client dialect)."""
 
     Binary: Any  # the driver module's Binary(), which SQLAlchemy's LargeBinary processor calls
+
+    def __init__(self, dialect: Any) -> None: ...
 
     def adapt(self, value: Any) -> Any: ...
 

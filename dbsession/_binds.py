@@ -34,7 +34,7 @@ from ._adapt import DriverAdapter, Unbindable
 __all__ = ["adapted_parameters", "dbapi_parameters", "driver_parameters", "driver_sql_parameters",
            "processed_parameters", "wire_parameters"]
 
-_real_processors = sql_compiler.SQLCompiler._bind_processors.fget  # type: ignore[attr-defined]
+_real_processors = sql_compiler.SQLCompiler._bind_processors.fget
 
 
 class _Expanding:

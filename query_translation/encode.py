@@ -69,13 +69,14 @@ class StatementEncoder:
     """Encodes one statement; instances are single-use."""
 
     def __init__(self, bind_names: Mapping[Any, str] | None = None,
-                 core_statements: Mapping[int, Any] | None = None) -> None:
+                 core_statements: Mapping[int, Any] | None = None, dialect: Any = None) -> None:
         self._bind_names = bind_names or {}
+        self._dialect = dialect
         self._core = core_statements or {}
         self._memo: dict[int, tuple[Any, _Json]] = {}
         self._ctes: dict[str, list[Any]] = {}
         self._next_ref = 0
-        self._types: list[tuple[_Json, str, TypeEngine[Any]]] = []
+        self._types: list[tuple[_Json, str, TypeEngine[Any], bool]] = []
         self._tables: dict[str, sa.Table] = {}
         self._seeds: dict[str, int] = {}
 
@@ -101,8 +102,8 @@ class StatementEncoder:
         for table in self._tables.values():
             for column in table.columns:
                 column_types.setdefault(id(column.type), (table.fullname, column.key))
-        for holder, field, type_ in self._types:
-            holder[field] = encode_type(type_, column_types)
+        for holder, field, type_, exact in self._types:
+            holder[field] = encode_type(type_, column_types, self._dialect, exact=exact)
         return node
 
     # -- dispatch -----------------------------------------------------------------------------
@@ -156,8 +157,8 @@ class StatementEncoder:
     def visit_all(self, items: Sequence[Any] | None) -> list[_Json]:
         return [self.visit(i) for i in items or ()]
 
-    def _typed(self, node: _Json, type_: TypeEngine[Any], field: str = "type") -> _Json:
-        self._types.append((node, field, type_))
+    def _typed(self, node: _Json, type_: TypeEngine[Any], field: str = "type", *, exact: bool = False) -> _Json:
+        self._types.append((node, field, type_, exact))
         node[field] = None
         return node
 
@@ -445,7 +446,8 @@ class StatementEncoder:
             node["literal_execute"] = True
         if isinstance(bind, selectable._OffsetLimitParam):
             node["offset_limit"] = True
-        return self._typed(node, bind.type)
+        # a literal_execute bind is rendered by its type's literal processor, on the server
+        return self._typed(node, bind.type, exact=bool(bind.literal_execute))
 
     def visit_label(self, label: elements.Label[Any]) -> _Json:
         node = {"t": "label", "name": self.name(label.name), "element": self.visit(label.element)}
@@ -687,5 +689,5 @@ def to_wire(statement: Any, *, compiled: Compiled | None = None,
     the compiler into *core_statements*).
     """
     bind_names = getattr(compiled, "bind_names", None)
-    encoder = StatementEncoder(bind_names, core_statements)
+    encoder = StatementEncoder(bind_names, core_statements, getattr(compiled, "dialect", None))
     return {"version": WIRE_VERSION, "statement": encoder.encode_statement(statement)}

@@ -72,8 +72,10 @@ _FLOAT_SPECIALS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 #: Sentinels allowed on the wire as ``{"$s": name}``; identity round-trips.
 SYMBOLS: dict[str, object] = {"JSON_NULL": JSON.NULL}
 
-#: Kinds of driver wrapper a :class:`Wrapped` value may name.
-WRAPPED_KINDS = frozenset({"json", "jsonb"})
+#: Kinds of driver wrapper a :class:`Wrapped` value may name: JSON text, and integers the driver
+#: must send with one width (psycopg's ``Int2`` ... ``IntNumeric``).
+WRAPPED_KINDS = frozenset({"json", "jsonb", "int2", "int4", "int8", "numeric"})
+_WRAPPED_JSON = frozenset({"json", "jsonb"})
 
 
 @dataclass(frozen=True)
@@ -82,12 +84,14 @@ class Wrapped:
 
     psycopg dumps JSON only from its ``Json`` / ``Jsonb`` wrappers; the client serializes the
     document (with the application's serializer, where psycopg would call it) and sends the text
-    as ``Wrapped("json", text)``. The server wraps it with an identity ``dumps``. ``kind`` is one
-    of :data:`WRAPPED_KINDS`; ``value`` is ``str`` or ``bytes``.
+    as ``Wrapped("json", text)``; the server wraps it with an identity ``dumps``. An array item
+    psycopg would send with a width its class chose (an ``IntEnum`` array) travels as
+    ``Wrapped("int2", 5)``. ``kind`` is one of :data:`WRAPPED_KINDS`; ``value`` is ``str`` or
+    ``bytes`` for JSON, an ``int`` otherwise.
     """
 
     kind: str
-    value: str | bytes
+    value: str | bytes | int
 
 
 # --- encoding ------------------------------------------------------------------
@@ -178,9 +182,14 @@ def _encode_enum(value: enum.Enum) -> JSONable:
     return {"$e": [enum_path(cls), value.name]}
 
 
+def _wrapped_value_fits(kind: str, value: Any) -> bool:
+    return type(value) in ((str, bytes) if kind in _WRAPPED_JSON else (int,))
+
+
 def _encode_wrapped(value: Wrapped) -> JSONable:
-    if value.kind not in WRAPPED_KINDS or type(value.value) not in (str, bytes):
-        raise _unsupported(value, f"({value.kind!r}); wrapped values are {sorted(WRAPPED_KINDS)} of str or bytes.")
+    if value.kind not in WRAPPED_KINDS or not _wrapped_value_fits(value.kind, value.value):
+        raise _unsupported(value, f"({value.kind!r}); wrapped values are {sorted(WRAPPED_KINDS)}: JSON text "
+                           "as str or bytes, integers as int.")
     return {"$w": [value.kind, encode_value(value.value)]}
 
 
@@ -334,8 +343,8 @@ def _decode_wrapped(payload: Any, _: EnumResolver | None = None) -> Wrapped:
     if _str(kind) not in WRAPPED_KINDS:
         raise ValueError(f"unknown wrapper kind; known kinds are {sorted(WRAPPED_KINDS)}")
     value = decode_value(data)
-    if type(value) not in (str, bytes):
-        raise TypeError("a wrapped value is a string or bytes")
+    if not _wrapped_value_fits(kind, value):
+        raise TypeError("a wrapped JSON value is a string or bytes, a wrapped integer an int")
     return Wrapped(kind, value)
 
 

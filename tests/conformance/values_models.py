@@ -26,7 +26,7 @@ class Color(enum.Enum):
     GREEN = "green"
 
 
-class Shade(str, enum.Enum):  # a str-mixin enum (Airflow's TaskInstanceState is one)
+class Shade(str, enum.Enum):  # noqa: UP042 - a str-mixin enum (Airflow's TaskInstanceState is one)
     LIGHT = "light"
     DARK = "dark"
 
@@ -109,11 +109,11 @@ class UtcDateTime(sa.TypeDecorator[dt.datetime]):
             raise TypeError(f"expected datetime.datetime, not {value!r}")
         if value.tzinfo is None:
             raise ValueError("naive datetime is disallowed")
-        return value.astimezone(dt.timezone.utc)
+        return value.astimezone(dt.UTC)
 
     def process_result_value(self, value: Any, dialect: sa.Dialect) -> Any:
         if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
+            value = value.replace(tzinfo=dt.UTC)
         return value
 
 

@@ -150,6 +150,7 @@ CASES: dict[str, Any] = {
     "json-null": JSON.NULL,
     "wrapped-json": values.Wrapped("json", '{"a": [1]}'),
     "wrapped-jsonb-bytes": values.Wrapped("jsonb", b'{"a": 1}'),
+    "wrapped-int2": values.Wrapped("int2", 70000),
 }
 
 
@@ -435,7 +436,8 @@ def test_unknown_tag() -> None:
         ({"$s": "NOPE"}, "known symbols are \\['JSON_NULL'\\]"),
         ({"$e": ["a:B"]}, "JSON array of 2 items"),
         ({"$w": ["xml", "<a/>"]}, "unknown wrapper kind"),
-        ({"$w": ["json", 1]}, "a wrapped value is a string or bytes"),
+        ({"$w": ["json", 1]}, "a wrapped JSON value is a string or bytes"),
+        ({"$w": ["int2", "1"]}, "a wrapped integer an int"),
         ({"$w": ["json"]}, "JSON array of 2 items"),
     ],
     ids=repr,

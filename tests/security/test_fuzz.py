@@ -36,8 +36,8 @@ import json
 import os
 import time
 import urllib.parse
-from decimal import Decimal
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
