@@ -5,7 +5,8 @@ datetimes, a hand-written tzinfo, subclasses of ``str`` / ``int`` / ``float`` / 
 ``datetime`` / ``date`` / ``UUID``, ``str`` and ``int`` mixin enums, ``StrEnum``, ``IntEnum``,
 ``IntFlag``, ``OrderedDict`` and ``MutableDict`` in JSON, ``object()``... - into one column of
 ``value_probe`` (``values_models.py``), on twin databases: through a plain ``Session`` on
-database A and through an isolated ``DBSession`` on database B, whose DB-API serves B. Steps:
+database A and through an isolated ``DBSession`` on database B, served by a DB-API in its own
+process (``dbapi-server serve``, another ``PYTHONHASHSEED``), as in production. Steps:
 add + flush, commit, read the column back, filter by it (``WHERE column = value``). Both sides
 must have the same outcome at every step (success, or the same exception class from the same
 step), store the same raw row (read with a plain engine on each twin, no result processing) and
@@ -92,15 +93,14 @@ def _database_pair(backend: str, tmp: Any) -> Iterator[tuple[sa.Engine, sa.Engin
 
 @contextmanager
 def values_dbapi(engine: sa.Engine) -> Iterator[tuple[str, str]]:
-    """THE SEAM for the DB-API serving database B: yields (URL, token).
+    """The DB-API serving database B: yields (URL, token).
 
-    In-process for now (``tests.servers.running_dbapi``); ``tests.servers.dbapi_process`` (the
-    DB-API in its own process, ``dbapi-server serve``) replaces it once it is on main:
-    ``dbapi_process(engine.url, "tests.conformance.values_models:metadata")``.
+    In its own process, started as a user starts it (``dbapi-server serve``, with a
+    ``PYTHONHASHSEED`` other than this process's), importing this test's metadata module.
     """
-    from tests.servers import running_dbapi
+    from tests.servers import dbapi_process
 
-    with running_dbapi(engine, vm.metadata) as server:
+    with dbapi_process(engine.url, "tests.conformance.values_models:metadata") as server:
         yield server.url, server.token
 
 
