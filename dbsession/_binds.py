@@ -70,12 +70,14 @@ class _BindPlan:
         self.postcompiled = bool(self.literal or self.expanding)
         self.positiontup: tuple[str, ...] = tuple(compiled.positiontup or ())
         self.order = tuple(dict.fromkeys(self.positiontup))
+        self._in_order = frozenset(self.order)
+        self.escaped = compiled.escaped_bind_names
 
     def ordered(self, params: Mapping[str, Any]) -> Iterable[str]:
         """The parameters' names in the order the driver sees them (SQL order when positional)."""
         if not self.order:
             return params
-        return [*(n for n in self.order if n in params), *(n for n in params if n not in self.order)]
+        return [*(n for n in self.order if n in params), *(n for n in params if n not in self._in_order)]
 
     def position(self, params: Mapping[str, Any], name: str, element: int = 0) -> int:
         """1-based position of *name* (its *element*-th expanded value) in the driver's tuple."""
@@ -170,11 +172,16 @@ def dbapi_parameters(context: Any, processed: Sequence[Mapping[str, Any]]) -> li
     compiled = context.compiled
     plan = _plan(compiled)
     expanded: Mapping[str, Sequence[str]] = getattr(context, "_expanded_parameters", None) or {}
+    sequence = context.dialect.execute_sequence_format
+    if not expanded and not plan.literal:  # the usual case: the names as compiled
+        if compiled.positional:
+            return [sequence([params[key] for key in plan.positiontup]) for params in processed]
+        return [{plan.escaped.get(k, k): v for k, v in params.items()} if plan.escaped else dict(params)
+                for params in processed]
     positional = None
     if compiled.positional:
         positional = [key for name in plan.positiontup if name not in plan.literal
                       for key in (expanded[name] if name in expanded else (name,))]
-    escaped = compiled.escaped_bind_names
     out: list[Any] = []
     for params in processed:
         flat = {name: value for name, value in params.items() if name not in plan.literal}
@@ -184,9 +191,9 @@ def dbapi_parameters(context: Any, processed: Sequence[Mapping[str, Any]]) -> li
                      else list(values))
             flat.update(zip(keys, items))
         if positional is not None:
-            out.append(context.dialect.execute_sequence_format([flat[key] for key in positional]))
+            out.append(sequence([flat[key] for key in positional]))
         else:
-            out.append({escaped.get(k, k): v for k, v in flat.items()} if escaped else flat)
+            out.append({plan.escaped.get(k, k): v for k, v in flat.items()} if plan.escaped else flat)
     return out
 
 
