@@ -126,7 +126,7 @@ def _database_error(envelope: Mapping[str, Any]) -> Exception:
     if code in ("statement_error", "driver_error"):
         orig = TRANSMITTED_BUILTINS.get(envelope.get("orig_type", ""), ValueError)(message)
         orig.error_id = error_id  # type: ignore[attr-defined]
-        if code == "statement_error":  # a bind processor failed: wrapped, as on a direct session
+        if code == "statement_error":  # rendering a literal_execute bind failed: wrapped, as directly
             return sa_exc.StatementError(message, None, None, orig)
         return orig
     error = PEP249_ERRORS.get(envelope.get("dbapi_class", ""), DatabaseError)(message)

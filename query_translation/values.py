@@ -11,6 +11,8 @@ not ``1``, an aware datetime keeps its offset.
   never be mistaken for a tag.
 * Enum members travel by name; decoding needs an allowlist resolver
   (``enum_resolver_for``) - modules named on the wire are never imported.
+* :class:`Wrapped` values name a driver wrapper the server builds itself around JSON text or an
+  integer (``{"$w": [kind, payload]}``); bound parameters arrive driver-level (``dbsession._binds``).
 * ``fold`` is kept where it changes the value's meaning (repeated or skipped wall
   times in a ``ZoneInfo`` zone, recovered from the UTC offset); it is not sent for
   naive or fixed-offset datetimes and times, where databases ignore it.
