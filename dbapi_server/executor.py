@@ -27,6 +27,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.sql import compiler as sql_compiler
+from sqlalchemy.sql import sqltypes
 from sqlalchemy.util import LRUCache
 
 from query_translation import (
@@ -212,6 +213,14 @@ def mark_preprocessed(compiled: Any) -> None:
     if not compiled.__dict__.get("_dbs_preprocessed"):
         compiled.__dict__["_bind_processors"] = {}
         compiled.insert_prefetch = compiled.update_prefetch = ()
+        imv = getattr(compiled, "_insertmanyvalues", None)
+        if imv is not None and imv.sentinel_columns:
+            # insertmanyvalues matches RETURNING rows to parameter sets by sentinel value, the rows'
+            # through the column's result processor - against Python-level parameters. Here both are
+            # driver-level: the rows raw, the parameters processed by the client. (The columns serve
+            # only their type's result processor there.)
+            compiled._insertmanyvalues = imv._replace(
+                sentinel_columns=[sa.column(c.name, sqltypes.NULLTYPE) for c in imv.sentinel_columns])
         compiled._dbs_preprocessed = True
 
 

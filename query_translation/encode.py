@@ -58,6 +58,12 @@ def _identity(element: Any) -> Any:
     return element
 
 
+# keyword arguments of an operator that SQLAlchemy keeps in a binary's modifiers although only the
+# expression's construction reads them: a TypeDecorator's comparator passes its coerce_to_is_types
+# classes (arithmetic on such a column keeps them); the compiler never renders them
+_CONSTRUCTION_MODIFIERS = frozenset({"_python_is_types"})
+
+
 def _anon_parts(name: str) -> tuple[str, str]:
     match = _ANON.match(name)
     if match is None:
@@ -469,8 +475,9 @@ class StatementEncoder:
                        "left": self.visit(binary.left), "right": self.visit(binary.right)}
         if binary.negate is not None:
             node["negate"] = self._op(binary.negate)
-        if binary.modifiers:
-            node["modifiers"] = {k: self._modifier(v) for k, v in binary.modifiers.items()}
+        modifiers = {k: v for k, v in binary.modifiers.items() if k not in _CONSTRUCTION_MODIFIERS}
+        if modifiers:
+            node["modifiers"] = {k: self._modifier(v) for k, v in modifiers.items()}
         if isinstance(binary, elements.IndexExpression):
             node["index"] = True
         return self._typed(node, binary.type)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,6 +79,15 @@ class Entry(Base):
     mood = mapped_column(sa.Enum(Mood))
 
 
+class Marked(Base):
+    """insertmanyvalues sorts RETURNING rows by a client-side sentinel (a UUID stored as text)."""
+
+    __tablename__ = "bind_marked"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(20))
+    sentinel = mapped_column(sa.Uuid(native_uuid=False), insert_sentinel=True, default=uuid.uuid4)
+
+
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[sa.Engine, sa.Engine]]:
     """(direct engine, isolated engine) on twin SQLite databases."""
@@ -100,6 +110,7 @@ def _fresh(engines: tuple[sa.Engine, sa.Engine]) -> Iterator[None]:
     for engine in engines:
         with engine.begin() as conn:
             conn.execute(sa.delete(Entry))
+            conn.execute(sa.delete(Marked))
 
 
 
@@ -198,3 +209,29 @@ def test_literal_execute_binds_travel_as_python_values(engines: tuple[sa.Engine,
                 Entry.label == sa.bindparam("label", "S", literal_execute=True))  # rendered as String
             results.append(session.scalars(stmt).all())
     assert results[0] == results[1] == [31]
+
+
+def test_sentinel_sorted_returning_matches_processed_sentinels(engines: tuple[sa.Engine, sa.Engine]) -> None:
+    # the server matches RETURNING rows (raw) with the sentinel values it was sent (processed)
+    results = []
+    for engine in engines:
+        with Session(engine) as session:
+            objects = [Marked(name=f"m{i}") for i in range(7)]
+            session.add_all(objects)
+            session.flush()
+            results.append([(o.id, o.name) for o in objects])
+            session.rollback()
+    assert results[0] == results[1] and len({i for i, _ in results[0]}) == 7
+
+
+def test_operators_on_a_decorated_column(engines: tuple[sa.Engine, sa.Engine]) -> None:
+    # a TypeDecorator's comparator leaves its coerce_to_is_types classes in an arithmetic
+    # expression's modifiers; only the expression's construction reads them
+    results = []
+    for engine in engines:
+        with Session(engine) as session:
+            session.add(Entry(id=40, label="ab"))
+            session.commit()
+            results.append(session.execute(sa.select(Entry.label + "c", Entry.label.concat("d"))
+                                           .where(Entry.label + "c" == "ABc")).all())
+    assert results[0] == results[1] == [("ABC", "ABD")]  # the literals are Counted too: upper-cased
