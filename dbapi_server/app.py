@@ -13,6 +13,13 @@ Arguments win over environment variables, which exist so ``flask --app dbapi_ser
 ``DBAPI_MAX_BODY_BYTES``   largest accepted request body (default 16 MiB)
 ``DBAPI_METHODS``          comma-separated modules defining named methods, imported at start
 ``DBAPI_POLICY_FILE``      per-role policy (TOML, ``docs/security.md``); default: the open preset
+``DBAPI_SHUTDOWN_GRACE``   seconds open transactions may still finish after SIGTERM (default 30)
+``DBAPI_METRICS_TOKEN``    bearer token (or ``DBAPI_METRICS_TOKEN_FILE``) for ``GET /metrics``;
+                           ``DBAPI_METRICS_PUBLIC=true`` serves them to anyone: see
+                           :class:`dbapi_server.observability.MetricsAccess`
+``DBAPI_OTEL``             ``false`` turns the OpenTelemetry spans off (on when it is installed)
+``DBAPI_LOG_FORMAT``       ``json`` or ``text``, and ``DBAPI_LOG_LEVEL``, for ``dbapi-server serve``
+                           (:mod:`dbapi_server.logs`)
 =========================  ===================================================================
 """
 
@@ -26,16 +33,20 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from flask import Flask, Response
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from query_translation import MethodRegistry
 
 from .auth import Authenticator, authenticator_from_env
 from .errors import envelope_for_exception
+from .logs import attach_request_ids
 from .methods import load_methods, methods_api
+from .observability import MetricsAccess, ObservedApp
 from .policy import Policy, PolicyError
+from .probes import probes
 from .state import ServerState
+from .telemetry import label
 from .views import api
 
 __all__ = ["ConfigError", "create_app", "load_metadata"]
@@ -71,7 +82,8 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
                engine: sa.Engine | None = None, authenticator: Authenticator | None = None,
                policy: Policy | str | os.PathLike[str] | None = None, idle_timeout: float | None = None,
                max_body_bytes: int | None = None, engine_options: dict[str, Any] | None = None,
-               methods: MethodRegistry | Iterable[str] | None = None) -> Flask:
+               methods: MethodRegistry | Iterable[str] | None = None, shutdown_grace: float | None = None,
+               metrics_access: MetricsAccess | None = None) -> Flask:
     """Build the DB-API application for one database and one application's tables."""
     metadata = metadata if metadata is not None else os.environ.get("DBAPI_METADATA")
     if metadata is None:
@@ -87,18 +99,34 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
         engine = sa.create_engine(database_url, **{"pool_pre_ping": True, **(engine_options or {})})
     if idle_timeout is None:
         idle_timeout = float(os.environ.get("DBAPI_TXN_IDLE_TIMEOUT", "60"))
+    if shutdown_grace is None:
+        shutdown_grace = float(os.environ.get("DBAPI_SHUTDOWN_GRACE", "30"))
     state = ServerState(engine=engine, metadata=metadata,
                         auth=authenticator if authenticator is not None else _authenticator_from_env(),
                         policy=_policy(policy, metadata), idle_timeout=idle_timeout,
-                        methods=load_methods(methods if methods is not None else os.environ.get("DBAPI_METHODS")))
+                        methods=load_methods(methods if methods is not None else os.environ.get("DBAPI_METHODS")),
+                        shutdown_grace=shutdown_grace)
 
     app = Flask("dbapi_server")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes or int(os.environ.get("DBAPI_MAX_BODY_BYTES", 16 << 20))
     app.extensions["dbapi_server"] = state
     app.register_blueprint(api)
     app.register_blueprint(methods_api)
+    app.register_blueprint(probes)
     app.register_error_handler(Exception, _handle_error)
+    app.before_request(_label_route)
+    attach_request_ids()
+    # outermost layer: timing, metrics, the access log line and the request id for every request,
+    # whatever path it takes inside (dbapi_server/observability.py)
+    app.wsgi_app = ObservedApp(app.wsgi_app, state.metrics,  # type: ignore[method-assign]
+                               metrics_access if metrics_access is not None else MetricsAccess.from_env())
     return app
+
+
+def _label_route() -> None:
+    """The matched route's template (bounded: never the raw path) labels the request."""
+    if request.url_rule is not None:
+        label(route=request.url_rule.rule)
 
 
 def _policy(policy: Policy | str | os.PathLike[str] | None, metadata: sa.MetaData) -> Policy:

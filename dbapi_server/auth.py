@@ -38,6 +38,7 @@ from .keyset import (
     key_set_from_config,
     split_paths,
 )
+from .telemetry import label
 
 __all__ = [
     "DEFAULT_AUDIENCE",
@@ -61,12 +62,22 @@ ASYMMETRIC_ALGORITHMS = ("EdDSA", "RS256")
 
 
 class Unauthenticated(APIError):
+    """A refused token; ``reason`` (one of ``telemetry.TOKEN_FAILURES``) is for the metrics and the
+    log, not the answer."""
+
     status = 401
     code = "unauthenticated"
+    reason = "invalid"
+
+    def __init__(self, message: str, *, reason: str | None = None, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        if reason is not None:
+            self.reason = reason
 
 
 class TokenExpired(Unauthenticated):
     code = "token_expired"
+    reason = "expired"
 
 
 class KeyServiceUnavailable(APIError):
@@ -143,8 +154,19 @@ class JWTAuthenticator:
         self._lock = threading.Lock()
 
     def authenticate(self, authorization: str | None) -> Principal:
+        try:
+            return self._authenticate(authorization)
+        except Unauthenticated as exc:
+            label(token_failure=exc.reason)
+            raise
+        except KeyServiceUnavailable:
+            label(token_failure="key_service")
+            raise
+
+    def _authenticate(self, authorization: str | None) -> Principal:
         if not authorization or not authorization.startswith("Bearer "):
-            raise Unauthenticated("A bearer token is required: send 'Authorization: Bearer <token>'.")
+            raise Unauthenticated("A bearer token is required: send 'Authorization: Bearer <token>'.",
+                                  reason="missing")
         token = authorization[7:].strip()
         now = time.time()
         with self._lock:
@@ -168,19 +190,20 @@ class JWTAuthenticator:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
-            raise Unauthenticated(f"The token is not a well-formed JWT: {exc}.") from None
+            raise Unauthenticated(f"The token is not a well-formed JWT: {exc}.", reason="malformed") from None
         alg, kid = header.get("alg"), header.get("kid")
         if alg not in self.algorithms:
             raise Unauthenticated(f"The token is signed with algorithm {_shown(alg)}; this server accepts "
-                                  f"{', '.join(self.algorithms)} only.")
+                                  f"{', '.join(self.algorithms)} only.", reason="algorithm")
         if not isinstance(kid, str) or not kid:
             raise Unauthenticated("The token has no 'kid' header naming the key that signed it; mint it "
-                                  "with dbapi_server.mint_token or 'dbapi-server mint-token'.")
+                                  "with dbapi_server.mint_token or 'dbapi-server mint-token'.", reason="no_kid")
         try:
             key = self.keys.get(kid)
         except UnknownKey:
             raise Unauthenticated(f"The token's key id (kid) {_shown(kid)} is not one of this server's "
-                                  "verification keys (a rotated-out key, or another issuer's token).") from None
+                                  "verification keys (a rotated-out key, or another issuer's token).",
+                                  reason="unknown_kid") from None
         except KeySourceUnavailable as exc:
             raise KeyServiceUnavailable(f"The token cannot be checked now: {exc}.", retryable=True) from None
         claims = self._decode(token, key)
@@ -194,14 +217,16 @@ class JWTAuthenticator:
         except jwt.ExpiredSignatureError:
             raise TokenExpired("The token has expired; ask the trusted side for a fresh one.") from None
         except jwt.InvalidTokenError as exc:
-            raise Unauthenticated(f"The token was rejected: {exc}.") from None
+            reason = "signature" if isinstance(exc, jwt.InvalidSignatureError) else "claims"
+            raise Unauthenticated(f"The token was rejected: {exc}.", reason=reason) from None
         if not claims["sub"] or not isinstance(claims["iat"], int | float):
-            raise Unauthenticated("The token was rejected: 'sub' must be a non-empty string and 'iat' a number.")
+            raise Unauthenticated("The token was rejected: 'sub' must be a non-empty string and 'iat' a number.",
+                                  reason="claims")
         lifetime = float(claims["exp"]) - float(claims["iat"])
         if lifetime > self.max_lifetime:
             raise Unauthenticated(f"The token was rejected: it lives {lifetime:.0f}s, longer than the "
                                   f"{self.max_lifetime:.0f}s this server accepts; mint shorter tokens "
-                                  "and refresh them.")
+                                  "and refresh them.", reason="lifetime")
         return claims
 
 

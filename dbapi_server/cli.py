@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +45,13 @@ def serve(database_url: str, metadata: str, host: str, port: int, port_file: str
           server_name: str, methods: str, policy_file: str | None) -> None:
     """Serve the DB-API under a production WSGI server (granian by default) until SIGINT or SIGTERM."""
     from .app import ConfigError, create_app
+    from .logs import configure_logging
     from .serving import serve as run
 
+    try:
+        configure_logging()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     sys.path.insert(0, os.getcwd())
     factory = functools.partial(create_app, database_url, metadata, policy=policy_file,
                                 methods=methods.split(","))
@@ -52,22 +59,39 @@ def serve(database_url: str, metadata: str, host: str, port: int, port_file: str
         app = factory()  # a wrong setting fails here, with a clear message, before serving
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    grace = app.extensions["dbapi_server"].shutdown_grace
     if server_name == "granian":
         # the worker process builds its own and closes it when it stops: it must not inherit this
         # one's database connections or transaction reaper thread
         app.extensions["dbapi_server"].close()
         try:
-            run(factory, host=host, port=port, threads=threads, server="granian", port_file=port_file)
+            run(_LoggingFactory(factory), host=host, port=port, threads=threads, server="granian",
+                port_file=port_file, grace=grace)
         except OSError as exc:  # the port is taken
             raise click.ClickException(str(exc)) from None
         return
     try:
-        run(lambda: app, host=host, port=port, threads=threads, server="waitress", port_file=port_file)
+        run(lambda: app, host=host, port=port, threads=threads, server="waitress", port_file=port_file,
+            grace=grace)
     except OSError as exc:
         raise click.ClickException(f"Cannot serve on {host}:{port}: {exc}") from None
     finally:
         # open transactions are rolled back and pooled connections closed, not left to the database
         app.extensions["dbapi_server"].close()
+
+
+@dataclasses.dataclass(frozen=True)
+class _LoggingFactory:
+    """Builds the application in granian's worker, after setting up the DB-API's logging there
+    (granian configures the worker's logging before it loads the application)."""
+
+    factory: Callable[[], Any]
+
+    def __call__(self) -> Any:
+        from .logs import configure_logging
+
+        configure_logging()
+        return self.factory()
 
 
 @main.command()

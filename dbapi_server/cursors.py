@@ -115,3 +115,9 @@ class CursorRegistry:
     @property
     def open_count(self) -> int:
         return len(self._open)
+
+    @property
+    def active_count(self) -> int:
+        """Cursors still holding a database cursor (exhausted ones stay listed for a replay)."""
+        with self._lock:
+            return sum(1 for cursor in self._open.values() if not cursor.closed)

@@ -38,6 +38,7 @@ from query_translation import (
 from .enforcement import apply_statement_timeout, end_statement_timeout
 from .errors import APIError, new_error_id
 from .state import ServerState
+from .telemetry import label
 from .views import _body, _field, _in_transaction, _json, _principal, _state, _txn_field
 
 __all__ = ["MethodFailed", "MethodRaised", "load_methods", "methods_api"]
@@ -87,6 +88,7 @@ def _description(method: Method) -> dict[str, Any]:
 
 @methods_api.post("/<name>")
 def call_method(name: str) -> Response:
+    label(kind="method")
     state, principal = _state(), _principal()
     body = _body(principal)  # the role's body limit holds for method arguments too
     version = _field(body, "version", int, required=True)

@@ -49,7 +49,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         413: "the request body is larger than DBAPI_MAX_BODY_BYTES",
         422: "the database (or a bind processor) refused the statement",
         500: "unexpected failure: the server's log has the details under the error id",
-        503: "no free database connection (database_busy, retryable)",
+        503: "no free database connection (database_busy), or a new transaction asked of an instance "
+             "that is shutting down (shutting_down); both retryable, nothing ran",
     }
     return {str(s): _answer(reasons[s], _ref("Error")) for s in (*statuses, 500, 503)}
 
@@ -74,15 +75,24 @@ PATHS: dict[str, dict[str, Any]] = {
     "/info": {"get": {
         "operationId": "info", "summary": "Handshake: dialect, driver, versions, dialect state.",
         "security": _OPEN, "responses": {"200": _answer("the server's handshake", _ref("Info"))}}},
+    "/live": {"get": {
+        "operationId": "live", "summary": "Liveness: the process answers (no database).", "security": _OPEN,
+        "responses": {"200": _answer("alive", _obj({"status": {"const": "alive"}}, ("status",)))}}},
+    "/ready": {"get": {
+        "operationId": "ready", "summary": "Readiness: database reachable, not shutting down, pool not "
+        "exhausted.", "security": _OPEN,
+        "responses": {"200": _answer("ready for new work", _ref("Readiness")),
+                      "503": _answer("not ready; 'reason' says why (not an error envelope)", _ref("Readiness"))}}},
     "/health": {"get": {
-        "operationId": "health", "summary": "Liveness plus a database round trip.", "security": _OPEN,
+        "operationId": "health", "summary": "Deprecated (use /live and /ready): a database round trip.",
+        "deprecated": True, "security": _OPEN,
         "responses": {"200": _answer("healthy", _ref("Health")),
                       "503": _answer("the database is unreachable (not an error envelope)", _ref("Health"))}}},
     "/execute": {"post": {
         "operationId": "execute", "summary": "Run one statement, optionally inside a transaction.",
         "security": _AUTH, "requestBody": _body(_ref("ExecuteRequest")),
         "responses": {"200": _answer("the statement ran", _ref("ExecuteResult")),
-                      **_errors(400, 401, 403, 409, 410, 413, 422)}}},
+                      **_errors(400, 401, 403, 409, 410, 413, 422, 503)}}},
     "/cursors/{cursor_id}/fetch": {"post": {
         "operationId": "fetchCursor", "summary": "The next page of a streamed result (replayable).",
         "security": _AUTH,
@@ -104,7 +114,8 @@ PATHS: dict[str, dict[str, Any]] = {
                        _path_param("verb", "what to do", enum=["commit", "rollback"])],
         "requestBody": _body(_obj({"seq": {"type": "integer"}}), required=False),
         "responses": {"200": _answer("the outcome", _obj(
-                          {"outcome": {"enum": ["committed", "rolled_back", "expired", "failed"]}},
+                          {"outcome": {"enum": ["committed", "rolled_back", "expired", "failed",
+                                               "rolled_back_at_shutdown"]}},
                           ("outcome",))),
                       **_errors(401, 403, 409, 410, 413, 422)}}},
     "/methods": {"get": {
@@ -123,7 +134,7 @@ PATHS: dict[str, dict[str, Any]] = {
                                    "txn": {"type": "string"}, "seq": {"type": "integer"},
                                    "begin": {"type": "boolean"}}, ("version",))),
         "responses": {"200": _answer("the method returned", _obj({"result": {}}, ("result",))),
-                      **_errors(400, 401, 403, 404, 409, 410, 413, 422)}}},
+                      **_errors(400, 401, 403, 404, 409, 410, 413, 422, 503)}}},
 }
 
 
@@ -162,6 +173,10 @@ def _components() -> dict[str, Any]:
                      ("wire_version", "dialect", "driver", "dialect_state", "schema_hash")),
         "Health": _obj({"status": {"enum": ["ok", "unhealthy"]}, "database": {"enum": ["ok", "unreachable", "busy"]},
                         "transactions": {"type": "object"}}, ("status", "database")),
+        "Readiness": _obj({"status": {"enum": ["ready", "not_ready"]},
+                           "reason": {"enum": ["draining", "pool_exhausted", "database_unreachable",
+                                               "database_busy"]},
+                           "transactions": {"type": "object"}}, ("status",)),
         "Error": _obj({"error": _obj({
             "code": {"type": "string", "description": "stable; clients map by status and code"},
             "message": {"type": "string", "description": "a sentence for a human; no SQL, traces or URLs"},

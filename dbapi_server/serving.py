@@ -20,11 +20,21 @@ held until the worker listens.
 
 waitress stays for ``start_background`` (a server in a thread of the calling process, which
 granian cannot do: it serves from processes it starts itself) and as ``--server waitress``.
+
+Stopping is graceful under both (:mod:`dbapi_server.shutdown`): the first SIGTERM or SIGINT starts
+the application's drain - no new transactions, the open ones may finish within the grace - while
+the server goes on serving; when the drain is over the server stops. Under granian the main
+process receives the signal and sends SIGTERM to the worker (so does a service manager that
+signals the whole process group); granian's worker would stop serving at once, so the worker
+installs its own handler instead of granian's (see :func:`_drain_then_stop_granian`), and the
+main process waits ``grace`` plus ``stop_timeout`` seconds for it before killing it.
 """
 
 from __future__ import annotations
 
+import _thread
 import ctypes
+import math
 import multiprocessing.util
 import os
 import signal
@@ -45,19 +55,22 @@ SERVERS = ("granian", "waitress")
 
 
 def serve(factory: Callable[[], Any], host: str = "127.0.0.1", port: int = 9180, threads: int = 8, *,
-          server: str = "granian", port_file: str | os.PathLike[str] | None = None, stop_timeout: int = 30) -> None:
+          server: str = "granian", port_file: str | os.PathLike[str] | None = None, stop_timeout: int = 30,
+          grace: float = 30.0) -> None:
     """Serve the WSGI application *factory* builds until interrupted (SIGINT or SIGTERM).
 
     ``port=0`` binds a free port. The bound port is printed and, with *port_file*, written to that
     file (atomically, once the server listens), so whoever started the server learns it without
     racing another process for a port it picked in advance. Under granian *factory* runs in the
     worker process (pass a picklable callable, such as a ``functools.partial`` of ``create_app``:
-    Python 3.14 starts workers by spawning); under waitress it runs here.
+    Python 3.14 starts workers by spawning); under waitress it runs here. *grace* is the
+    application's shutdown grace (``DBAPI_SHUTDOWN_GRACE``): how long granian's main process lets
+    the worker drain, on top of *stop_timeout*.
     """
     if server == "waitress":
         _serve_waitress(factory(), host, port, threads, port_file)
     elif server == "granian":
-        _serve_granian(factory, host, port, threads, port_file, stop_timeout)
+        _serve_granian(factory, host, port, threads, port_file, stop_timeout + math.ceil(grace))
     else:
         raise ValueError(f"server must be one of {', '.join(SERVERS)}, got {server!r}")
 
@@ -68,18 +81,52 @@ def _serve_waitress(app: Any, host: str, port: int, threads: int, port_file: str
     # effective_port is set in BaseWSGIServer.__init__ but missing from types-waitress
     bound = int(server.effective_port)  # type: ignore[union-attr]
     _announce(str(server.effective_host), bound, port_file)  # type: ignore[union-attr]
-    # SIGTERM (what service managers and container runtimes send) stops the server as SIGINT
-    # does: waitress leaves its loop on SystemExit, and the caller closes the application
-    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    # SIGTERM (what service managers and container runtimes send) and SIGINT drain the
+    # application while waitress goes on serving, then stop it: waitress leaves its loop on
+    # SystemExit, and the caller closes the application
+    handler = _DrainThenExit(_drain_of(app))
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.run()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
         server.close()
 
 
-def _exit_on_signal(signum: int, frame: Any) -> None:
-    raise SystemExit(0)
+def _drain_of(app: Any) -> Callable[[], None] | None:
+    """The application's graceful shutdown (``ServerState.drain.run``), if it is a DB-API."""
+    state = getattr(app, "extensions", {}).get("dbapi_server")
+    return state.drain.run if state is not None else None
+
+
+class _DrainThenExit:
+    """A signal handler for a server whose loop runs in the main thread (waitress).
+
+    The first signal starts the drain in a thread and returns, so the loop goes on serving; when
+    the drain is over, the thread signals the main thread again, and this time the handler
+    raises ``SystemExit``. Signals in between change nothing.
+    """
+
+    def __init__(self, drain: Callable[[], None] | None) -> None:
+        self.drain = drain
+        self.drained = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.drain is None or self.drained.is_set():
+            raise SystemExit(0)
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="dbapi-drain", daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        assert self.drain is not None
+        try:
+            self.drain()
+        finally:
+            self.drained.set()
+            _thread.interrupt_main(signal.SIGTERM)  # the handler, in the main thread: SystemExit
 
 
 def _serve_granian(factory: Callable[[], Any], host: str, port: int, threads: int,
@@ -88,6 +135,7 @@ def _serve_granian(factory: Callable[[], Any], host: str, port: int, threads: in
     from granian.log import LogLevels
     from granian.server import Server
 
+    _granian_signals()  # here, not only in the worker: a worker failing to load would be respawned
     reservation = _reserve(host, port)
     bound = reservation.getsockname()[1]
     threading.Thread(target=_announce_when_listening, args=(reservation, host, bound, port_file),
@@ -166,12 +214,61 @@ class _InWorker:
         state = getattr(app, "extensions", {}).get("dbapi_server")
         if state is not None:  # run when the worker process ends its serving (multiprocessing's exit)
             multiprocessing.util.Finalize(state, state.close, exitpriority=10)
+            _drain_then_stop_granian(state.drain.run)
         return app
 
     def _watch_parent(self) -> None:
         while os.getppid() == self.parent:
             time.sleep(0.5)
         os._exit(1)
+
+
+def _drain_then_stop_granian(drain: Callable[[], None]) -> None:
+    """In granian's worker: the first SIGTERM / SIGINT drains the application, then stops serving.
+
+    granian's WSGI worker (``MPServer._spawn_wsgi_worker``, granian 2.5-2.8) gets its stop signal
+    from ``granian._signals.set_sync_signals()``, which it calls after loading the application
+    (this runs while loading it): that installs a handler for SIGINT and SIGTERM setting the
+    ``WorkerSignal`` the Rust server stops on - at once, closing the listener and keep-alive
+    connections, so an open transaction could not send its commit. Replacing that function in
+    this process makes the handler run the drain in a thread first - the server keeps serving
+    meanwhile - and set the ``WorkerSignal`` when it is over. ``tests/dbapi_server/test_shutdown.py``
+    proves it on the granian installed; a granian without the hook fails loudly here.
+    """
+    _signals = _granian_signals()
+    worker_signal = _signals.WorkerSignal
+
+    def set_main_signals(handler: Callable[[int, Any], None]) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # what granian's own set_main_signals covers
+            signal.signal(sig, handler)
+
+    def set_sync_signals() -> Any:
+        stop = worker_signal()
+
+        def drain_then_stop() -> None:
+            try:
+                drain()
+            finally:
+                stop.set()
+
+        def handler(signum: int, frame: Any) -> None:
+            threading.Thread(target=drain_then_stop, name="dbapi-drain", daemon=True).start()
+
+        set_main_signals(handler)
+        return stop
+
+    _signals.set_sync_signals = set_sync_signals
+
+
+def _granian_signals() -> Any:
+    """granian's worker signal module, checked for the hook the drain replaces."""
+    from granian import _signals
+
+    if not callable(getattr(_signals, "set_sync_signals", None)) or not hasattr(_signals, "WorkerSignal"):
+        raise RuntimeError("This granian version has no granian._signals.set_sync_signals / WorkerSignal: "
+                           "dbapi-server cannot drain open transactions on SIGTERM under it. Use granian "
+                           "2.5-2.8, or --server waitress.")
+    return _signals
 
 
 @dataclass

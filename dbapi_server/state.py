@@ -14,7 +14,9 @@ from query_translation import DEFAULT_REGISTRY, WIRE_VERSION, MethodRegistry
 from .auth import Authenticator
 from .cursors import CursorRegistry
 from .executor import StatementExecutor
+from .metrics import Metrics
 from .policy import Policy
+from .shutdown import Drain
 from .transactions import TransactionManager
 
 __all__ = ["ServerState", "dialect_state", "schema_fingerprint"]
@@ -66,11 +68,14 @@ class ServerState:
     policy: Policy
     idle_timeout: float = 60.0
     methods: MethodRegistry = DEFAULT_REGISTRY  # the named methods served (looked up per call)
+    shutdown_grace: float = 30.0  # seconds open transactions may finish after SIGTERM
     executor: StatementExecutor = field(init=False)
     read_engine: sa.Engine = field(init=False)
     transactions: TransactionManager = field(init=False)
     cursors: CursorRegistry = field(init=False)
     info: dict[str, Any] = field(init=False)
+    metrics: Metrics = field(init=False)
+    drain: Drain = field(init=False)
 
     def __post_init__(self) -> None:
         self.executor = StatementExecutor(self.engine, self.metadata)
@@ -96,7 +101,14 @@ class ServerState:
             "sqlalchemy": sa.__version__,
             "driver_versions": driver_versions(dialect),
         }
+        self.drain = Drain(self, self.shutdown_grace)
+        self.metrics = Metrics(self)
         self.transactions.start()
+
+    @property
+    def draining(self) -> bool:
+        """Shutting down: no new transactions, not ready (:mod:`dbapi_server.shutdown`)."""
+        return self.drain.draining
 
     def close(self) -> None:
         self.cursors.close_all()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .errors import APIError
+from .telemetry import label
 
 log = logging.getLogger("dbapi_server.transactions")
 
@@ -37,6 +38,13 @@ class TransactionConflict(APIError):
     code = "transaction_conflict"
 
 
+class ShuttingDown(APIError):
+    """A new transaction asked of an instance that is draining (SIGTERM): nothing ran; retry."""
+
+    status = 503
+    code = "shutting_down"
+
+
 @dataclass
 class Transaction:
     id: str
@@ -47,6 +55,7 @@ class Transaction:
     last_seq: int = 0
     last_reply: tuple[int, bytes] | None = None
     last_used: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.monotonic)
     ended: bool = False  # set under ``lock`` once committed / rolled back / expired
 
 
@@ -65,6 +74,8 @@ class TransactionManager:
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
         self.also_reap: list[Callable[[], object]] = []  # other idle resources (result cursors)
+        self.refuse_new = False  # draining: no new transactions (ShuttingDown), the open ones go on
+        self._ended: Counter[str] = Counter()  # outcomes so far, for the metrics
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -89,6 +100,9 @@ class TransactionManager:
         found = self._existing(txn_id, owner)
         if found is not None:
             return found, False
+        if self.refuse_new:
+            raise ShuttingDown("This DB-API instance is shutting down and takes no new transactions; "
+                               "retry (another instance will take it).", retryable=True)
         # connect outside the lock: waiting for a pooled connection must not stop the reaper
         # (which frees connections) or every other transaction's requests
         connection = self.engine.connect()
@@ -163,6 +177,7 @@ class TransactionManager:
             return self._end(txn, verb)
 
     def _finished(self, txn_id: str, verb: str) -> str:
+        label(replayed=True)  # asked again: answered from the remembered outcome
         outcome = self.outcome(txn_id)
         if verb == "rollback":
             return outcome or "rolled_back"  # gone already: nothing of it can remain
@@ -176,7 +191,8 @@ class TransactionManager:
 
     def _end(self, txn: Transaction, verb: str) -> str:
         """Commit or roll back (holding ``txn.lock``); then unlist it and remember the outcome."""
-        outcome = "committed" if verb == "commit" else ("expired" if verb == "expire" else "rolled_back")
+        outcome = {"commit": "committed", "expire": "expired", "shutdown": "rolled_back_at_shutdown"}.get(
+            verb, "rolled_back")
         try:
             if verb == "commit":
                 txn.root.commit()
@@ -196,6 +212,7 @@ class TransactionManager:
         with self._lock:  # one step: a transaction is always either open or has an outcome
             self._open.pop(txn_id, None)
             self._outcomes[txn_id] = (now, outcome)
+            self._ended[outcome] += 1
             while self._outcomes:
                 oldest_id, (at, _) = next(iter(self._outcomes.items()))
                 if now - at < self.outcome_ttl and len(self._outcomes) <= self._max_outcomes:
@@ -233,9 +250,46 @@ class TransactionManager:
             for reap in self.also_reap:
                 reap()
 
+    # -- shutdown -----------------------------------------------------------------------------
+    def roll_back_open(self, lock_timeout: float = 5.0) -> list[tuple[str, str | None, float]]:
+        """Roll back every open transaction (the shutdown grace is over), logging each one.
+
+        Returns (id, owner, age in seconds) of those rolled back. A transaction whose request is
+        still running waits up to *lock_timeout* for it; if it is still busy then, it is left to
+        :meth:`close` (and the database, which rolls back a closed connection's transaction).
+        """
+        with self._lock:
+            transactions = list(self._open.values())
+        rolled_back = []
+        for txn in transactions:
+            if not txn.lock.acquire(timeout=lock_timeout):
+                log.warning("transaction %s of %s still runs a request at the end of the shutdown grace",
+                            txn.id, txn.owner, extra={"txn": txn.id, "owner": txn.owner})
+                continue
+            try:
+                if txn.ended:
+                    continue
+                now = time.monotonic()
+                age, idle = now - txn.started, now - txn.last_used
+                self._end(txn, "shutdown")
+                log.warning("rolled back transaction %s of %s at shutdown (open %.1fs, idle %.1fs)",
+                            txn.id, txn.owner, age, idle,
+                            extra={"txn": txn.id, "owner": txn.owner, "age_s": round(age, 3),
+                                   "idle_s": round(idle, 3), "event": "shutdown_rollback"})
+                rolled_back.append((txn.id, txn.owner, age))
+            except Exception:
+                log.exception("rolling back transaction %s at shutdown failed", txn.id, extra={"txn": txn.id})
+            finally:
+                txn.lock.release()
+        return rolled_back
+
     @property
     def open_count(self) -> int:
         return len(self._open)
+
+    def ended_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._ended)
 
     def stats(self) -> dict[str, Any]:
         return {"open": self.open_count, "remembered_outcomes": len(self._outcomes)}

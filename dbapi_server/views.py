@@ -2,7 +2,7 @@
 
 ======  ===================================  ==================================================
 GET     ``/info``                            handshake: dialect, driver, versions, dialect state
-GET     ``/health``                          liveness plus a database round trip
+GET     ``/live``, ``/ready``, ``/health``     probes: :mod:`dbapi_server.probes`
 GET     ``/openapi.json``                    the OpenAPI 3.1 description of these routes
 POST    ``/execute``                         run one statement (optionally in a transaction)
 POST    ``/cursors/<id>/fetch``              next page of a streamed result (numbered, replayable)
@@ -34,6 +34,7 @@ from .openapi import openapi_document
 from .policy import Plan
 from .refusals import LimitExceeded
 from .state import ServerState
+from .telemetry import label, statement_kind
 
 __all__ = ["api"]
 
@@ -53,7 +54,9 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 def _principal() -> Principal:
-    return _state().auth.authenticate(request.headers.get("Authorization"))
+    principal = _state().auth.authenticate(request.headers.get("Authorization"))
+    label(subject=principal.subject)
+    return principal
 
 
 def _body(principal: Principal | None = None) -> Mapping[str, Any]:
@@ -90,25 +93,13 @@ def openapi() -> Response:
     return _json(openapi_document(request.host_url))
 
 
-@api.get("/health")
-def health() -> Response:
-    state = _state()
-    try:
-        with state.engine.connect() as conn:
-            conn.execute(sa.select(sa.literal(1)))
-    except sa.exc.DBAPIError:
-        return _json({"status": "unhealthy", "database": "unreachable"}, 503)
-    except sa.exc.TimeoutError:  # every pooled connection is held
-        return _json({"status": "unhealthy", "database": "busy"}, 503)
-    return _json({"status": "ok", "database": "ok", "transactions": state.transactions.stats()})
-
-
 def _txn_field(body: Mapping[str, Any]) -> str | None:
     """The request's transaction id, if any; it must fit in the commit URL."""
     txn_id: str | None = _field(body, "txn", str)
     if txn_id is not None and not _TXN_ID.fullmatch(txn_id):
         raise APIError("'txn' must be 1 to 128 letters, digits, '-' or '_' (a random UUID is best).",
                        code="malformed_request")
+    label(txn=txn_id)
     return txn_id
 
 
@@ -118,6 +109,7 @@ def execute() -> Response:
     principal = _principal()
     body = _body(principal)
     document = _field(body, "stmt", dict, required=True)
+    label(kind=statement_kind(document))
     sql_hash = _field(body, "sql", str, required=True)
     raw_params = _field(body, "params", list)
     many = bool(_field(body, "many", bool))
@@ -208,6 +200,7 @@ def _in_transaction(state: ServerState, principal: Principal, txn_id: str, seq: 
             state.transactions.get(txn_id, principal.subject)  # raises 410 with the reason
         if txn.last_reply is not None and seq == txn.last_seq:
             status, payload = txn.last_reply  # a retry: answer as before, run nothing
+            label(replayed=True)
             return Response(payload, status=status, mimetype=_JSON)
         if seq != txn.last_seq + 1:
             raise APIError(f"Request {seq} of transaction {txn_id} arrived out of order "
@@ -224,12 +217,14 @@ def _in_transaction(state: ServerState, principal: Principal, txn_id: str, seq: 
 
 @api.post("/cursors/<cursor_id>/fetch")
 def fetch_cursor(cursor_id: str) -> Response:
+    label(kind="fetch")
     principal = _principal()
     page = _field(_body(), "page", int, required=True)
     state = _state()
     cursor = state.cursors.get(cursor_id, principal.subject)
     with cursor.lock:
         if cursor.last_reply is not None and page == cursor.page:
+            label(replayed=True)
             return _json(cursor.last_reply)  # a retry: the same page again, no rows skipped
         if page != cursor.page + 1 or cursor.closed:
             raise APIError(f"Page {page} of cursor {cursor_id} cannot be fetched now (expected "
@@ -247,6 +242,7 @@ def fetch_cursor(cursor_id: str) -> Response:
 
 @api.post("/cursors/<cursor_id>/close")
 def close_cursor(cursor_id: str) -> Response:
+    label(kind="close")
     principal = _principal()
     state = _state()
     try:
@@ -262,6 +258,7 @@ def finish_transaction(txn_id: str, verb: str) -> Response:
     if verb not in ("commit", "rollback"):
         raise APIError(f"Unknown transaction action {verb!r}; use commit or rollback.",
                        status=404, code="not_found")
+    label(kind=verb, txn=txn_id)
     principal = _principal()
     state = _state()
     state.cursors.close_for_transaction(txn_id)

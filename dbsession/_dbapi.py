@@ -116,21 +116,28 @@ PEP249_ERRORS: dict[str, type[Error]] = {
 
 
 
-def _database_error(envelope: Mapping[str, Any]) -> Exception:
-    """Re-create the error the server's driver raised, under its PEP 249 class name."""
-    message = envelope.get("message", "database error")
+def _database_error(reply: DatabaseErrorReply) -> Exception:
+    """Re-create the error the server's driver raised, under its PEP 249 class name.
+
+    The message ends with the DB-API's error id (the server logged the full detail - SQL, driver
+    message - under it) and the request id; both are attributes too (``error_id``, ``request_id``).
+    """
+    envelope = reply.envelope
     error_id = envelope.get("error_id")
-    if error_id:  # the server logged the full detail (SQL, driver message) under this id
-        message = f"{message} (DB-API error id {error_id})"
+    ids = [f"{name} {value}" for name, value in (("DB-API error id", error_id), ("request id", reply.request_id))
+           if value]
+    message = envelope.get("message", "database error") + (f" ({', '.join(ids)})" if ids else "")
     code = envelope.get("code")
     if code in ("statement_error", "driver_error"):
         orig = TRANSMITTED_BUILTINS.get(envelope.get("orig_type", ""), ValueError)(message)
         orig.error_id = error_id  # type: ignore[attr-defined]
+        orig.request_id = reply.request_id  # type: ignore[attr-defined]
         if code == "statement_error":  # rendering a literal_execute bind failed: wrapped, as directly
             return sa_exc.StatementError(message, None, None, orig)
         return orig
     error = PEP249_ERRORS.get(envelope.get("dbapi_class", ""), DatabaseError)(message)
     error.error_id = error_id  # type: ignore[attr-defined]
+    error.request_id = reply.request_id  # type: ignore[attr-defined]
     for attr in ("sqlstate", "pgcode", "errno"):
         if envelope.get(attr) is not None:
             setattr(error, attr, envelope[attr])
@@ -183,7 +190,7 @@ class Connection:
                     txn, f"{exc} (commit_retry_deadline sets how long the client keeps asking.)") from exc
             raise DisconnectError(str(exc)) from exc  # never reached the server: nothing committed
         except DatabaseErrorReply as exc:
-            raise _database_error(exc.envelope) from None  # the commit ran and failed
+            raise _database_error(exc) from None  # the commit ran and failed
         except DBAPIRequestError as exc:
             # An answer to a retry that does not say what became of the transaction: the earlier
             # attempt may have committed it. 410 with an ``outcome`` is definite (not committed);
@@ -223,7 +230,7 @@ class Connection:
             raise DisconnectError(str(exc)) from exc
         except DatabaseErrorReply as exc:
             self._unless_recorded(exc.envelope.get("txn_state"), begin)
-            raise _database_error(exc.envelope) from None
+            raise _database_error(exc) from None
         except DBAPIRequestError as exc:
             self._unless_recorded(exc.txn_state, begin)
             raise

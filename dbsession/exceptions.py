@@ -70,12 +70,13 @@ class DBAPIRequestError(DBSessionError):
     """The DB-API answered a request with an error envelope."""
 
     def __init__(self, message: str, *, code: str = "error", error_id: str | None = None,
-                 status: int | None = None, details: Any = None, txn_state: str | None = None,
-                 outcome: str | None = None, refused: dict[str, Any] | None = None) -> None:
-        suffix = f" (error id {error_id})" if error_id else ""
-        super().__init__(f"{message}{suffix}")
+                 request_id: str | None = None, status: int | None = None, details: Any = None,
+                 txn_state: str | None = None, outcome: str | None = None,
+                 refused: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{message}{ids_suffix(error_id, request_id)}")
         self.code = code
-        self.error_id = error_id
+        self.error_id = error_id  # the server's log has the details under it
+        self.request_id = request_id  # the X-Request-Id the request carried (the server logs it)
         self.status = status
         self.details = details
         self.txn_state = txn_state  # "open": the request ran inside the server transaction
@@ -152,6 +153,12 @@ _BY_STATUS: dict[int, type[DBAPIRequestError]] = {
 
 
 REFUSAL_FIELDS = ("role", "table", "column", "action", "function", "method", "claim", "limit", "max")
+
+
+def ids_suffix(error_id: str | None, request_id: str | None) -> str:
+    """`` (error id E, request id R)``: what finds the request's lines in the DB-API's log."""
+    ids = [f"{name} {value}" for name, value in (("error id", error_id), ("request id", request_id)) if value]
+    return f" ({', '.join(ids)})" if ids else ""
 
 
 def error_class_for(status: int, code: str | None = None) -> type[DBAPIRequestError]:

@@ -162,7 +162,7 @@ def _translated(method: Method, exc: DBAPIRequestError) -> BaseException:
 
 
 def _as(cls: type[DBAPIRequestError], exc: DBAPIRequestError) -> DBAPIRequestError:
-    new = cls("", code=exc.code, error_id=exc.error_id, status=exc.status, details=exc.details,
+    new = cls("", code=exc.code, error_id=exc.error_id, request_id=exc.request_id, status=exc.status, details=exc.details,
               txn_state=exc.txn_state)
     new.args = exc.args
     return new

@@ -1,8 +1,10 @@
 """pytest plugin: run a project's tests with ``DBSession`` in isolation mode and catch direct access.
 
-Registered as the ``dbsession`` ``pytest11`` entry point. Without ``--db-isolation`` it only adds
-its options, the ``trusted`` marker and a few session fixtures that do nothing until a test asks
-for them. With ``--db-isolation`` (or ini ``db_isolation = true``) it
+Registered as the ``dbsession`` ``pytest11`` entry point (of the client distribution). Without
+``--db-isolation`` it only adds its options, the ``trusted`` marker and a few session fixtures that
+do nothing until a test asks for them, and it never imports the server: the client package does
+not depend on it. ``--db-isolation`` imports ``dbapi_server`` (``pip install 'dbsession[server]'``)
+and says so when it is missing. With ``--db-isolation`` (or ini ``db_isolation = true``) it
 
 * starts a DB-API server for each test database in a background thread (on first need, stopped
   at the session's end), with a freshly generated Ed25519 key and a real token;
@@ -23,6 +25,7 @@ use: a direct engine, or in isolation mode the DB-API's isolated engine). Tests 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 import traceback
@@ -68,6 +71,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "trusted: the test may touch the database directly even in isolation mode (dbsession)")
     if isolation_requested(config):
+        if importlib.util.find_spec("dbapi_server") is None:
+            raise pytest.UsageError(
+                "--db-isolation runs your tests against a DB-API server it starts for the test database, "
+                "and the DB-API is not installed here: pip install 'dbsession[server]' (the "
+                "dbsession-server distribution) in the test environment. The client alone "
+                "(pip install dbsession) is what an untrusted worker runs.")
         config.pluginmanager.register(IsolationMode(), PLUGIN_NAME)
 
 

@@ -15,12 +15,23 @@ A request sent with a ``deadline`` (a commit: its outcome must be learned) keeps
 attempt may have reached the server, with backoff capped at 1 s until *deadline* seconds after it
 began; if it then gives up, :class:`ServerUnreachable` says ``answer_lost``. A 401 answer (the
 DB-API checks the token before anything runs) re-reads the token file and is retried once if the
-token changed, so a refresh racing a request does not fail it.
+token changed, so a refresh racing a request does not fail it. A 503 ``shutting_down`` (a new
+transaction asked of an instance that is draining: nothing ran) is retried like a request that was
+not sent - behind a load balancer the next attempt reaches another instance - and, if every
+attempt meets it, ends as :class:`ServerUnreachable`, the disconnect a database going down causes.
+
+Every request carries an ``X-Request-Id``: a fresh id per request, the same for its retries, which
+the DB-API echoes and logs; errors name it beside the server's error id, so one line of the
+server's log can be found from a client's exception. With OpenTelemetry loaded in the process,
+the current trace context travels too (``traceparent``), so the DB-API's spans join the caller's
+trace.
 """
 
 from __future__ import annotations
 
+import secrets
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -46,20 +57,47 @@ class ServerUnreachable(Exception):
     """The DB-API could not be reached, or the response was lost (mapped to a disconnect).
 
     ``answer_lost``: an attempt may have reached the server (so the request may have run) and no
-    answer to it arrived; otherwise no attempt reached it and nothing ran.
+    answer to it arrived; otherwise no attempt reached it and nothing ran. ``request_id``: the
+    ``X-Request-Id`` every attempt carried (in the message too).
     """
 
-    def __init__(self, message: str, *, answer_lost: bool = False) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, answer_lost: bool = False, request_id: str | None = None) -> None:
+        super().__init__(f"{message} (request id {request_id})" if request_id else message)
         self.answer_lost = answer_lost
+        self.request_id = request_id
 
 
 class DatabaseErrorReply(Exception):
     """The database raised an error while executing the statement (HTTP 422 envelope)."""
 
-    def __init__(self, envelope: Mapping[str, Any]) -> None:
+    def __init__(self, envelope: Mapping[str, Any], request_id: str | None = None) -> None:
         super().__init__(envelope.get("message", "database error"))
         self.envelope = envelope
+        self.request_id = request_id
+
+
+def new_request_id() -> str:
+    """A fresh ``X-Request-Id``: 64 random bits, as hex."""
+    return secrets.token_hex(8)
+
+
+_propagate: Any = None
+
+
+def _trace_headers() -> bytes:
+    """The current OpenTelemetry trace context as header lines, if the process uses OpenTelemetry."""
+    global _propagate
+    if "opentelemetry.trace" not in sys.modules:  # never imported here: no tracing, no cost
+        return b""
+    if _propagate is None:
+        from opentelemetry import propagate
+
+        _propagate = propagate
+    carrier: dict[str, str] = {}
+    _propagate.inject(carrier)
+    lines = [f"{name}: {value}\r\n" for name, value in carrier.items()
+             if (name + value).isascii() and (name + value).isprintable()]
+    return "".join(lines).encode("ascii")
 
 
 class Transport:
@@ -98,7 +136,7 @@ class Transport:
         return self._request("POST", path, orjson.dumps(payload), replay_safe=replay_safe,
                              deadline=deadline if replay_safe else None)
 
-    def _encode(self, method: str, path: str, body: bytes | None) -> bytes:
+    def _encode(self, method: str, path: str, body: bytes | None, request_id: str) -> bytes:
         """The whole request - request line, headers, body - as the one buffer sent."""
         token = self._token.get()
         cached_token, auth = self._auth_line
@@ -110,27 +148,31 @@ class Transport:
             self._auth_line = (token, auth)
         if not (path.isascii() and path.isprintable()) or " " in path:  # e.g. an id the server sent
             raise ValueError(f"Not a DB-API request path: {path!r}.")
-        head = f"{method} {self._prefix}{path} HTTP/1.1\r\n".encode("ascii") + self._common_headers + auth
+        head = (f"{method} {self._prefix}{path} HTTP/1.1\r\nX-Request-Id: {request_id}\r\n".encode("ascii")
+                + self._common_headers + auth + _trace_headers())
         if body is None:
             return head + b"\r\n"
         return b"%sContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
 
     def _request(self, method: str, path: str, body: bytes | None, *, replay_safe: bool,
                  deadline: float | None = None) -> Any:
-        response, answer_lost = self._send(method, path, body, replay_safe=replay_safe, deadline=deadline)
+        request_id = new_request_id()
+        response, answer_lost = self._send(method, path, body, request_id, replay_safe=replay_safe,
+                                           deadline=deadline)
         if response.status == 401 and self._token.reload():
             # the DB-API checks the token before anything runs: retry once with the refreshed one
-            response, lost_again = self._send(method, path, body, replay_safe=replay_safe, deadline=deadline)
+            response, lost_again = self._send(method, path, body, request_id, replay_safe=replay_safe,
+                                              deadline=deadline)
             answer_lost = answer_lost or lost_again
         if not answer_lost:
-            return self._parse(response)
+            return self._parse(response, request_id)
         try:
-            return self._parse(response)
+            return self._parse(response, request_id)
         except DBAPIRequestError as exc:
             exc.answer_lost = True  # the answer of a retry: an earlier attempt's answer was lost
             raise
 
-    def _send(self, method: str, path: str, body: bytes | None, *, replay_safe: bool,
+    def _send(self, method: str, path: str, body: bytes | None, request_id: str, *, replay_safe: bool,
               deadline: float | None) -> tuple[Response, bool]:
         """The response, and whether an earlier attempt may have reached the server unanswered."""
         delay = 0.05
@@ -140,7 +182,7 @@ class Transport:
         while True:
             attempt += 1
             try:
-                response = self._pool.request(method, self._encode(method, path, body))
+                response = self._pool.request(method, self._encode(method, path, body, request_id))
             except NotSent as exc:
                 failure: Exception = exc  # never reached the server
             except AnswerLost as exc:
@@ -148,14 +190,19 @@ class Transport:
                     raise ServerUnreachable(
                         f"The connection to the DB-API at {self.base_url} broke before its answer "
                         f"arrived ({exc}); the request is not retried because it may have run.",
-                        answer_lost=True) from exc
+                        answer_lost=True, request_id=request_id) from exc
                 failure, answer_lost = exc, True
             else:
-                if not 502 <= response.status <= 504 or not replay_safe or _is_envelope(response):
+                if response.status == 503 and _envelope_code(response) == "shutting_down":
+                    # the instance is draining and ran nothing: like a request not sent
+                    failure = ConnectionError(f"the DB-API at {self.base_url} is shutting down and takes "
+                                              "no new transactions")
+                elif not 502 <= response.status <= 504 or not replay_safe or _is_envelope(response):
                     return response, answer_lost
-                # a proxy's answer, not the DB-API's: the request may or may not have reached it
-                failure, answer_lost = ConnectionError(
-                    f"a proxy answered HTTP {response.status} for the DB-API"), True
+                else:
+                    # a proxy's answer, not the DB-API's: the request may or may not have reached it
+                    failure, answer_lost = ConnectionError(
+                        f"a proxy answered HTTP {response.status} for the DB-API"), True
             if attempt < self._attempts:
                 pause = delay
             elif answer_lost and deadline is not None and time.monotonic() < give_up_at:
@@ -164,16 +211,16 @@ class Transport:
                 raise ServerUnreachable(
                     f"The DB-API at {self.base_url} (database_api_host) could not be asked again "
                     f"within {deadline:g}s after an attempt may have reached it unanswered; last "
-                    f"error: {failure}.", answer_lost=True) from failure
+                    f"error: {failure}.", answer_lost=True, request_id=request_id) from failure
             else:
                 raise ServerUnreachable(
                     f"Cannot reach the DB-API at {self.base_url} (database_api_host) after "
                     f"{attempt} attempts: {failure}. Is the server running?",
-                    answer_lost=answer_lost) from failure
+                    answer_lost=answer_lost, request_id=request_id) from failure
             time.sleep(pause)
             delay = min(delay * 4, _MAX_DELAY)
 
-    def _parse(self, response: Response) -> Any:
+    def _parse(self, response: Response, request_id: str) -> Any:
         status = response.status
         try:
             data = orjson.loads(response.data) if response.data else None
@@ -185,23 +232,31 @@ class Transport:
         if not isinstance(envelope, dict):
             raise error_class_for(status)(
                 f"The DB-API answered HTTP {status} without an error envelope; is "
-                f"{self.base_url} really a DB-API server?", status=status)
+                f"{self.base_url} really a DB-API server?", status=status, request_id=request_id)
         if status == 422 and envelope.get("code") in ("database_error", "statement_error", "driver_error"):
-            raise DatabaseErrorReply(envelope)
+            raise DatabaseErrorReply(envelope, request_id)
         raise error_class_for(status, envelope.get("code"))(
             envelope.get("message", f"HTTP {status}"), code=envelope.get("code", "error"),
-            error_id=envelope.get("error_id"), status=status, details=envelope.get("details"),
+            error_id=envelope.get("error_id"), request_id=request_id, status=status, details=envelope.get("details"),
             txn_state=envelope.get("txn_state"), outcome=envelope.get("outcome"),
             refused={k: envelope[k] for k in REFUSAL_FIELDS if k in envelope})
 
 
 def _is_envelope(response: Response) -> bool:
     """Whether an error answer is the DB-API's own (its JSON error envelope), not a proxy's."""
+    return _envelope_code(response) is not None
+
+
+def _envelope_code(response: Response) -> str | None:
+    """The code of the DB-API's error envelope in *response* ("" for one without a code), or None."""
     try:
         data = orjson.loads(response.data) if response.data else None
     except orjson.JSONDecodeError:
-        return False
-    return isinstance(data, dict) and isinstance(data.get("error"), dict)
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("error"), dict):
+        return None
+    code = data["error"].get("code")
+    return code if isinstance(code, str) else ""
 
 
 _registry_lock = threading.Lock()

@@ -12,11 +12,18 @@ This script plays the *trusted* orchestrator. It
 5. checks the worker's effects by reading the database file directly, and stops the server.
 
 Exits 0 when everything behaved as a direct session would, non-zero otherwise.
+
+``--worker-python PATH`` runs the worker with another interpreter - one whose environment has only
+the client installed (``pip install dbsession``): the worker then also checks that it cannot
+import the server, and runs from a directory holding a copy of ``examples/`` only, so not even
+the checkout puts ``dbapi_server`` on its path (``.ci/client-install-check``).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -105,10 +112,18 @@ def write_token(private_key: Path, path: Path) -> None:
     write_token_file(path, token)  # mode 0600, atomic: the worker refuses a token file others can read
 
 
-def run_worker(url: str, token_file: Path, db_path: Path) -> None:
+def run_worker(url: str, token_file: Path, db_path: Path, python: str | None = None) -> None:
     env = clean_env(DATABASE_ACCESS_ISOLATION="true", DATABASE_API_HOST=url,
                     DATABASE_API_TOKEN_FILE=str(token_file))
-    done = subprocess.run([sys.executable, "-m", "examples.worker", str(db_path)], cwd=REPO, env=env,
+    cwd = REPO
+    if python is not None:  # a client-only environment, away from the checkout
+        cwd = token_file.parent / "client-host"
+        shutil.copytree(REPO / "examples", cwd / "examples", ignore=shutil.ignore_patterns("__pycache__"))
+        probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('dbapi_server') is not None)"
+        if subprocess.run([python, "-c", probe], cwd=cwd, env=env, check=False).returncode != 0:
+            raise SystemExit(f"demo: {python} can import dbapi_server; it is not a client-only environment")
+        say(f"the worker runs with {python}, which cannot import the DB-API (client-only install)")
+    done = subprocess.run([python or sys.executable, "-m", "examples.worker", str(db_path)], cwd=cwd, env=env,
                           timeout=WORKER_TIMEOUT, check=False)
     if done.returncode != 0:
         raise SystemExit(f"demo: the worker failed (exit code {done.returncode})")
@@ -139,6 +154,9 @@ def verify(db_path: Path) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worker-python", help="run the worker with this interpreter (a client-only venv)")
+    args = parser.parse_args()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dbsession-demo-") as tmp:
         workdir = Path(tmp)
@@ -161,7 +179,7 @@ def main() -> None:
             write_token(private_key, token_file)
             say(f"minted a 5-minute EdDSA token into {token_file.name} (mode 0600)")
             say("starting the worker with no database URL in its environment")
-            run_worker(url, token_file, db_path)
+            run_worker(url, token_file, db_path, args.worker_python)
             say("reading the database file directly to check the worker's effects")
             verify(db_path)
         finally:

@@ -41,6 +41,7 @@ from dbsession.session import release_api_host
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = float(os.environ.get("DBSESSION_TEST_SERVER_START_TIMEOUT", "90"))
 STOP_TIMEOUT = 20.0
+SHUTDOWN_GRACE = 2.0  # DBAPI_SHUTDOWN_GRACE of the servers dbapi_process starts (unless env= says otherwise)
 SERVER_HASHSEED_ENV = "DBSESSION_TEST_SERVER_HASHSEED"
 _SEED_RANGE = 2**32  # PYTHONHASHSEED accepts 0 (no randomization) .. 4294967295
 
@@ -178,7 +179,7 @@ def dbapi_process(database_url: str | sa.URL, metadata: str, *, policy: Path | s
     between choosing and binding it. Its key pair is fresh; :attr:`DBAPIProcess.token` and
     :meth:`DBAPIProcess.mint` sign with it.
 
-    The block starts once ``/health`` answers 200. Afterwards the server is stopped with SIGTERM
+    The block starts once ``/ready`` answers 200. Afterwards the server is stopped with SIGTERM
     (it must exit with status 0; SIGKILL after 20 s) and the client's cached handshake for its
     URL is released. A server that does not start raises with its output; an exception from the
     block gets the server's identity (hash seed) and the tail of its output attached as a note.
@@ -195,9 +196,11 @@ def dbapi_process(database_url: str | sa.URL, metadata: str, *, policy: Path | s
         command += ["--policy", str(policy_file)]
     url = database_url.render_as_string(hide_password=False) if isinstance(database_url, sa.URL) else database_url
     seed = server_hash_seed() if hash_seed is None else hash_seed
+    # a short shutdown grace: a test that stops a server with a transaction still open (the
+    # rollback on SIGTERM) should not wait the production default (30 s) for it
     server_env = _server_env(DBAPI_DATABASE_URL=url, DBAPI_METADATA=metadata, DBAPI_JWT_KEY_FILE=str(public_key),
                              DBAPI_JWT_ALGORITHMS="EdDSA", DBAPI_METHODS=methods, PYTHONHASHSEED=str(seed),
-                             PYTHONUNBUFFERED="1", **(env or {}))
+                             PYTHONUNBUFFERED="1", **{"DBAPI_SHUTDOWN_GRACE": str(SHUTDOWN_GRACE), **(env or {})})
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=REPO, env=server_env, stdout=out, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
@@ -272,7 +275,7 @@ def _wait_until_healthy(server: DBAPIProcess) -> None:
         if server.process.poll() is not None:
             break
         try:
-            with urllib.request.urlopen(f"{server.url}/dbapi/v1/health", timeout=5) as answer:
+            with urllib.request.urlopen(f"{server.url}/dbapi/v1/ready", timeout=5) as answer:
                 if answer.status == 200:
                     return
                 last = f"status {answer.status}"

@@ -62,6 +62,7 @@ def make_engine(url: str | sa.URL, metadata: sa.MetaData, rows: Rows | None = No
 class Reply:
     status: int
     body: bytes
+    headers: dict[str, str] = field(default_factory=dict)  # names lower-cased
 
     @property
     def json(self) -> Any:
@@ -98,7 +99,7 @@ class RawApi:
         if body is not None:
             sent.setdefault("Content-Type", "application/json")
         response = self.http.request(method, self.server.url + PREFIX + path, body=body, headers=sent)
-        reply = Reply(response.status, response.data)
+        reply = Reply(response.status, response.data, {k.lower(): v for k, v in response.headers.items()})
         self.replies.append(reply)
         return reply
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 import socket
 import ssl
 import subprocess
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from dbsession import ConfigurationError, DBSession, guard
+from dbsession import ConfigurationError, DBSession, PolicyViolationError, guard
 from dbsession._http import AnswerLost, ConnectionPool, NotSent, _Connection
 from dbsession.auth import TokenSource
 from dbsession.session import release_api_host
@@ -549,3 +550,75 @@ def test_a_path_that_would_break_the_request_line_is_refused(serve: Callable[[Sc
             transport.post(path, {}, replay_safe=True)
     transport.close()
     assert not server.requests
+
+
+# -- request ids, and an instance that is shutting down ---------------------------------------------
+def request_id_of(request: bytes) -> str:
+    found = re.search(rb"\r\nX-Request-Id: ([^\r]+)\r\n", request)
+    assert found, request
+    return found.group(1).decode()
+
+
+def answer(status: str, body: bytes) -> bytes:
+    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            .encode() + body)
+
+
+SHUTTING_DOWN = answer("503 Service Unavailable", b'{"error": {"code": "shutting_down", "message": "draining", '
+                                                  b'"error_id": "e1", "retryable": true}}')
+
+
+def test_each_request_has_its_own_request_id_and_its_retries_share_it(serve: Callable[[Script], ScriptedServer]) -> None:
+    def script(peer: Peer) -> None:
+        if peer.request() is not None and len(peer.server.requests) > 1:
+            peer.send(OK)  # the first attempt is read and its answer lost
+
+    server = serve(script)
+    transport = Transport(server.url, TokenSource("t"))
+    try:
+        assert transport.post("/x", {}, replay_safe=True) == {"ok": 1}
+        assert transport.post("/y", {}, replay_safe=True) == {"ok": 1}
+    finally:
+        transport.close()
+    first, retry, second = (request_id_of(r) for r in server.requests)
+    assert first == retry != second
+    assert re.fullmatch(r"[0-9a-f]{16}", first) and re.fullmatch(r"[0-9a-f]{16}", second)
+
+
+def test_an_error_names_the_servers_error_id_and_the_request_id(serve: Callable[[Script], ScriptedServer]) -> None:
+    refusal = answer("403 Forbidden", b'{"error": {"code": "policy_violation", "message": "no", '
+                                      b'"error_id": "abc123", "retryable": false}}')
+    server = serve(keep_answering(refusal))
+    transport = Transport(server.url, TokenSource("t"))
+    try:
+        with pytest.raises(PolicyViolationError) as refused:
+            transport.post("/x", {}, replay_safe=True)
+    finally:
+        transport.close()
+    assert refused.value.request_id == request_id_of(server.requests[0])
+    assert refused.value.error_id == "abc123"
+    assert str(refused.value) == f"no (error id abc123, request id {refused.value.request_id})"
+
+
+def test_a_draining_instance_is_asked_again_as_if_nothing_was_sent(serve: Callable[[Script], ScriptedServer]) -> None:
+    server = serve(keep_answering(SHUTTING_DOWN, OK))  # behind a load balancer: another instance
+    transport = Transport(server.url, TokenSource("t"))
+    try:
+        assert transport.post("/x", {}, replay_safe=False) == {"ok": 1}  # even a request not replay-safe
+    finally:
+        transport.close()
+    assert len(server.requests) == 2
+
+
+def test_an_instance_that_stays_draining_is_a_disconnect_where_nothing_ran(
+        serve: Callable[[Script], ScriptedServer]) -> None:
+    server = serve(keep_answering(SHUTTING_DOWN))
+    transport = Transport(server.url, TokenSource("t"), connect_attempts=2)
+    try:
+        with pytest.raises(ServerUnreachable, match="is shutting down and takes no new transactions") as gone:
+            transport.post("/x", {}, replay_safe=True, deadline=30)
+    finally:
+        transport.close()
+    assert not gone.value.answer_lost  # nothing ran: a commit would not wait for the deadline
+    assert gone.value.request_id == request_id_of(server.requests[0])
+    assert f"(request id {gone.value.request_id})" in str(gone.value)

@@ -74,7 +74,7 @@ def test_a_class_safe_on_the_server_only_is_a_remote_method_error_with_the_error
         fail_with_server_only(session, "boom")
     error = raised.value
     assert (error.status, error.code) == (422, "method_error")
-    assert error.error_id and f"(error id {error.error_id})" in str(error)
+    assert error.error_id and f"(error id {error.error_id}, request id {error.request_id})" in str(error)
     assert "raised ServerOnlyError: ('boom', 7)" in str(error)
     assert error.details == {"type": f"{SERVER_MODULE}.ServerOnlyError", "args": ["boom", 7]}
     session.commit()  # nothing of the failed call is left to get in the way

@@ -506,3 +506,15 @@ def test_m(dbsession_bind):
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*No module named*no_such_methods_module*"])
     run(project).assert_outcomes(passed=1)  # direct mode: methods run locally, nothing to serve
+
+
+def test_isolation_without_the_server_installed_says_what_to_install(pytester: pytest.Pytester) -> None:
+    """A client-only environment (``pip install dbsession``): the plugin is there, the DB-API is not."""
+    pytester.makeconftest("import sys\nsys.modules['dbapi_server'] = None  # as if not installed\n")
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    direct = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    direct.assert_outcomes(passed=1)  # without --db-isolation the plugin needs no server
+    isolated = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--db-isolation")
+    assert isolated.ret == pytest.ExitCode.USAGE_ERROR
+    message = isolated.stderr.str()
+    assert "the DB-API is not installed here: pip install 'dbsession[server]'" in message, message

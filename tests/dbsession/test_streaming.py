@@ -57,8 +57,8 @@ def answers(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     seen: list[Any] = []
     original = transport_module.Transport._parse
 
-    def parse(self: Any, response: Any) -> Any:
-        data = original(self, response)
+    def parse(self: Any, response: Any, *args: Any) -> Any:
+        data = original(self, response, *args)
         seen.append(data)
         return data
 
