@@ -12,7 +12,7 @@ must have the same outcome at every step (success, or the same exception class f
 step), store the same raw row (read with a plain engine on each twin, no result processing) and
 read back the same values with the same Python types.
 
-The example count per database is printed (``values differential: ...``). Default 250 examples
+The example count per database is printed (``values differential: ...``). Default 200 examples
 per database, about a minute each on a busy machine; a long run: ``DBSESSION_VALUES_EXAMPLES=5000``.
 """
 
@@ -48,7 +48,7 @@ from ._values import VALUES
 from .conftest import MYSQL_DEFAULT_URL, PG_DEFAULT_URL, _backend_params, _server_pair, _sqlite_engine
 from .values_models import Probe
 
-EXAMPLES = int(os.environ.get("DBSESSION_VALUES_EXAMPLES", "250"))
+EXAMPLES = int(os.environ.get("DBSESSION_VALUES_EXAMPLES", "200"))
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
