@@ -130,7 +130,7 @@ def execute() -> Response:
         statement, stmt_info = state.executor.decode(document)
         params = state.executor.decode_params(raw_params)
         plan = state.policy.plan(statement, stmt_info, principal, params=params, column_keys=column_keys,
-                                 dialect=state.engine.dialect.name)
+                                 dialect=state.engine.dialect)
         return plan, stmt_info, params
 
     def run(conn: sa.Connection, release: Callable[[], None] = lambda: None) -> dict[str, Any]:
