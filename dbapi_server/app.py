@@ -13,6 +13,10 @@ Arguments win over environment variables, which exist so ``flask --app dbapi_ser
 ``DBAPI_MAX_BODY_BYTES``   largest accepted request body (default 16 MiB)
 ``DBAPI_METHODS``          comma-separated modules defining named methods, imported at start
 ``DBAPI_POLICY_FILE``      per-role policy (TOML, ``docs/security.md``); default: the open preset
+``DBAPI_DB_ROLES``         ``off`` (default), ``verify`` or ``apply``: run each role's requests
+                           under a PostgreSQL role compiled from the policy (``db_wall``)
+``DBAPI_DB_ROLES_NAMESPACE`` prefix of those roles' names (default: the database's name)
+``DBAPI_DB_ROW_SECURITY``  ``on`` (default) or ``off``: row filters also as row-level security
 =========================  ===================================================================
 """
 
@@ -31,7 +35,10 @@ from werkzeug.exceptions import HTTPException
 
 from query_translation import MethodRegistry
 
+from ._db_catalog import DatabaseRolesError
 from .auth import Authenticator, authenticator_from_env
+from .db_roles import DatabaseRoles
+from .db_wall import DatabaseWall, open_wall
 from .errors import envelope_for_exception
 from .methods import load_methods, methods_api
 from .policy import Policy, PolicyError
@@ -71,7 +78,8 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
                engine: sa.Engine | None = None, authenticator: Authenticator | None = None,
                policy: Policy | str | os.PathLike[str] | None = None, idle_timeout: float | None = None,
                max_body_bytes: int | None = None, engine_options: dict[str, Any] | None = None,
-               methods: MethodRegistry | Iterable[str] | None = None) -> Flask:
+               methods: MethodRegistry | Iterable[str] | None = None,
+               db_roles: str | DatabaseRoles | None = None) -> Flask:
     """Build the DB-API application for one database and one application's tables."""
     metadata = metadata if metadata is not None else os.environ.get("DBAPI_METADATA")
     if metadata is None:
@@ -92,13 +100,28 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
                         policy=_policy(policy, metadata), idle_timeout=idle_timeout,
                         methods=load_methods(methods if methods is not None else os.environ.get("DBAPI_METHODS")))
 
+    state.wall = _wall(state, db_roles)
     app = Flask("dbapi_server")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes or int(os.environ.get("DBAPI_MAX_BODY_BYTES", 16 << 20))
     app.extensions["dbapi_server"] = state
     app.register_blueprint(api)
     app.register_blueprint(methods_api)
     app.register_error_handler(Exception, _handle_error)
+    if state.wall is not None:
+        app.teardown_request(lambda exc: DatabaseWall.end_request())
     return app
+
+
+def _wall(state: ServerState, db_roles: str | DatabaseRoles | None) -> DatabaseWall | None:
+    """The second wall (database roles), as configured; refuses to start on a mismatch."""
+    setting = db_roles if db_roles is not None else os.environ.get("DBAPI_DB_ROLES", "off")
+    row_security = os.environ.get("DBAPI_DB_ROW_SECURITY", "on").lower() not in ("off", "0", "false", "no")
+    try:
+        return open_wall(state.engine, state.metadata, state.policy, setting, row_security=row_security,
+                         namespace=os.environ.get("DBAPI_DB_ROLES_NAMESPACE") or None)
+    except (ValueError, DatabaseRolesError) as exc:
+        state.close()
+        raise ConfigError(str(exc)) from None
 
 
 def _policy(policy: Policy | str | os.PathLike[str] | None, metadata: sa.MetaData) -> Policy:

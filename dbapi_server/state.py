@@ -13,6 +13,7 @@ from query_translation import DEFAULT_REGISTRY, WIRE_VERSION, MethodRegistry
 
 from .auth import Authenticator
 from .cursors import CursorRegistry
+from .db_wall import DatabaseWall
 from .executor import StatementExecutor
 from .policy import Policy
 from .transactions import TransactionManager
@@ -66,6 +67,7 @@ class ServerState:
     policy: Policy
     idle_timeout: float = 60.0
     methods: MethodRegistry = DEFAULT_REGISTRY  # the named methods served (looked up per call)
+    wall: DatabaseWall | None = None  # database roles per policy role (db_wall), when configured
     executor: StatementExecutor = field(init=False)
     read_engine: sa.Engine = field(init=False)
     transactions: TransactionManager = field(init=False)
