@@ -266,20 +266,24 @@ def _plan_row_security(conn: sa.Connection, roles: DatabaseRoles, tables: dict[s
     ours = {(relid, name): comment for relid, _, name, _, _, comment in policies
             if name in namespace_roles and comment.startswith(POLICY_COMMENT_PREFIX)}
     table_sql = {relid: sql for relid, sql, *_ in policies} | {oid: info.sql for oid, info in by_oid.items()}
-    has_others = {relid for relid, _, name, *_ in policies if name == OTHERS_POLICY}
+    switched = {relid for relid, _, name, *_ in policies if name == OTHERS_POLICY}  # RLS we turned on
+    foreign = {relid for relid, _, name, *_ in policies if name != OTHERS_POLICY and (relid, name) not in ours}
+    # RLS stays on where a filter needs it, where someone else turned it on, or where other policies rely on it
+    keep = filtered | (enabled - switched) | (switched & foreign)
     drops: list[str] = []
     wanted: dict[tuple[int, str], str] = {}
     for oid in sorted(filtered - enabled):
         out.statements.append(f"ALTER TABLE {table_sql[oid]} ENABLE ROW LEVEL SECURITY")
-    for oid in sorted(filtered - has_others - enabled):
+    for oid in sorted(filtered - switched - enabled):
         check = others_policy_sql()
         out.statements.append(f"CREATE POLICY {OTHERS_POLICY} ON {table_sql[oid]} AS PERMISSIVE FOR ALL TO PUBLIC "
                               f"USING ({check}) WITH CHECK ({check})")
     for role in roles.roles.values():
         for privileges in role.tables:
             info = tables.get(privileges.table)
-            if info is None or info.oid not in filtered | enabled:
+            if info is None or info.oid not in keep:
                 continue
+            # on a table with row-level security, a granted role without a filter sees every row
             expression = roles.row_policy_sql(privileges) if info.oid in filtered else "true"
             definition = (f"CREATE POLICY {_quote(conn, role.name)} ON {info.sql} AS PERMISSIVE FOR ALL TO "
                           f"{_quote(conn, role.name)} USING ({expression}) WITH CHECK ({expression})")
@@ -291,21 +295,14 @@ def _plan_row_security(conn: sa.Connection, roles: DatabaseRoles, tables: dict[s
     for (relid, name), comment in sorted(ours.items()):
         if wanted.get((relid, name)) != comment:
             drops.append(f"DROP POLICY {_quote(conn, name)} ON {table_sql[relid]}")
-    remaining: dict[int, set[str]] = defaultdict(set)  # policies left on each table afterwards
     for relid, _, name, permissive, members, _ in policies:
-        if (relid, name) in ours and (relid, name) not in wanted:
-            continue
-        remaining[relid].add(name)
         if (permissive and relid in filtered and name != OTHERS_POLICY and (relid, name) not in ours
                 and ("-" in members or set(members) & namespace_roles)):
             out.problems.append(f"The permissive policy {name} on {table_sql[relid]} also applies to the wall's "
                                 "roles and widens the rows they see; make it restrictive or limit its roles.")
-    for relid, _ in wanted:
-        remaining[relid].add("")
-    for relid in sorted(has_others - filtered):
-        if remaining[relid] <= {OTHERS_POLICY}:  # nothing of the wall (or anyone else) left: undo our switch
-            drops.append(f"DROP POLICY {OTHERS_POLICY} ON {table_sql[relid]}")
-            drops.append(f"ALTER TABLE {table_sql[relid]} DISABLE ROW LEVEL SECURITY")
+    for relid in sorted(switched - keep):  # nothing needs the row security we turned on: undo it
+        drops.append(f"DROP POLICY {OTHERS_POLICY} ON {table_sql[relid]}")
+        drops.append(f"ALTER TABLE {table_sql[relid]} DISABLE ROW LEVEL SECURITY")
     return drops
 
 
