@@ -37,6 +37,7 @@ _ATTRIBUTES = ("NOLOGIN", "NOSUPERUSER", "NOCREATEDB", "NOCREATEROLE", "NOINHERI
                "NOBYPASSRLS")
 _PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 _LOCK = 0x6462735F77616C6C  # pg_advisory_xact_lock key: "dbs_wall"
+_ALL_ROWS = " (all rows)"  # ends the comment of a policy that filters nothing
 
 
 class DatabaseRolesError(RuntimeError):
@@ -254,8 +255,8 @@ def _policy_hash(definition: str) -> str:
 
 def _plan_row_security(conn: sa.Connection, roles: DatabaseRoles, tables: dict[sa.Table, _Table],
                        namespace_roles: set[str], out: RolesPlan) -> list[str]:
-    """Row-level security: enable it where a row filter needs it, one policy per (role, table),
-    and the pass-through policy for every other role. Returns the drops, which run first."""
+    """Row-level security: enable it where a row filter needs it, one policy per (role, granted
+    table), and the pass-through policy for every other role. Returns the drops, which run first."""
     filtered = {tables[t].oid for t in roles.filtered_tables if t in tables}
     by_oid = {info.oid: info for info in tables.values()}
     enabled = {oid for oid, on in _rows(conn, "SELECT oid, relrowsecurity FROM pg_class WHERE oid = "
@@ -267,27 +268,39 @@ def _plan_row_security(conn: sa.Connection, roles: DatabaseRoles, tables: dict[s
             if name in namespace_roles and comment.startswith(POLICY_COMMENT_PREFIX)}
     table_sql = {relid: sql for relid, sql, *_ in policies} | {oid: info.sql for oid, info in by_oid.items()}
     switched = {relid for relid, _, name, *_ in policies if name == OTHERS_POLICY}  # RLS we turned on
-    foreign = {relid for relid, _, name, *_ in policies if name != OTHERS_POLICY and (relid, name) not in ours}
+    check = others_policy_sql()
+    others_comment = f"{POLICY_COMMENT_PREFIX} {_policy_hash(check)} (other roles)"
+    stale_others = {relid for relid, _, name, _, _, comment in policies
+                    if name == OTHERS_POLICY and comment != others_comment}
+    # policies that need row security: anyone else's, and other namespaces' row filters (theirs
+    # for all rows are as inert as ours)
+    foreign = {relid for relid, _, name, _, _, comment in policies if name != OTHERS_POLICY
+               and (relid, name) not in ours and not comment.endswith(_ALL_ROWS)}
     # RLS stays on where a filter needs it, where someone else turned it on, or where other policies rely on it
     keep = filtered | (enabled - switched) | (switched & foreign)
     drops: list[str] = []
     wanted: dict[tuple[int, str], str] = {}
     for oid in sorted(filtered - enabled):
         out.statements.append(f"ALTER TABLE {table_sql[oid]} ENABLE ROW LEVEL SECURITY")
-    for oid in sorted(filtered - switched - enabled):
-        check = others_policy_sql()
+    for oid in sorted((filtered - switched - enabled) | (stale_others & keep)):
+        if oid in stale_others:
+            drops.append(f"DROP POLICY {OTHERS_POLICY} ON {table_sql[oid]}")
         out.statements.append(f"CREATE POLICY {OTHERS_POLICY} ON {table_sql[oid]} AS PERMISSIVE FOR ALL TO PUBLIC "
                               f"USING ({check}) WITH CHECK ({check})")
+        out.statements.append(f"COMMENT ON POLICY {OTHERS_POLICY} ON {table_sql[oid]} IS {_literal(others_comment)}")
     for role in roles.roles.values():
         for privileges in role.tables:
             info = tables.get(privileges.table)
-            if info is None or info.oid not in keep:
+            if info is None:
                 continue
-            # on a table with row-level security, a granted role without a filter sees every row
+            # every granted table gets one, "true" without a filter: inert while the table has no
+            # row-level security, and the role keeps its rows when someone (another namespace, the
+            # DBA) switches it on - a role without a policy there would see nothing
             expression = roles.row_policy_sql(privileges) if info.oid in filtered else "true"
             definition = (f"CREATE POLICY {_quote(conn, role.name)} ON {info.sql} AS PERMISSIVE FOR ALL TO "
                           f"{_quote(conn, role.name)} USING ({expression}) WITH CHECK ({expression})")
-            comment = f"{POLICY_COMMENT_PREFIX} {_policy_hash(definition)}"
+            marker = _ALL_ROWS if expression == "true" else " (row filter)"
+            comment = f"{POLICY_COMMENT_PREFIX} {_policy_hash(definition)}{marker}"
             wanted[info.oid, role.name] = comment
             if ours.get((info.oid, role.name)) != comment:
                 out.statements.append(definition)

@@ -208,9 +208,11 @@ class DatabaseRoles:
 
 def others_policy_sql() -> str:
     """True for every role that is not a wall role: with row-level security switched on for the
-    wall, the application's other non-owner roles keep seeing every row (evaluated once per query)."""
-    return ("(SELECT NOT COALESCE(pg_catalog.shobj_description((SELECT r.oid FROM pg_catalog.pg_roles r "
-            f"WHERE r.rolname = current_user), 'pg_authid') LIKE '{ROLE_COMMENT_PREFIX}%', false))")
+    wall, the application's other non-owner roles keep seeing every row. A wall role is known by
+    its comment; evaluated once per query (an InitPlan), about 0.02 ms."""
+    return ("(SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_shdescription d WHERE d.objoid = "
+            "pg_catalog.quote_ident(current_user)::regrole AND d.classoid = 'pg_catalog.pg_authid'::regclass "
+            f"AND d.description LIKE '{ROLE_COMMENT_PREFIX}%'))")
 
 
 def _grants(role: RolePolicy, metadata: sa.MetaData) -> list[tuple[sa.Table, TableGrant]]:

@@ -199,7 +199,7 @@ def test_reapplying_a_changed_policy_converges(engine: sa.Engine, namespace: str
     with engine.connect() as conn:  # no row filter left: row-level security is off again
         assert not any(conn.execute(sa.text("SELECT relrowsecurity FROM pg_class WHERE relname IN "
                                             "('xcom', 'dag_run', 'task_instance')")).scalars())
-        assert conn.execute(sa.text("SELECT count(*) FROM pg_policy")).scalar() == 0
+        assert set(conn.execute(sa.text("SELECT pg_get_expr(polqual, polrelid) FROM pg_policy")).scalars()) == {"true"}
     # and back: the auditor role is dropped, the worker regains its grants
     catalog.apply(engine, compiled(namespace=namespace))
     assert _namespace_roles(engine, namespace) == [compiled(namespace=namespace).roles["worker"].name]
@@ -282,11 +282,30 @@ def test_row_security_policies_leave_other_roles_their_rows(engine: sa.Engine, n
 
 
 @pytest.mark.postgresql
-def test_without_row_security_no_policies_are_created(engine: sa.Engine, namespace: str) -> None:
+def test_without_row_security_only_inert_policies_are_created(engine: sa.Engine, namespace: str) -> None:
     catalog.apply(engine, compiled(namespace=namespace, row_security=False))
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM pg_policy")).scalar() == 0
-        assert not any(conn.execute(sa.text("SELECT relrowsecurity FROM pg_class WHERE relname = 'xcom'")).scalars())
+        assert set(conn.execute(sa.text("SELECT pg_get_expr(polqual, polrelid) FROM pg_policy")).scalars()) == {"true"}
+        assert not any(conn.execute(sa.text("SELECT relrowsecurity FROM pg_class")).scalars())
+
+
+@pytest.mark.postgresql
+def test_two_namespaces_on_one_database_keep_their_rows(engine: sa.Engine, namespace: str) -> None:
+    """One DB-API without row security, another with it on the same tables: switching row-level
+    security on for the second must not hide every row from the first's roles."""
+    plain, filtered = compiled(namespace=namespace, row_security=False), compiled(namespace=namespace + "b")
+    catalog.apply(engine, plain)
+    try:
+        catalog.apply(engine, filtered)
+        assert catalog.verify(engine, plain) == [] and catalog.verify(engine, filtered) == []
+        with engine.begin() as conn:
+            total = conn.execute(sa.text("SELECT count(*) FROM task_instance")).scalar()
+            conn.exec_driver_sql(f'SET LOCAL ROLE "{plain.roles["worker"].name}"')
+            assert conn.execute(sa.text("SELECT count(*) FROM task_instance")).scalar() == total
+    finally:
+        catalog.drop(engine, filtered)
+    with engine.connect() as conn:  # the second gone, row security is off again
+        assert not any(conn.execute(sa.text("SELECT relrowsecurity FROM pg_class")).scalars())
 
 
 # -- the command ------------------------------------------------------------------------------------
