@@ -24,16 +24,19 @@ def main() -> None:
 @click.option("--metadata", envvar="DBAPI_METADATA", required=True,
               help="Import path of the application's tables, e.g. myapp.models:Base.metadata.")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=9180, show_default=True, type=int)
-@click.option("--threads", default=8, show_default=True, type=int)
+@click.option("--port", default=9180, show_default=True, type=click.IntRange(0, 65535),
+              help="0 binds a free port (printed, and written to --port-file).")
+@click.option("--port-file", type=click.Path(dir_okay=False),
+              help="Write the bound port to this file once the server listens (for --port 0).")
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--methods", envvar="DBAPI_METHODS", default="",
               help="Comma-separated modules defining named methods, e.g. myapp.methods.")
 @click.option("--policy", "policy_file", envvar="DBAPI_POLICY_FILE", default=None,
               type=click.Path(exists=True, dir_okay=False),
               help="Per-role policy file (TOML, see docs/security.md); default: the open preset.")
-def serve(database_url: str, metadata: str, host: str, port: int, threads: int, methods: str,
-          policy_file: str | None) -> None:
-    """Serve the DB-API under waitress (a production WSGI server)."""
+def serve(database_url: str, metadata: str, host: str, port: int, port_file: str | None, threads: int,
+          methods: str, policy_file: str | None) -> None:
+    """Serve the DB-API under waitress (a production WSGI server) until SIGINT or SIGTERM."""
     from .app import ConfigError, create_app
     from .serving import serve as run
 
@@ -42,7 +45,11 @@ def serve(database_url: str, metadata: str, host: str, port: int, threads: int, 
         app = create_app(database_url, metadata, policy=policy_file, methods=methods.split(","))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    run(app, host=host, port=port, threads=threads)
+    try:
+        run(app, host=host, port=port, threads=threads, port_file=port_file)
+    finally:
+        # open transactions are rolled back and pooled connections closed, not left to the database
+        app.extensions["dbapi_server"].close()
 
 
 @main.command()

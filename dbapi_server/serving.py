@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from waitress.server import create_server
@@ -11,12 +14,40 @@ from waitress.server import create_server
 __all__ = ["BackgroundServer", "serve", "start_background"]
 
 
-def serve(app: Any, host: str = "127.0.0.1", port: int = 9180, threads: int = 8) -> None:
-    """Serve *app* until interrupted."""
+def serve(app: Any, host: str = "127.0.0.1", port: int = 9180, threads: int = 8,
+          port_file: str | os.PathLike[str] | None = None) -> None:
+    """Serve *app* until interrupted (SIGINT or SIGTERM), then stop taking requests and return.
+
+    ``port=0`` binds a free port. The bound port is printed and, with *port_file*, written to
+    that file (atomically, once the socket listens), so whoever started the server learns it
+    without racing another process for a port it picked in advance.
+    """
     server = create_server(app, host=host, port=port, threads=threads, ident="dbapi-server",
                            channel_timeout=300)
-    server.print_listen("dbapi-server listening on http://{}:{}")
-    server.run()
+    # effective_port is set in BaseWSGIServer.__init__ but missing from types-waitress
+    bound = int(server.effective_port)  # type: ignore[union-attr]
+    if port_file is not None:
+        _write_port_file(Path(port_file), bound)
+    # printed, not logged: waitress logs this line at INFO, which an unconfigured logging drops
+    print(f"dbapi-server listening on http://{server.effective_host}:{bound}", flush=True)  # type: ignore[union-attr]
+    # SIGTERM (what service managers and container runtimes send) stops the server as SIGINT
+    # does: waitress leaves its loop on SystemExit, and the caller closes the application
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.close()
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def _write_port_file(path: Path, port: int) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(f"{port}\n")
+    os.replace(partial, path)  # a reader sees no file or the whole number, never a part
 
 
 @dataclass
