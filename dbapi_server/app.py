@@ -16,6 +16,7 @@ Arguments win over environment variables, which exist so ``flask --app dbapi_ser
 ``DBAPI_DB_ROLES``         ``off`` (default), ``verify`` or ``apply``: run each role's requests
                            under a PostgreSQL role compiled from the policy (``db_wall``)
 ``DBAPI_DB_ROLES_NAMESPACE`` prefix of those roles' names (default: the database's name)
+``DBAPI_DB_ROLES_POLICY``  compile the roles from this policy file instead of the served one
 ``DBAPI_DB_ROW_SECURITY``  ``on`` (default) or ``off``: row filters also as row-level security
 =========================  ===================================================================
 """
@@ -117,9 +118,12 @@ def _wall(state: ServerState, db_roles: str | DatabaseRoles | None) -> DatabaseW
     setting = db_roles if db_roles is not None else os.environ.get("DBAPI_DB_ROLES", "off")
     row_security = os.environ.get("DBAPI_DB_ROW_SECURITY", "on").lower() not in ("off", "0", "false", "no")
     try:
-        return open_wall(state.engine, state.metadata, state.policy, setting, row_security=row_security,
+        # the roles may come from another (a DBA's, a stricter) policy than the one served
+        source = os.environ.get("DBAPI_DB_ROLES_POLICY")
+        policy = Policy.from_file(source, state.metadata) if source and setting != "off" else state.policy
+        return open_wall(state.engine, state.metadata, policy, setting, row_security=row_security,
                          namespace=os.environ.get("DBAPI_DB_ROLES_NAMESPACE") or None)
-    except (ValueError, DatabaseRolesError) as exc:
+    except (ValueError, DatabaseRolesError, PolicyError) as exc:
         state.close()
         raise ConfigError(str(exc)) from None
 

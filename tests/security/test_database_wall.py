@@ -29,6 +29,7 @@ from dbapi_server import Policy, RolePolicy, TableGrant
 from dbapi_server import _db_catalog as catalog
 from dbapi_server.db_roles import DatabaseRoles
 from dbsession import DBSession, DBSessionError, PolicyViolationError
+from tests.servers import DBAPIProcess, dbapi_process
 
 from ._policy_support import (
     CONF,
@@ -223,6 +224,42 @@ def test_a_role_the_strict_policy_does_not_list_gets_nothing(bypassed: Backend) 
     with bypassed.session(role="admin") as s, pytest.raises(PolicyViolationError) as refused:
         s.execute(sa.select(Variable.key)).all()  # PERMISSIVE lets it in; the strict roles have none for it
     assert refused.value.status == 403
+
+
+# -- the same, with the DB-API in its own process, configured as a deployment configures it -------
+PERMISSIVE_TOML = '[roles.worker]\nfunctions = "*"\n' + "".join(
+    f'[roles.worker.tables.{t.name}]\nread = "*"\ninsert = "*"\nupdate = "*"\ndelete = true\n'
+    for t in Base.metadata.sorted_tables)
+
+
+@pytest.fixture(scope="module")
+def bypassed_process(engine: sa.Engine, roles: DatabaseRoles) -> Iterator[DBAPIProcess]:
+    """``dbapi-server serve`` with a permissive policy file, its database roles compiled from the
+    strict one (``DBAPI_DB_ROLES_POLICY``) and checked at start (``DBAPI_DB_ROLES=verify``)."""
+    env = {"DBAPI_DB_ROLES": "verify", "DBAPI_DB_ROLES_NAMESPACE": roles.namespace,
+           "DBAPI_DB_ROLES_POLICY": str(POLICY_FILE)}
+    with dbapi_process(engine.url, "tests.security._policy_support:Base.metadata", policy=PERMISSIVE_TOML,
+                       env=env) as server:
+        yield server
+
+
+OUT_OF_PROCESS = {
+    **{f"cte_{kind}": (lambda kind=kind: _dml_cte(kind)) for kind in ("update", "insert", "delete")},
+    **{name: HIDDEN_READS[name] for name in ("select_list", "order_by_label", "whole_row", "connection")},
+    **{name: WRITES[name] for name in ("update_ungranted_column", "xcom_for_another_run")},
+}
+
+
+@pytest.mark.parametrize("name", sorted(OUT_OF_PROCESS))
+def test_out_of_process(bypassed_process: DBAPIProcess, engine: sa.Engine, name: str) -> None:
+    before = snapshot(engine)
+    token = _TOKENS.setdefault(bypassed_process.url, bypassed_process.mint(role="worker", **MINE))
+    with DBSession(database_access_isolation=True, database_api_host=bypassed_process.url, token=token) as s, \
+            pytest.raises(PolicyViolationError) as refused:
+        with s.begin():
+            s.execute(OUT_OF_PROCESS[name]())
+    assert (refused.value.status, refused.value.wall) == (403, "database")
+    assert snapshot(engine) == before
 
 
 # -- properties over generated statements -----------------------------------------------------------
