@@ -170,6 +170,8 @@ class DatabaseWall:
         wanted = self.roles.identity(principal)
         if wanted.deny:
             raise PolicyViolation("The caller's role has no database role under the DB-API's policy.")
+        if wanted.sql_text:
+            return  # unwalled (raw SQL): what its own SQL set is its business; checkout resets it after
         state = _state(wanted)
         memo = connection.info.get(_TXN)
         txn = connection.get_transaction()
@@ -222,6 +224,9 @@ def open_wall(engine: sa.Engine, metadata: sa.MetaData, policy: Policy, setting:
     """The wall a server configured with *setting* runs: ``"off"`` (none), ``"verify"`` (the
     database must already hold the compiled roles), ``"apply"`` (converge it first), or roles
     compiled elsewhere (verified). Raises ``DatabaseRolesError`` when the database does not match."""
+    if setting != "off" and engine.dialect.name != "postgresql":
+        raise ValueError("Database roles (the second wall) are built for PostgreSQL only; see "
+                         "docs/security.md for SQLite and MariaDB.")
     if isinstance(setting, str):
         if setting not in MODES:
             raise ValueError(f"Database roles must be one of {', '.join(MODES)}, not {setting!r}.")
