@@ -217,6 +217,8 @@ def db_roles(database_url: str, metadata: str, policy_file: str | None, namespac
         for role in roles.roles.values():
             shown = "(fallback)" if role.policy_role is None else repr(role.policy_role)
             click.echo(f"-- policy role {shown} runs as {role.name}")
+        for warning in roles.warnings:
+            click.echo(f"-- warning: {warning}")
         if action == "print":
             with engine.connect() as conn:
                 found = catalog.plan(conn, roles, member=member)

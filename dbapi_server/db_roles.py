@@ -184,6 +184,21 @@ class DatabaseRoles:
         return Identity(role.name, settings)
 
     @property
+    def warnings(self) -> list[str]:
+        """Grants the database will read more strictly than the policy does."""
+        found = []
+        for role in self.roles.values():
+            for privileges in role.tables:
+                key = {c.name for c in privileges.table.primary_key.columns}
+                if privileges.inserts and privileges.select is not None and not key <= privileges.select:
+                    shown = "(fallback)" if role.policy_role is None else repr(role.policy_role)
+                    found.append(
+                        f"policy role {shown}: {privileges.table.fullname} is insertable but its primary key is "
+                        "not readable; PostgreSQL checks SELECT on what INSERT ... RETURNING returns, so the "
+                        f"database refuses ORM inserts there - grant read on {', '.join(sorted(key - privileges.select))}.")
+        return found
+
+    @property
     def filtered_tables(self) -> frozenset[sa.Table]:
         """The tables some role's row filter restricts (row-level security on them)."""
         if not self.row_security:

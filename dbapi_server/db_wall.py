@@ -237,6 +237,8 @@ def open_wall(engine: sa.Engine, metadata: sa.MetaData, policy: Policy, setting:
             apply(engine, roles)
     else:
         roles = setting
+    for warning in roles.warnings:
+        log.warning("database roles: %s", warning)
     problems = verify(engine, roles)
     if problems:
         raise DatabaseRolesError("The database roles do not match the policy: " + " ".join(problems))

@@ -91,6 +91,14 @@ def test_identities_follow_the_policys_role_lookup() -> None:
     assert compiled(row_security=False).identity(Principal("t", {"role": "worker", "dag_id": "x"})).settings == ()
 
 
+def test_an_insertable_table_with_an_unreadable_key_is_warned_about() -> None:
+    policy = Policy({"w": RolePolicy(tables={"xcom": TableGrant(read=["value"], insert="*"),
+                                             "dag_code": TableGrant(read="*", insert="*")})})
+    (warning,) = compiled(policy).warnings
+    assert "xcom is insertable but its primary key is not readable" in warning and warning.endswith("on id.")
+    assert compiled().warnings == []
+
+
 def test_compiling_checks_the_policy_against_the_metadata() -> None:
     with pytest.raises(Exception, match="no column 'secret'"):
         compiled(Policy({"w": RolePolicy(tables={"variable": TableGrant(read=["secret"])})}))
