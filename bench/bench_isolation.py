@@ -10,7 +10,7 @@ A benchmark, not a test. Run it from the repository root::
 What it does:
 
 * creates a fresh database with a small Airflow-like schema (``bench.models``) and a few hundred rows;
-* starts the real DB-API (``dbapi-server serve``, waitress) in a *subprocess*, so client and server do
+* starts the real DB-API (``dbapi-server serve``: granian, or ``--server waitress``) in a *subprocess*, so client and server do
   not share a GIL, with JWT authentication (Ed25519 key pair made for the run);
 * times four worker-style operations, each in a fresh session - get by primary key, a filtered list
   of 10 rows, get + modify + commit, and a Variable.get-style scalar - with a plain ``Session`` on a
@@ -21,6 +21,9 @@ What it does:
   an untimed pass), the client's CPU per operation and the server process's CPU per operation;
 * measures the floors once: one keep-alive HTTP round trip (``GET /dbapi/v1/info`` with urllib3, and
   with a minimal client on a bare socket) and one ``SELECT 1`` over the raw driver connection;
+* then the concurrency phase (``--concurrency 4,16``): that many client *processes* run each op at
+  once, direct and isolated; throughput, isolated/direct throughput ratio, p50/p99 latency and CPU
+  per op on both sides (``bench/_concurrency.py``);
 * prints the load average before and after: on a busy machine the numbers are noisy (two runs
   minutes apart easily differ by 20-30%); compare ratios from the same run, not across runs.
 
@@ -61,6 +64,7 @@ from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
 import dbsession  # noqa: E402
 import dbsession.transport  # noqa: E402
+from bench._concurrency import report_concurrency, run_concurrency  # noqa: E402
 from bench.models import Base, Dag, DagRun, TaskInstance, Variable  # noqa: E402
 from dbapi_server import mint_token  # noqa: E402
 from dbapi_server.keys import write_keypair  # noqa: E402
@@ -208,8 +212,10 @@ def free_port() -> int:
 class Server:
     """``dbapi-server serve`` in a subprocess, with a key pair and a token made for the run."""
 
-    def __init__(self, url: str, port: int, threads: int, workdir: Path, metadata: str = METADATA_PATH) -> None:
+    def __init__(self, url: str, port: int, threads: int, workdir: Path, metadata: str = METADATA_PATH,
+                 server: str = "granian") -> None:
         self.port = port
+        self.server = server
         self.base = f"http://127.0.0.1:{port}"
         private_path, public_path = write_keypair(workdir / "keys")
         self.token = mint_token(private_path.read_bytes(), subject="bench", ttl=3600)
@@ -220,8 +226,9 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from dbapi_server.cli import main; main()", "serve",
              "--database-url", url, "--metadata", metadata, "--port", str(port),
-             "--threads", str(threads)],
+             "--threads", str(threads), "--server", server],
             cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.pids = [self.proc.pid]
         self.http = urllib3.HTTPConnectionPool("127.0.0.1", port, maxsize=1, retries=False,
                                                timeout=urllib3.Timeout(connect=1.0, read=10.0))
 
@@ -233,6 +240,7 @@ class Server:
             try:
                 response = self.http.request("GET", "/dbapi/v1/health")
                 if response.status == 200:
+                    self.pids = [self.proc.pid, *_descendants(self.proc.pid)]  # granian's worker
                     return json.loads(response.data)
             except urllib3.exceptions.HTTPError:
                 pass
@@ -242,13 +250,21 @@ class Server:
     def info(self) -> dict[str, Any]:
         return json.loads(self.http.request("GET", "/dbapi/v1/info").data)
 
+    @property
+    def worker_pid(self) -> int:
+        """The process that runs the application (granian's worker; waitress serves in one)."""
+        return self.pids[-1]
+
     def cpu_seconds(self) -> float | None:
-        """User + system CPU of the server process so far (Linux /proc), or None."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU of the server's processes so far (Linux /proc), or None."""
+        total = 0
+        for pid in self.pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                return None
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def log(self) -> str:
         self._log.flush()
@@ -264,6 +280,19 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Child processes of *pid*, recursively (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            found += [child, *_descendants(child)]
+    return found
 
 
 # -- measuring -------------------------------------------------------------------------------------
@@ -357,6 +386,17 @@ def http_floor(server: Server, n: int) -> dict[str, float]:
         pool.close()
 
 
+def transport_http_floor(server: Server, n: int) -> dict[str, float]:
+    """The same ``GET /dbapi/v1/info`` through the client's own transport (JSON decoding included)."""
+    from dbsession.auth import TokenSource
+
+    transport = dbsession.transport.Transport(server.base, TokenSource(server.token), maxsize=1)
+    try:
+        return _time_floor(server, n, lambda: transport.get("/info"))
+    finally:
+        transport.close()
+
+
 def raw_http_floor(server: Server, n: int) -> dict[str, float]:
     """The same ``GET /dbapi/v1/info`` with a minimal HTTP/1.1 client on a bare socket.
 
@@ -414,7 +454,7 @@ _BUCKETS = (
     ("sqlalchemy/pool", "sqlalchemy.pool"), ("sqlalchemy", "sqlalchemy (other)"),
     ("query_translation", "query_translation"), ("dbsession", "dbsession"), ("dbapi_server", "dbapi_server"),
     ("urllib3", "urllib3"), ("http/client", "http.client"), ("email/", "email (http headers)"),
-    ("waitress", "waitress"), ("werkzeug", "werkzeug"), ("flask", "flask"), ("jwt", "pyjwt"),
+    ("waitress", "waitress"), ("granian", "granian"), ("werkzeug", "werkzeug"), ("flask", "flask"), ("jwt", "pyjwt"),
     ("psycopg", "psycopg"), ("sqlite3", "sqlite3"), ("socket", "socket"), ("selectors", "selectors"),
     ("threading", "threading"), ("bench/", "bench"), ("uuid", "uuid"), ("json", "json"),
 )
@@ -487,7 +527,7 @@ def profile_op(op: str, make: Maker, server: Server, seconds: float, workdir: Pa
     results: dict[str, Any] = {}
     if py_spy:
         procs = {}
-        for side, pid in (("client", os.getpid()), ("server", server.proc.pid)):
+        for side, pid in (("client", os.getpid()), ("server", server.worker_pid)):
             out = workdir / f"profile-{side}.txt"
             procs[side] = (subprocess.Popen(
                 [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate),
@@ -551,7 +591,7 @@ def versions(info: dict[str, Any], backend: str) -> dict[str, Any]:
     server = {"wire_version": info.get("wire_version"), "dialect": f"{info.get('dialect')}+{info.get('driver')}",
               "database": ".".join(str(v) for v in info.get("server_version_info") or []) or "-",
               "sqlalchemy": info.get("sqlalchemy"), "flask": _version("flask"), "werkzeug": _version("werkzeug"),
-              "waitress": _version("waitress"), "pyjwt": _version("pyjwt")}
+              "waitress": _version("waitress"), "granian": _version("granian"), "pyjwt": _version("pyjwt")}
     return {"client": client, "server": server,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
 
@@ -573,11 +613,11 @@ def report(results: dict[str, Any]) -> None:
     print("\n== dbsession isolation benchmark ==")
     print(f"backend: {cfg['backend']} ({cfg['database_url_safe']}); {cfg['iterations']} iterations x "
           f"{cfg['rounds']} rounds per op and mode (alternating in chunks of {cfg['chunk']}) after "
-          f"{cfg['warmup']} warm-up; server threads {cfg['threads']}; "
+          f"{cfg['warmup']} warm-up; DB-API under {cfg['server']}, {cfg['threads']} threads; "
           f"{v['machine']['cpus']} CPUs; {cfg['rows']} rows seeded")
     print("client: " + ", ".join(f"{k} {val}" for k, val in v["client"].items()))
     print("server: " + ", ".join(f"{k} {val}" for k, val in v["server"].items())
-          + "  (flask/werkzeug/waitress/pyjwt: same interpreter, subprocess)")
+          + "  (flask/werkzeug/waitress/granian/pyjwt: same interpreter, subprocess)")
     cpus = v["machine"]["cpus"] or 1
     loads = [results.get("load_before"), results.get("load_after")]
     print(f"load average (1/5/15 min) before {loads[0]}, after {loads[1]}", end="")
@@ -587,6 +627,10 @@ def report(results: dict[str, Any]) -> None:
     print(f"floors: HTTP keep-alive GET /info (urllib3) median {_fmt(floors['http_info']['median'], 3)} ms "
           f"p90 {_fmt(floors['http_info']['p90'], 3)} ms (CPU per call: client "
           f"{_fmt(floors['http_info']['client_cpu_ms'])} ms, server {_fmt(floors['http_info']['server_cpu_ms'])} ms);"
+          f"\n        same through dbsession's transport median {_fmt(floors['http_info_transport']['median'], 3)} ms "
+          f"p90 {_fmt(floors['http_info_transport']['p90'], 3)} ms (CPU per call: client "
+          f"{_fmt(floors['http_info_transport']['client_cpu_ms'])} ms, server "
+          f"{_fmt(floors['http_info_transport']['server_cpu_ms'])} ms);"
           f"\n        same with a minimal client on a bare socket median {_fmt(floors['http_info_raw_socket']['median'], 3)} "
           f"ms p90 {_fmt(floors['http_info_raw_socket']['p90'], 3)} ms (CPU per call: client "
           f"{_fmt(floors['http_info_raw_socket']['client_cpu_ms'])} ms, server "
@@ -596,17 +640,21 @@ def report(results: dict[str, Any]) -> None:
     print(f"anchor floors: {ANCHOR_FLOORS}")
 
     header = (f"{'op':<15} {'direct ms':>9} {'isol. ms':>9} {'ratio':>6} {'dir p90':>8} {'iso p90':>8} "
-              f"{'HTTP req':>8}  {'cli CPU d/i ms':>14} {'srv CPU':>7}  requests")
+              f"{'HTTP req':>8}  {'cli CPU d/i ms':>14} {'srv CPU':>7} {'srv/req':>7} {'cli+/req':>8}  requests")
     print("\n" + header)
     print("-" * len(header))
     for op, r in results["ops"].items():
         d, i = r["direct"]["best"], r["isolation"]["best"]
         print(f"{op:<15} {_fmt(d['median'], 3):>9} {_fmt(i['median'], 3):>9} {r['ratio']:>5.2f}x "
               f"{_fmt(d['p90'], 3):>8} {_fmt(i['p90'], 3):>8} {r['http_requests_per_op']:>8.2f}  "
-              f"{_fmt(d['client_cpu_ms']):>6} / {_fmt(i['client_cpu_ms']):<5} {_fmt(i.get('server_cpu_ms')):>7}  "
+              f"{_fmt(d['client_cpu_ms']):>6} / {_fmt(i['client_cpu_ms']):<5} {_fmt(i.get('server_cpu_ms')):>7} "
+              f"{_fmt(r['server_cpu_ms_per_request'], 3):>7} {_fmt(r['client_cpu_over_direct_ms_per_request'], 3):>8}  "
               f"{', '.join(f'{k} x{n:g}' for k, n in r['requests_breakdown'].items())}")
     print("(medians and p90 of the better round by median; CPU columns are means per op over that round: "
-          "client process CPU direct/isolated, DB-API server process CPU)")
+          "client process CPU direct/isolated, DB-API server processes' CPU; per HTTP request: server CPU, "
+          "and client CPU above direct)")
+    if results.get("concurrency"):
+        report_concurrency(results["concurrency"], {op: r["http_requests_per_op"] for op, r in results["ops"].items()})
 
     print("\nper round (median ms, direct | isolation):")
     for op, r in results["ops"].items():
@@ -635,7 +683,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--chunk", type=int, default=50,
                         help="within a round, direct and isolated calls alternate in chunks of this many")
     parser.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
-    parser.add_argument("--threads", type=int, default=4, help="waitress threads of the DB-API")
+    parser.add_argument("--threads", type=int, default=4, help="threads of the DB-API's serving process")
+    parser.add_argument("--server", default="granian", choices=["granian", "waitress"],
+                        help="the DB-API's WSGI server (dbapi-server serve --server)")
+    parser.add_argument("--concurrency", default="4,16",
+                        help="client process counts for the concurrency phase (empty: no such phase)")
+    parser.add_argument("--concurrency-ops", type=int, default=200,
+                        help="calls per client process, op and mode in the concurrency phase")
     parser.add_argument("--port", type=int, default=0, help="DB-API port (default: a free one)")
     parser.add_argument("--json", nargs="?", const="-", metavar="PATH",
                         help="dump the results as JSON (to PATH; without one to stdout, the report then to stderr)")
@@ -650,6 +704,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-db", action="store_true", help="do not drop the database at the end")
     args = parser.parse_args(argv)
     args.ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    try:
+        args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip() and int(c) > 0]
+    except ValueError:
+        parser.error("--concurrency is a comma-separated list of client process counts, e.g. 4,16")
     unknown = set(args.ops) - set(OPS)
     if unknown:
         parser.error(f"unknown op(s) {', '.join(sorted(unknown))}; choose from {', '.join(OPS)}")
@@ -690,7 +748,7 @@ def _run(args: argparse.Namespace, url: str, workdir: Path) -> dict[str, Any]:
     direct_engine = sa.create_engine(url)
     dbsession.guard.exempt(direct_engine)  # the isolated DBSession installs the direct-access guard
     rows = seed(direct_engine)
-    server = Server(url, args.port or free_port(), args.threads, workdir)
+    server = Server(url, args.port or free_port(), args.threads, workdir, server=args.server)
     iso_engine = None
     try:
         server.wait_healthy()
@@ -707,11 +765,14 @@ def _run(args: argparse.Namespace, url: str, workdir: Path) -> dict[str, Any]:
         results: dict[str, Any] = {
             "config": {"backend": direct_engine.dialect.name, "iterations": n, "warmup": args.warmup,
                        "rounds": args.rounds, "chunk": args.chunk, "threads": args.threads, "rows": rows,
+                       "server": args.server, "concurrency": args.concurrency,
+                       "concurrency_ops": args.concurrency_ops,
                        "database_url_safe": sa.make_url(url).render_as_string(hide_password=True)},
             "versions": versions(info, direct_engine.dialect.name),
         }
         results["load_before"] = load_average()
-        results["floors"] = {"http_info": http_floor(server, n), "http_info_raw_socket": raw_http_floor(server, n),
+        results["floors"] = {"http_info": http_floor(server, n), "http_info_transport": transport_http_floor(server, n),
+                             "http_info_raw_socket": raw_http_floor(server, n),
                              "db_select1": db_floor(direct_engine, n)}
 
         # warm-up, then the HTTP request count per op (untimed)
@@ -746,9 +807,16 @@ def _run(args: argparse.Namespace, url: str, workdir: Path) -> dict[str, Any]:
                 entry[mode] = {"rounds": rounds, "best": min(rounds, key=lambda r: r["median"])}
             entry["ratio"] = entry["isolation"]["best"]["median"] / entry["direct"]["best"]["median"]
             counts = breakdowns[op]
-            entry["http_requests_per_op"] = sum(counts.values()) / count_n
+            entry["http_requests_per_op"] = requests = sum(counts.values()) / count_n
             entry["requests_breakdown"] = {k: v / count_n for k, v in sorted(counts.items())}
+            iso, dire = entry["isolation"]["best"], entry["direct"]["best"]
+            entry["server_cpu_ms_per_request"] = iso.get("server_cpu_ms", float("nan")) / requests
+            entry["client_cpu_over_direct_ms_per_request"] = (iso["client_cpu_ms"] - dire["client_cpu_ms"]) / requests
             results["ops"][op] = entry
+        if args.concurrency:
+            skip = ({"modify_commit": "SQLite has one writer at a time: this would measure its file lock"}
+                    if direct_engine.dialect.name == "sqlite" else {})
+            results["concurrency"] = run_concurrency(args.concurrency, args.ops, args.concurrency_ops, url, server, skip)
         results["load_after"] = load_average()
         results["anchors"] = {op: [{"label": label, "direct_ms": d, "isolation_ms": i, "ratio": i / d}
                                    for label, d, i in a] for op, a in ANCHORS.items()}

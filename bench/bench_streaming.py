@@ -298,9 +298,9 @@ def _run(args: argparse.Namespace, url: str, workdir: Path) -> dict[str, Any]:
             "load_before": load_average(), "cases": {},
         }
         for case in args.cases:
-            with RssSampler(server.proc.pid) as sampler:
+            with RssSampler(server.worker_pid) as sampler:
                 measured = run_child(case, cfg)
-            with RssSampler(server.proc.pid) as traced_sampler:
+            with RssSampler(server.worker_pid) as traced_sampler:
                 traced = run_child(case, cfg, traced=True)
             for r in (measured, traced):
                 if (r["rows"], r["id_sum"]) != (args.rows, expected_sum):

@@ -1,7 +1,7 @@
 """The DB-API: a Flask application that executes isolated clients' statements on the real database.
 
 ``create_app()`` builds it; ``flask --app dbapi_server run`` and the ``dbapi-server serve``
-command (waitress) serve it. See ``docs/architecture.md``.
+command (granian; ``--server waitress``) serve it. See ``docs/architecture.md``.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -28,25 +29,42 @@ def main() -> None:
               help="0 binds a free port (printed, and written to --port-file).")
 @click.option("--port-file", type=click.Path(dir_okay=False),
               help="Write the bound port to this file once the server listens (for --port 0).")
-@click.option("--threads", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1),
+              help="Threads of the one serving process (transactions live in its memory).")
+@click.option("--server", "server_name", envvar="DBAPI_SERVER", default="granian", show_default=True,
+              type=click.Choice(["granian", "waitress"]),
+              help="The WSGI server: granian (fastest measured) or waitress (pure Python).")
 @click.option("--methods", envvar="DBAPI_METHODS", default="",
               help="Comma-separated modules defining named methods, e.g. myapp.methods.")
 @click.option("--policy", "policy_file", envvar="DBAPI_POLICY_FILE", default=None,
               type=click.Path(exists=True, dir_okay=False),
               help="Per-role policy file (TOML, see docs/security.md); default: the open preset.")
 def serve(database_url: str, metadata: str, host: str, port: int, port_file: str | None, threads: int,
-          methods: str, policy_file: str | None) -> None:
-    """Serve the DB-API under waitress (a production WSGI server) until SIGINT or SIGTERM."""
+          server_name: str, methods: str, policy_file: str | None) -> None:
+    """Serve the DB-API under a production WSGI server (granian by default) until SIGINT or SIGTERM."""
     from .app import ConfigError, create_app
     from .serving import serve as run
 
     sys.path.insert(0, os.getcwd())
+    factory = functools.partial(create_app, database_url, metadata, policy=policy_file,
+                                methods=methods.split(","))
     try:
-        app = create_app(database_url, metadata, policy=policy_file, methods=methods.split(","))
+        app = factory()  # a wrong setting fails here, with a clear message, before serving
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    if server_name == "granian":
+        # the worker process builds its own and closes it when it stops: it must not inherit this
+        # one's database connections or transaction reaper thread
+        app.extensions["dbapi_server"].close()
+        try:
+            run(factory, host=host, port=port, threads=threads, server="granian", port_file=port_file)
+        except OSError as exc:  # the port is taken
+            raise click.ClickException(str(exc)) from None
+        return
     try:
-        run(app, host=host, port=port, threads=threads, port_file=port_file)
+        run(lambda: app, host=host, port=port, threads=threads, server="waitress", port_file=port_file)
+    except OSError as exc:
+        raise click.ClickException(f"Cannot serve on {host}:{port}: {exc}") from None
     finally:
         # open transactions are rolled back and pooled connections closed, not left to the database
         app.extensions["dbapi_server"].close()

@@ -1,35 +1,73 @@
-"""Serving the application with waitress, in the foreground (CLI) or in a thread (tests, demo)."""
+"""Serving the application: granian (``dbapi-server serve``), or waitress (``--server waitress``, tests).
+
+granian (a Rust HTTP server with a WSGI interface) measured fastest of the production servers we
+tried with the real application: the least server CPU per request and the lowest latency, alone
+and with concurrent clients (``bench/bench_http.py``; the numbers are in ``docs/architecture.md``).
+It runs ONE worker process with *threads* blocking threads: a transaction lives in that process's
+memory, so every request of it must reach the same process. The worker builds the application
+itself (``factory``, called there): a process must not inherit another's database connections or
+its transaction reaper thread, and it closes the application when it stops (open transactions
+rolled back, pool disposed). Its main process only supervises: SIGTERM or SIGINT stops it
+gracefully (requests in flight finish, up to ``stop_timeout`` seconds), and a worker that dies is
+started again - which, like a restart, ends its open transactions. A worker dies with its main
+process, even one killed with SIGKILL: an orphan would go on serving, with its transactions and
+remembered outcomes, beside the replacement a supervisor starts on the same port.
+
+On Linux granian binds with ``SO_REUSEPORT``, so a second server on a port would silently share
+its traffic - and split transactions between two memories. The port is therefore checked (and,
+for ``port=0``, chosen) with a socket of our own that refuses to share with a listening one, and
+held until the worker listens.
+
+waitress stays for ``start_background`` (a server in a thread of the calling process, which
+granian cannot do: it serves from processes it starts itself) and as ``--server waitress``.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing.util
 import os
 import signal
+import socket
+import sys
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from waitress.server import create_server
 
-__all__ = ["BackgroundServer", "serve", "start_background"]
+__all__ = ["SERVERS", "BackgroundServer", "serve", "start_background"]
+
+SERVERS = ("granian", "waitress")
 
 
-def serve(app: Any, host: str = "127.0.0.1", port: int = 9180, threads: int = 8,
-          port_file: str | os.PathLike[str] | None = None) -> None:
-    """Serve *app* until interrupted (SIGINT or SIGTERM), then stop taking requests and return.
+def serve(factory: Callable[[], Any], host: str = "127.0.0.1", port: int = 9180, threads: int = 8, *,
+          server: str = "granian", port_file: str | os.PathLike[str] | None = None, stop_timeout: int = 30) -> None:
+    """Serve the WSGI application *factory* builds until interrupted (SIGINT or SIGTERM).
 
-    ``port=0`` binds a free port. The bound port is printed and, with *port_file*, written to
-    that file (atomically, once the socket listens), so whoever started the server learns it
-    without racing another process for a port it picked in advance.
+    ``port=0`` binds a free port. The bound port is printed and, with *port_file*, written to that
+    file (atomically, once the server listens), so whoever started the server learns it without
+    racing another process for a port it picked in advance. Under granian *factory* runs in the
+    worker process (pass a picklable callable, such as a ``functools.partial`` of ``create_app``:
+    Python 3.14 starts workers by spawning); under waitress it runs here.
     """
+    if server == "waitress":
+        _serve_waitress(factory(), host, port, threads, port_file)
+    elif server == "granian":
+        _serve_granian(factory, host, port, threads, port_file, stop_timeout)
+    else:
+        raise ValueError(f"server must be one of {', '.join(SERVERS)}, got {server!r}")
+
+
+def _serve_waitress(app: Any, host: str, port: int, threads: int, port_file: str | os.PathLike[str] | None) -> None:
     server = create_server(app, host=host, port=port, threads=threads, ident="dbapi-server",
                            channel_timeout=300)
     # effective_port is set in BaseWSGIServer.__init__ but missing from types-waitress
     bound = int(server.effective_port)  # type: ignore[union-attr]
-    if port_file is not None:
-        _write_port_file(Path(port_file), bound)
-    # printed, not logged: waitress logs this line at INFO, which an unconfigured logging drops
-    print(f"dbapi-server listening on http://{server.effective_host}:{bound}", flush=True)  # type: ignore[union-attr]
+    _announce(str(server.effective_host), bound, port_file)  # type: ignore[union-attr]
     # SIGTERM (what service managers and container runtimes send) stops the server as SIGINT
     # does: waitress leaves its loop on SystemExit, and the caller closes the application
     previous = signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -44,10 +82,96 @@ def _exit_on_signal(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
 
+def _serve_granian(factory: Callable[[], Any], host: str, port: int, threads: int,
+                   port_file: str | os.PathLike[str] | None, stop_timeout: int) -> None:
+    from granian.constants import Interfaces
+    from granian.log import LogLevels
+    from granian.server import Server
+
+    reservation = _reserve(host, port)
+    bound = reservation.getsockname()[1]
+    threading.Thread(target=_announce_when_listening, args=(reservation, host, bound, port_file),
+                     name="dbapi-announce", daemon=True).start()
+    Server(
+        "dbapi_server:create_app",  # a label only: the worker loads the app through target_loader
+        address=host, port=bound, interface=Interfaces.WSGI, workers=1, blocking_threads=threads,
+        respawn_failed_workers=True, workers_kill_timeout=stop_timeout, log_level=LogLevels.warning,
+    ).serve(target_loader=_InWorker(factory, os.getpid()), wrap_loader=False)
+
+
+def _reserve(host: str, port: int) -> socket.socket:
+    """A socket bound to (*host*, *port*) - refused if something listens there - that granian's
+    ``SO_REUSEPORT`` listener can then share while nobody else can bind the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # connections in TIME_WAIT are fine
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise OSError(exc.errno, f"Cannot serve on {host}:{port}: {exc.strerror} (is another server "
+                                     "running there?)") from None
+        if hasattr(socket, "SO_REUSEPORT") and sys.platform == "linux":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # now granian may join it
+    except BaseException:
+        sock.close()
+        raise
+    if sys.platform != "linux":  # granian binds one shared socket itself: free the port for it
+        sock.close()
+    return sock
+
+
+def _announce_when_listening(reservation: socket.socket, host: str, port: int,
+                             port_file: str | os.PathLike[str] | None) -> None:
+    probe_host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((probe_host, port), timeout=1).close()
+        except OSError:
+            time.sleep(0.02)
+            continue
+        _announce(host, port, port_file)
+        break
+    reservation.close()
+
+
+def _announce(host: str, port: int, port_file: str | os.PathLike[str] | None) -> None:
+    if port_file is not None:
+        _write_port_file(Path(port_file), port)
+    print(f"dbapi-server listening on http://{host}:{port}", flush=True)
+
+
 def _write_port_file(path: Path, port: int) -> None:
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     partial.write_text(f"{port}\n")
     os.replace(partial, path)  # a reader sees no file or the whole number, never a part
+
+
+@dataclass(frozen=True)
+class _InWorker:
+    """Builds the application in a granian worker, first tying the worker's life to its parent's."""
+
+    factory: Callable[[], Any]
+    parent: int
+
+    def __call__(self) -> Any:
+        if sys.platform == "linux":
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        else:
+            threading.Thread(target=self._watch_parent, name="dbapi-parent-watch", daemon=True).start()
+        if os.getppid() != self.parent:  # it died before the line above took effect
+            os._exit(1)
+        app = self.factory()
+        state = getattr(app, "extensions", {}).get("dbapi_server")
+        if state is not None:  # run when the worker process ends its serving (multiprocessing's exit)
+            multiprocessing.util.Finalize(state, state.close, exitpriority=10)
+        return app
+
+    def _watch_parent(self) -> None:
+        while os.getppid() == self.parent:
+            time.sleep(0.5)
+        os._exit(1)
 
 
 @dataclass
@@ -80,7 +204,7 @@ class BackgroundServer:
 
 
 def start_background(app: Any, host: str = "127.0.0.1", port: int = 0, threads: int = 8) -> BackgroundServer:
-    """Serve *app* on a real loopback socket from a daemon thread; ``port=0`` picks a free one."""
+    """Serve *app* on a real loopback socket from a daemon thread (waitress); ``port=0`` picks a free one."""
     server = create_server(app, host=host, port=port, threads=threads, ident="dbapi-server")
     thread = threading.Thread(target=server.run, name="dbapi-server", daemon=True)
     thread.start()

@@ -13,6 +13,13 @@ setting                        environment variable
 ``commit_retry_deadline``: how long a commit whose answer was lost keeps asking the DB-API for its
 outcome before raising ``CommitOutcomeUnknownError`` (see ``docs/architecture.md``).
 
+Resolving costs a copy of the environment and a validation, and every new ``DBSession`` resolves
+its settings, so :func:`get_settings` remembers its answers, keyed by everything they depend on:
+the five variables' current values (read from ``os.environ`` on every call, so a changed or
+monkeypatched variable is seen at once), a counter that :func:`configure` and
+:func:`reset_configuration` move on, and the overrides. A token file is still checked on every
+call (its mode or existence may have changed).
+
 ``DATABASE_API_TOKEN`` is a credential, so it is taken *out* of ``os.environ`` when ``dbsession``
 is imported (and whenever settings are resolved and it has been set again): the process keeps it
 in memory and child processes - ``subprocess``, ``os.system``, a task's shell commands - do not
@@ -83,6 +90,9 @@ class Settings:
 _configured: dict[str, Any] = {}
 _TOKEN_VAR = "DATABASE_API_TOKEN"
 _scrubbed: dict[str, str] = {}  # DATABASE_API_TOKEN, moved out of os.environ
+_generation = [0]  # moved on by configure() and reset_configuration(): resolved settings are stale
+_resolved: dict[tuple[Any, ...], Settings] = {}
+_RESOLVED_MAX = 64
 
 
 def scrub_token_from_environ() -> None:
@@ -102,12 +112,14 @@ def configure(**settings: Any) -> None:
     if unknown:
         raise ConfigurationError(f"Unknown setting(s): {', '.join(sorted(unknown))}.")
     _configured.update(settings)
+    _generation[0] += 1
 
 
 def reset_configuration() -> None:
     """Forget everything passed to :func:`configure` and a scrubbed ``DATABASE_API_TOKEN`` (for tests)."""
     _configured.clear()
     _scrubbed.clear()
+    _generation[0] += 1
 
 
 def _parse_bool(name: str, raw: str) -> bool:
@@ -145,9 +157,27 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
 
 def get_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Resolve settings: explicit *overrides* > :func:`configure` > environment > defaults."""
-    if environ is None:
+    if environ is not None:
+        return _resolve(environ, overrides)
+    if _TOKEN_VAR in os.environ:
         scrub_token_from_environ()
-        environ = {**_scrubbed, **os.environ}
+    try:
+        key = (_generation[0], _scrubbed.get(_TOKEN_VAR), *map(os.environ.get, _ENV.values()),
+               *sorted((k, v) for k, v in overrides.items() if v is not None))
+        settings = _resolved.get(key)
+    except TypeError:  # an unhashable override: resolve without remembering
+        return _resolve({**_scrubbed, **os.environ}, overrides)
+    if settings is None:
+        settings = _resolve({**_scrubbed, **os.environ}, overrides)
+        if len(_resolved) >= _RESOLVED_MAX:
+            _resolved.clear()
+        _resolved[key] = settings
+    elif settings.database_access_isolation and settings.token_file:
+        check_token_file(settings.token_file)  # as validate() does: the file may have changed
+    return settings
+
+
+def _resolve(environ: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
     values = _from_env(environ)
     values.update(_configured)
     values.update({k: v for k, v in overrides.items() if v is not None})

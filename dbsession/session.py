@@ -77,6 +77,8 @@ class DBSession(Session):
                         "to the DB-API at database_api_host.")
             if bind is None and not kw.get("binds"):
                 bind = isolated_engine(settings)
-            if get_settings().database_access_isolation:
+            arguments = (database_access_isolation, database_api_host, token, token_file, commit_retry_deadline)
+            process = settings if all(a is None for a in arguments) else get_settings()
+            if process.database_access_isolation:
                 guard.install()  # the process itself is in isolation mode, not just this session
         super().__init__(bind=bind, **kw)

@@ -1,10 +1,10 @@
 """HTTP transport to the DB-API: pooled keep-alive connections, JSON via orjson.
 
-urllib3 is the well-kept pool we build on (ANCHORS.md measured it, with ``http.client``, as the
-fastest of the common clients: 0.6 ms a keep-alive round trip against 0.9-1.1 ms for httpx and
-requests). Our own benchmark shows what it still costs: about 0.27 ms of client CPU per request
-against 0.05 ms for a bare socket (header parsing through ``email``, two writes per request) -
-the largest remaining client-side cost, recorded in the issue notes as the next lever.
+The HTTP/1.1 client underneath is our own lean one (:mod:`dbsession._http`): one ``send`` per
+request and a minimal answer parser cost about a fifth of urllib3's client CPU per request (see
+``docs/architecture.md``, "Libraries we chose and why"). It reports each failure as either
+*not sent* (provably nothing reached the server) or *answer lost* (it may have run); the rules
+below are built on that distinction.
 
 Retries: a request that never reached the server (connection refused, connect timeout) is always
 retried with backoff. One whose response was lost (connection reset or closed, read timeout, or a
@@ -20,6 +20,7 @@ token changed, so a refresh racing a request does not fail it.
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -27,11 +28,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-import urllib3
-from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
 
+from ._http import AnswerLost, ConnectionPool, NotSent, Response
 from .auth import TokenSource
-from .exceptions import REFUSAL_FIELDS, DBAPIRequestError, error_class_for
+from .exceptions import REFUSAL_FIELDS, ConfigurationError, DBAPIRequestError, error_class_for
 
 __all__ = ["API_PREFIX", "DatabaseErrorReply", "ServerUnreachable", "Transport", "discard_transports",
            "transport_for"]
@@ -63,20 +63,27 @@ class DatabaseErrorReply(Exception):
 
 
 class Transport:
-    """One per DB-API host; thread-safe (urllib3 pools are)."""
+    """One per DB-API host; thread-safe (the connection pool is)."""
 
     def __init__(self, base_url: str, token: TokenSource, *, timeout: float = 30.0,
-                 maxsize: int = 16, connect_attempts: int = 4) -> None:
+                 maxsize: int = 16, connect_attempts: int = 4, ssl_context: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(base_url if "://" in base_url else f"http://{base_url}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"database_api_host must look like http://host:port, got {base_url!r}.")
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise ValueError(f"database_api_host has a bad port: {base_url!r}.") from None
         self.base_url = f"{parts.scheme}://{parts.netloc}"
         self._prefix = parts.path.rstrip("/") + API_PREFIX
         self._token = token
         self._attempts = connect_attempts
-        self._pool = urllib3.connection_from_url(
-            self.base_url, maxsize=maxsize, block=False, retries=False,
-            timeout=urllib3.Timeout(connect=min(timeout, 5.0), read=timeout))
+        host_header = parts.netloc.rpartition("@")[2]
+        self._common_headers = (f"Host: {host_header}\r\nAccept: application/json\r\n"
+                                f"User-Agent: dbsession\r\n").encode("latin-1")
+        self._auth_line: tuple[str | None, bytes] = (None, b"")
+        self._pool = ConnectionPool(parts.scheme, parts.hostname, port, connect_timeout=min(timeout, 5.0),
+                                    read_timeout=timeout, maxsize=maxsize, ssl_context=ssl_context)
 
     def close(self) -> None:
         self._pool.close()
@@ -91,12 +98,22 @@ class Transport:
         return self._request("POST", path, orjson.dumps(payload), replay_safe=replay_safe,
                              deadline=deadline if replay_safe else None)
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    def _encode(self, method: str, path: str, body: bytes | None) -> bytes:
+        """The whole request - request line, headers, body - as the one buffer sent."""
         token = self._token.get()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        return headers
+        cached_token, auth = self._auth_line
+        if token != cached_token:
+            if token and not (token.isascii() and token.isprintable()):
+                raise ConfigurationError("The DB-API token contains characters that cannot travel in an "
+                                         "HTTP header (control or non-ASCII characters); check its source.")
+            auth = f"Authorization: Bearer {token}\r\n".encode("ascii") if token else b""
+            self._auth_line = (token, auth)
+        if not (path.isascii() and path.isprintable()) or " " in path:  # e.g. an id the server sent
+            raise ValueError(f"Not a DB-API request path: {path!r}.")
+        head = f"{method} {self._prefix}{path} HTTP/1.1\r\n".encode("ascii") + self._common_headers + auth
+        if body is None:
+            return head + b"\r\n"
+        return b"%sContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
 
     def _request(self, method: str, path: str, body: bytes | None, *, replay_safe: bool,
                  deadline: float | None = None) -> Any:
@@ -114,9 +131,8 @@ class Transport:
             raise
 
     def _send(self, method: str, path: str, body: bytes | None, *, replay_safe: bool,
-              deadline: float | None) -> tuple[urllib3.BaseHTTPResponse, bool]:
+              deadline: float | None) -> tuple[Response, bool]:
         """The response, and whether an earlier attempt may have reached the server unanswered."""
-        url = self._prefix + path
         delay = 0.05
         answer_lost = False
         give_up_at = time.monotonic() + deadline if deadline is not None else 0.0
@@ -124,11 +140,10 @@ class Transport:
         while True:
             attempt += 1
             try:
-                response = self._pool.urlopen(method, url, body=body, headers=self._headers(),
-                                              retries=False, redirect=False)
-            except (NewConnectionError, ConnectTimeoutError) as exc:
+                response = self._pool.request(method, self._encode(method, path, body))
+            except NotSent as exc:
                 failure: Exception = exc  # never reached the server
-            except HTTPError as exc:
+            except AnswerLost as exc:
                 if not replay_safe:
                     raise ServerUnreachable(
                         f"The connection to the DB-API at {self.base_url} broke before its answer "
@@ -158,7 +173,7 @@ class Transport:
             time.sleep(pause)
             delay = min(delay * 4, _MAX_DELAY)
 
-    def _parse(self, response: urllib3.BaseHTTPResponse) -> Any:
+    def _parse(self, response: Response) -> Any:
         status = response.status
         try:
             data = orjson.loads(response.data) if response.data else None
@@ -180,7 +195,7 @@ class Transport:
             refused={k: envelope[k] for k in REFUSAL_FIELDS if k in envelope})
 
 
-def _is_envelope(response: urllib3.BaseHTTPResponse) -> bool:
+def _is_envelope(response: Response) -> bool:
     """Whether an error answer is the DB-API's own (its JSON error envelope), not a proxy's."""
     try:
         data = orjson.loads(response.data) if response.data else None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -64,3 +66,35 @@ def test_an_exception_in_the_block_names_the_server_and_its_seed(sqlite_url: str
     with pytest.raises(ZeroDivisionError) as caught, dbapi_process(sqlite_url, METADATA) as server:
         1 / 0  # noqa: B018
     assert any(f"PYTHONHASHSEED={server.hash_seed}" in note for note in caught.value.__notes__)
+
+
+def test_waitress_serves_when_asked(sqlite_url: str) -> None:
+    with dbapi_process(sqlite_url, METADATA, args=["--server", "waitress"]) as server:
+        with _session(server.url, server.token) as session:
+            assert session.execute(sa.select(items.c.id)).all() == []
+    assert server.process.returncode == 0
+
+
+def test_a_second_server_on_a_taken_port_is_refused(sqlite_url: str) -> None:
+    """granian binds with SO_REUSEPORT: without the check, two servers would share the port and
+    split a client's transactions between two memories."""
+    with dbapi_process(sqlite_url, METADATA) as first:
+        with pytest.raises(RuntimeError, match=r"(?s)exited with status 1 before listening.*Address already in use"), \
+                dbapi_process(sqlite_url, METADATA, args=["--port", str(first.port)]):
+            pass
+        with _session(first.url, first.token) as session:  # the first one is untouched
+            assert session.execute(sa.select(items.c.id)).all() == []
+
+
+def test_a_killed_server_leaves_no_worker_serving(sqlite_url: str) -> None:
+    """SIGKILL to the process a supervisor started (granian's main): its worker dies with it."""
+    with dbapi_process(sqlite_url, METADATA) as server:
+        server.kill()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+            except ConnectionRefusedError:
+                break
+            assert time.monotonic() < deadline, "something still accepts connections on the killed server's port"
+            time.sleep(0.05)

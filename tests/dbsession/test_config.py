@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 import dbsession
@@ -109,3 +112,36 @@ def test_commit_retry_deadline_from_environment_configure_and_argument() -> None
 def test_bad_commit_retry_deadline_is_refused(raw: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         get_settings(environ={"DATABASE_API_COMMIT_RETRY_DEADLINE": raw})
+
+
+def test_remembered_settings_follow_the_environment_and_configure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """get_settings() remembers its answers; every input they depend on still takes effect at once."""
+    monkeypatch.setenv("DATABASE_API_HOST", "http://first:1")
+    first = get_settings()
+    assert get_settings() is first  # remembered
+    monkeypatch.setenv("DATABASE_API_HOST", "http://second:2")
+    assert get_settings().database_api_host == "http://second:2"
+    dbsession.configure(database_api_host="http://configured:3")
+    assert get_settings().database_api_host == "http://configured:3"
+    assert get_settings(database_api_host="http://argument:4").database_api_host == "http://argument:4"
+    dbsession.reset_configuration()
+    assert get_settings().database_api_host == "http://second:2"
+    monkeypatch.setenv("DATABASE_API_TOKEN", "new-token")  # scrubbed again, and seen
+    assert get_settings().token == "new-token"
+    assert "DATABASE_API_TOKEN" not in os.environ
+    monkeypatch.setenv("DATABASE_ACCESS_ISOLATION", "maybe")
+    for _ in range(2):  # an error is not remembered as an answer
+        with pytest.raises(ConfigurationError, match="DATABASE_ACCESS_ISOLATION='maybe'"):
+            get_settings()
+
+
+def test_a_remembered_token_file_is_checked_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("t")
+    token_file.chmod(0o600)
+    monkeypatch.setenv("DATABASE_API_TOKEN_FILE", str(token_file))
+    settings = dict(database_access_isolation=True, database_api_host="http://h:1")
+    assert get_settings(**settings).token_file == str(token_file)
+    token_file.chmod(0o644)
+    with pytest.raises(ConfigurationError, match="chmod 600"):
+        get_settings(**settings)

@@ -422,8 +422,11 @@ def test_several_db_metadata_overrides_on_postgresql(project: pytest.Pytester, p
     admin = guard.exempt(sa.create_engine(pg_url))
     try:
         def databases() -> set[str]:
+            # only the ones named after this test's database: other test runs on the same
+            # cluster create and drop their own databases meanwhile
             with admin.connect() as conn:
-                return set(conn.scalars(sa.text("SELECT datname FROM pg_database")))
+                names = conn.scalars(sa.text("SELECT datname FROM pg_database"))
+                return {name for name in names if name.startswith(f"{pg_url.database}_")}
 
         before = databases()
         run(project, *mode, *ORDER, "--db-url",
