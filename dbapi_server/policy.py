@@ -436,7 +436,8 @@ class Policy:
             if not filters:
                 return Plan(statement, limits)
         shape = tuple((t.fullname, c) for t, c in filters)
-        template = filtered_statement(statement, filters, (id(role), shape), dialect)
+        readable = {t: g.read for t, _ in filters if (g := role.grant(t.fullname)) is not None}
+        template = filtered_statement(statement, filters, (id(role), shape), dialect, readable)
         return Plan(template.statement, limits, original=statement, filter_params=values)
 
 
