@@ -6,8 +6,10 @@ command (granian; ``--server waitress``) serve it. See ``docs/architecture.md``.
 
 from __future__ import annotations
 
+from ._db_catalog import DatabaseRolesError
 from .app import ConfigError, create_app, load_metadata
 from .auth import AllowAll, JWTAuthenticator, Principal
+from .db_roles import DatabaseRoles
 from .errors import APIError
 from .keyset import KeyFiles, RemoteJWKS, StaticKeys
 from .minting import TokenFileRefresher, mint_token, write_token_file
@@ -19,6 +21,8 @@ __all__ = [
     "APIError",
     "AllowAll",
     "ConfigError",
+    "DatabaseRoles",
+    "DatabaseRolesError",
     "DefaultPolicy",
     "JWTAuthenticator",
     "KeyFiles",

@@ -20,6 +20,11 @@ Arguments win over environment variables, which exist so ``flask --app dbapi_ser
 ``DBAPI_OTEL``             ``false`` turns the OpenTelemetry spans off (on when it is installed)
 ``DBAPI_LOG_FORMAT``       ``json`` or ``text``, and ``DBAPI_LOG_LEVEL``, for ``dbapi-server serve``
                            (:mod:`dbapi_server.logs`)
+``DBAPI_DB_ROLES``         ``off`` (default), ``verify`` or ``apply``: run each role's requests
+                           under a PostgreSQL role compiled from the policy (``db_wall``)
+``DBAPI_DB_ROLES_NAMESPACE`` prefix of those roles' names (default: the database's name)
+``DBAPI_DB_ROLES_POLICY``  compile the roles from this policy file instead of the served one
+``DBAPI_DB_ROW_SECURITY``  ``on`` (default) or ``off``: row filters also as row-level security
 =========================  ===================================================================
 """
 
@@ -38,7 +43,10 @@ from werkzeug.exceptions import HTTPException
 
 from query_translation import MethodRegistry
 
+from ._db_catalog import DatabaseRolesError
 from .auth import Authenticator, authenticator_from_env
+from .db_roles import DatabaseRoles
+from .db_wall import DatabaseWall, open_wall
 from .errors import envelope_for_exception
 from .logs import attach_request_ids
 from .methods import load_methods, methods_api
@@ -83,7 +91,8 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
                policy: Policy | str | os.PathLike[str] | None = None, idle_timeout: float | None = None,
                max_body_bytes: int | None = None, engine_options: dict[str, Any] | None = None,
                methods: MethodRegistry | Iterable[str] | None = None, shutdown_grace: float | None = None,
-               metrics_access: MetricsAccess | None = None) -> Flask:
+               metrics_access: MetricsAccess | None = None,
+               db_roles: str | DatabaseRoles | None = None) -> Flask:
     """Build the DB-API application for one database and one application's tables."""
     metadata = metadata if metadata is not None else os.environ.get("DBAPI_METADATA")
     if metadata is None:
@@ -107,6 +116,7 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
                         methods=load_methods(methods if methods is not None else os.environ.get("DBAPI_METHODS")),
                         shutdown_grace=shutdown_grace)
 
+    state.wall = _wall(state, db_roles)
     app = Flask("dbapi_server")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes or int(os.environ.get("DBAPI_MAX_BODY_BYTES", 16 << 20))
     app.extensions["dbapi_server"] = state
@@ -120,6 +130,8 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
     # whatever path it takes inside (dbapi_server/observability.py)
     app.wsgi_app = ObservedApp(app.wsgi_app, state.metrics,  # type: ignore[method-assign]
                                metrics_access if metrics_access is not None else MetricsAccess.from_env())
+    if state.wall is not None:
+        app.teardown_request(lambda exc: DatabaseWall.end_request())
     return app
 
 
@@ -127,6 +139,21 @@ def _label_route() -> None:
     """The matched route's template (bounded: never the raw path) labels the request."""
     if request.url_rule is not None:
         label(route=request.url_rule.rule)
+
+
+def _wall(state: ServerState, db_roles: str | DatabaseRoles | None) -> DatabaseWall | None:
+    """The second wall (database roles), as configured; refuses to start on a mismatch."""
+    setting = db_roles if db_roles is not None else os.environ.get("DBAPI_DB_ROLES", "off")
+    row_security = os.environ.get("DBAPI_DB_ROW_SECURITY", "on").lower() not in ("off", "0", "false", "no")
+    try:
+        # the roles may come from another (a DBA's, a stricter) policy than the one served
+        source = os.environ.get("DBAPI_DB_ROLES_POLICY")
+        policy = Policy.from_file(source, state.metadata) if source and setting != "off" else state.policy
+        return open_wall(state.engine, state.metadata, policy, setting, row_security=row_security,
+                         namespace=os.environ.get("DBAPI_DB_ROLES_NAMESPACE") or None)
+    except (ValueError, DatabaseRolesError, PolicyError) as exc:
+        state.close()
+        raise ConfigError(str(exc)) from None
 
 
 def _policy(policy: Policy | str | os.PathLike[str] | None, metadata: sa.MetaData) -> Policy:

@@ -210,3 +210,67 @@ def list_methods(modules: tuple[str, ...], as_json: bool) -> None:
         click.echo("No named methods are registered (name their modules with --import).")
     for row in [] if as_json else rows:
         click.echo(f"{row['name']}  v{row['version']}  {row['signature']}")
+
+
+@main.command("db-roles")
+@click.option("--database-url", envvar="DBAPI_DATABASE_URL", required=True,
+              help="The PostgreSQL database (a login with CREATEROLE that owns the tables).")
+@click.option("--metadata", envvar="DBAPI_METADATA", required=True,
+              help="Import path of the application's tables, e.g. myapp.models:Base.metadata.")
+@click.option("--policy", "policy_file", envvar="DBAPI_POLICY_FILE", default=None,
+              type=click.Path(exists=True, dir_okay=False), help="The policy file (default: the open preset).")
+@click.option("--namespace", envvar="DBAPI_DB_ROLES_NAMESPACE", default=None,
+              help="Prefix of the roles' names (default: the database's name).")
+@click.option("--row-security/--no-row-security", envvar="DBAPI_DB_ROW_SECURITY", default=True, show_default=True,
+              help="Also turn row filters into row-level-security policies.")
+@click.option("--member", default=None, help="The DB-API's login role, made a member of each role "
+              "(default: the user of --database-url).")
+@click.option("--print", "action", flag_value="print", default=True, help="Print the SQL --apply would run (default).")
+@click.option("--apply", "action", flag_value="apply", help="Create, grant, revoke and drop until the database matches.")
+@click.option("--verify", "action", flag_value="verify", help="Exit 1, listing the differences, unless it matches.")
+@click.option("--drop", "action", flag_value="drop", help="Remove the namespace's roles, privileges and policies.")
+def db_roles(database_url: str, metadata: str, policy_file: str | None, namespace: str | None, row_security: bool,
+             member: str | None, action: str) -> None:
+    """Compile the policy's roles into PostgreSQL roles (the DB-API's second wall, docs/security.md)."""
+    import sqlalchemy as sa
+
+    from . import _db_catalog as catalog
+    from .app import ConfigError, load_metadata
+    from .db_wall import compile_roles
+    from .policy import Policy, PolicyError
+
+    sys.path.insert(0, os.getcwd())
+    engine = sa.create_engine(database_url)
+    try:
+        tables = load_metadata(metadata)
+        policy = Policy.from_file(policy_file, tables) if policy_file else Policy.open()
+        roles = compile_roles(engine, tables, policy, namespace=namespace, row_security=row_security)
+        if action == "verify":
+            problems = catalog.verify(engine, roles, member=member)
+            for problem in problems:
+                click.echo(problem, err=True)
+            if problems:
+                raise SystemExit(1)
+            click.echo(f"The database roles of namespace {roles.namespace!r} match the policy.")
+            return
+        for name in sorted(roles.unwalled, key=str):
+            shown = "(fallback)" if name is None else repr(name)
+            click.echo(f"-- policy role {shown} may send SQL text or DDL: it runs as the login role, unwalled")
+        for role in roles.roles.values():
+            shown = "(fallback)" if role.policy_role is None else repr(role.policy_role)
+            click.echo(f"-- policy role {shown} runs as {role.name}")
+        for warning in roles.warnings:
+            click.echo(f"-- warning: {warning}")
+        if action == "print":
+            with engine.connect() as conn:
+                found = catalog.plan(conn, roles, member=member)
+            statements = found.statements
+            for problem in found.problems:
+                click.echo(f"-- problem: {problem}", err=True)
+        else:
+            statements = (catalog.apply if action == "apply" else catalog.drop)(engine, roles, member=member)
+        click.echo("\n".join(f"{s};" for s in statements) or "-- nothing to do: the database matches")
+    except (ConfigError, PolicyError, ValueError, catalog.DatabaseRolesError, sa.exc.SQLAlchemyError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()

@@ -154,7 +154,9 @@ def envelope_for_exception(exc: BaseException) -> tuple[int, dict[str, Any]]:
         log.info("database error %s: %s\nSQL: %s", error_id, exc.orig, exc.statement)
         return 422, _database_envelope(exc, error_id)
     if isinstance(exc, sa.exc.StatementError) and exc.orig is not None and type(exc.orig).__name__ in TRANSMITTED_BUILTINS:
-        # a bind processor failed: a direct session raises StatementError wrapping it
+        # rendering a literal_execute bind failed (its literal processor runs here, on the Python
+        # value; every other value arrives processed): a direct session raises StatementError
+        # wrapping it
         return 422, _envelope("statement_error", str(exc.orig), error_id,
                               orig_type=type(exc.orig).__name__)
     if isinstance(exc, sa.exc.SAWarning):

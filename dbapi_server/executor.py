@@ -2,8 +2,12 @@
 
 The hot path. Decoding (validation, rebuild, what-it-touches) is cached per distinct statement
 structure - values travel separately, so an ORM application reuses a small set of structures.
-Execution goes through a real SQLAlchemy ``Connection`` (bind processing, insertmanyvalues,
-expanding IN all happen here, once). Two guards make a rebuild mistake loud instead of subtly
+Execution goes through a real SQLAlchemy ``Connection`` (insertmanyvalues and expanding IN happen
+here). The client sent its values already processed and adapted for this server's driver
+(``dbsession._binds``), so client statements are compiled into a compiled cache of their own whose
+compiled objects are marked *pre-processed*: no bind processor and no Python-side default runs
+again (the client evaluated those too). The server's own statements (named methods) use the
+engine's normal cache and processing. Two guards make a rebuild mistake loud instead of subtly
 wrong: every bound parameter is *required* (a missing value is an error, never NULL), and the SQL
 the server compiles must hash to what the client compiled (checked at the cursor, for free).
 Rows are taken from the cursor before result processing, so the client's own result processors
@@ -23,6 +27,8 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.sql import compiler as sql_compiler
+from sqlalchemy.sql import sqltypes
+from sqlalchemy.util import LRUCache
 
 from query_translation import (
     MalformedStatementError,
@@ -37,10 +43,11 @@ from query_translation.decode import StatementInfo
 from query_translation.driver_sql import DriverSQL
 from query_translation.fingerprint import sql_fingerprint, text_fingerprint
 
+from ._driver_values import DriverValues
 from .errors import APIError
 from .refusals import LimitExceeded
 
-__all__ = ["StatementExecutor", "StatementMismatch"]
+__all__ = ["StatementExecutor", "StatementMismatch", "execute_preprocessed", "mark_preprocessed"]
 
 log = logging.getLogger("dbapi_server")
 
@@ -63,6 +70,9 @@ class StatementExecutor:
         self._cache: OrderedDict[bytes, tuple[Any, StatementInfo]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        # compiled client statements, marked pre-processed: never shared with the server's own
+        self.compiled_cache: LRUCache[Any, Any] = LRUCache(cache_size)
+        self.driver_values = DriverValues(engine.dialect)
         event.listen(engine, "before_cursor_execute", _check_sql)
         event.listen(engine, "after_cursor_execute", _capture_cursor)
 
@@ -90,14 +100,20 @@ class StatementExecutor:
             self.types = TypeResolver(self.metadata)
 
     def decode_params(self, params: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
-        return decode_params(params or [{}], enum_resolver=self.types.resolve_enum)
+        """The client's values, ready for this driver (wrapped JSON in the driver's wrapper).
+
+        Enum members decode only for ``literal_execute`` binds (rendered from the Python value,
+        see ``dbsession._binds``), and only of the enum classes the metadata's columns use.
+        """
+        return self.driver_values.wrap(decode_params(params or [{}], enum_resolver=self.types.resolve_enum))
 
     def execute(self, connection: sa.Connection, statement: Any, params: list[dict[str, Any]],
                 *, many: bool, sql_hash: str | None, options: Mapping[str, Any] | None = None,
                 column_keys: list[str] | None = None, max_rows: int | None = None) -> dict[str, Any]:
         """Execute and answer; ``sql_hash=None`` only when the caller verified the SQL already."""
         return _reply(_checked_execute(connection, statement, params, many=many, sql_hash=sql_hash,
-                                       options=options, column_keys=column_keys), max_rows)
+                                       options=options, column_keys=column_keys, cache=self.compiled_cache),
+                      max_rows)
 
     def execute_streamed(self, connection: sa.Connection, statement: Any, params: list[dict[str, Any]],
                          *, sql_hash: str | None, page_size: int, options: Mapping[str, Any] | None = None,
@@ -107,7 +123,7 @@ class StatementExecutor:
         Returns the reply and, when more rows remain, the open result to fetch them from later.
         """
         result = _checked_execute(connection, statement, params, many=False, sql_hash=sql_hash,
-                                  options=options, stream=page_size)
+                                  options=options, stream=page_size, cache=self.compiled_cache)
         if not result.returns_rows:
             return _reply(result), None
         description, rowcount, _ = getattr(result.context, "_dbs_cursor", None) or (None, -1, None)
@@ -119,7 +135,8 @@ class StatementExecutor:
 
 def _checked_execute(connection: sa.Connection, statement: Any, params: list[dict[str, Any]], *,
                      many: bool, sql_hash: str | None, options: Mapping[str, Any] | None,
-                     column_keys: list[str] | None = None, stream: int | None = None) -> Any:
+                     column_keys: list[str] | None = None, stream: int | None = None,
+                     cache: Any = None) -> Any:
     """Execute with the forwarded options, refusing at the cursor unless the SQL fingerprints as
     the client's (see ``_check_sql``)."""
     opts = {k: v for k, v in (options or {}).items() if k in _FORWARDED_OPTIONS}
@@ -130,9 +147,8 @@ def _checked_execute(connection: sa.Connection, statement: Any, params: list[dic
         opts.update(stream_results=True, max_row_buffer=stream)
     token = _expected_sql.set(sql_hash)
     try:
-        if column_keys is not None:
-            return _execute_with_column_keys(connection, statement, params, column_keys, many, opts)
-        return connection.execute(statement, params if many else params[0], execution_options=opts or None)
+        return execute_preprocessed(connection, statement, params if many else params[:1], opts, cache,
+                                    column_keys=column_keys)
     finally:
         _expected_sql.reset(token)
 
@@ -149,29 +165,63 @@ def _execute_text(connection: sa.Connection, statement: DriverSQL, params: list[
     return connection.exec_driver_sql(statement.sql, arg, execution_options=options or None)
 
 
-def _execute_with_column_keys(connection: sa.Connection, statement: Any, params: list[dict[str, Any]],
-                              column_keys: list[str], many: bool, options: Mapping[str, Any]) -> Any:
-    """``Connection.execute`` compiling with the client's column keys instead of the params' keys.
+def execute_preprocessed(connection: sa.Connection, statement: Any, params: list[dict[str, Any]],
+                         options: Mapping[str, Any] | None, cache: Any, *,
+                         column_keys: list[str] | None = None) -> Any:
+    """``Connection.execute(statement, params)`` for values the client processed already.
 
-    What ``Connection._execute_clauseelement`` does, except that the column keys - which decide
-    crud's choices, e.g. which Python defaults an INSERT ... FROM SELECT adds to its SELECT - are
-    the ones the client compiled with, while the parameters also carry the client's evaluated
-    default values. (Private SQLAlchemy API, the same in 2.0 and 2.1; the fingerprint check
-    catches any drift.)
+    What ``Connection._execute_clauseelement`` does (the same in SQLAlchemy 2.0 and 2.1: events,
+    column keys from the parameters, ``_compile_w_cache``, ``_execute_context``), except that the
+    statement is compiled into *cache* - the client statements' own - and the compiled object is
+    marked pre-processed before it runs (:func:`mark_preprocessed`). With *column_keys*, those
+    decide crud's choices (which Python defaults an ``INSERT ... FROM SELECT`` adds to its SELECT,
+    how multi-row VALUES binds are named) instead of the parameters' keys, which also carry the
+    client's evaluated defaults. Private SQLAlchemy API; the fingerprint check catches any drift.
     """
     conn: Any = connection
     dialect = conn.dialect
     exec_opts = statement._execution_options.merge_with(conn._execution_options, options or None)
-    compiled = statement._compile_w_cache(
-        dialect=dialect, compiled_cache=exec_opts.get("compiled_cache", conn.engine._compiled_cache),
-        column_keys=sorted(column_keys), for_executemany=many, schema_translate_map=None,
+    has_events = conn._has_events or conn.engine._has_events
+    if has_events:
+        statement, params, event_multiparams, event_params = conn._invoke_before_exec_event(
+            statement, params, exec_opts)
+    keys = sorted(column_keys) if column_keys is not None else sorted(params[0]) if params else []
+    compiled, extracted, *rest = statement._compile_w_cache(
+        dialect=dialect, compiled_cache=cache, column_keys=keys, for_executemany=len(params) > 1,
+        schema_translate_map=exec_opts.get("schema_translate_map"),
         linting=dialect.compiler_linting | sql_compiler.WARN_LINTING)
-    compiled_sql, extracted, *rest = compiled
+    mark_preprocessed(compiled)
     extra = {"cache_hit": rest[-1]}
     if len(rest) == 2:  # 2.1 also returns the collected parameters
         extra["param_dict"] = rest[0]
-    return conn._execute_context(dialect, dialect.execution_ctx_cls._init_compiled, compiled_sql, params,
-                                 exec_opts, compiled_sql, params, statement, extracted, **extra)
+    result = conn._execute_context(dialect, dialect.execution_ctx_cls._init_compiled, compiled, params,
+                                   exec_opts, compiled, params, statement, extracted, **extra)
+    if has_events:
+        conn.dispatch.after_execute(conn, statement, event_multiparams, event_params, exec_opts, result)
+    return result
+
+
+def mark_preprocessed(compiled: Any) -> None:
+    """No bind processor and no Python-side default runs for this compiled statement.
+
+    The client ran the dialect's processors on every value and evaluated the Python-side column
+    defaults (their values travel as parameters), as a direct connection would have in its
+    process. ``_bind_processors`` is a memoized property: the instance's own entry wins. Only
+    compiled objects of the client statements' cache are marked - never one the server's own
+    statements could share.
+    """
+    if not compiled.__dict__.get("_dbs_preprocessed"):
+        compiled.__dict__["_bind_processors"] = {}
+        compiled.insert_prefetch = compiled.update_prefetch = ()
+        imv = getattr(compiled, "_insertmanyvalues", None)
+        if imv is not None and imv.sentinel_columns:
+            # insertmanyvalues matches RETURNING rows to parameter sets by sentinel value, the rows'
+            # through the column's result processor - against Python-level parameters. Here both are
+            # driver-level: the rows raw, the parameters processed by the client. (The columns serve
+            # only their type's result processor there.)
+            compiled._insertmanyvalues = imv._replace(
+                sentinel_columns=[sa.column(c.name, sqltypes.NULLTYPE) for c in imv.sentinel_columns])
+        compiled._dbs_preprocessed = True
 
 
 def fetch_page(result: sa.CursorResult[Any], size: int) -> tuple[list[list[Any]], bool]:

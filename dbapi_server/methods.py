@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import sqlalchemy as sa
@@ -102,7 +103,9 @@ def call_method(name: str) -> Response:
     def run(conn: sa.Connection) -> dict[str, Any]:
         apply_statement_timeout(state.policy, conn, principal)  # the role's limit holds here too
         try:
-            return {"result": _run(state, method, conn, _arguments(method, arguments))}
+            # trusted code: the login role, not the caller's database role (db_wall)
+            with state.wall.server_work(conn) if state.wall is not None else nullcontext():
+                return {"result": _run(state, method, conn, _arguments(method, arguments))}
         finally:
             end_statement_timeout(state.policy, conn)  # ...and ends with the method
 
@@ -110,8 +113,8 @@ def call_method(name: str) -> Response:
     if txn_id is not None:
         seq = _field(body, "seq", int, required=True)
         return _in_transaction(state, principal, txn_id, seq, bool(body.get("begin")), run)
-    with state.engine.begin() as conn:  # no caller transaction: one of its own, committed now
-        return _json(run(conn))
+    with state.wall.as_server() if state.wall is not None else nullcontext(), state.engine.begin() as conn:
+        return _json(run(conn))  # no caller transaction: one of its own, committed now
 
 
 def _arguments(method: Method, data: Mapping[str, Any]) -> dict[str, Any]:

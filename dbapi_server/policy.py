@@ -306,10 +306,13 @@ class Policy:
 
     def plan(self, statement: Any, info: StatementInfo, principal: Principal, *,
              params: list[dict[str, Any]] | None = None, column_keys: Iterable[str] | None = None,
-             dialect: str | None = None) -> Plan:
+             dialect: str | sa.Dialect | None = None) -> Plan:
         """Check *statement* fully and say how to run it (row filters applied), or refuse.
 
-        *dialect* (the server database's dialect name) lets row filters fence their derived tables.
+        *dialect* (the server's dialect, or its name) lets row filters fence their derived tables.
+        *params* are the client's values as the driver binds them (processed by the client); with a
+        dialect object, the claim values row filters compare and bind are processed by the column
+        types' bind processors too, so both sides are compared - and bound - in that same form.
         """
         role = self.role_for(principal)
         limits = self._limits_of(role)
@@ -325,7 +328,9 @@ class Policy:
                 raise PolicyViolation(f"Bind parameter names starting with {BIND_PREFIX!r} are reserved.")
         written = self._written_columns(access, params, column_keys)
         _check_access(role, access, written)
-        return self._filtered(statement, access, role, principal, params or [{}], written, limits, dialect)
+        return self._filtered(statement, access, role, principal, params or [{}], written, limits,
+                              dialect if isinstance(dialect, sa.engine.Dialect) else None,
+                              dialect.name if isinstance(dialect, sa.engine.Dialect) else dialect)
 
     def check_method(self, name: str, principal: Principal) -> None:
         """Refuse a named method the caller's role may not invoke."""
@@ -395,7 +400,7 @@ class Policy:
 
     def _filtered(self, statement: Any, access: _statement_scan.Access, role: RolePolicy,
                   principal: Principal, params: list[dict[str, Any]], written: frozenset[str],
-                  limits: Limits, dialect: str | None) -> Plan:
+                  limits: Limits, driver: sa.Dialect | None, dialect: str | None) -> Plan:
         filters: list[Any] = []
         values: dict[str, Any] = {}
         counter = 0
@@ -410,7 +415,8 @@ class Policy:
                 value = _claim_value(principal, claim, table, column_name)
                 bind = ROW_FILTER_BIND.format(counter)
                 counter += 1
-                values[bind] = value
+                # bound as the client's values are: processed (the statement runs without processors)
+                values[bind] = _driver_level(value, table, column_name, driver)
                 comparisons.append((column_name, bind, isinstance(value, list)))
             filters.append((table, tuple(comparisons)))
             if table is access.target and access.upsert_columns is not None:
@@ -418,7 +424,8 @@ class Policy:
                                       "is not allowed: the row it collides with may lie outside the filter.",
                                       table=table.name)
             if table is access.target and access.kind in ("insert", "update"):
-                _check_written_values(statement, access, table, grant.row_filter, principal, params, written)
+                _check_written_values(statement, access, table, grant.row_filter, principal, params, written,
+                                      driver)
         if not filters:
             return Plan(statement, limits)
         if access.kind == "insert" and access.target is not None and any(t is access.target for t, _ in filters):
@@ -429,7 +436,8 @@ class Policy:
             if not filters:
                 return Plan(statement, limits)
         shape = tuple((t.fullname, c) for t, c in filters)
-        template = filtered_statement(statement, filters, (id(role), shape), dialect)
+        readable = {t: g.read for t, _ in filters if (g := role.grant(t.fullname)) is not None}
+        template = filtered_statement(statement, filters, (id(role), shape), dialect, readable)
         return Plan(template.statement, limits, original=statement, filter_params=values)
 
 
@@ -488,6 +496,17 @@ def _claim_value(principal: Principal, claim: str, table: sa.Table, column_name:
     return _coerce(value, column, claim)
 
 
+def _driver_level(value: Any, table: sa.Table, column_name: str, dialect: sa.Dialect | None) -> Any:
+    """A claim's value as the driver binds it: through the column type's bind processor."""
+    if dialect is None:
+        return value
+    column = next(c for c in table.c if c.name == column_name)
+    process = column.type._cached_bind_processor(dialect)
+    if process is None:
+        return value
+    return [process(v) for v in value] if isinstance(value, list) else process(value)
+
+
 def _coerce(value: Any, column: sa.Column[Any], claim: str) -> Any:
     """A claim value as the column's Python type (JSON claims are strings and numbers)."""
     try:
@@ -508,9 +527,10 @@ def _coerce(value: Any, column: sa.Column[Any], claim: str) -> Any:
 
 def _check_written_values(statement: Any, access: _statement_scan.Access, table: sa.Table,
                           row_filter: Mapping[str, str], principal: Principal,
-                          params: list[dict[str, Any]], written: frozenset[str]) -> None:
+                          params: list[dict[str, Any]], written: frozenset[str],
+                          dialect: sa.Dialect | None = None) -> None:
     """An INSERT must carry the claims' values in the filtered columns; an UPDATE may only set them
-    to those values."""
+    to those values. Compared as the driver binds them (the client sent its values processed)."""
     if access.kind == "insert" and getattr(statement, "select", None) is not None:
         raise PolicyViolation(f"INSERT ... SELECT into the row-filtered table {table.name!r} is not allowed.",
                               table=table.name)
@@ -525,7 +545,7 @@ def _check_written_values(statement: Any, access: _statement_scan.Access, table:
                 raise PolicyViolation(f"An INSERT into {table.name!r} must set {column_name!r} to the token's "
                                       f"{claim!r} claim.", table=table.name, column=column_name)
             continue
-        allowed = _claim_value(principal, claim, table, column_name)
+        allowed = _driver_level(_claim_value(principal, claim, table, column_name), table, column_name, dialect)
         allowed_set = allowed if isinstance(allowed, list) else [allowed]
         key = next(c.key for c in table.c if c.name == column_name)
         bound = statement_values.get(column_name)

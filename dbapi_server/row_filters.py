@@ -57,18 +57,21 @@ _lock = threading.Lock()
 
 
 def filtered_statement(statement: Any, filters: Sequence[TableFilter], cache_key: Any,
-                       dialect: str | None = None) -> FilterTemplate:
+                       dialect: str | None = None,
+                       readable: Mapping[sa.Table, frozenset[str] | None] | None = None) -> FilterTemplate:
     """*statement* with each table of *filters* seen through its filter (cached by *cache_key*).
 
     With the *dialect* name, each derived table is also an optimization fence (``OFFSET 0``): the
     database then cannot evaluate the statement's own conditions on rows the filter excludes - a
     failing ``CAST`` on a hidden row would otherwise quote that row's value in its error message.
+    *readable* names, per table, the columns the role may read (``None``: all): the derived table
+    selects only those, so it names no column the database's own grants (``db_roles``) withhold.
     """
     with _lock:
         hit = _cache.get(statement, {}).get((cache_key, dialect))
     if hit is not None:
         return hit
-    template = FilterTemplate(_Rewriter(statement, dict(filters), _FENCES.get(dialect or "")).rewrite())
+    template = FilterTemplate(_Rewriter(statement, dict(filters), _FENCES.get(dialect or ""), readable).rewrite())
     with _lock:
         _cache.setdefault(statement, {})[(cache_key, dialect)] = template
     return template
@@ -102,10 +105,12 @@ _FENCES: dict[str, Callable[[Any], Any]] = {
 
 class _Rewriter:
     def __init__(self, statement: Any, filters: Mapping[sa.Table, tuple[tuple[str, str, bool], ...]],
-                 fence: Callable[[Any], Any] | None = None) -> None:
+                 fence: Callable[[Any], Any] | None = None,
+                 readable: Mapping[sa.Table, frozenset[str] | None] | None = None) -> None:
         self.statement = statement
         self.filters = filters
         self.fence = fence
+        self.readable = readable or {}
         self.target = base_table(statement.table) if isinstance(statement, dml.UpdateBase) else None
         self.replaced: dict[int, Any] = {}
 
@@ -152,7 +157,12 @@ class _Rewriter:
         return None
 
     def _derived(self, table: sa.Table, name: str) -> Any:
-        select = sa.select(*table.c).where(_criterion(table, self.filters[table]))
+        names = self.readable.get(table)
+        columns = [c for c in table.c if names is None or c.name in names]
+        if not columns:  # read for the filter alone (the policy refuses any other use)
+            filtered_by = {name for name, _, _ in self.filters[table]}
+            columns = [c for c in table.c if c.name in filtered_by]
+        select = sa.select(*columns).where(_criterion(table, self.filters[table]))
         if self.fence is not None:
             select = self.fence(select)
         return select.subquery(name)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import _thread
 import ctypes
+import importlib
 import math
 import multiprocessing.util
 import os
@@ -138,6 +139,12 @@ def _serve_granian(factory: Callable[[], Any], host: str, port: int, threads: in
     _granian_signals()  # here, not only in the worker: a worker failing to load would be respawned
     reservation = _reserve(host, port)
     bound = reservation.getsockname()[1]
+    # The announcing thread runs while granian forks its worker. A lock it holds at that moment
+    # stays held forever in the worker: its first connect() imports the idna codec (getaddrinfo
+    # encodes host names with it), and a worker forked during that import deadlocked on the
+    # import lock at its first request (werkzeug encodes the Host header with idna too). Imported
+    # here, before any thread runs, the codec is only looked up from the registry later.
+    importlib.import_module("encodings.idna")
     threading.Thread(target=_announce_when_listening, args=(reservation, host, bound, port_file),
                      name="dbapi-announce", daemon=True).start()
     Server(

@@ -13,6 +13,7 @@ from query_translation import DEFAULT_REGISTRY, WIRE_VERSION, MethodRegistry
 
 from .auth import Authenticator
 from .cursors import CursorRegistry
+from .db_wall import DatabaseWall
 from .executor import StatementExecutor
 from .metrics import Metrics
 from .policy import Policy
@@ -69,6 +70,7 @@ class ServerState:
     idle_timeout: float = 60.0
     methods: MethodRegistry = DEFAULT_REGISTRY  # the named methods served (looked up per call)
     shutdown_grace: float = 30.0  # seconds open transactions may finish after SIGTERM
+    wall: DatabaseWall | None = None  # database roles per policy role (db_wall), when configured
     executor: StatementExecutor = field(init=False)
     read_engine: sa.Engine = field(init=False)
     transactions: TransactionManager = field(init=False)

@@ -54,8 +54,11 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 def _principal() -> Principal:
-    principal = _state().auth.authenticate(request.headers.get("Authorization"))
+    state = _state()
+    principal = state.auth.authenticate(request.headers.get("Authorization"))
     label(subject=principal.subject)
+    if state.wall is not None:  # from here on, connections checked out run under its database role
+        state.wall.act_as(principal)
     return principal
 
 
@@ -130,7 +133,7 @@ def execute() -> Response:
         statement, stmt_info = state.executor.decode(document)
         params = state.executor.decode_params(raw_params)
         plan = state.policy.plan(statement, stmt_info, principal, params=params, column_keys=column_keys,
-                                 dialect=state.engine.dialect.name)
+                                 dialect=state.engine.dialect)
         return plan, stmt_info, params
 
     def run(conn: sa.Connection, release: Callable[[], None] = lambda: None) -> dict[str, Any]:
@@ -206,6 +209,8 @@ def _in_transaction(state: ServerState, principal: Principal, txn_id: str, seq: 
             raise APIError(f"Request {seq} of transaction {txn_id} arrived out of order "
                            f"(expected {txn.last_seq + 1}).", status=409, code="out_of_order")
         try:
+            if state.wall is not None:
+                state.wall.enter(txn.connection, principal)
             status, payload = 200, orjson.dumps(run(txn.connection))
         except Exception as exc:  # answered in the envelope; the transaction stays open
             status, envelope = envelope_for_exception(exc)

@@ -2,7 +2,8 @@
 
 SQLAlchemy's engine, pool and execution context run unchanged on top of it. What differs from a
 real driver: ``execute`` receives the execution context (via the dialect's ``do_execute``) and
-sends the statement's *structure* and its Python-level parameters, not a SQL string; rows come
+sends the statement's *structure* and its parameters as the server's driver must bind them, not a
+SQL string; rows come
 back raw, exactly as the server's driver produced them, so the client's result processors run
 once, as on a direct connection.
 
@@ -131,7 +132,7 @@ def _database_error(reply: DatabaseErrorReply) -> Exception:
         orig = TRANSMITTED_BUILTINS.get(envelope.get("orig_type", ""), ValueError)(message)
         orig.error_id = error_id  # type: ignore[attr-defined]
         orig.request_id = reply.request_id  # type: ignore[attr-defined]
-        if code == "statement_error":  # a bind processor failed: wrapped, as on a direct session
+        if code == "statement_error":  # rendering a literal_execute bind failed: wrapped, as directly
             return sa_exc.StatementError(message, None, None, orig)
         return orig
     error = PEP249_ERRORS.get(envelope.get("dbapi_class", ""), DatabaseError)(message)
@@ -376,9 +377,11 @@ class DriverModule:
     own test requirements do) sees the server's driver; everything else is this module.
     """
 
-    def __init__(self, versions: Mapping[str, Any]) -> None:
+    def __init__(self, versions: Mapping[str, Any], **constructors: Any) -> None:
         for name, value in versions.items():
             setattr(self, name, tuple(value) if isinstance(value, list) else value)
+        for name, value in constructors.items():  # Binary(): SQLAlchemy's LargeBinary processor calls it
+            setattr(self, name, value)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(_THIS_MODULE, name)

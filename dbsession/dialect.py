@@ -6,10 +6,13 @@ capabilities, type processing and result handling are exactly the server's - wit
 
 * ``do_execute`` / ``do_executemany`` / ``do_execute_no_params`` send the statement's Core
   structure (:func:`query_translation.to_wire`), a hash of the SQL the client compiled, and the
-  Python-level ``context.compiled_parameters``; the server rebuilds the statement, checks that it
-  compiles to the same SQL, executes it, and answers with raw driver rows;
+  bound values as the server's driver must bind them: processed here, once, by the dialect's own
+  bind processors (``_binds.py``) and adapted by a replica of the server driver's adaptation
+  (``_adapt.py``); the server rebuilds the statement, checks that it compiles to the same SQL,
+  executes it without processing again, and answers with raw driver rows;
 * the compiler records, for every ORM statement, the Core statement its compile state produced,
-  so the wire carries Core structure only, and it skips bind processing (the server does it, once);
+  so the wire carries Core structure only; SQLAlchemy's own parameter construction runs no
+  processor (the execution context processes the unexpanded values itself);
 * "insertmanyvalues" runs as one batch (the server batches), RETURNING rows arrive in order;
 * ``initialize()`` copies the server dialect's state instead of querying a database.
 
@@ -33,7 +36,9 @@ from sqlalchemy.util import memoized_property
 from query_translation import WIRE_VERSION, driver_sql_document, driver_sql_params, encode_params, to_wire
 from query_translation.fingerprint import sql_fingerprint, text_fingerprint
 
-from . import _dbapi
+from . import _adapt_psycopg, _dbapi
+from ._adapt import adapter_for
+from ._binds import dbapi_parameters, driver_parameters, driver_sql_parameters, processed_parameters
 from .config import get_settings
 from .exceptions import IncompatibleServerError
 from .transport import ServerUnreachable, Transport, transport_for
@@ -117,7 +122,9 @@ class _RecordingCompilerMixin:
 
     @memoized_property
     def _bind_processors(self) -> Mapping[str, Any]:
-        return {}  # the server processes bound values; doing it here too would run it twice
+        # none in SQLAlchemy's own construction of the (expanded) parameters: the execution
+        # context processes the unexpanded values itself (_binds.py), so nothing runs twice
+        return {}
 
 
 def _compiler_for(base: type) -> type:
@@ -125,13 +132,16 @@ def _compiler_for(base: type) -> type:
 
 
 class _ContextMixin:
-    """Keeps the parameters as they were before expanding IN lists / literal-execute binds.
+    """Processes the bound values once, with the server dialect's processors (``dbsession._binds``).
 
-    SQLAlchemy rewrites ``compiled_parameters`` in place when it expands ``IN`` parameters for
-    the driver; the server must receive the original lists and expand them itself.
+    SQLAlchemy's own construction of the parameters runs no processor here (the compiler has
+    none) and expands ``IN`` lists in place; the server must receive the processed values
+    *unexpanded* (it expands them itself, into the same SQL), kept as ``_dbs_params``.
+    ``context.parameters`` is then rebuilt as a direct connection builds it (expanded, processed)
+    for listeners and rewritten SQL.
     """
 
-    _dbs_params: list[dict[str, Any]] | None = None
+    _dbs_params: list[dict[str, Any]]
 
     @classmethod
     def _init_compiled(cls, dialect: Any, connection: Any, dbapi_connection: Any, execution_options: Any,
@@ -140,13 +150,9 @@ class _ContextMixin:
         self = super()._init_compiled(  # type: ignore[misc]
             dialect, connection, dbapi_connection, execution_options, compiled, parameters,
             invoked_statement, extracted_parameters, *args, **kw)
-        if compiled.literal_execute_params or compiled.post_compile_params:
-            collected = kw.get("param_dict") or (args[1] if len(args) > 1 else None)
-            extra = {"_collected_params": collected} if collected is not None else {}
-            self._dbs_params = [
-                compiled.construct_params(m, escape_names=False, _group_number=grp,
-                                          extracted_parameters=extracted_parameters, **extra)
-                for grp, m in enumerate(parameters or [None])]
+        collected = kw.get("param_dict") or (args[1] if len(args) > 1 else None)
+        self._dbs_params = processed_parameters(self, compiled, parameters, extracted_parameters, collected)
+        self.parameters = dbapi_parameters(self, self._dbs_params)
         return self
 
 
@@ -244,8 +250,9 @@ class _IsolatedDialectMixin:
         kw["dbapi"] = None
         kw.setdefault("paramstyle", self._dbs_state.get("paramstyle"))
         super().__init__(**kw)
-        self.dbapi = _dbapi.DriverModule(self._dbs_driver_versions)
         _apply_state(self, self._dbs_state)
+        self._dbs_adapter = adapter_for(self)  # the server driver's adaptation, replicated
+        self.dbapi = _dbapi.DriverModule(self._dbs_driver_versions, Binary=self._dbs_adapter.Binary)
 
     @classmethod
     def import_dbapi(cls) -> Any:
@@ -346,7 +353,7 @@ class _IsolatedDialectMixin:
             return
         document, digest, needs_txn = _wire_for(compiled)
         payload: dict[str, Any] = {"stmt": document, "sql": digest,
-                                   "params": encode_params(context._dbs_params or context.compiled_parameters)}
+                                   "params": encode_params(driver_parameters(context, self._dbs_adapter))}
         if many or context.executemany:
             payload["many"] = True
         if compiled.isinsert and ("select" in document["statement"] or "multi_values" in document["statement"]):
@@ -373,7 +380,7 @@ class _IsolatedDialectMixin:
         """
         kind = "ddl" if isinstance(compiled, sql_compiler.DDLCompiler) else "driver_sql"
         statement, parameters = sql if sql is not None else (context.statement, context.parameters)
-        params, positional = driver_sql_params(parameters or [])
+        params, positional = driver_sql_params(driver_sql_parameters(parameters or [], self._dbs_adapter))
         statement = str(statement)
         payload: dict[str, Any] = {
             "stmt": driver_sql_document(kind, statement, positional=positional, version=WIRE_VERSION),
@@ -460,6 +467,14 @@ def _apply_state(dialect: Any, state: Mapping[str, Any]) -> None:
 _DRIVERS_RESETTING_ROWCOUNT_ON_CLOSE = frozenset({"psycopg"})
 
 
+# What SQLAlchemy's psycopg dialect takes from psycopg itself while processing bound values: the
+# client needs no psycopg, and the driver replica recognizes these stand-ins
+_DRIVER_STAND_INS: dict[str, dict[str, Any]] = {
+    "psycopg": {"_psycopg_Json": _adapt_psycopg.Json, "_psycopg_Jsonb": _adapt_psycopg.Jsonb,
+                "_psycopg_Range": _adapt_psycopg.Range, "_psycopg_Multirange": _adapt_psycopg.Multirange},
+}
+
+
 def isolated_dialect_class(info: Mapping[str, Any]) -> type[Dialect]:
     """The client dialect class for a server's handshake (cached per dialect+driver)."""
     key = (info["dialect"], info["driver"])
@@ -469,7 +484,8 @@ def isolated_dialect_class(info: Mapping[str, Any]) -> type[Dialect]:
         attrs = {"statement_compiler": _compiler_for(base.statement_compiler), "supports_statement_cache": True,
                  "execution_ctx_cls": _context_for(base.execution_ctx_cls),
                  "_dbs_state": dict(info.get("dialect_state", {})),
-                 "_dbs_driver_versions": dict(info.get("driver_versions", {}))}
+                 "_dbs_driver_versions": dict(info.get("driver_versions", {})),
+                 **_DRIVER_STAND_INS.get(info["driver"], {})}
         cls = type(f"DBSession{base.__name__}", (_IsolatedDialectMixin, base), attrs)
         _classes[key] = cls
     elif info.get("driver_versions"):

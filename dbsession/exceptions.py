@@ -94,6 +94,7 @@ class DBAPIRequestError(DBSessionError):
         self.claim: str | None = refused.get("claim")
         self.limit: str | None = refused.get("limit")
         self.maximum: Any = refused.get("max")
+        self.wall: str | None = refused.get("wall")  # "database": the database's own privileges refused it
 
 
 class AuthenticationError(DBAPIRequestError):
@@ -152,7 +153,7 @@ _BY_STATUS: dict[int, type[DBAPIRequestError]] = {
 }
 
 
-REFUSAL_FIELDS = ("role", "table", "column", "action", "function", "method", "claim", "limit", "max")
+REFUSAL_FIELDS = ("role", "table", "column", "action", "function", "method", "claim", "limit", "max", "wall")
 
 
 def ids_suffix(error_id: str | None, request_id: str | None) -> str:

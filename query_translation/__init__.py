@@ -43,6 +43,8 @@ from .methods import (
 from .schemas import validate_document
 from .type_codec import TypeResolver, encode_type
 from .values import (
+    WRAPPED_KINDS,
+    Wrapped,
     decode_params,
     decode_rows,
     decode_value,
@@ -59,6 +61,7 @@ __all__ = [
     "NODE_TYPES",
     "TRANSMITTED_BUILTINS",
     "WIRE_VERSION",
+    "WRAPPED_KINDS",
     "MalformedStatementError",
     "MalformedValueError",
     "Method",
@@ -84,6 +87,7 @@ __all__ = [
     "DriverSQL",
     "ValueCodecError",
     "WireVersionError",
+    "Wrapped",
     "decode_exception",
     "decode_params",
     "driver_sql_document",

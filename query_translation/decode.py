@@ -274,7 +274,7 @@ class StatementDecoder:
 
     def _value(self, value: _Json) -> Any:
         if value.get("t") == "value":
-            return decode_value(value["v"], enum_resolver=self._types.resolve_enum)
+            return decode_value(value["v"])  # a placeholder: the value travels processed in params
         return self.visit(value)
 
     def _values(self, pairs: list[list[Any]]) -> dict[Any, Any]:

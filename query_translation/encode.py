@@ -32,7 +32,7 @@ from .values import encode_value
 
 __all__ = ["WIRE_VERSION", "StatementEncoder", "to_wire"]
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 
 _ANON = re.compile(r"^%\((\S+) (.*)\)s$", re.S)
 
@@ -58,6 +58,12 @@ def _identity(element: Any) -> Any:
     return element
 
 
+# keyword arguments of an operator that SQLAlchemy keeps in a binary's modifiers although only the
+# expression's construction reads them: a TypeDecorator's comparator passes its coerce_to_is_types
+# classes (arithmetic on such a column keeps them); the compiler never renders them
+_CONSTRUCTION_MODIFIERS = frozenset({"_python_is_types"})
+
+
 def _anon_parts(name: str) -> tuple[str, str]:
     match = _ANON.match(name)
     if match is None:
@@ -69,13 +75,14 @@ class StatementEncoder:
     """Encodes one statement; instances are single-use."""
 
     def __init__(self, bind_names: Mapping[Any, str] | None = None,
-                 core_statements: Mapping[int, Any] | None = None) -> None:
+                 core_statements: Mapping[int, Any] | None = None, dialect: Any = None) -> None:
         self._bind_names = bind_names or {}
+        self._dialect = dialect
         self._core = core_statements or {}
         self._memo: dict[int, tuple[Any, _Json]] = {}
         self._ctes: dict[str, list[Any]] = {}
         self._next_ref = 0
-        self._types: list[tuple[_Json, str, TypeEngine[Any]]] = []
+        self._types: list[tuple[_Json, str, TypeEngine[Any], bool]] = []
         self._tables: dict[str, sa.Table] = {}
         self._seeds: dict[str, int] = {}
 
@@ -101,8 +108,8 @@ class StatementEncoder:
         for table in self._tables.values():
             for column in table.columns:
                 column_types.setdefault(id(column.type), (table.fullname, column.key))
-        for holder, field, type_ in self._types:
-            holder[field] = encode_type(type_, column_types)
+        for holder, field, type_, exact in self._types:
+            holder[field] = encode_type(type_, column_types, self._dialect, exact=exact)
         return node
 
     # -- dispatch -----------------------------------------------------------------------------
@@ -156,8 +163,8 @@ class StatementEncoder:
     def visit_all(self, items: Sequence[Any] | None) -> list[_Json]:
         return [self.visit(i) for i in items or ()]
 
-    def _typed(self, node: _Json, type_: TypeEngine[Any], field: str = "type") -> _Json:
-        self._types.append((node, field, type_))
+    def _typed(self, node: _Json, type_: TypeEngine[Any], field: str = "type", *, exact: bool = False) -> _Json:
+        self._types.append((node, field, type_, exact))
         node[field] = None
         return node
 
@@ -302,6 +309,17 @@ class StatementEncoder:
             return self.visit(value)
         return {"t": "value", "v": encode_value(value)}
 
+    def _row_value(self, value: Any) -> _Json:
+        """A multi-row VALUES item: SQL stays structure; a plain value travels in ``params``.
+
+        crud turns every plain value of a multi-row VALUES into a bind (``<key>_m<n>``) of the
+        column's type, whatever the value, and the client sends it processed with the other
+        parameters; the document carries only that a value is there.
+        """
+        if isinstance(value, sa.ClauseElement):
+            return self.visit(value)
+        return {"t": "value", "v": None}
+
     def _value_key(self, key: Any) -> Any:
         if isinstance(key, str):
             return key
@@ -316,8 +334,9 @@ class StatementEncoder:
         if values:
             node["values"] = values
         if insert._multi_values:
-            node["multi_values"] = [[{"pairs": self._values(row)} if isinstance(row, Mapping)
-                                     else {"seq": [self._value(v) for v in row]} for row in batch]
+            node["multi_values"] = [[{"pairs": [[self._value_key(k), self._row_value(v)] for k, v in row.items()]}
+                                     if isinstance(row, Mapping) else {"seq": [self._row_value(v) for v in row]}
+                                     for row in batch]
                                     for batch in insert._multi_values]
         if insert.select is not None:
             node["select"] = self.visit(insert.select)
@@ -433,7 +452,8 @@ class StatementEncoder:
             node["literal_execute"] = True
         if isinstance(bind, selectable._OffsetLimitParam):
             node["offset_limit"] = True
-        return self._typed(node, bind.type)
+        # a literal_execute bind is rendered by its type's literal processor, on the server
+        return self._typed(node, bind.type, exact=bool(bind.literal_execute))
 
     def visit_label(self, label: elements.Label[Any]) -> _Json:
         node = {"t": "label", "name": self.name(label.name), "element": self.visit(label.element)}
@@ -455,8 +475,9 @@ class StatementEncoder:
                        "left": self.visit(binary.left), "right": self.visit(binary.right)}
         if binary.negate is not None:
             node["negate"] = self._op(binary.negate)
-        if binary.modifiers:
-            node["modifiers"] = {k: self._modifier(v) for k, v in binary.modifiers.items()}
+        modifiers = {k: v for k, v in binary.modifiers.items() if k not in _CONSTRUCTION_MODIFIERS}
+        if modifiers:
+            node["modifiers"] = {k: self._modifier(v) for k, v in modifiers.items()}
         if isinstance(binary, elements.IndexExpression):
             node["index"] = True
         return self._typed(node, binary.type)
@@ -675,5 +696,5 @@ def to_wire(statement: Any, *, compiled: Compiled | None = None,
     the compiler into *core_statements*).
     """
     bind_names = getattr(compiled, "bind_names", None)
-    encoder = StatementEncoder(bind_names, core_statements)
+    encoder = StatementEncoder(bind_names, core_statements, getattr(compiled, "dialect", None))
     return {"version": WIRE_VERSION, "statement": encoder.encode_statement(statement)}

@@ -11,9 +11,15 @@ Three forms, tried in order:
 ``{"n": "String", "k": {...}}``
     A SQLAlchemy type, by class name from an allowlist of SQLAlchemy's own type classes, with the
     constructor arguments that differ from their defaults.
-``{"n": "myapp.types.UtcDateTime", "r": "UtcDateTime()"}``
+``{"n": "myapp.types.UtcDateTime", "r": "UtcDateTime()", "impl": {...}}``
     Any other type: resolved on the server among the types its metadata already uses, by class
-    path and ``repr``. Nothing named on the wire is ever imported.
+    path and ``repr``. Nothing named on the wire is ever imported. A ``TypeDecorator`` that
+    renders no SQL of its own (no ``bind_expression`` / ``column_expression``) also carries the
+    type it renders as (``load_dialect_impl``): the server, which no longer processes values of
+    client statements, needs a type only to render SQL, so it uses that when its metadata does not
+    have the decorator - the SQL fingerprint check proves the rendering the same. A bind rendered
+    literally (``literal_execute``) is the exception: the decorator's literal processor renders
+    it, on the server, so its type must be the server's own.
 """
 
 from __future__ import annotations
@@ -65,8 +71,13 @@ def _same(a: Any, b: Any) -> bool:
         return a is b
 
 
-def encode_type(type_: TypeEngine[Any], column_types: Mapping[int, tuple[str, str]]) -> dict[str, Any]:
-    """Encode *type_*; *column_types* maps ``id(column.type)`` to ``(table name, column key)``."""
+def encode_type(type_: TypeEngine[Any], column_types: Mapping[int, tuple[str, str]],
+                dialect: Any = None, *, exact: bool = False) -> dict[str, Any]:
+    """Encode *type_*; *column_types* maps ``id(column.type)`` to ``(table name, column key)``.
+
+    With the client's *dialect*, a custom ``TypeDecorator`` also carries the type it renders as
+    (see the module docstring) unless *exact* (the type of a ``literal_execute`` bind).
+    """
     ref = column_types.get(id(type_))
     if ref is not None:
         return {"col": list(ref)}
@@ -74,17 +85,24 @@ def encode_type(type_: TypeEngine[Any], column_types: Mapping[int, tuple[str, st
     if cls is sqltypes.NullType:
         return {"n": "NullType"}
     if not _is_sqlalchemy_type(cls):
-        return {"n": f"{cls.__module__}.{cls.__qualname__}", "r": repr(type_)}
+        custom: dict[str, Any] = {"n": f"{cls.__module__}.{cls.__qualname__}", "r": repr(type_)}
+        if (dialect is not None and not exact and isinstance(type_, sa.TypeDecorator)
+                and not type_._has_bind_expression and not type_._has_column_expression):
+            try:
+                custom["impl"] = encode_type(type_.load_dialect_impl(dialect), column_types, dialect)
+            except UnsupportedStatementError:
+                pass  # its rendering type cannot travel either: the server's metadata must have it
+        return custom
     if isinstance(type_, sa.Enum):
         return {"n": cls.__name__, "k": _enum_kwargs(type_)}
     if isinstance(type_, sqltypes.TupleType):
-        return {"n": "TupleType", "types": [encode_type(t, column_types) for t in type_.types]}
+        return {"n": "TupleType", "types": [encode_type(t, column_types, dialect, exact=exact) for t in type_.types]}
     kwargs: dict[str, Any] = {}
     for name, value in _init_kwargs(type_).items():
         if isinstance(value, TypeEngine):
-            kwargs[name] = {"type": encode_type(value, column_types)}
+            kwargs[name] = {"type": encode_type(value, column_types, dialect, exact=exact)}
         elif isinstance(value, type) and issubclass(value, TypeEngine):
-            kwargs[name] = {"type": encode_type(value(), column_types)}
+            kwargs[name] = {"type": encode_type(value(), column_types, dialect, exact=exact)}
         elif isinstance(value, _SIMPLE) or isinstance(value, (list, tuple)):
             kwargs[name] = encode_value(value)
         else:
@@ -168,10 +186,13 @@ class TypeResolver:
         name = data.get("n")
         if "r" in data:
             found = self._custom.get((name, data["r"]))  # type: ignore[arg-type]  # None just misses
+            if found is None and isinstance(data.get("impl"), Mapping):
+                return self.resolve(data["impl"])  # rendering only: the values arrive processed
             if found is None:
                 raise UnsupportedStatementError(
                     f"The type {data['r']} ({name}) is not used by any column of the server's "
-                    "metadata, so the server cannot process values of it."
+                    "metadata and renders SQL of its own (or is rendered literally), so the server "
+                    "cannot render it."
                 )
             return found
         if name == "NullType":

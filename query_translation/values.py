@@ -11,6 +11,8 @@ not ``1``, an aware datetime keeps its offset.
   never be mistaken for a tag.
 * Enum members travel by name; decoding needs an allowlist resolver
   (``enum_resolver_for``) - modules named on the wire are never imported.
+* :class:`Wrapped` values name a driver wrapper the server builds itself around JSON text or an
+  integer (``{"$w": [kind, payload]}``); bound parameters arrive driver-level (``dbsession._binds``).
 * ``fold`` is kept where it changes the value's meaning (repeated or skipped wall
   times in a ``ZoneInfo`` zone, recovered from the UTC offset); it is not sent for
   naive or fixed-offset datetimes and times, where databases ignore it.
@@ -25,6 +27,7 @@ import math
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -44,8 +47,10 @@ __all__ = [
     "DECODERS",
     "ENCODERS",
     "SYMBOLS",
+    "WRAPPED_KINDS",
     "EnumResolver",
     "JSONable",
+    "Wrapped",
     "decode_params",
     "decode_rows",
     "decode_value",
@@ -68,6 +73,27 @@ _FLOAT_SPECIALS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 #: Sentinels allowed on the wire as ``{"$s": name}``; identity round-trips.
 SYMBOLS: dict[str, object] = {"JSON_NULL": JSON.NULL}
+
+#: Kinds of driver wrapper a :class:`Wrapped` value may name: JSON text, and integers the driver
+#: must send with one width (psycopg's ``Int2`` ... ``IntNumeric``).
+WRAPPED_KINDS = frozenset({"json", "jsonb", "int2", "int4", "int8", "numeric"})
+_WRAPPED_JSON = frozenset({"json", "jsonb"})
+
+
+@dataclass(frozen=True)
+class Wrapped:
+    """A value the server hands its driver inside a wrapper the server builds itself.
+
+    psycopg dumps JSON only from its ``Json`` / ``Jsonb`` wrappers; the client serializes the
+    document (with the application's serializer, where psycopg would call it) and sends the text
+    as ``Wrapped("json", text)``; the server wraps it with an identity ``dumps``. An array item
+    psycopg would send with a width its class chose (an ``IntEnum`` array) travels as
+    ``Wrapped("int2", 5)``. ``kind`` is one of :data:`WRAPPED_KINDS`; ``value`` is ``str`` or
+    ``bytes`` for JSON, an ``int`` otherwise.
+    """
+
+    kind: str
+    value: str | bytes | int
 
 
 # --- encoding ------------------------------------------------------------------
@@ -158,6 +184,17 @@ def _encode_enum(value: enum.Enum) -> JSONable:
     return {"$e": [enum_path(cls), value.name]}
 
 
+def _wrapped_value_fits(kind: str, value: Any) -> bool:
+    return type(value) in ((str, bytes) if kind in _WRAPPED_JSON else (int,))
+
+
+def _encode_wrapped(value: Wrapped) -> JSONable:
+    if value.kind not in WRAPPED_KINDS or not _wrapped_value_fits(value.kind, value.value):
+        raise _unsupported(value, f"({value.kind!r}); wrapped values are {sorted(WRAPPED_KINDS)}: JSON text "
+                           "as str or bytes, integers as int.")
+    return {"$w": [value.kind, encode_value(value.value)]}
+
+
 #: Exact Python type -> encoder.  Subclasses are refused (their type would be
 #: lost), except enum members, which ``encode_value`` handles itself.
 ENCODERS: dict[type, Callable[[Any], JSONable]] = {
@@ -180,6 +217,7 @@ ENCODERS: dict[type, Callable[[Any], JSONable]] = {
     tuple: lambda v: {"$tu": [encode_value(item) for item in v]},
     set: _encode_set,
     symbol: _encode_symbol,
+    Wrapped: _encode_wrapped,
 }
 
 
@@ -302,6 +340,16 @@ def _decode_symbol(payload: Any, _: EnumResolver | None = None) -> object:
     return SYMBOLS[payload]
 
 
+def _decode_wrapped(payload: Any, _: EnumResolver | None = None) -> Wrapped:
+    kind, data = _array(payload, 2)
+    if _str(kind) not in WRAPPED_KINDS:
+        raise ValueError(f"unknown wrapper kind; known kinds are {sorted(WRAPPED_KINDS)}")
+    value = decode_value(data)
+    if not _wrapped_value_fits(kind, value):
+        raise TypeError("a wrapped JSON value is a string or bytes, a wrapped integer an int")
+    return Wrapped(kind, value)
+
+
 def _decode_enum(payload: Any, resolver: EnumResolver | None) -> enum.Enum:
     path, name = map(_str, _array(payload, 2))
     if resolver is None:
@@ -361,6 +409,7 @@ DECODERS: dict[str, Callable[[Any, EnumResolver | None], Any]] = {
     "$set": lambda p, r: _decode_set(p, r),
     "$s": _decode_symbol,
     "$e": _decode_enum,
+    "$w": _decode_wrapped,
 }
 
 

@@ -14,6 +14,7 @@ import urllib3
 from sqlalchemy import event
 
 from dbsession import guard
+from dbsession._binds import wire_parameters
 from dbsession.dialect import isolated_dialect_class
 from query_translation import encode_params, to_wire
 from query_translation.fingerprint import sql_fingerprint
@@ -117,7 +118,8 @@ class RawApi:
             else compiled.statement
         document = to_wire(root, compiled=compiled, core_statements=compiled._dbs_core)
         return {"stmt": document, "sql": sql_fingerprint(compiled),
-                "params": encode_params([compiled.construct_params(params)]), **extra}
+                "params": encode_params(wire_parameters(compiled, [compiled.construct_params(params)],
+                                                        self.dialect._dbs_adapter)), **extra}
 
     def execute(self, stmt: Any, params: dict[str, Any] | None = None, *, token: Any = DEFAULT,
                 **extra: Any) -> Reply:

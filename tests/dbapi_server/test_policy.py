@@ -126,3 +126,36 @@ def test_type_arguments_cannot_smuggle_sql(api: RawApi) -> None:
     precision = "10)) AS n FROM items UNION SELECT token FROM secrets UNION SELECT CAST(1 AS NUMERIC(1"
     reply = api.execute(sa.select(sa.cast(items.c.qty, sa.Numeric(precision=precision))))  # type: ignore[arg-type]
     assert 400 <= reply.status < 500, reply.body
+
+
+# -- row filters in driver space ------------------------------------------------------------------
+class _Upper(sa.TypeDecorator[str]):
+    impl = sa.String(20)
+    cache_ok = True
+
+    def process_bind_param(self, value: object, dialect: sa.Dialect) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+def test_row_filter_claims_are_bound_and_compared_as_the_driver_binds_them() -> None:
+    # the client sends processed values and client statements run unprocessed: a claim must be
+    # processed by its column's type too, or the filter would compare "alice" with stored "ALICE"
+    from dbapi_server import Policy, PolicyViolation, RolePolicy, TableGrant
+    from dbapi_server.auth import Principal
+    from query_translation import from_wire, to_wire
+
+    md = sa.MetaData()
+    notes = sa.Table("notes", md, sa.Column("id", sa.Integer, primary_key=True), sa.Column("owner", _Upper))
+    grant = TableGrant(read="*", insert="*", update="*", row_filter={"owner": "owner_claim"})
+    policy = Policy({"worker": RolePolicy(tables={"notes": grant})})
+    principal = Principal("w", {"role": "worker", "owner_claim": "alice"})
+    dialect = sa.create_engine("sqlite://").dialect
+
+    def plan(stmt: object, params: list[dict[str, object]]) -> object:
+        statement, info = from_wire(to_wire(stmt), md)
+        return policy.plan(statement, info, principal, params=params, dialect=dialect)
+
+    assert plan(sa.select(notes.c.id), [{}]).filter_params == {"_dbs_rf_0": "ALICE"}  # type: ignore[attr-defined]
+    plan(sa.insert(notes), [{"id": 1, "owner": "ALICE"}])  # what a client sends for owner="alice"
+    with pytest.raises(PolicyViolation, match="must equal the token's 'owner_claim' claim"):
+        plan(sa.insert(notes), [{"id": 1, "owner": "alice"}])

@@ -148,6 +148,9 @@ CASES: dict[str, Any] = {
     "strenum": Mode.WRITE,
     "flag": Perm.R,
     "json-null": JSON.NULL,
+    "wrapped-json": values.Wrapped("json", '{"a": [1]}'),
+    "wrapped-jsonb-bytes": values.Wrapped("jsonb", b'{"a": 1}'),
+    "wrapped-int2": values.Wrapped("int2", 70000),
 }
 
 
@@ -273,6 +276,7 @@ def test_float_and_int_stay_apart() -> None:
         ({2, "a", 1}, {"$set": ["a", 1, 2]}),
         (Priority.HIGH, {"$e": [enum_path(Priority), "HIGH"]}),
         (JSON.NULL, {"$s": "JSON_NULL"}),
+        (values.Wrapped("jsonb", "{}"), {"$w": ["jsonb", "{}"]}),
     ],
     ids=repr,
 )
@@ -431,6 +435,10 @@ def test_unknown_tag() -> None:
         ({"$set": [{"$o": {}}]}, "unhashable"),
         ({"$s": "NOPE"}, "known symbols are \\['JSON_NULL'\\]"),
         ({"$e": ["a:B"]}, "JSON array of 2 items"),
+        ({"$w": ["xml", "<a/>"]}, "unknown wrapper kind"),
+        ({"$w": ["json", 1]}, "a wrapped JSON value is a string or bytes"),
+        ({"$w": ["int2", "1"]}, "a wrapped integer an int"),
+        ({"$w": ["json"]}, "JSON array of 2 items"),
     ],
     ids=repr,
 )

@@ -8,6 +8,8 @@ filter claims; clients are isolated ``DBSession``s doing ordinary ORM work. Modu
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -140,9 +142,34 @@ class Backend:
 
 @contextmanager
 def serve(engine: sa.Engine, policy: Any = POLICY_FILE, name: str = "sqlite", **app_kw: Any) -> Iterator[Backend]:
-    """A DB-API with *policy* on *engine* (the example worker policy file by default)."""
-    with running_dbapi(engine, Base.metadata, policy=policy, **app_kw) as server:
+    """A DB-API with *policy* on *engine* (the example worker policy file by default).
+
+    With ``DBSESSION_TEST_DB_WALL=1``, a PostgreSQL server also runs every role's requests under
+    the database roles compiled from *policy* (``dbapi_server.db_wall``): the suite then checks
+    that the second wall refuses nothing the policy allows.
+    """
+    with _database_wall(engine, policy, name, app_kw), running_dbapi(engine, Base.metadata, policy=policy,
+                                                                     **app_kw) as server:
         yield Backend(name, engine, server)
+
+
+@contextmanager
+def _database_wall(engine: sa.Engine, policy: Any, name: str, app_kw: dict[str, Any]) -> Iterator[None]:
+    if name != "postgresql" or os.environ.get("DBSESSION_TEST_DB_WALL") != "1" or "db_roles" in app_kw:
+        yield
+        return
+    from dbapi_server import Policy
+    from dbapi_server import _db_catalog as catalog
+    from dbapi_server.db_roles import DatabaseRoles
+
+    compiled = policy if isinstance(policy, Policy) else Policy.from_file(policy, Base.metadata)
+    roles = DatabaseRoles.from_policy(compiled, Base.metadata, namespace=f"t{secrets.token_hex(4)}")
+    catalog.apply(engine, roles)
+    app_kw["db_roles"] = roles
+    try:
+        yield
+    finally:
+        catalog.drop(engine, roles)
 
 
 def make_engine(name: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> sa.Engine:

@@ -37,6 +37,7 @@ import os
 import time
 import urllib.parse
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -231,10 +232,14 @@ def test_a_select_writing_through_a_cte_is_no_read(target: Target) -> None:
     insert's values here, so the document is completed by hand, as an attacker would.
     """
     users = User.__table__
-    stmt = sa.select(sa.insert(users).values(name="cte-write").returning(users.c.id).cte("w").c.id)
+    # every NOT NULL column, the Python-side defaults included (a client evaluates and sends
+    # those; the server evaluates none of its own)
+    stmt = sa.select(sa.insert(users).values(name="cte-write", score=Decimal("0.00"), active=True)
+                     .returning(users.c.id).cte("w").c.id)
     body = target.api.payload(stmt)
     insert = body["stmt"]["statement"]["cols"][0]["from"]["element"]
-    insert["values"] = [["name", {"t": "value", "v": "cte-write"}]]
+    insert["values"] = [["name", {"t": "value", "v": "cte-write"}], ["score", {"t": "value", "v": {"$dec": "0.00"}}],
+                        ["active", {"t": "value", "v": True}]]
     body = json.loads(serialize({**body, "params": [{}]}))
     status, answer = target.recorder.send("POST", "/execute", serialize(body), target.headers())
     assert (status, answer["error"]["code"]) == (400, "transaction_required")
