@@ -223,14 +223,16 @@ class Server:
         env = dict(os.environ, DBAPI_JWT_KEY_FILE=str(public_path))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from dbapi_server.cli import main; main()", "serve",
-             "--database-url", url, "--metadata", metadata, "--port", str(port),
-             "--threads", str(threads), "--server", server],
-            cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self._command(url, port, threads, metadata),
+                                     cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self.pids = [self.proc.pid]
         self.http = urllib3.HTTPConnectionPool("127.0.0.1", port, maxsize=1, retries=False,
                                                timeout=urllib3.Timeout(connect=1.0, read=10.0))
+
+    def _command(self, url: str, port: int, threads: int, metadata: str) -> list[str]:
+        return [sys.executable, "-c", "from dbapi_server.cli import main; main()", "serve",
+                "--database-url", url, "--metadata", metadata, "--port", str(port), "--threads", str(threads),
+                "--server", self.server]
 
     def wait_healthy(self, timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

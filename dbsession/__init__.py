@@ -2,10 +2,13 @@
 
 ``DBSession`` is a drop-in ``Session``: direct mode is a plain session; with
 ``database_access_isolation`` on, every statement goes to the DB-API and behaves exactly as on a
-direct connection. See ``README.md`` and ``docs/architecture.md``.
+direct connection. ``AsyncDBSession`` is the same for ``AsyncSession`` (``docs/async.md``). See
+``README.md`` and ``docs/architecture.md``.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from . import guard, methods
 from ._dbapi import CommitOutcomeUnknownError
@@ -38,7 +41,23 @@ from .methods import (
 )
 from .session import DBSession, isolated_engine
 
+if TYPE_CHECKING:
+    from .async_session import AsyncDBSession, create_isolated_async_engine, isolated_async_engine
+
+# imported on first use: sqlalchemy.ext.asyncio needs greenlet (the async extra), which a sync-only
+# install does not have
+_ASYNC_NAMES = frozenset({"AsyncDBSession", "create_isolated_async_engine", "isolated_async_engine"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ASYNC_NAMES:
+        from . import async_session
+
+        return getattr(async_session, name)
+    raise AttributeError(f"module 'dbsession' has no attribute {name!r}")
+
 __all__ = [
+    "AsyncDBSession",
     "AuthenticationError",
     "BadRequestError",
     "CommitOutcomeUnknownError",
@@ -63,9 +82,11 @@ __all__ = [
     "TransactionError",
     "call_method",
     "configure",
+    "create_isolated_async_engine",
     "create_isolated_engine",
     "get_settings",
     "guard",
+    "isolated_async_engine",
     "isolated_engine",
     "isolated_url",
     "methods",

@@ -20,8 +20,9 @@ import pytest
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["TestDatabase", "TestDatabases"]
+__all__ = ["TestDatabase", "TestDatabases", "async_url"]
 
 _SERVER_BACKENDS = ("postgresql", "mysql", "mariadb")
 _MAX_NAME = 63  # PostgreSQL's identifier limit (MySQL/MariaDB: 64)
@@ -62,6 +63,7 @@ class TestDatabases:
     config: pytest.Config
     _by_metadata: dict[int, TestDatabase] = field(default_factory=dict)
     direct_binds: dict[int, sa.Engine] = field(default_factory=dict)  # direct mode's dbsession_bind, by database
+    direct_async_binds: dict[int, AsyncEngine] = field(default_factory=dict)  # ... async_dbsession_bind
 
     @property
     def all(self) -> list[TestDatabase]:
@@ -111,7 +113,9 @@ class TestDatabases:
         """Close every database, the first (the others' admin connection) last."""
         for engine in self.direct_binds.values():
             engine.dispose()
-        databases, self._by_metadata, self.direct_binds = self.all, {}, {}
+        for async_engine in self.direct_async_binds.values():
+            async_engine.sync_engine.dispose()  # NullPool: no connection outlives its test's loop
+        databases, self._by_metadata, self.direct_binds, self.direct_async_binds = self.all, {}, {}, {}
         admin = databases[0].engine if databases else None
         errors: list[BaseException] = []
         for database in reversed(databases):
@@ -121,6 +125,24 @@ class TestDatabases:
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+
+# the async driver for a sync one: the same driver family where there is one (aiosqlite wraps
+# sqlite3, psycopg 3 has an async connection, aiomysql is PyMySQL's protocol code)
+_ASYNC_DRIVERS = {"pysqlite": "aiosqlite", "psycopg": "psycopg", "psycopg2": "asyncpg", "pg8000": "asyncpg",
+                  "pymysql": "aiomysql", "mysqldb": "aiomysql", "mariadbconnector": "aiomysql"}
+
+
+def async_url(url: sa.URL, driver: str | None = None) -> sa.URL:
+    """*url* with the async driver for its sync one (*driver*, ini ``db_async_driver``, wins)."""
+    chosen = driver or _ASYNC_DRIVERS.get(url.get_driver_name())
+    if chosen is None:
+        pytest.fail(f"No async driver is known for {url.drivername!r} (db_url); name one with the ini "
+                    "option db_async_driver (e.g. asyncpg, aiosqlite, aiomysql).", pytrace=False)
+    found = url.set(drivername=f"{url.get_backend_name()}+{chosen}")
+    if chosen == "aiomysql" and "charset" not in found.query:
+        found = found.update_query_dict({"charset": "utf8mb4"})  # PyMySQL's default; aiomysql has none
+    return found
 
 
 def _create_database(base: sa.URL, admin: sa.Engine) -> sa.URL:

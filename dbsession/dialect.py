@@ -507,12 +507,19 @@ class DBSessionDialect(default.DefaultDialect):
     def get_dialect_cls(cls, url: URL) -> type[Dialect]:
         info = server_info(transport_for(base_url(url), timeout=get_settings().timeout))
         wanted = url.get_backend_name()
-        if wanted != "dbsession" and wanted != info["dialect"] and not (
+        if wanted not in ("dbsession", "dbsession_async") and wanted != info["dialect"] and not (
                 {wanted, info["dialect"]} <= {"mysql", "mariadb"}):
             raise IncompatibleServerError(
                 f"The URL asks for a {wanted} database but the DB-API at {url.host} serves "
                 f"{info['dialect']}; use dbsession://{url.host}:{url.port} to accept any.")
         return isolated_dialect_class(info)
+
+    @classmethod
+    def get_async_dialect_cls(cls, url: URL) -> type[Dialect]:
+        """``create_async_engine()`` with a ``dbsession://`` URL: the async variant (``dbsession._async_dialect``)."""
+        from ._async_dialect import async_dialect_class
+
+        return async_dialect_class(cls.get_dialect_cls(url))
 
 
 def create_isolated_engine(api_host: str, *, token: str | None = None, token_file: str | None = None,

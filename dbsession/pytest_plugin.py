@@ -11,20 +11,24 @@ and says so when it is missing. With ``--db-isolation`` (or ini ``db_isolation =
 * configures the process before each test as an isolated worker would be (``dbsession.configure(...)``),
   so ``DBSession()`` without a bind talks to the server of the test's ``db_metadata``, and
   installs :mod:`dbsession.guard`;
-* reports every direct database access by code under test - ``create_engine()``, ``connect()``,
-  executing on a direct engine, a plain ``Session`` bound to one - as a failure of the test, with
+* reports every direct database access by code under test - ``create_engine()`` and
+  ``create_async_engine()``, ``connect()``, executing on a direct engine, a plain ``Session`` or
+  ``AsyncSession`` bound to one - as a failure of the test, with
   the stack where it happened, even when the code swallowed the exception.
 
 Each distinct ``db_metadata`` (one per app's ``conftest.py``) gets its own test database and server.
 Fixtures (all session-scoped, per ``db_metadata``): ``db_metadata`` (override it: your ``MetaData``), ``db_methods``
 (module names of named methods the server serves), ``trusted_engine`` (a direct engine for seeding
 and inspecting; exempt from the guard), ``dbsession_bind`` (the bind the code under test should
-use: a direct engine, or in isolation mode the DB-API's isolated engine). Tests marked
+use: a direct engine, or in isolation mode the DB-API's isolated engine), ``async_dbsession_bind``
+(the same for ``AsyncSession`` / ``AsyncDBSession`` code: a direct async engine, or the isolated
+async engine on the same DB-API). Tests marked
 ``@pytest.mark.trusted`` may touch the database directly. See ``docs/testing-in-isolation.md``.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import threading
@@ -40,6 +44,7 @@ from ._plugin_databases import TestDatabase, TestDatabases
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
     from .exceptions import DirectDatabaseAccessError
 
@@ -50,7 +55,7 @@ SECTION = "dbsession: direct database access"
 TOKEN_TTL = 24 * 3600.0  # one test session; the key pair exists only in this process
 _HARNESS = (f"{os.sep}_pytest{os.sep}", f"{os.sep}pluggy{os.sep}")
 _HIDDEN_FRAMES = (f"{os.sep}sqlalchemy{os.sep}", os.path.join("dbsession", "guard.py"),
-                  os.path.join("dbsession", "pytest_plugin.py"))
+                  os.path.join("dbsession", "pytest_plugin.py"), f"{os.sep}asyncio{os.sep}")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -65,6 +70,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("db_url", default="", help="The test database, as a SQLAlchemy URL.")
     parser.addini("db_create_tables", type="bool", default=True,
                   help="Create db_metadata's tables when first needed and drop them at the end.")
+    parser.addini("db_async_driver", default="",
+                  help="The async driver async_dbsession_bind uses in direct mode (default: the async "
+                       "twin of db_url's driver: aiosqlite, psycopg, asyncpg, aiomysql).")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -166,7 +174,51 @@ def dbsession_bind(request: pytest.FixtureRequest, _dbsession_databases: TestDat
     return engine
 
 
+@pytest.fixture(scope="session")
+def async_dbsession_bind(request: pytest.FixtureRequest, _dbsession_databases: TestDatabases,
+                         _dbsession_database: TestDatabase, db_methods: list[str]) -> AsyncEngine:
+    """``dbsession_bind`` for async code: a direct async engine, or the DB-API's isolated async engine.
+
+    The direct one uses ``NullPool`` (a driver's async connection belongs to the event loop that
+    opened it, and tests usually run one loop each); the isolated one serves every loop.
+    """
+    mode = request.config.pluginmanager.get_plugin(PLUGIN_NAME)
+    if isinstance(mode, IsolationMode):
+        return mode.async_bind_for(_dbsession_database, db_methods)
+    engine = _dbsession_databases.direct_async_binds.get(id(_dbsession_database))
+    if engine is None:
+        from sqlalchemy.ext.asyncio import create_async_engine
+        from sqlalchemy.pool import NullPool
+
+        from ._plugin_databases import async_url
+
+        url = async_url(_dbsession_database.url, request.config.getini("db_async_driver") or None)
+        engine = _dbsession_databases.direct_async_binds[id(_dbsession_database)] = create_async_engine(
+            url, poolclass=NullPool)
+    return engine
+
+
 # -- isolation mode -----------------------------------------------------------------------------
+def _awaiting_stack() -> list[traceback.FrameSummary]:
+    """The frames that awaited SQLAlchemy's greenlet, when a refusal happens inside one.
+
+    Async engines run their sync code in a greenlet (``greenlet_spawn``) whose own stack starts
+    at SQLAlchemy; the application's coroutines - where the direct access was written - are on
+    the stack of the greenlet that switched to it, suspended.
+    """
+    try:
+        greenlet = importlib.import_module("greenlet")  # untyped; installed with the async extra
+    except ImportError:  # no greenlet, no async engine
+        return []
+    frames: list[traceback.FrameSummary] = []
+    current = greenlet.getcurrent()
+    while getattr(current, "__sqlalchemy_greenlet_provider__", False) and current.parent is not None:
+        current = current.parent
+        if current.gr_frame is not None:
+            frames = traceback.extract_stack(current.gr_frame) + frames
+    return frames
+
+
 @dataclass
 class Violation:
     error: DirectDatabaseAccessError
@@ -221,6 +273,15 @@ class IsolationMode:
             serving = _Serving(database, url, token, dbsession.isolated_engine(dbsession.get_settings()), stop)
             self.servers[key] = self._by_bind[id(serving.engine)] = serving
         return serving.engine
+
+    def async_bind_for(self, database: TestDatabase, methods: list[str]) -> AsyncEngine:
+        """The isolated async engine on the same DB-API (what ``AsyncDBSession()`` uses there)."""
+        import dbsession
+
+        self.bind_for(database, methods)
+        serving = self.servers[(id(database), tuple(methods))]
+        self.configure_process(serving.url, serving.token)
+        return dbsession.isolated_async_engine(dbsession.get_settings())
 
     def _start(self, database: TestDatabase, methods: list[str]) -> tuple[str, str, Callable[[], None]]:
         """Serve *database* over a DB-API in a thread; the process is configured per test."""
@@ -320,7 +381,7 @@ class IsolationMode:
 
     # -- reporting ----------------------------------------------------------------------------
     def _record(self, error: DirectDatabaseAccessError) -> None:
-        stack = traceback.extract_stack()[:-1]
+        stack = _awaiting_stack() + traceback.extract_stack()[:-1]
         with self._lock:
             self.violations.append(Violation(error, stack, threading.current_thread().name))
 

@@ -9,6 +9,7 @@ every statement to the DB-API at ``database_api_host`` (:mod:`dbsession.dialect`
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,10 +20,16 @@ from .config import Settings, get_settings
 from .dialect import create_isolated_engine, forget_server_info
 from .transport import discard_transports
 
-__all__ = ["DBSession", "isolated_engine", "release_api_host"]
+__all__ = ["DBSession", "isolated_engine", "on_release", "release_api_host"]
 
 _engines_lock = threading.Lock()
 _engines: dict[tuple[str, str | None, str | None, float], sa.Engine] = {}
+_release_hooks: list[Callable[[str], None]] = []
+
+
+def on_release(hook: Callable[[str], None]) -> None:
+    """Call *hook(database_api_host)* from :func:`release_api_host` (the async engines use it)."""
+    _release_hooks.append(hook)
 
 
 def isolated_engine(settings: Settings) -> sa.Engine:
@@ -49,6 +56,8 @@ def release_api_host(database_api_host: str) -> None:
         engines = [_engines.pop(key) for key in [k for k in _engines if k[0] == database_api_host]]
     for engine in engines:
         engine.dispose()
+    for hook in _release_hooks:
+        hook(database_api_host)
     for base in discard_transports(database_api_host):
         forget_server_info(base)
 

@@ -84,24 +84,35 @@ def new_request_id() -> str:
 _propagate: Any = None
 
 
-def _trace_headers() -> bytes:
-    """The current OpenTelemetry trace context as header lines, if the process uses OpenTelemetry."""
+def trace_context() -> dict[str, str]:
+    """The current OpenTelemetry trace context as headers, if the process uses OpenTelemetry."""
     global _propagate
     if "opentelemetry.trace" not in sys.modules:  # never imported here: no tracing, no cost
-        return b""
+        return {}
     if _propagate is None:
         from opentelemetry import propagate
 
         _propagate = propagate
     carrier: dict[str, str] = {}
     _propagate.inject(carrier)
-    lines = [f"{name}: {value}\r\n" for name, value in carrier.items()
-             if (name + value).isascii() and (name + value).isprintable()]
-    return "".join(lines).encode("ascii")
+    return {name: value for name, value in carrier.items()
+            if (name + value).isascii() and (name + value).isprintable()}
+
+
+def _trace_headers() -> bytes:
+    """:func:`trace_context` as header lines."""
+    if "opentelemetry.trace" not in sys.modules:
+        return b""
+    return "".join(f"{name}: {value}\r\n" for name, value in trace_context().items()).encode("ascii")
 
 
 class Transport:
-    """One per DB-API host; thread-safe (the connection pool is)."""
+    """One per DB-API host; thread-safe (the connection pool is).
+
+    The retry rules live in :meth:`_send`, which does its I/O only through :meth:`_attempt` (one
+    HTTP exchange) and :meth:`_pause` (the wait between attempts): the async transport
+    (:mod:`dbsession._async_transport`) overrides those two and nothing else of the rules.
+    """
 
     def __init__(self, base_url: str, token: TokenSource, *, timeout: float = 30.0,
                  maxsize: int = 16, connect_attempts: int = 4, ssl_context: ssl.SSLContext | None = None) -> None:
@@ -120,8 +131,12 @@ class Transport:
         self._common_headers = (f"Host: {host_header}\r\nAccept: application/json\r\n"
                                 f"User-Agent: dbsession\r\n").encode("latin-1")
         self._auth_line: tuple[str | None, bytes] = (None, b"")
-        self._pool = ConnectionPool(parts.scheme, parts.hostname, port, connect_timeout=min(timeout, 5.0),
-                                    read_timeout=timeout, maxsize=maxsize, ssl_context=ssl_context)
+        self._pool = self._open_pool(parts.scheme, parts.hostname, port, timeout, maxsize, ssl_context)
+
+    def _open_pool(self, scheme: str, host: str, port: int, timeout: float, maxsize: int,
+                   ssl_context: ssl.SSLContext | None) -> Any:
+        return ConnectionPool(scheme, host, port, connect_timeout=min(timeout, 5.0), read_timeout=timeout,
+                              maxsize=maxsize, ssl_context=ssl_context)
 
     def close(self) -> None:
         self._pool.close()
@@ -138,21 +153,25 @@ class Transport:
 
     def _encode(self, method: str, path: str, body: bytes | None, request_id: str) -> bytes:
         """The whole request - request line, headers, body - as the one buffer sent."""
-        token = self._token.get()
+        token = self._checked_token()
         cached_token, auth = self._auth_line
         if token != cached_token:
-            if token and not (token.isascii() and token.isprintable()):
-                raise ConfigurationError("The DB-API token contains characters that cannot travel in an "
-                                         "HTTP header (control or non-ASCII characters); check its source.")
             auth = f"Authorization: Bearer {token}\r\n".encode("ascii") if token else b""
             self._auth_line = (token, auth)
-        if not (path.isascii() and path.isprintable()) or " " in path:  # e.g. an id the server sent
-            raise ValueError(f"Not a DB-API request path: {path!r}.")
+        _check_path(path)
         head = (f"{method} {self._prefix}{path} HTTP/1.1\r\nX-Request-Id: {request_id}\r\n".encode("ascii")
                 + self._common_headers + auth + _trace_headers())
         if body is None:
             return head + b"\r\n"
         return b"%sContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
+
+    def _checked_token(self) -> str | None:
+        """The bearer token (the file re-read if it changed), refused if it cannot be a header."""
+        token = self._token.get()
+        if token and not (token.isascii() and token.isprintable()):
+            raise ConfigurationError("The DB-API token contains characters that cannot travel in an "
+                                     "HTTP header (control or non-ASCII characters); check its source.")
+        return token
 
     def _request(self, method: str, path: str, body: bytes | None, *, replay_safe: bool,
                  deadline: float | None = None) -> Any:
@@ -182,7 +201,7 @@ class Transport:
         while True:
             attempt += 1
             try:
-                response = self._pool.request(method, self._encode(method, path, body, request_id))
+                response = self._attempt(method, path, body, request_id)
             except NotSent as exc:
                 failure: Exception = exc  # never reached the server
             except AnswerLost as exc:
@@ -217,8 +236,16 @@ class Transport:
                     f"Cannot reach the DB-API at {self.base_url} (database_api_host) after "
                     f"{attempt} attempts: {failure}. Is the server running?",
                     answer_lost=answer_lost, request_id=request_id) from failure
-            time.sleep(pause)
+            self._pause(pause)
             delay = min(delay * 4, _MAX_DELAY)
+
+    def _attempt(self, method: str, path: str, body: bytes | None, request_id: str) -> Response:
+        """One HTTP exchange: the answer, or :class:`NotSent` / :class:`AnswerLost`."""
+        response: Response = self._pool.request(method, self._encode(method, path, body, request_id))
+        return response
+
+    def _pause(self, seconds: float) -> None:
+        time.sleep(seconds)
 
     def _parse(self, response: Response, request_id: str) -> Any:
         status = response.status
@@ -240,6 +267,11 @@ class Transport:
             error_id=envelope.get("error_id"), request_id=request_id, status=status, details=envelope.get("details"),
             txn_state=envelope.get("txn_state"), outcome=envelope.get("outcome"),
             refused={k: envelope[k] for k in REFUSAL_FIELDS if k in envelope})
+
+
+def _check_path(path: str) -> None:
+    if not (path.isascii() and path.isprintable()) or " " in path:  # e.g. an id the server sent
+        raise ValueError(f"Not a DB-API request path: {path!r}.")
 
 
 def _is_envelope(response: Response) -> bool:

@@ -22,6 +22,7 @@ before the next test.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -292,6 +293,63 @@ def isolated_sessionmaker(backend: str, db_a: Database, db_b: Database) -> Itera
     guard.uninstall()
 
 
+# --- async mode (test_corpus_async.py) -------------------------------------------
+
+# the async twin of each backend's sync driver: the same driver semantics (aiosqlite wraps
+# sqlite3, psycopg has an async connection, aiomysql is PyMySQL's protocol code)
+_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg", "mysql": "mysql+aiomysql"}
+
+
+@pytest.fixture(scope="session")
+def async_runner() -> Iterator[asyncio.Runner]:
+    """The event loop of the async corpus: one for the whole run, as an application has one."""
+    with asyncio.Runner() as runner:
+        yield runner
+
+
+@pytest.fixture(scope="session")
+def reference_async_sessionmaker(backend: str, db_a: Database,
+                                 async_runner: asyncio.Runner) -> Iterator[Callable[[], Any]]:
+    """Plain ``AsyncSession`` factory for database A, over the async twin of its driver."""
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+    url = db_a.url.set(drivername=_ASYNC_DRIVERS[backend])
+    if backend == "mysql":
+        url = url.update_query_dict({"charset": "utf8mb4"})  # PyMySQL's default, which aiomysql lacks
+    engine = create_async_engine(url)
+    try:
+        from dbsession import guard
+
+        guard.exempt(engine.sync_engine)
+    except ImportError:
+        pass
+    if backend == "sqlite":
+        @sa.event.listens_for(engine.sync_engine, "connect")
+        def _fk_on(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+    yield async_sessionmaker(engine, class_=AsyncSession)
+    async_runner.run(engine.dispose())  # its connections belong to the runner's loop
+
+
+@pytest.fixture(scope="session")
+def isolated_async_sessionmaker(backend: str, db_a: Database, db_b: Database) -> Iterator[Callable[[], Any]]:
+    """The side under test in async mode: ``AsyncDBSession`` factories for database B, through the
+    DB-API in its own process (``dbapi-server serve``, another hash seed), as in production."""
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from dbsession import AsyncDBSession, guard
+    from tests.servers import dbapi_process
+
+    guard.exempt(db_a.engine)
+    with dbapi_process(db_b.url, "tests.conformance.dbapi_metadata:metadata") as server:
+        yield async_sessionmaker(class_=AsyncDBSession, database_access_isolation=True,
+                                 database_api_host=server.url, token=server.token)
+    guard.uninstall()
+
+
 @pytest.fixture
 def conformance_dbs(db_pair: DatabasePair) -> DatabasePair:
     """``db_pair``, re-seeded first if the previous operation wrote."""
@@ -313,7 +371,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     for item in session.items:  # after deselection (-k, -m)
         callspec = getattr(item, "callspec", None)
         if callspec is not None and "op_name" in callspec.params and "backend" in callspec.params:
-            _BACKEND_OF[item.nodeid] = callspec.params["backend"]
+            mode = "async " if "test_corpus_async" in item.nodeid else ""
+            _BACKEND_OF[item.nodeid] = mode + callspec.params["backend"]
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -339,7 +398,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if not _BACKEND_OF:
         return
     terminalreporter.write_sep("=", "differential conformance")
-    for name in [b for b in ("sqlite", "postgresql", "mysql") if b in _BACKEND_OF.values()]:
+    names = [f"{mode}{b}" for mode in ("", "async ") for b in ("sqlite", "postgresql", "mysql")]
+    for name in [n for n in names if n in _BACKEND_OF.values()]:
         nodeids = [n for n, b in _BACKEND_OF.items() if b == name]
         got = [_OUTCOME_OF.get(n) for n in nodeids]
         passed, failed, skipped = (

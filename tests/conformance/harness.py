@@ -126,20 +126,24 @@ class Comparison:
 
 def compare_op(
     op: Op,
-    make_a: SessionFactory,
-    make_b: SessionFactory,
+    make_a: Any,
+    make_b: Any,
     engine_a: sa.Engine,
     engine_b: sa.Engine,
     baseline: tuple | None = None,
+    run_a: Callable[[Op, Any], Outcome] = run_op,
+    run_b: Callable[[Op, Any], Outcome] = run_op,
 ) -> Comparison:
     """Run ``op`` on both sides and compare results and database state.
 
     For read operations (``writes=False``) both databases must still equal
     ``baseline`` (the seeded fingerprint) afterwards; for write operations the
-    two fingerprints must be equal to each other.
+    two fingerprints must be equal to each other. *run_a* / *run_b* run the
+    operation with a session from *make_a* / *make_b* (default :func:`run_op`;
+    the async corpus passes the runners of :mod:`.harness_async`).
     """
-    out_a = run_op(op, make_a)
-    out_b = run_op(op, make_b)
+    out_a = run_a(op, make_a)
+    out_b = run_b(op, make_b)
     if op.refused is not None:
         return Comparison(out_a, out_b, check_reference(op, out_a) + check_refusal(op, out_b, engine_b, baseline))
     problems = check_reference(op, out_a)

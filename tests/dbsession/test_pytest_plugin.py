@@ -518,3 +518,117 @@ def test_isolation_without_the_server_installed_says_what_to_install(pytester: p
     assert isolated.ret == pytest.ExitCode.USAGE_ERROR
     message = isolated.stderr.str()
     assert "the DB-API is not installed here: pip install 'dbsession[server]'" in message, message
+
+
+# -- async code: AsyncDBSession, async_dbsession_bind, direct async engines ----------------------
+ASYNC_APP = '''
+import os
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.pool import NullPool
+from dbsession import AsyncDBSession
+import app
+
+PATH = os.path.join(os.path.dirname(__file__), "direct_async.sqlite")
+# at import: caught when used (NullPool: its connections must not outlive a test's event loop)
+EARLY = create_async_engine("sqlite+aiosqlite:///" + PATH, poolclass=NullPool)
+
+
+async def add(bind, name):
+    async with AsyncDBSession(bind) as session, session.begin():
+        await session.execute(app.things.insert().values(name=name))
+
+
+async def names(bind=None):
+    async with (AsyncDBSession(bind) if bind is not None else AsyncDBSession()) as session:
+        return sorted(await session.scalars(sa.select(app.things.c.name)))
+
+
+async def make_async_engine():
+    engine = create_async_engine("sqlite+aiosqlite:///" + PATH)
+    await engine.dispose()
+
+
+async def connect_early():
+    async with EARLY.connect() as conn:
+        await conn.execute(sa.select(1))
+
+
+async def plain_async_session():
+    async with AsyncSession(EARLY) as session:
+        return await session.scalar(sa.select(1))
+
+
+async def swallowing(action):
+    try:
+        await action()
+    except Exception:
+        pass
+'''
+
+ASYNC_BAD = {
+    "make_async_engine": ('engine = create_async_engine("sqlite+aiosqlite:///" + PATH)', "create_engine()"),
+    "connect_early": ("async with EARLY.connect() as conn:", "a new connection"),
+    "plain_async_session": ("return await session.scalar(sa.select(1))", "a new connection"),
+}
+
+
+@MODES
+def test_async_code_passes_in_both_modes(project: pytest.Pytester, mode: list[str]) -> None:
+    project.makepyfile(app_async=ASYNC_APP, test_async='''
+import asyncio
+import dbsession
+import app_async
+
+
+def test_add_and_read(async_dbsession_bind, dbsession_bind, trusted_engine):
+    asyncio.run(app_async.add(async_dbsession_bind, "a"))
+    asyncio.run(app_async.add(async_dbsession_bind, "b"))
+    assert asyncio.run(app_async.names(async_dbsession_bind)) == ["a", "b"]
+    assert async_dbsession_bind.dialect.is_async
+    if dbsession.get_settings().database_access_isolation:
+        assert async_dbsession_bind.dialect.is_dbsession
+        assert asyncio.run(app_async.names()) == ["a", "b"]  # AsyncDBSession() without a bind
+''')
+    run(project, *mode).assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("action", sorted(ASYNC_BAD))
+def test_swallowed_direct_async_access_fails_the_test_with_its_stack(project: pytest.Pytester,
+                                                                     action: str) -> None:
+    project.makepyfile(app_async=ASYNC_APP, test_bad=f'''
+import asyncio
+import app_async
+
+def test_code_under_test(async_dbsession_bind):
+    asyncio.run(app_async.swallowing(app_async.{action}))
+''')
+    result = run(project, "--db-isolation")
+    result.assert_outcomes(failed=1)
+    line, what = ASYNC_BAD[action]
+    result.stdout.fnmatch_lines([
+        "*1 direct database access(es) in isolation mode during call*",
+        f"*DirectDatabaseAccessError: Direct database access through {what}*",
+        "*test_bad.py*, line 5, in test_code_under_test",
+        f"*app_async.py*, in {action}",
+        f"*{line}*",
+    ])
+    run(project).assert_outcomes(passed=1)  # direct mode: the same code is simply direct
+
+
+def test_a_trusted_async_test_may_go_direct(project: pytest.Pytester) -> None:
+    project.makepyfile(app_async=ASYNC_APP, test_trusted='''
+import asyncio
+import pytest
+import app_async
+
+@pytest.mark.trusted
+def test_marked(async_dbsession_bind):
+    assert asyncio.run(app_async.plain_async_session()) == 1  # trust reaches SQLAlchemy's greenlet
+
+def test_not_marked(async_dbsession_bind):
+    asyncio.run(app_async.swallowing(app_async.plain_async_session))
+''')
+    result = run(project, "--db-isolation")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["FAILED test_trusted.py::test_not_marked*"])

@@ -10,6 +10,12 @@ contains a given text, and fires once:
 ``"cut"``       the request is forwarded and the client's connection is closed at once, while the
                 server is still working on it (its answer is read and thrown away).
 
+Slow faults deliver everything, late, by ``hold`` seconds (for cancelling a client mid-request):
+
+``"slow_request"``   the request reaches the server only after *hold* seconds;
+``"slow_response"``  the server answers at once; the answer reaches the client after *hold* seconds;
+``"half_response"``  the first half of the answer at once, the rest after *hold* seconds.
+
 Armed with ``then_down=seconds`` (``math.inf``: until :meth:`FaultProxy.up`), the proxy goes down
 the moment the fault fires, before the client sees its connection closed: every open connection
 is dropped and, with ``down_as="refuse"``, the listening socket is closed (new connections are
@@ -23,13 +29,14 @@ from __future__ import annotations
 import math
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["FaultProxy"]
 
-FAULTS = ("request", "response", "cut")
+FAULTS = ("request", "response", "cut", "slow_request", "slow_response", "half_response")
 DOWN_AS = ("refuse", "503")
 _UNAVAILABLE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
                 b"Content-Length: 19\r\nConnection: close\r\n\r\nno healthy upstream")
@@ -69,7 +76,9 @@ class FaultProxy:
     upstream: tuple[str, int]
     fired: list[tuple[str, str]] = field(default_factory=list)  # (fault, request line)
     forwarded: list[str] = field(default_factory=list)  # request lines that reached the server
-    _armed: list[tuple[str, str, float | None, str]] = field(default_factory=list)
+    connections: int = 0  # client connections accepted
+    in_flight: int = 0  # requests read from a client whose exchange is not over yet
+    _armed: list[tuple[str, str, float | None, str, float]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: list[threading.Thread] = field(default_factory=list)
     _sockets: set[socket.socket] = field(default_factory=set)
@@ -84,7 +93,7 @@ class FaultProxy:
         self._spawn(self._accept_loop, self._listener)
 
     def arm(self, fault: str, request_contains: str, *, then_down: float | None = None,
-            down_as: str = "refuse") -> None:
+            down_as: str = "refuse", hold: float = 0.0) -> None:
         """Lose the next request (or its answer) whose request line contains *request_contains*.
 
         With *then_down*, the proxy then stays down for that many seconds (see the module doc).
@@ -94,15 +103,15 @@ class FaultProxy:
         if down_as not in DOWN_AS:
             raise ValueError(f"down_as must be one of {DOWN_AS}, got {down_as!r}")
         with self._lock:
-            self._armed.append((fault, request_contains, then_down, down_as))
+            self._armed.append((fault, request_contains, then_down, down_as, hold))
 
-    def _take(self, request_line: str) -> tuple[str, float | None, str] | None:
+    def _take(self, request_line: str) -> tuple[str, float | None, str, float] | None:
         with self._lock:
             for armed in self._armed:
                 if armed[1] in request_line:
                     self._armed.remove(armed)
                     self.fired.append((armed[0], request_line))
-                    return armed[0], armed[2], armed[3]
+                    return armed[0], armed[2], armed[3], armed[4]
         return None
 
     @property
@@ -151,6 +160,8 @@ class FaultProxy:
                 client, _ = listener.accept()
             except OSError:
                 return  # closed
+            with self._lock:
+                self.connections += 1
             self._spawn(self._relay, client)
 
     def _relay(self, client: socket.socket) -> None:
@@ -169,36 +180,66 @@ class FaultProxy:
         try:
             while True:
                 request = _read_message(client, from_client)
-                if self._down is not None:  # went down while this connection was idle
-                    if self._down == "503":
-                        client.sendall(_UNAVAILABLE)
-                    return
-                request_line = request.split(b"\r\n", 1)[0].decode("latin-1")
-                taken = self._take(request_line)
-                fault, then_down, down_as = taken if taken else (None, None, "refuse")
-                if fault == "request":
-                    if then_down is not None:
-                        self.down(then_down, down_as)
-                    return
-                self.forwarded.append(request_line)
-                upstream.sendall(request)
-                if fault == "cut":
-                    if then_down is not None:
-                        self.down(then_down, down_as)
-                    client.close()
-                    _read_message(upstream, from_server)  # let the server finish; discard
-                    return
-                response = _read_message(upstream, from_server)
-                if fault == "response":
-                    if then_down is not None:
-                        self.down(then_down, down_as)  # before the client learns of the loss
-                    return
-                client.sendall(response)
+                with self._lock:
+                    self.in_flight += 1
+                try:
+                    if not self._exchange(client, upstream, request, from_server):
+                        return
+                finally:
+                    with self._lock:
+                        self.in_flight -= 1
         except (_Closed, OSError):
             return
         finally:
             for sock in (client, upstream):
                 sock.close()
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Until no exchange is under way (a held request or answer has been delivered)."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the proxy still has {self.in_flight} exchange(s) under way")
+            time.sleep(0.01)
+
+    def _exchange(self, client: socket.socket, upstream: socket.socket, request: bytes,
+                  from_server: bytearray) -> bool:
+        """Relay one request and its answer (or the armed fault); whether the connection goes on."""
+        if self._down is not None:  # went down while this connection was idle
+            if self._down == "503":
+                client.sendall(_UNAVAILABLE)
+            return False
+        request_line = request.split(b"\r\n", 1)[0].decode("latin-1")
+        taken = self._take(request_line)
+        fault, then_down, down_as, hold = taken if taken else (None, None, "refuse", 0.0)
+        if fault == "slow_request":
+            time.sleep(hold)
+        if fault == "request":
+            if then_down is not None:
+                self.down(then_down, down_as)
+            return False
+        self.forwarded.append(request_line)
+        upstream.sendall(request)
+        if fault == "cut":
+            if then_down is not None:
+                self.down(then_down, down_as)
+            client.close()
+            _read_message(upstream, from_server)  # let the server finish; discard
+            return False
+        response = _read_message(upstream, from_server)
+        if fault == "response":
+            if then_down is not None:
+                self.down(then_down, down_as)  # before the client learns of the loss
+            return False
+        if fault == "slow_response":
+            time.sleep(hold)
+        elif fault == "half_response":
+            half = len(response) // 2
+            client.sendall(response[:half])
+            time.sleep(hold)
+            response = response[half:]
+        client.sendall(response)
+        return True
 
     def _unavailable(self, client: socket.socket) -> None:
         """Down as a load balancer without a backend: every request gets a bare 503."""
