@@ -211,6 +211,10 @@ class _InWorker:
     parent: int
 
     def __call__(self) -> Any:
+        # Stop signals are taken by one thread of ours with sigwait() (see _drain_then_stop_granian):
+        # blocked here, before any other thread of this process exists, so every thread started
+        # later - ours and granian's Rust threads alike - inherits the block.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         if sys.platform == "linux":
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         else:
@@ -222,6 +226,8 @@ class _InWorker:
         if state is not None:  # run when the worker process ends its serving (multiprocessing's exit)
             multiprocessing.util.Finalize(state, state.close, exitpriority=10)
             _drain_then_stop_granian(state.drain.run)
+        else:  # not a DB-API: granian's own handlers take the signals, in this (the main) thread
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         return app
 
     def _watch_parent(self) -> None:
@@ -238,33 +244,35 @@ def _drain_then_stop_granian(drain: Callable[[], None]) -> None:
     (this runs while loading it): that installs a handler for SIGINT and SIGTERM setting the
     ``WorkerSignal`` the Rust server stops on - at once, closing the listener and keep-alive
     connections, so an open transaction could not send its commit. Replacing that function in
-    this process makes the handler run the drain in a thread first - the server keeps serving
-    meanwhile - and set the ``WorkerSignal`` when it is over. ``tests/dbapi_server/test_shutdown.py``
+    this process hands the signals to a thread of ours that drains first - the server keeps
+    serving meanwhile - and sets the ``WorkerSignal`` when it is over. ``tests/dbapi_server/test_shutdown.py``
     proves it on the granian installed; a granian without the hook fails loudly here.
     """
     _signals = _granian_signals()
     worker_signal = _signals.WorkerSignal
 
-    def set_main_signals(handler: Callable[[int, Any], None]) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):  # what granian's own set_main_signals covers
-            signal.signal(sig, handler)
-
     def set_sync_signals() -> Any:
         stop = worker_signal()
 
-        def drain_then_stop() -> None:
+        def await_stop_signal() -> None:
+            # Not a Python signal handler: those run only in the main thread, which here waits in
+            # threading.Event.wait() while the kernel may deliver a process-directed SIGTERM to any
+            # of granian's threads - the handler then never ran, and the worker never drained
+            # (about one stop in eight). The signals are blocked in every thread (_InWorker), so
+            # they stay pending until this thread takes them.
+            signal.sigwait(_STOP_SIGNALS)
             try:
                 drain()
             finally:
                 stop.set()
 
-        def handler(signum: int, frame: Any) -> None:
-            threading.Thread(target=drain_then_stop, name="dbapi-drain", daemon=True).start()
-
-        set_main_signals(handler)
+        threading.Thread(target=await_stop_signal, name="dbapi-stop-signal", daemon=True).start()
         return stop
 
     _signals.set_sync_signals = set_sync_signals
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # what granian's own set_main_signals covers
 
 
 def _granian_signals() -> Any:
