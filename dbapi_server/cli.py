@@ -44,6 +44,7 @@ def main() -> None:
 def serve(database_url: str, metadata: str, host: str, port: int, port_file: str | None, threads: int,
           server_name: str, methods: str, policy_file: str | None) -> None:
     """Serve the DB-API under a production WSGI server (granian by default) until SIGINT or SIGTERM."""
+    from ._test_hooks import SERVE_PID
     from .app import ConfigError, create_app
     from .logs import configure_logging
     from .serving import serve as run
@@ -53,6 +54,7 @@ def serve(database_url: str, metadata: str, host: str, port: int, port_file: str
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     sys.path.insert(0, os.getcwd())
+    os.environ[SERVE_PID] = str(os.getpid())  # this instance's process (its workers inherit it)
     factory = functools.partial(create_app, database_url, metadata, policy=policy_file,
                                 methods=methods.split(","))
     try:

@@ -265,7 +265,8 @@ def finish_transaction(txn_id: str, verb: str) -> Response:
                        status=404, code="not_found")
     label(kind=verb, txn=txn_id)
     principal = _principal()
+    seq = _field(_body(), "seq", int) if request.content_length else None
     state = _state()
     state.cursors.close_for_transaction(txn_id)
-    outcome = state.transactions.finish(txn_id, verb, principal.subject)
+    outcome = state.transactions.finish(txn_id, verb, principal.subject, seq)
     return _json({"outcome": outcome})
