@@ -1,0 +1,194 @@
+"""Several ``dbapi-server serve`` instances behind a real HAProxy (Debian's package) on loopback.
+
+Routing is an ordinary load balancer's: ``balance hdr(X-DBSession-Route)`` + ``hash-type
+consistent`` (``docs/deployment.md``). Every request of a transaction carries its id in that
+header, so it reaches the instance that holds the transaction; one-shot reads carry none and are
+spread round robin. When the balancer's view changes under an open transaction (its instance is
+taken out), the next request reaches another instance: that answers a typed error, never a
+result, and the client recovers as from a lost database connection - ``OperationalError`` with
+``connection_invalidated``, roll back, do the work again. A commit that reaches another instance
+is answered from the commit outcome table, which fences the transaction: it can no longer commit
+anywhere.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from dbsession import CommitOutcomeUnknownError, DBSession
+from dbsession._dbapi import DisconnectError
+from tests.faults.conftest import entries
+from tests.faults.models import Entry
+
+from .conftest import Cluster, cluster
+
+pytestmark = pytest.mark.postgresql
+
+
+@pytest.fixture(scope="module")
+def three(pg_url: sa.URL, database: sa.Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with cluster(pg_url, tmp_path_factory.mktemp("cluster"), size=3) as running:
+        yield running
+
+
+@pytest.fixture
+def ref() -> str:
+    return f"lb-{uuid.uuid4().hex[:10]}"
+
+
+def metric(instance_url: str, name: str, labels: str = "") -> float:
+    """One sample of an instance's Prometheus metrics (0 if absent)."""
+    with urllib.request.urlopen(f"{instance_url}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    pattern = re.compile(rf"^{re.escape(name)}(?:{{{re.escape(labels)}}})? ([0-9.e+-]+)$", re.M)
+    found = pattern.search(text)
+    return float(found.group(1)) if found else 0.0
+
+
+def open_transactions(three: Cluster) -> dict[str, float]:
+    return {name: metric(p.url, "dbapi_open_transactions") for name, p in three.instances.items()}
+
+
+def holder_of(three: Cluster, before: dict[str, float]) -> str:
+    """The instance that has one more open transaction than *before*."""
+    now = open_transactions(three)
+    holding = [name for name in now if now[name] == before[name] + 1]
+    assert len(holding) == 1, (before, now)
+    return holding[0]
+
+
+def test_reads_spread_and_transactions_stay_on_their_instance(
+        three: Cluster, clients: list[DBSession], database: sa.Engine, ref: str) -> None:
+    before = three.lb.requests()
+    reader = three.session(clients)
+    for _ in range(30):
+        reader.scalar(sa.select(sa.func.count()).select_from(Entry))
+    reader.rollback()
+    reads = {name: n - before[name] for name, n in three.lb.requests().items()}
+    assert sum(reads.values()) >= 30
+    assert sum(1 for n in reads.values() if n) >= 2, reads  # round robin: not all on one instance
+
+    committed_before = {name: metric(p.url, "dbapi_transactions_ended_total", 'outcome="committed"')
+                        for name, p in three.instances.items()}
+    failures: list[BaseException] = []
+
+    def worker(w: int) -> None:
+        session = three.session(clients, subject=f"worker-{w}")
+        try:
+            for t in range(5):
+                key = f"{ref}-{w}-{t}"
+                session.add(Entry(ref=key, amount=1))
+                session.flush()  # begins the server transaction
+                row = session.scalars(sa.select(Entry).where(Entry.ref == key).with_for_update()).one()
+                try:
+                    with session.begin_nested():
+                        session.add(Entry(ref=key, amount=99))  # duplicate ref: the savepoint rolls back
+                        session.flush()
+                except sa.exc.IntegrityError:
+                    pass
+                row.amount += 1
+                session.commit()
+        except BaseException as exc:  # reported below, with its traceback
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    if failures:
+        raise failures[0]
+    assert entries(database, ref) == sorted((f"{ref}-{w}-{t}", 2) for w in range(8) for t in range(5))
+    committed = {name: metric(p.url, "dbapi_transactions_ended_total", 'outcome="committed"')
+                 - committed_before[name] for name, p in three.instances.items()}
+    assert sum(committed.values()) == 40  # each transaction committed once, on one instance
+    assert sum(1 for n in committed.values() if n) >= 2, committed  # hashed over the instances
+    for name, p in three.instances.items():
+        assert metric(p.url, "dbapi_refusals_total", 'code="transaction_not_here"') == 0, name
+        assert metric(p.url, "dbapi_open_transactions") == 0, name
+
+
+def _taken_out(three: Cluster, name: str) -> None:
+    three.lb.command(f"disable server dbapi/{name}")
+
+
+def test_a_statement_that_reaches_another_instance_is_a_lost_connection(
+        three: Cluster, clients: list[DBSession], database: sa.Engine, ref: str) -> None:
+    session = three.session(clients)
+    before = open_transactions(three)
+    session.add(Entry(ref=f"{ref}-a", amount=1))
+    session.flush()  # the server transaction is open on one instance
+    holder = holder_of(three, before)
+    _taken_out(three, holder)  # the balancer's view changes: its requests now hash elsewhere
+    try:
+        with pytest.raises(sa.exc.OperationalError, match="not open on this DB-API instance") as lost:
+            session.execute(sa.select(Entry.amount).where(Entry.ref == f"{ref}-a"))
+        assert lost.value.connection_invalidated
+        assert isinstance(lost.value.orig, DisconnectError)
+        session.rollback()  # as after a lost database connection
+        session.add(Entry(ref=f"{ref}-b", amount=2))
+        session.commit()  # a new transaction, on an instance in service
+    finally:
+        three.lb.command(f"enable server dbapi/{holder}")
+        three.lb.wait_until_up()
+    assert entries(database, ref) == [(f"{ref}-b", 2)]  # nothing of the lost transaction
+
+
+def test_a_commit_that_reaches_another_instance_is_fenced(
+        three: Cluster, clients: list[DBSession], database: sa.Engine, ref: str) -> None:
+    """The other instance answers "not committed" from the outcome table - and makes it true: the
+    instance that still holds the transaction can no longer commit it."""
+    session = three.session(clients)
+    before = open_transactions(three)
+    session.add(Entry(ref=f"{ref}-a", amount=1))
+    session.flush()
+    raw = session.connection().connection.driver_connection
+    txn_id, seq = raw.txn, raw.seq
+    holder = holder_of(three, before)
+    _taken_out(three, holder)
+    try:
+        with pytest.raises(sa.exc.OperationalError, match="it was not committed") as lost:
+            session.commit()
+        assert lost.value.connection_invalidated
+        assert not isinstance(lost.value, CommitOutcomeUnknownError)  # a definite answer
+        # the holder is asked directly to commit the transaction it still holds: it refuses
+        request = urllib.request.Request(
+            f"{three.instances[holder].url}/dbapi/v1/transactions/{txn_id}/commit",
+            data=orjson.dumps({"seq": seq + 1}), method="POST",
+            headers={"Authorization": f"Bearer {three.token()}", "Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        envelope = orjson.loads(refused.value.read())["error"]
+        assert (refused.value.code, envelope["outcome"]) == (410, "rolled_back"), envelope
+        assert open_transactions(three)[holder] == before[holder]  # it ended there, rolled back
+    finally:
+        three.lb.command(f"enable server dbapi/{holder}")
+        three.lb.wait_until_up()
+    assert entries(database, ref) == []
+
+
+def test_health_checks_take_a_stopped_instance_out(
+        three: Cluster, clients: list[DBSession], database: sa.Engine, ref: str, tmp_path: Path) -> None:
+    """An instance whose /ready fails leaves the rotation; work goes on through the others."""
+    name = "dbapi3"
+    _taken_out(three, name)
+    try:
+        states = three.lb.states()
+        assert states[name].startswith("MAINT"), states
+        session = three.session(clients)
+        for i in range(6):
+            session.add(Entry(ref=f"{ref}-{i}", amount=i))
+            session.commit()
+    finally:
+        three.lb.command(f"enable server dbapi/{name}")
+        three.lb.wait_until_up()
+    assert len(entries(database, ref)) == 6
