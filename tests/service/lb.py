@@ -4,7 +4,9 @@
 exactly that, plus a stats socket and a header naming the backend that answered); :class:`HAProxy`
 runs Debian's ``haproxy`` binary on it in the foreground. Routing: ``balance hdr(X-DBSession-Route)``
 with ``hash-type consistent`` - every request of a transaction carries its id in that header, so
-they all reach one instance; requests without it (one-shot reads) are balanced round robin.
+they all reach one instance; requests without it (one-shot reads) are balanced round robin - and a
+stick table on the same header, so a transaction stays where it began even when an instance
+rejoins the pool (consistent hashing alone would move a share of the open ones to it).
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ def haproxy_config(servers: Sequence[tuple[str, str, int]], *, bind: str, check_
         # the transaction's id picks the instance; without the header: round robin
         "    balance hdr(X-DBSession-Route)",
         "    hash-type consistent",
+        # and the instance it picked is remembered, so an instance coming back (or added) does
+        # not take over transactions already open elsewhere; an entry pointing at an instance
+        # that is down is ignored (redispatch). Entries outlive DBAPI_TXN_IDLE_TIMEOUT (60 s).
+        "    stick-table type string len 128 size 500k expire 3m",
+        "    stick on req.hdr(X-DBSession-Route)",
         "    option httpchk GET /dbapi/v1/ready",
         "    http-check expect status 200",
         f"    default-server inter {check_interval} fall 2 rise 2",

@@ -192,3 +192,26 @@ def test_health_checks_take_a_stopped_instance_out(
         three.lb.command(f"enable server dbapi/{name}")
         three.lb.wait_until_up()
     assert len(entries(database, ref)) == 6
+
+
+def test_transactions_stay_put_when_an_instance_rejoins(
+        three: Cluster, clients: list[DBSession], database: sa.Engine, ref: str) -> None:
+    """Consistent hashing alone would hand about a third of the open transactions' ids to an
+    instance that comes back; the stick table keeps each where it began."""
+    misrouted = {name: metric(p.url, "dbapi_refusals_total", 'code="transaction_not_here"')
+                 for name, p in three.instances.items()}
+    _taken_out(three, "dbapi3")
+    try:
+        sessions = [three.session(clients) for _ in range(24)]
+        for i, session in enumerate(sessions):
+            session.add(Entry(ref=f"{ref}-{i:02}", amount=i))
+            session.flush()  # open on dbapi1 or dbapi2
+    finally:
+        three.lb.command("enable server dbapi/dbapi3")
+        three.lb.wait_until_up()
+    for session in sessions:
+        session.add(Entry(ref=f"{ref}-{sessions.index(session):02}-more", amount=0))
+        session.commit()  # every request still reaches the instance holding its transaction
+    assert len(entries(database, ref)) == 48
+    for name, p in three.instances.items():
+        assert metric(p.url, "dbapi_refusals_total", 'code="transaction_not_here"') == misrouted[name], name
