@@ -58,8 +58,8 @@ def haproxy_config(servers: Sequence[tuple[str, str, int]], *, bind: str, check_
         "    timeout client 120s",
         "    timeout server 120s",  # longer than the longest statement
         "    timeout http-keep-alive 60s",
-        # a connection refused by a dead instance is retried, the last time on another instance
-        # (HAProxy never resends a request that reached an instance: the client decides that)
+        # a connection refused by a dead instance is retried on another instance (HAProxy never
+        # resends a request that reached an instance: the client decides that)
         "    retries 3",
         "    option redispatch 1",
         "",
@@ -76,6 +76,10 @@ def haproxy_config(servers: Sequence[tuple[str, str, int]], *, bind: str, check_
         # that is down is ignored (redispatch). Entries outlive DBAPI_TXN_IDLE_TIMEOUT (60 s).
         "    stick-table type string len 128 size 500k expire 3m",
         "    stick on req.hdr(X-DBSession-Route)",
+        # a transaction's requests go to its instance even when that one is out of rotation (its
+        # /ready says draining after SIGTERM: it finishes what it holds); only when it cannot be
+        # reached at all are they redispatched - and the other instance answers a typed error
+        "    option persist",
         "    option httpchk GET /dbapi/v1/ready",
         "    http-check expect status 200",
         f"    default-server inter {check_interval} fall 2 rise 2",

@@ -3,8 +3,9 @@
 Routing is an ordinary load balancer's: ``balance hdr(X-DBSession-Route)`` + ``hash-type
 consistent`` (``docs/deployment.md``). Every request of a transaction carries its id in that
 header, so it reaches the instance that holds the transaction; one-shot reads carry none and are
-spread round robin. When the balancer's view changes under an open transaction (its instance is
-taken out), the next request reaches another instance: that answers a typed error, never a
+spread round robin. When the balancer's view changes under an open transaction (its instance
+leaves the hash ring and the balancer lost its stick-table entry), the next request reaches
+another instance: that answers a typed error, never a
 result, and the client recovers as from a lost database connection - ``OperationalError`` with
 ``connection_invalidated``, roll back, do the work again. A commit that reaches another instance
 is answered from the commit outcome table, which fences the transaction: it can no longer commit
@@ -13,8 +14,11 @@ anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -121,6 +125,24 @@ def _taken_out(three: Cluster, name: str) -> None:
     three.lb.command(f"disable server dbapi/{name}")
 
 
+@contextlib.contextmanager
+def misrouted(three: Cluster, holder: str, txn_id: str) -> Iterator[None]:
+    """The balancer's view changes under an open transaction: its instance gets weight 0 and its
+    stick-table entry is gone (a restarted balancer, a replica without the entry), so its next
+    request hashes to another instance."""
+    three.lb.command(f"set weight dbapi/{holder} 0")
+    three.lb.command(f"clear table dbapi key {txn_id}")
+    try:
+        yield
+    finally:
+        three.lb.command(f"set weight dbapi/{holder} 1")
+
+
+def txn_of(session: DBSession) -> tuple[str, int]:
+    raw = session.connection().connection.driver_connection
+    return raw.txn, raw.seq  # type: ignore[union-attr]
+
+
 def test_a_statement_that_reaches_another_instance_is_a_lost_connection(
         three: Cluster, clients: list[DBSession], database: sa.Engine, ref: str) -> None:
     session = three.session(clients)
@@ -128,8 +150,7 @@ def test_a_statement_that_reaches_another_instance_is_a_lost_connection(
     session.add(Entry(ref=f"{ref}-a", amount=1))
     session.flush()  # the server transaction is open on one instance
     holder = holder_of(three, before)
-    _taken_out(three, holder)  # the balancer's view changes: its requests now hash elsewhere
-    try:
+    with misrouted(three, holder, txn_of(session)[0]):
         with pytest.raises(sa.exc.OperationalError, match="not open on this DB-API instance") as lost:
             session.execute(sa.select(Entry.amount).where(Entry.ref == f"{ref}-a"))
         assert lost.value.connection_invalidated
@@ -137,9 +158,6 @@ def test_a_statement_that_reaches_another_instance_is_a_lost_connection(
         session.rollback()  # as after a lost database connection
         session.add(Entry(ref=f"{ref}-b", amount=2))
         session.commit()  # a new transaction, on an instance in service
-    finally:
-        three.lb.command(f"enable server dbapi/{holder}")
-        three.lb.wait_until_up()
     assert entries(database, ref) == [(f"{ref}-b", 2)]  # nothing of the lost transaction
 
 
@@ -151,11 +169,9 @@ def test_a_commit_that_reaches_another_instance_is_fenced(
     before = open_transactions(three)
     session.add(Entry(ref=f"{ref}-a", amount=1))
     session.flush()
-    raw = session.connection().connection.driver_connection
-    txn_id, seq = raw.txn, raw.seq
+    txn_id, seq = txn_of(session)
     holder = holder_of(three, before)
-    _taken_out(three, holder)
-    try:
+    with misrouted(three, holder, txn_id):
         with pytest.raises(sa.exc.OperationalError, match="it was not committed") as lost:
             session.commit()
         assert lost.value.connection_invalidated
@@ -170,9 +186,6 @@ def test_a_commit_that_reaches_another_instance_is_fenced(
         envelope = orjson.loads(refused.value.read())["error"]
         assert (refused.value.code, envelope["outcome"]) == (410, "rolled_back"), envelope
         assert open_transactions(three)[holder] == before[holder]  # it ended there, rolled back
-    finally:
-        three.lb.command(f"enable server dbapi/{holder}")
-        three.lb.wait_until_up()
     assert entries(database, ref) == []
 
 
@@ -215,3 +228,31 @@ def test_transactions_stay_put_when_an_instance_rejoins(
     assert len(entries(database, ref)) == 48
     for name, p in three.instances.items():
         assert metric(p.url, "dbapi_refusals_total", 'code="transaction_not_here"') == misrouted[name], name
+
+
+def test_sigterm_an_instance_its_open_transaction_finishes_through_the_balancer(
+        pg_url: sa.URL, database: sa.Engine, clients: list[DBSession], ref: str,
+        tmp_path: Path) -> None:
+    """Graceful shutdown behind HAProxy: the draining instance's /ready fails and HAProxy takes it
+    out of rotation (new work goes elsewhere), but the transaction it holds still reaches it
+    (``option persist``), commits, and then the instance exits."""
+    with cluster(pg_url, tmp_path, size=2, env={"DBAPI_SHUTDOWN_GRACE": "30"}) as two:
+        session = two.session(clients)
+        before = open_transactions(two)
+        session.add(Entry(ref=f"{ref}-held", amount=1))
+        session.flush()
+        name = holder_of(two, before)
+        draining = two.instances[name]
+        draining.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while not two.lb.states()[name].startswith("DOWN"):
+            assert time.monotonic() < deadline, two.lb.states()
+            time.sleep(0.05)
+        other = two.session(clients)  # new work: the instance in service
+        other.add(Entry(ref=f"{ref}-new", amount=2))
+        other.commit()
+        session.add(Entry(ref=f"{ref}-held-2", amount=3))
+        session.commit()  # still reaches the draining instance, which holds the transaction
+        assert draining.process.wait(timeout=30) == 0  # nothing open any more: it exits
+        draining.stopped = True
+    assert entries(database, ref) == [(f"{ref}-held", 1), (f"{ref}-held-2", 3), (f"{ref}-new", 2)]
