@@ -56,10 +56,11 @@ def haproxy_config(servers: Sequence[tuple[str, str, int]], *, bind: str, check_
         "    mode http",
         "    timeout connect 2s",
         "    timeout client 120s",
-        "    timeout server 120s",  # longer than the longest statement
+        "    # longer than the longest statement or commit",
+        "    timeout server 120s",
         "    timeout http-keep-alive 60s",
-        # a connection refused by a dead instance is retried on another instance (HAProxy never
-        # resends a request that reached an instance: the client decides that)
+        "    # a connection an instance refuses (it died) is retried on another one; a request that",
+        "    # reached an instance is never resent by HAProxy - the client decides that",
         "    retries 3",
         "    option redispatch 1",
         "",
@@ -68,17 +69,16 @@ def haproxy_config(servers: Sequence[tuple[str, str, int]], *, bind: str, check_
         "    default_backend dbapi",
         "",
         "backend dbapi",
-        # the transaction's id picks the instance; without the header: round robin
+        "    # every request of a transaction carries X-DBSession-Route: <transaction id>; its hash",
+        "    # picks the instance. Requests without it (one-shot reads) are balanced round robin.",
         "    balance hdr(X-DBSession-Route)",
         "    hash-type consistent",
-        # and the instance it picked is remembered, so an instance coming back (or added) does
-        # not take over transactions already open elsewhere; an entry pointing at an instance
-        # that is down is ignored (redispatch). Entries outlive DBAPI_TXN_IDLE_TIMEOUT (60 s).
+        "    # the instance a transaction began on is remembered: one that rejoins the pool (or is",
+        "    # added) does not take over transactions open elsewhere. Outlives the 60 s idle timeout.",
         "    stick-table type string len 128 size 500k expire 3m",
         "    stick on req.hdr(X-DBSession-Route)",
-        # a transaction's requests go to its instance even when that one is out of rotation (its
-        # /ready says draining after SIGTERM: it finishes what it holds); only when it cannot be
-        # reached at all are they redispatched - and the other instance answers a typed error
+        "    # an instance out of rotation (draining after SIGTERM, /ready failing) still gets the",
+        "    # requests of the transactions it holds; only one that refuses connections is left",
         "    option persist",
         "    option httpchk GET /dbapi/v1/ready",
         "    http-check expect status 200",
