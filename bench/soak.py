@@ -19,9 +19,10 @@ What runs (all on loopback):
   amount, and the client records what ``commit()`` told it: committed, failed (an exception
   other than ``CommitOutcomeUnknownError`` - a definite "not committed"), or unknown.
 
-Faults, at fractions of the run: ``--kill-at`` (0.3) SIGKILLs one instance and restarts it on the
-same port 3 s later; ``--pg-restart-at`` (0.6) restarts PostgreSQL (fast shutdown: every server
-connection is terminated).
+Faults, at fractions of the run: ``--kill-at`` (0.3; several comma-separated, taking the instances
+in turn) SIGKILLs an instance - its granian worker dies with it - and restarts it on the same port
+3 s later; ``--pg-restart-at`` (0.6) restarts PostgreSQL (fast shutdown: every server connection is
+terminated).
 
 Checked at the end, against the ledger (the database is the truth):
 
@@ -82,7 +83,8 @@ def classify(exc: BaseException) -> str:
         return "OperationalError(disconnect)" if exc.connection_invalidated else "OperationalError(database)"
     if isinstance(exc, TransactionError):
         return "TransactionError"
-    return f"undocumented:{type(exc).__module__}.{type(exc).__name__}"
+    code = getattr(exc, "code", None)
+    return f"undocumented:{type(exc).__module__}.{type(exc).__name__}" + (f"({code})" if code else "")
 
 
 @dataclass
@@ -309,6 +311,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for i in range(1, args.instances + 1):
                 instances[f"dbapi{i}"] = stack.enter_context(dbapi_process(
                     instance_url(i), METADATA_PATH, env=env, threads=args.threads))
+            every_instance = list(instances.values())  # the restarted ones are added: their logs are read
             lb = HAProxy([(n, "127.0.0.1", p.port) for n, p in instances.items()], check_interval="1s")
             stack.callback(lb.close)
             lb.start()
@@ -353,24 +356,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if wait > 0:
                     time.sleep(wait)
 
-            victim = f"dbapi{min(2, args.instances)}"
-            if args.kill_at < 1:
-                at(args.kill_at)
+            def kill_and_restart(victim: str) -> None:
                 port = instances[victim].port
+                holding = open_transactions(instances[victim].url)
                 instances[victim].kill()
-                events.append((round(time.time() - started, 1), f"SIGKILL {victim}"))
+                events.append((round(time.time() - started, 1),
+                               f"SIGKILL {victim} (it held {holding:.0f} open transactions a moment before)"
+                               if holding is not None else f"SIGKILL {victim}"))
                 time.sleep(3)
                 instances[victim] = stack.enter_context(dbapi_process(
                     instance_url(int(victim[5:])), METADATA_PATH, env=env, threads=args.threads,
                     args=["--port", str(port)]))
+                every_instance.append(instances[victim])
                 events.append((round(time.time() - started, 1), f"{victim} restarted on port {port} (ready)"))
-            if args.pg_restart_at < 1:
-                at(args.pg_restart_at)
+
+            def restart_postgres() -> None:
                 t0 = time.time()
                 events.append((round(t0 - started, 1), "PostgreSQL restart begins"))
                 postgres.restart()
-                events.append((round(time.time() - started, 1),
-                               f"PostgreSQL restarted ({time.time() - t0:.1f} s)"))
+                events.append((round(time.time() - started, 1), f"PostgreSQL restarted ({time.time() - t0:.1f} s)"))
+
+            faults = sorted([(f, "kill") for f in args.kill_at if f < 1]
+                            + [(f, "postgres") for f in args.pg_restart_at if f < 1])
+            names = list(instances)
+            kills = 0
+            for fraction, fault in faults:
+                at(fraction)
+                if fault == "kill":
+                    kill_and_restart(names[(1 + kills) % len(names)])  # dbapi2, dbapi3, dbapi1, ...
+                    kills += 1
+                else:
+                    restart_postgres()
             for process in clients:
                 process.join(max(until - time.time(), 0) + args.duration + 120)
             events.append((round(time.time() - started, 1), "clients done"))
@@ -379,6 +395,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             exit_codes = [process.exitcode for process in clients]
             time.sleep(1)
             final_open = {label: open_transactions(p.url) for label, p in instances.items()}
+            server_errors = [line[:2000] for p in every_instance for line in p.output().splitlines()
+                             if '"level":"ERROR"' in line or "Traceback" in line][:20]
         reports = [json.loads(out.read_text()) for out in outs if out.exists()]
         with trusted.connect() as conn:
             ledger_counts = Counter(dict(conn.execute(
@@ -388,8 +406,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "FROM soak_ledger l WHERE l.account_id = a.id), 0)")).scalar()
             outcome_rows = conn.execute(sa.text("SELECT count(*) FROM dbapi_commit_outcomes")).scalar()
         trusted.dispose()
-        return summarize(args, reports, ledger_counts, int(balances_ok or 0), events, samples, exit_codes,
-                         final_open, int(outcome_rows or 0))
+        result = summarize(args, reports, ledger_counts, int(balances_ok or 0), events, samples, exit_codes,
+                           final_open, int(outcome_rows or 0))
+        result["server_errors"] = server_errors
+        return result
     finally:
         with contextlib.suppress(Exception):
             postgres.drop(name)
@@ -521,6 +541,10 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _fractions(text: str) -> list[float]:
+    return [float(part) for part in text.split(",") if part.strip()]
+
+
 def _cell(summary: dict[str, Any], metric: str, scale: float = 1) -> str:
     m = summary.get(metric)
     if not m:
@@ -535,10 +559,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int, default=3, help="DB-API instances (2-3; default 3)")
     parser.add_argument("--threads", type=int, default=8, help="threads per instance (default 8)")
     parser.add_argument("--think", type=float, default=0.01, help="mean pause between operations, s")
-    parser.add_argument("--kill-at", type=float, default=0.3, help="fraction of the run: SIGKILL an instance "
-                        "and restart it (>= 1: never)")
-    parser.add_argument("--pg-restart-at", type=float, default=0.6, help="fraction of the run: restart "
-                        "PostgreSQL (>= 1: never)")
+    parser.add_argument("--kill-at", type=_fractions, default=[0.3], help="fractions of the run, comma-separated: "
+                        "SIGKILL an instance (dbapi2, then dbapi3, ...) and restart it 3 s later (default 0.3; "
+                        "'' or >= 1: never)")
+    parser.add_argument("--pg-restart-at", type=_fractions, default=[0.6], help="fractions of the run, "
+                        "comma-separated: restart PostgreSQL (default 0.6; '' or >= 1: never)")
     parser.add_argument("--postgres", choices=["own", "system"], default="own",
                         help="own: a throwaway cluster (default); system: the machine's, via pg_ctlcluster")
     parser.add_argument("--sample", type=float, default=5.0, help="seconds between resource samples")
@@ -550,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     print(markdown(result))
+    if result["server_errors"]:
+        print("\nThe instances logged errors:\n" + "\n".join(result["server_errors"]))
     if result["examples"]["undocumented"]:
         print("\nUndocumented errors, first tracebacks:\n" + "\n---\n".join(result["examples"]["undocumented"]))
     return 0 if result["ok"] or not args.check else 1

@@ -113,7 +113,11 @@ class CommitOutcomes:
         """Write the ``committed`` row in *connection*'s transaction (call just before COMMIT).
 
         Raises ``sqlalchemy.exc.IntegrityError`` when another instance has fenced the transaction.
+        Nothing is written in a PostgreSQL transaction a failed statement aborted: its COMMIT rolls
+        it back (without an error, as on a direct connection), so no row is the truth.
         """
+        if _aborted(connection):
+            return
         with self._server_work(connection):
             connection.execute(sa.insert(self.table).values(
                 txn_id=txn_id, outcome=COMMITTED, owner=owner_key(owner), decided_at=int(time.time())))
@@ -188,6 +192,16 @@ class CommitOutcomes:
     def count(self) -> int:
         with self._as_server(), self.engine.connect() as conn:
             return int(conn.scalar(sa.select(sa.func.count()).select_from(self.table)) or 0)
+
+
+def _aborted(connection: sa.Connection) -> bool:
+    """Whether *connection*'s PostgreSQL transaction was aborted by a failed statement."""
+    raw = connection.connection.driver_connection
+    info = getattr(raw, "info", None)  # psycopg 3
+    if info is not None and hasattr(info, "transaction_status"):
+        return int(info.transaction_status) == 3  # pq.TransactionStatus.INERROR
+    status = getattr(raw, "get_transaction_status", None)  # psycopg2
+    return callable(status) and status() == 3
 
 
 def _lock_timeout(exc: sa.exc.DBAPIError) -> bool:

@@ -87,6 +87,24 @@ def test_the_outcome_row_commits_with_the_work(engine: sa.Engine, two: tuple[Tra
     assert outcome_row(engine, rolled_back) is None  # a rollback writes nothing
 
 
+def test_committing_an_aborted_transaction_rolls_back_as_directly(
+        engine: sa.Engine, two: tuple[TransactionManager, ...]) -> None:
+    """PostgreSQL: a failed statement aborts the transaction, and COMMIT then rolls back without an
+    error (psycopg raises nothing). The outcome row is not attempted (it would fail as "in failed
+    transaction"), so the answer is as a direct connection's, and no row says "committed"."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("aborted transactions are PostgreSQL's")
+    a, _ = two
+    txn_id, prefix = new_id(), new_id()[:8]
+    txn, _ = a.begin(txn_id, "owner")
+    txn.connection.execute(sa.insert(ledger).values(ref=prefix))
+    with pytest.raises(sa.exc.DataError):
+        txn.connection.exec_driver_sql("SELECT 1/0")
+    assert a.finish(txn_id, "commit", "owner", seq=1) == "committed"  # what psycopg reports directly
+    assert refs(engine, prefix) == []
+    assert outcome_row(engine, txn_id) is None
+
+
 def test_another_instance_answers_a_retried_commit(engine: sa.Engine, two: tuple[TransactionManager, ...]) -> None:
     a, b = two
     txn_id, prefix = new_id(), new_id()[:8]
