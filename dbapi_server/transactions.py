@@ -219,6 +219,14 @@ class TransactionManager:
                 outcome=outcome)
         return outcome
 
+    def lose(self, txn: Transaction) -> None:
+        """End *txn*, whose database connection was lost (call holding ``txn.lock``): outcome
+        ``failed``; the database has rolled it back already."""
+        try:
+            self._end(txn, "lost")
+        except Exception:  # the connection is gone: there is nothing to roll back
+            log.info("ending transaction %s after its connection was lost", txn.id, exc_info=True)
+
     def _settled(self, txn_id: str, owner: str | None) -> str:
         """The outcome table's answer for a transaction not held here (fenced if it has no row)."""
         assert self.outcomes is not None
@@ -237,7 +245,7 @@ class TransactionManager:
 
     def _end(self, txn: Transaction, verb: str) -> str:
         """Commit or roll back (holding ``txn.lock``); then unlist it and remember the outcome."""
-        outcome: str | None = {"commit": "committed", "expire": "expired",
+        outcome: str | None = {"commit": "committed", "expire": "expired", "lost": "failed",
                                "shutdown": "rolled_back_at_shutdown"}.get(verb, "rolled_back")
         try:
             if verb == "commit":

@@ -199,12 +199,12 @@ def _in_transaction(state: ServerState, principal: Principal, txn_id: str, seq: 
     else:
         txn = state.transactions.get(txn_id, principal.subject)
     with txn.lock:
-        if txn.ended:  # committed, rolled back or reaped while this request waited for it
-            state.transactions.get(txn_id, principal.subject)  # raises 410 with the reason
         if txn.last_reply is not None and seq == txn.last_seq:
             status, payload = txn.last_reply  # a retry: answer as before, run nothing
             label(replayed=True)
             return Response(payload, status=status, mimetype=_JSON)
+        if txn.ended:  # committed, rolled back or reaped while this request waited for it
+            state.transactions.get(txn_id, principal.subject)  # raises 410 with the reason
         if seq != txn.last_seq + 1:
             raise APIError(f"Request {seq} of transaction {txn_id} arrived out of order "
                            f"(expected {txn.last_seq + 1}).", status=409, code="out_of_order")
@@ -212,10 +212,16 @@ def _in_transaction(state: ServerState, principal: Principal, txn_id: str, seq: 
             if state.wall is not None:
                 state.wall.enter(txn.connection, principal)
             status, payload = 200, orjson.dumps(run(txn.connection))
-        except Exception as exc:  # answered in the envelope; the transaction stays open
+        except Exception as exc:  # answered in the envelope; the transaction stays open...
             status, envelope = envelope_for_exception(exc)
-            envelope["error"]["txn_state"] = "open"
+            # ...unless its database connection was lost (the database restarted): then the
+            # transaction is gone, as a direct connection's would be; it ends here at once (its
+            # connection back to the pool) and the client raises a disconnect
+            lost = isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+            envelope["error"]["txn_state"] = "lost" if lost else "open"
             payload = orjson.dumps(envelope)
+            if lost:
+                state.transactions.lose(txn)
         txn.last_seq, txn.last_reply, txn.last_used = seq, (status, payload), time.monotonic()
     return Response(payload, status=status, mimetype=_JSON)
 

@@ -116,7 +116,7 @@ PEP249_ERRORS: dict[str, type[Error]] = {
 
 
 
-def _database_error(reply: DatabaseErrorReply) -> Exception:
+def _database_error(reply: DatabaseErrorReply, *, disconnect: bool = False) -> Exception:
     """Re-create the error the server's driver raised, under its PEP 249 class name.
 
     The message ends with the DB-API's error id (the server logged the full detail - SQL, driver
@@ -135,7 +135,8 @@ def _database_error(reply: DatabaseErrorReply) -> Exception:
         if code == "statement_error":  # rendering a literal_execute bind failed: wrapped, as directly
             return sa_exc.StatementError(message, None, None, orig)
         return orig
-    error = PEP249_ERRORS.get(envelope.get("dbapi_class", ""), DatabaseError)(message)
+    error_class = DisconnectError if disconnect else PEP249_ERRORS.get(envelope.get("dbapi_class", ""), DatabaseError)
+    error = error_class(message)
     error.error_id = error_id  # type: ignore[attr-defined]
     error.request_id = reply.request_id  # type: ignore[attr-defined]
     for attr in ("sqlstate", "pgcode", "errno"):
@@ -240,6 +241,11 @@ class Connection:
             self.txn = None
             raise DisconnectError(str(exc)) from exc
         except DatabaseErrorReply as exc:
+            if exc.envelope.get("txn_state") == "lost":
+                # the server's database connection died (a restart): the transaction is gone, as a
+                # direct connection's would be - a disconnect, with the database's error details
+                self.txn = None
+                raise _database_error(exc, disconnect=True) from None
             self._unless_recorded(exc.envelope.get("txn_state"), begin)
             raise _database_error(exc) from None
         except DBAPIRequestError as exc:
