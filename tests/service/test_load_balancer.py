@@ -256,3 +256,37 @@ def test_sigterm_an_instance_its_open_transaction_finishes_through_the_balancer(
         assert draining.process.wait(timeout=30) == 0  # nothing open any more: it exits
         draining.stopped = True
     assert entries(database, ref) == [(f"{ref}-held", 1), (f"{ref}-held-2", 3), (f"{ref}-new", 2)]
+
+
+def test_async_sessions_keep_their_transactions_on_one_instance(
+        three: Cluster, database: sa.Engine, ref: str) -> None:
+    """``AsyncDBSession`` (aiohttp) sends the routing header too: concurrent async transactions,
+    several requests each, all commit through the balancer, hashed over the instances."""
+    import asyncio
+
+    from dbsession import AsyncDBSession
+
+    committed_before = {name: metric(p.url, "dbapi_transactions_ended_total", 'outcome="committed"')
+                        for name, p in three.instances.items()}
+
+    async def one(i: int) -> None:
+        session = AsyncDBSession(database_access_isolation=True, database_api_host=three.lb.url,
+                                 token=three.token(f"async-{i}"))
+        try:
+            session.add(Entry(ref=f"{ref}-{i:02}", amount=i))
+            await session.flush()
+            row = (await session.scalars(sa.select(Entry).where(Entry.ref == f"{ref}-{i:02}").with_for_update())).one()
+            row.amount += 100
+            await session.commit()
+        finally:
+            await session.close()
+
+    async def main() -> None:
+        await asyncio.gather(*(one(i) for i in range(16)))
+
+    asyncio.run(main())
+    assert entries(database, ref) == [(f"{ref}-{i:02}", i + 100) for i in range(16)]
+    committed = {name: metric(p.url, "dbapi_transactions_ended_total", 'outcome="committed"') - committed_before[name]
+                 for name, p in three.instances.items()}
+    assert sum(committed.values()) == 16
+    assert sum(1 for n in committed.values() if n) >= 2, committed
