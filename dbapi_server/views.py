@@ -266,6 +266,9 @@ def finish_transaction(txn_id: str, verb: str) -> Response:
     label(kind=verb, txn=txn_id)
     principal = _principal()
     state = _state()
-    state.cursors.close_for_transaction(txn_id)
-    outcome = state.transactions.finish(txn_id, verb, principal.subject)
+    # the transaction's cursors end with it - but only once the caller is known to own it: a
+    # stranger's commit is refused (403) before anything of the owner's is touched
+    outcome = state.transactions.finish(
+        txn_id, verb, principal.subject,
+        before_end=lambda: state.cursors.close_for_transaction(txn_id, principal.subject))
     return _json({"outcome": outcome})
