@@ -118,7 +118,11 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
 
     state.wall = _wall(state, db_roles)
     app = Flask("dbapi_server")
-    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes or int(os.environ.get("DBAPI_MAX_BODY_BYTES", 16 << 20))
+    # no body larger than every role's limit is read (a server that buffers bodies before the
+    # application sees them, waitress, refuses it by its Content-Length too)
+    max_body = max_body_bytes or int(os.environ.get("DBAPI_MAX_BODY_BYTES", 16 << 20))
+    largest = state.policy.largest_body()
+    app.config["MAX_CONTENT_LENGTH"] = min(max_body, largest) if largest is not None else max_body
     app.extensions["dbapi_server"] = state
     app.register_blueprint(api)
     app.register_blueprint(methods_api)
