@@ -103,10 +103,24 @@ class CommitOutcomes:
         with self._as_server():
             try:
                 self.metadata.create_all(self.engine, checkfirst=True)
-            except sa.exc.DBAPIError:
-                # another instance created it between our check and our CREATE
+            except sa.exc.DBAPIError as exc:
+                # another instance created it between our check and our CREATE - or the DB-API's
+                # login may not create tables: then a DBA creates it (the DDL is in the message)
                 if not sa.inspect(self.engine).has_table(self.table.name):
-                    raise
+                    raise ValueError(
+                        f"The DB-API cannot create its commit outcome table {self.table.name!r} "
+                        f"({type(exc.orig).__name__}: {str(exc.orig).splitlines()[0]}). Create it as the "
+                        f"owner, with privileges for the DB-API's login only:\n{self.ddl()}\nor set "
+                        "DBAPI_COMMIT_OUTCOMES=memory (outcomes then end with the process).") from None
+
+    def ddl(self) -> str:
+        """The CREATE statements of the table and its index, for this database."""
+        from sqlalchemy.schema import CreateIndex, CreateTable
+
+        dialect = self.engine.dialect
+        statements = [CreateTable(self.table).compile(dialect=dialect)]
+        statements += [CreateIndex(index).compile(dialect=dialect) for index in self.table.indexes]
+        return ";\n".join(str(s).strip() for s in statements) + ";"
 
     # -- in the committing transaction ---------------------------------------------------------
     def record(self, connection: sa.Connection, txn_id: str, owner: str | None) -> None:
@@ -134,13 +148,14 @@ class CommitOutcomes:
         while True:
             try:
                 return self._settle_once(txn_id, owner)
-            except sa.exc.DBAPIError as exc:
-                if not (exc.connection_invalidated or _lock_timeout(exc)
+            except (sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:  # TimeoutError: the pool is full
+                if isinstance(exc, sa.exc.DBAPIError) and not (
+                        exc.connection_invalidated or _lock_timeout(exc)
                         or isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError))):
                     raise
                 if time.monotonic() + pause > give_up:
-                    log.warning("could not settle the outcome of transaction %s: %s", txn_id, exc.orig,
-                                extra={"txn": txn_id})
+                    log.warning("could not settle the outcome of transaction %s: %s", txn_id,
+                                getattr(exc, "orig", exc), extra={"txn": txn_id})
                     raise CommitInDoubt(
                         f"The outcome of transaction {txn_id} cannot be read from the database now "
                         "(it is unreachable or busy); ask again.", retryable=True) from None

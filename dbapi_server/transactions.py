@@ -270,7 +270,8 @@ class TransactionManager:
             txn.ended = True
             txn.connection.close()
             self._remember(txn.id, outcome)
-        return "committed" if verb == "commit" else outcome  # type: ignore[return-value]
+        assert outcome is not None  # None only with CommitInDoubt, raised above
+        return outcome
 
     def _commit(self, txn: Transaction) -> None:
         """COMMIT, with the outcome row written just before it; a broken COMMIT is settled."""

@@ -12,7 +12,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -29,16 +28,31 @@ metadata = sa.MetaData()
 ledger = sa.Table("outcome_ledger", metadata, sa.Column("ref", sa.String(40), primary_key=True))
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql", "mariadb"])
-def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine]:
-    if request.param == "sqlite":
+def _engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, kind: str) -> Iterator[sa.Engine]:
+    if kind == "sqlite":
         url: str | sa.URL = f"sqlite:///{tmp_path_factory.mktemp('outcomes') / 'db.sqlite'}"
     else:
-        url = request.getfixturevalue("pg_url" if request.param == "postgresql" else "mariadb_url")
+        url = request.getfixturevalue("pg_url" if kind == "postgresql" else "mariadb_url")
     engine = guard.exempt(sa.create_engine(url, pool_pre_ping=True))
     metadata.create_all(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "mariadb"])
+def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine]:
+    yield from _engine(request, tmp_path_factory, request.param)
+
+
+@pytest.fixture(scope="module", params=["postgresql", "mariadb"])
+def networked(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine]:
+    """The databases several instances share (SQLite keeps outcomes in memory by default)."""
+    yield from _engine(request, tmp_path_factory, request.param)
+
+
+@pytest.fixture(scope="module")
+def pg(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine]:
+    yield from _engine(request, tmp_path_factory, "postgresql")
 
 
 def instance(engine: sa.Engine) -> TransactionManager:
@@ -87,22 +101,20 @@ def test_the_outcome_row_commits_with_the_work(engine: sa.Engine, two: tuple[Tra
     assert outcome_row(engine, rolled_back) is None  # a rollback writes nothing
 
 
-def test_committing_an_aborted_transaction_rolls_back_as_directly(
-        engine: sa.Engine, two: tuple[TransactionManager, ...]) -> None:
+def test_committing_an_aborted_transaction_rolls_back_as_directly(pg: sa.Engine) -> None:
     """PostgreSQL: a failed statement aborts the transaction, and COMMIT then rolls back without an
     error (psycopg raises nothing). The outcome row is not attempted (it would fail as "in failed
     transaction"), so the answer is as a direct connection's, and no row says "committed"."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("aborted transactions are PostgreSQL's")
-    a, _ = two
+    a = instance(pg)
     txn_id, prefix = new_id(), new_id()[:8]
     txn, _ = a.begin(txn_id, "owner")
     txn.connection.execute(sa.insert(ledger).values(ref=prefix))
     with pytest.raises(sa.exc.DataError):
         txn.connection.exec_driver_sql("SELECT 1/0")
     assert a.finish(txn_id, "commit", "owner", seq=1) == "committed"  # what psycopg reports directly
-    assert refs(engine, prefix) == []
-    assert outcome_row(engine, txn_id) is None
+    assert refs(pg, prefix) == []
+    assert outcome_row(pg, txn_id) is None
+    a.close()
 
 
 def test_another_instance_answers_a_retried_commit(engine: sa.Engine, two: tuple[TransactionManager, ...]) -> None:
@@ -153,13 +165,12 @@ def _fence_beside(a: TransactionManager, b: TransactionManager, txn_id: str) -> 
 
 
 @pytest.mark.parametrize("commits", [True, False], ids=["commits", "rolls back"])
-def test_the_fence_waits_for_a_commit_in_flight(engine: sa.Engine, two: tuple[TransactionManager, ...],
-                                               commits: bool) -> None:
+def test_the_fence_waits_for_a_commit_in_flight(networked: sa.Engine, commits: bool) -> None:
     """A has written its row and is still committing (the killed instance's last bytes, a slow
-    commit) when B is asked: B's fence waits on the row and answers what A's COMMIT decided."""
-    if engine.dialect.name == "sqlite":
-        pytest.skip("SQLite has one writer at a time: there is no commit in flight beside another writer")
-    a, b = two
+    commit) when B is asked: B's fence waits on the row and answers what A's COMMIT decided.
+    (SQLite has one writer at a time: no commit is in flight beside another writer.)"""
+    engine = networked
+    a, b = instance(engine), instance(engine)
     txn_id, prefix = new_id(), new_id()[:8]
     txn, _ = a.begin(txn_id, "owner")
     txn.connection.execute(sa.insert(ledger).values(ref=prefix))
@@ -184,17 +195,18 @@ def test_the_fence_waits_for_a_commit_in_flight(engine: sa.Engine, two: tuple[Tr
     asking.join(10)
     a._open.pop(txn_id)  # ended by hand above
     txn.connection.close()
+    a.close()
+    b.close()
     assert answers == ["committed" if commits else "rolled_back"]
     assert refs(engine, prefix) == ([prefix] if commits else [])
 
 
-def test_a_broken_commit_is_settled_from_the_table(engine: sa.Engine, two: tuple[TransactionManager, ...]) -> None:
+def test_a_broken_commit_is_settled_from_the_table(pg: sa.Engine) -> None:
     """The connection dies during COMMIT (PostgreSQL: its backend is terminated): the instance asks
     the table instead of guessing - here the database had not committed, so the answer is the
     database's error, and the transaction is fenced."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("terminating one backend from another connection is PostgreSQL's")
-    a, _ = two
+    engine = pg
+    a = instance(engine)
     txn_id, prefix = new_id(), new_id()[:8]
     txn, _ = a.begin(txn_id, "owner")
     txn.connection.execute(sa.insert(ledger).values(ref=prefix))
@@ -211,6 +223,7 @@ def test_a_broken_commit_is_settled_from_the_table(engine: sa.Engine, two: tuple
     assert broken.value.connection_invalidated
     assert outcome_row(engine, txn_id)[0] == "rolled_back"  # type: ignore[index]  # settled, fenced
     assert refs(engine, prefix) == []
+    a.close()
 
 
 def test_old_rows_are_pruned(engine: sa.Engine) -> None:
@@ -227,9 +240,8 @@ def test_old_rows_are_pruned(engine: sa.Engine) -> None:
     assert outcomes.prune(every=3600) == 0  # at most once per interval
 
 
-def test_clients_cannot_name_the_outcome_table(engine: sa.Engine, tmp_path: Path) -> None:
-    if engine.dialect.name == "sqlite":
-        pytest.skip("the table is used on PostgreSQL and MariaDB by default (SQLite keeps outcomes in memory)")
+def test_clients_cannot_name_the_outcome_table(networked: sa.Engine) -> None:
+    engine = networked
     with running_dbapi(engine, metadata) as server:
         assert server.state.transactions.outcomes is not None
         api = RawApi(server)
@@ -240,3 +252,47 @@ def test_clients_cannot_name_the_outcome_table(engine: sa.Engine, tmp_path: Path
         reply = txn.execute(sa.delete(stolen))
         assert (reply.status, reply.error["code"]) == (400, "unknown_table")
         assert txn.rollback().status == 200
+
+
+def test_a_login_that_may_not_create_tables_is_told_the_ddl(pg: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL 15 lets only the owner create tables in ``public``: a DB-API whose login is not
+    the owner refuses to start with the DDL to run, and starts once a DBA has created the table
+    (with privileges for that login only)."""
+    engine = pg
+    from dbapi_server import create_app
+    from dbapi_server.app import ConfigError
+    from tests.servers import _PUBLIC, JWTAuthenticator
+
+    role = f"outcome_login_{uuid.uuid4().hex[:8]}"
+    table = f"outcomes_{uuid.uuid4().hex[:8]}"
+    database = engine.url.database
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        conn.exec_driver_sql(f"GRANT CONNECT ON DATABASE {database} TO {role}")
+        conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON outcome_ledger TO {role}")
+    login = guard.exempt(sa.create_engine(engine.url.set(username=role, password=None)))
+    authenticator = JWTAuthenticator(_PUBLIC, algorithms=["EdDSA"])
+    monkeypatch.setenv("DBAPI_COMMIT_OUTCOME_TABLE", table)
+    try:
+        with pytest.raises(ConfigError, match=f"CREATE TABLE {table}") as refused:
+            create_app(engine=login, metadata=metadata, authenticator=authenticator)
+        assert "DBAPI_COMMIT_OUTCOMES=memory" in str(refused.value)
+        ddl = CommitOutcomes(engine, table_name=table).ddl()
+        with engine.begin() as conn:
+            for statement in ddl.split(";"):
+                if statement.strip():
+                    conn.exec_driver_sql(statement)
+            conn.exec_driver_sql(f"GRANT SELECT, INSERT, DELETE ON {table} TO {role}")
+        app = create_app(engine=login, metadata=metadata, authenticator=authenticator)
+        manager = app.extensions["dbapi_server"].transactions
+        txn, _ = manager.begin("granted", "owner")
+        txn.connection.execute(sa.insert(ledger).values(ref=f"granted-{table}"))
+        assert manager.finish("granted", "commit", "owner", seq=1) == "committed"
+        assert outcome_row(engine, "granted") is None  # written to the configured table, not the default
+        app.extensions["dbapi_server"].close()
+    finally:
+        login.dispose()
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+            conn.exec_driver_sql(f"DROP OWNED BY {role}")
+            conn.exec_driver_sql(f"DROP ROLE {role}")
