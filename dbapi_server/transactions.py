@@ -35,7 +35,6 @@ log = logging.getLogger("dbapi_server.transactions")
 __all__ = ["Transaction", "TransactionManager", "TransactionNotHere"]
 
 
-
 class TransactionGone(APIError):
     status = 410
     code = "transaction_gone"

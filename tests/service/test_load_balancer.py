@@ -290,3 +290,17 @@ def test_async_sessions_keep_their_transactions_on_one_instance(
                  for name, p in three.instances.items()}
     assert sum(committed.values()) == 16
     assert sum(1 for n in committed.values() if n) >= 2, committed
+
+
+def test_a_streamed_result_outside_a_transaction_pages_from_its_instance(
+        three: Cluster, clients: list[DBSession], database: sa.Engine, ref: str) -> None:
+    """A streamed read holds a cursor on one instance: its page requests carry the key its first
+    request carried, so round robin does not scatter them (they would find no cursor)."""
+    with database.begin() as conn:
+        conn.execute(sa.insert(Entry), [{"ref": f"{ref}-{i:03}", "amount": i} for i in range(60)])
+    session = three.session(clients)
+    for _ in range(3):  # several streams, so they start on different instances
+        seen = [row.amount for row in session.scalars(
+            sa.select(Entry).where(Entry.ref.startswith(ref)).order_by(Entry.ref).execution_options(yield_per=7))]
+        assert seen == list(range(60))
+        session.rollback()
