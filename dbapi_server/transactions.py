@@ -94,6 +94,7 @@ class TransactionManager:
         self.also_reap: list[Callable[[], object]] = []  # other idle resources (result cursors)
         self.refuse_new = False  # draining: no new transactions (ShuttingDown), the open ones go on
         self._ended: Counter[str] = Counter()  # outcomes so far, for the metrics
+        self._settled_counts: Counter[str] = Counter()  # answered from the outcome table, for the metrics
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -238,6 +239,8 @@ class TransactionManager:
         """The outcome table's answer for a transaction not held here (fenced if it has no row)."""
         assert self.outcomes is not None
         outcome, row_owner = self.outcomes.settle(txn_id, owner)
+        with self._lock:
+            self._settled_counts[outcome] += 1
         if row_owner is not None and row_owner != owner_key(owner):
             raise TransactionConflict("This transaction belongs to another caller.", status=403,
                                       code="forbidden_transaction")
@@ -290,6 +293,8 @@ class TransactionManager:
             log.warning("the connection broke while committing transaction %s; settling its outcome",
                         txn.id, extra={"txn": txn.id})
             outcome, _ = self.outcomes.settle(txn.id, txn.owner)
+            with self._lock:
+                self._settled_counts[outcome] += 1
             if outcome != COMMITTED:
                 raise
         if self.after_commit is not None:
@@ -385,6 +390,10 @@ class TransactionManager:
     def ended_counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._ended)
+
+    def settled_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._settled_counts)
 
     def stats(self) -> dict[str, Any]:
         return {"open": self.open_count, "remembered_outcomes": len(self._outcomes)}

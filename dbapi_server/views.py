@@ -256,6 +256,7 @@ def _in_transaction(state: ServerState, principal: Principal, txn_id: str, seq: 
             envelope["error"]["txn_state"] = "lost" if lost else "open"
             payload = orjson.dumps(envelope)
             if lost:
+                state.cursors.close_for_transaction(txn_id, principal.subject)
                 state.transactions.lose(txn)
         txn.last_seq, txn.last_reply, txn.last_used = seq, (status, payload), time.monotonic()
     return Response(payload, status=status, mimetype=_JSON)

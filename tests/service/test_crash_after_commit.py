@@ -26,6 +26,7 @@ from tests.faults.models import Entry
 from tests.servers import dbapi_process
 
 from .conftest import Cluster, cluster
+from .test_load_balancer import metric
 
 pytestmark = pytest.mark.postgresql
 
@@ -93,6 +94,10 @@ def test_killed_between_commit_and_answer_the_retry_learns_committed_exactly_onc
     bystander.add(Entry(ref=f"{ref}-c", amount=3))
     bystander.commit()
     assert entries(database, ref)[-1] == (f"{ref}-c", 3)
+    answered = [answered_elsewhere(hooked, first_death[0]), answered_elsewhere(hooked, second_death[0])]
+    settled = sum(metric(hooked.instances[name].url, "dbapi_commits_settled_total", 'outcome="committed"')
+                  for name in set(answered) if hooked.instances[name].process.poll() is None)
+    assert settled >= 1  # the survivors answered from the outcome table
     survivor = next(p for name, p in hooked.instances.items() if name not in first_death + second_death)
     assert "Traceback" not in survivor.output()
 
