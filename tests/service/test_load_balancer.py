@@ -215,7 +215,7 @@ def test_transactions_stay_put_when_an_instance_rejoins(
                  for name, p in three.instances.items()}
     _taken_out(three, "dbapi3")
     try:
-        sessions = [three.session(clients) for _ in range(24)]
+        sessions = [three.session(clients) for _ in range(12)]  # within one pool (15) even if all hash alike
         for i, session in enumerate(sessions):
             session.add(Entry(ref=f"{ref}-{i:02}", amount=i))
             session.flush()  # open on dbapi1 or dbapi2
@@ -225,7 +225,7 @@ def test_transactions_stay_put_when_an_instance_rejoins(
     for session in sessions:
         session.add(Entry(ref=f"{ref}-{sessions.index(session):02}-more", amount=0))
         session.commit()  # every request still reaches the instance holding its transaction
-    assert len(entries(database, ref)) == 48
+    assert len(entries(database, ref)) == 24
     for name, p in three.instances.items():
         assert metric(p.url, "dbapi_refusals_total", 'code="transaction_not_here"') == misrouted[name], name
 
