@@ -25,6 +25,8 @@ Arguments win over environment variables, which exist so ``flask --app dbapi_ser
 ``DBAPI_DB_ROLES_NAMESPACE`` prefix of those roles' names (default: the database's name)
 ``DBAPI_DB_ROLES_POLICY``  compile the roles from this policy file instead of the served one
 ``DBAPI_DB_ROW_SECURITY``  ``on`` (default) or ``off``: row filters also as row-level security
+``DBAPI_DB_CONNECT_WAIT``  seconds a new database connection is retried while the database refuses
+                           it (a restart; default 5, 0: off; :mod:`dbapi_server.connect_wait`)
 ``DBAPI_COMMIT_OUTCOMES``  ``table`` (default on PostgreSQL and MariaDB/MySQL) or ``memory`` (default
                            on SQLite): where commit outcomes are kept for retried commits
                            (:mod:`dbapi_server.outcomes`; ``table`` survives the instance)
@@ -54,6 +56,7 @@ from query_translation import MethodRegistry
 from ._db_catalog import DatabaseRolesError
 from ._test_hooks import install_test_hooks
 from .auth import Authenticator, authenticator_from_env
+from .connect_wait import wait_for_connections
 from .db_roles import DatabaseRoles
 from .db_wall import DatabaseWall, open_wall
 from .errors import APIError, envelope_for_exception
@@ -121,6 +124,8 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
         # pre-ping: a pooled connection the database dropped (a restart, a failover, an idle
         # timeout) is replaced at checkout instead of failing the next request
         engine = sa.create_engine(database_url, **{"pool_pre_ping": True, **(engine_options or {})})
+        # a database that is restarting refuses connections for a moment: wait for it a little
+        wait_for_connections(engine, float(os.environ.get("DBAPI_DB_CONNECT_WAIT", "5")))
     if idle_timeout is None:
         idle_timeout = float(os.environ.get("DBAPI_TXN_IDLE_TIMEOUT", "60"))
     if shutdown_grace is None:

@@ -115,3 +115,33 @@ def test_a_transaction_whose_connection_died_is_a_disconnect_even_inside_a_savep
         assert "Traceback" not in server.log.read_text()
     finally:
         server.kill()
+
+
+def test_requests_arriving_while_the_database_is_down_wait_for_it(
+        cluster: ThrowawayPostgres, restartable: sa.Engine, workdir: Path, clients: list[DBSession],
+        ref: str) -> None:
+    """Connecting waits (``DBAPI_DB_CONNECT_WAIT``, 5 s): a one-shot read and a new transaction
+    that arrive while PostgreSQL is down for about a second succeed once it is back - nothing of
+    them had run - instead of failing."""
+    import threading
+    import time
+
+    server = ServerProcess.start(cluster.url, workdir)
+    try:
+        session = isolated(clients, server.url)
+        assert count(session, ref) == 0
+        cluster._ctl("stop", "-m", "fast")
+        back = threading.Timer(1.5, cluster.start)
+        back.start()
+        started = time.monotonic()
+        try:
+            assert count(session, ref) == 0  # waits for the database, then answers
+            session.add(Entry(ref=f"{ref}-during", amount=1))
+            session.commit()
+        finally:
+            back.join()
+        assert time.monotonic() - started >= 1.0
+        assert entries(restartable, ref) == [(f"{ref}-during", 1)]
+        assert "Traceback" not in server.log.read_text()
+    finally:
+        server.kill()
