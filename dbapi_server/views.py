@@ -63,9 +63,13 @@ def _principal() -> Principal:
 
 
 def _body(principal: Principal | None = None) -> Mapping[str, Any]:
+    # the role's limit (the app's is MAX_CONTENT_LENGTH): by the declared length before a byte is
+    # read, and by what arrived (a chunked body declares none)
+    if principal is not None and request.content_length is not None:
+        _state().policy.check_body_size(request.content_length, principal)
     data = request.get_data(cache=False)
     if principal is not None:
-        _state().policy.check_body_size(len(data), principal)  # the role's limit; the app's is MAX_CONTENT_LENGTH
+        _state().policy.check_body_size(len(data), principal)
     try:
         body = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
