@@ -60,6 +60,11 @@ class StatementMismatch(APIError):
     code = "statement_mismatch"
 
 
+# the largest document the decode cache keeps (its key is the document): 4096 entries of up to
+# 32 KiB, where ORM statements are a few KiB, instead of 4096 request bodies of up to 16 MiB
+MAX_CACHED_DOCUMENT = 32 << 10
+
+
 class StatementExecutor:
     """Per application: the decode cache and the engine hooks."""
 
@@ -80,6 +85,8 @@ class StatementExecutor:
         try:
             key = orjson.dumps(document)
         except orjson.JSONEncodeError:  # nested deeper than orjson writes: validation refuses it
+            return _rebuild(document, self.metadata, self.types, self.engine.dialect)
+        if len(key) > MAX_CACHED_DOCUMENT:  # the cache holds ORM-sized statements, not every large body
             return _rebuild(document, self.metadata, self.types, self.engine.dialect)
         with self._lock:
             hit = self._cache.get(key)

@@ -279,7 +279,10 @@ class StatementDecoder:
         return stmt
 
     def compound_select(self, node: _Json) -> Any:
-        keyword = selectable._CompoundSelectKeyword[node["keyword"]]
+        keyword = _COMPOUND_KEYWORDS.get(node["keyword"])
+        if keyword is None:
+            raise MalformedStatementError({"keyword": ["unknown set operation"]},
+                                          f"Unknown set operation {node['keyword']!r}.")
         stmt: selectable.CompoundSelect[Any] = selectable.CompoundSelect(keyword, *self.all(node["selects"]))
         if node.get("order_by"):
             stmt = stmt.order_by(*self.all(node["order_by"]))
@@ -422,7 +425,8 @@ class StatementDecoder:
             raise MalformedStatementError({"key": ["missing"]}, "A column reference needs 'key' or 'pos'.")
         column = from_.c.get(node["key"])
         if column is None:
-            raise UnknownColumnError(f"{getattr(from_, 'name', '?')!s} has no column {node['key']!r} in the server's metadata.")
+            owner = from_.name if isinstance(from_, (sa.Table, selectable.NamedFromClause)) else "?"
+            raise UnknownColumnError(f"{str(owner)!r} has no column {node['key']!r} in the server's metadata.")
         if isinstance(from_, sa.Table):
             self.info.columns.add((from_.fullname, node["key"]))
         return column
@@ -626,10 +630,17 @@ def _index_definitions(document: Any) -> dict[int, _Json]:
     return found
 
 
+# names from the wire are looked up in explicit maps only, never with getattr (which would also
+# find "__class__", methods and anything else the class happens to have)
+_COMPOUND_KEYWORDS: dict[str, Any] = {kw.name: kw for kw in selectable._CompoundSelectKeyword}
+_LABEL_STYLES: dict[str, selectable.SelectLabelStyle] = {style.name: style for style in selectable.SelectLabelStyle}
+
+
 def _label_style(name: str) -> Any:
-    style = getattr(selectable.SelectLabelStyle, name, None)
+    style = _LABEL_STYLES.get(name) if isinstance(name, str) else None
     if style is None:
-        raise MalformedStatementError({"label_style": [name]}, f"Unknown label style {name!r}.")
+        raise MalformedStatementError({"label_style": ["unknown label style"]},
+                                      f"Unknown label style {name!r}; known: {', '.join(sorted(_LABEL_STYLES))}.")
     return style
 
 
