@@ -10,8 +10,10 @@ declared length before it is read.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,13 +139,17 @@ def test_create_app_refuses_wrong_options_as_configuration(sqlite_url: str, monk
 # -- dbapi-server serve, in its own process --------------------------------------------------------
 def test_serve_takes_options_on_the_command_line_and_from_the_environment(sqlite_url: str) -> None:
     assert _journal_mode(sqlite_url) == "delete"
-    env = {"DBAPI_ENGINE_OPTIONS": json.dumps({"pool_size": 2, "pool_recycle": 600})}
+    env = {"DBAPI_ENGINE_OPTIONS": json.dumps({"pool_size": 2, "max_overflow": 5}), "DBAPI_METRICS_PUBLIC": "true"}
     with dbapi_process(sqlite_url, METADATA, env=env,
                        args=["--sqlite-pragma", "journal_mode=WAL", "--engine-option", "pool_size=3"]) as server:
         with DBSession(database_access_isolation=True, database_api_host=server.url, token=server.token) as s:
             s.execute(documents.insert().values(id=1, body="x"))  # the server connects: its pragmas run
             s.commit()
-        assert "pool_size" not in server.output()  # no complaint
+        with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as answer:
+            metrics = answer.read().decode()
+    # the command line won over the environment for pool_size; max_overflow came from the environment
+    assert re.search(r"^dbapi_pool_size 3(\.0)?$", metrics, re.M), metrics
+    assert re.search(r"^dbapi_pool_max_overflow 5(\.0)?$", metrics, re.M), metrics
     assert _journal_mode(sqlite_url) == "wal"  # persistent in the file: the server's connection set it
 
 
