@@ -33,6 +33,8 @@ class NodeRule:
 
 
 _NOTHING = "nothing"
+_FRAME_CLASSES = tuple(c for c in (getattr(elements, "FrameClause", None), getattr(elements, "_FrameClause", None))
+                       if isinstance(c, type))
 _EXPR = "what its operands read"
 
 _RULES: dict[str, NodeRule] = {
@@ -112,12 +114,14 @@ _RULES: dict[str, NodeRule] = {
     "cast": NodeRule(_EXPR, _NOTHING, "a type name (the type allowlist)", (elements.Cast,)),
     "type_coerce": NodeRule(_EXPR, _NOTHING, _NOTHING, (elements.TypeCoerce,)),
     "case": NodeRule(_EXPR, _NOTHING, _NOTHING, (elements.Case,)),
-    "over": NodeRule("its function, PARTITION BY, ORDER BY", _NOTHING, _NOTHING, (elements.Over,)),
+    "over": NodeRule("its function, PARTITION BY, ORDER BY", _NOTHING, "frame bounds: integers",
+                     (elements.Over, *_FRAME_CLASSES)),
     "funcfilter": NodeRule("its function and FILTER (WHERE ...)", _NOTHING, _NOTHING, (elements.FunctionFilter,)),
     "within_group": NodeRule("its function and ORDER BY", _NOTHING, _NOTHING, (elements.WithinGroup,)),
     "extract": NodeRule(_EXPR, _NOTHING, "a field keyword (ASCII letters, rendered verbatim)", (elements.Extract,)),
     "function": NodeRule("what its arguments read (count's may be ``*``)", _NOTHING,
-                         "a function name: the role's allowlist, never a dangerous one", (functions.Function,)),
+                         "a function name: the role's allowlist, never a dangerous one",
+                         (functions.Function, elements.Grouping, elements.ClauseList)),  # (its argument list)
     "tuple": NodeRule(_EXPR, _NOTHING, _NOTHING, (elements.Tuple,)),
     "null": NodeRule(_NOTHING, _NOTHING, _NOTHING, (elements.Null,)),
     "true": NodeRule(_NOTHING, _NOTHING, _NOTHING, (elements.True_,)),
