@@ -56,10 +56,6 @@ class Access:
     output_names: frozenset[str] = frozenset()  # labels and derived tables' columns: harmless for a bare name
     nested_writes: tuple[Access, ...] = ()  # INSERT / UPDATE / DELETE inside CTEs, each its own access
 
-    @property
-    def loose_names(self) -> frozenset[str]:  # the name before bare names included labels
-        return self.bare_names
-
 
 def base_table(from_: Any) -> sa.Table | None:
     """The table behind *from_* (itself, or what an ``Alias`` of it renames), else None."""

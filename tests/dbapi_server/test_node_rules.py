@@ -11,6 +11,7 @@ at least per node type. A node type added to the decoder without a rule in
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -87,6 +88,13 @@ def test_every_node_type_of_the_grammar_has_a_rule() -> None:
         assert rule.reads and rule.writes and rule.names, node
 
 
+def test_the_documented_rule_table_lists_every_node_type() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    table = docs.split("### The statement check", 1)[1].split("\n## ", 1)[0]
+    for node in NODE_RULES:
+        assert f"| `{node}` |" in table, node
+
+
 def test_the_examples_use_every_node_type() -> None:
     used: set[str] = set()
     for name in EXAMPLES:
@@ -146,3 +154,43 @@ def test_an_element_or_clause_without_a_rule_is_refused(statement: Callable[[], 
     # built in this process: the decoder cannot build these, the walk must refuse them anyway
     with pytest.raises(PolicyViolation):
         scan_module.scan(statement())
+
+
+# -- a DML statement inside a CTE: the write rules, as for the statement on its own ---------------
+EDITOR = Principal(subject="e", claims={"role": "editor", "dag_id": "etl", "run_id": "r1"})
+
+
+def _editor_policy() -> Policy:
+    return Policy.from_dict({"roles": {"editor": {"tables": {
+        "variable": {"read": ["id", "key", "val"], "update": ["val"], "insert": ["id", "key", "val"]},
+        "xcom": {"read": "*", "insert": "*", "row_filter": {"dag_id": "dag_id", "run_id": "run_id"}},
+        "task_instance": {"read": "*"},
+    }}}})
+
+
+def _plan(statement: Any) -> Any:
+    statement, info = from_wire(to_wire(statement), Base.metadata)
+    return _editor_policy().plan(statement, info, EDITOR, dialect="postgresql")
+
+
+def test_a_data_modifying_cte_within_the_write_grants_is_allowed() -> None:
+    upd = sa.update(V).where(V.id == 1).values(val="x").returning(V.id).cte("u")
+    assert _plan(sa.select(upd.c.id)).statement is not None
+    ins = sa.insert(V).values(id=5, key="k", val="v").returning(V.id).cte("i")
+    assert _plan(sa.select(TI.id).where(TI.id.in_(sa.select(ins.c.id)))).statement is not None
+
+
+@pytest.mark.parametrize(("name", "statement", "match"), [
+    ("ungranted column", lambda: sa.update(V).values(description="x").returning(V.id), "description"),
+    ("no delete grant", lambda: sa.delete(V).returning(V.id), "Deleting"),
+    ("reads a hidden column", lambda: sa.update(V).values(val=V.description).returning(V.id), "description"),
+    ("returns a hidden column", lambda: sa.update(V).values(val="x").returning(V.description), "description"),
+    ("row-filtered table", lambda: sa.insert(XCom).values(id=9, ti_id=1, key="k", dag_id="etl", run_id="r1")
+     .returning(XCom.id), "row-filtered"),
+    ("table without a grant", lambda: sa.delete(DagRun).returning(DagRun.id), "dag_run"),
+])
+def test_a_data_modifying_cte_outside_the_write_grants_is_refused(name: str, statement: Callable[[], Any],
+                                                                  match: str) -> None:
+    cte = statement().cte("w")
+    with pytest.raises(PolicyViolation, match=match):
+        _plan(sa.select(list(cte.c)[0]))
