@@ -489,6 +489,9 @@ def _check_access(role: RolePolicy, access: _statement_scan.Access, written: fro
         _check_access(role, replace(access, kind="update", upsert_columns=None), access.upsert_columns)
 
 
+# names a database resolves to a column of every table that no metadata declares: SQLite's rowid
+# aliases, PostgreSQL's system columns, MariaDB's _rowid (the integer primary key)
+_SYSTEM_COLUMNS = ("rowid", "oid", "_rowid_", "_rowid", "ctid", "xmin", "xmax", "cmin", "cmax", "tableoid")
 _ANONYMOUS = re.compile(r"%\(\d+ (.*)\)s")
 
 
@@ -520,6 +523,10 @@ def _check_bare_names(role: RolePolicy, access: _statement_scan.Access) -> None:
         else:
             raise PolicyViolation("A name the database resolves unqualified must be an ASCII identifier; "
                                   "qualify the column.", column="<name>")
+        if any(matches(system) for system in _SYSTEM_COLUMNS):
+            raise PolicyViolation("An unqualified name in the statement is a system column's name (rowid, ctid, "
+                                  "xmin, ...), which the database may resolve to the system column; rename the "
+                                  "label or qualify the column.")
         if any(matches(scope) for scope in scopes):
             raise PolicyViolation("An unqualified name in the statement is also the name of a table, alias or "
                                   "subquery (a whole-row reference on PostgreSQL); qualify the column.")

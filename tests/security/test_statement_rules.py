@@ -228,3 +228,12 @@ def test_count_star_exists_and_integers_still_work(served: Any) -> None:
         sa.exists().where(TaskInstance.id == Variable.id)).order_by(Variable.key))
     assert _same_as_plain(served, lambda: sa.select(Variable.key, sa.literal_column("1")).order_by(sa.literal_column("1"),
                                                                                                   Variable.key))
+
+
+def test_a_label_named_like_a_system_column_used_by_name(served: Any) -> None:
+    # found by the property test: PostgreSQL resolves GROUP BY ctid to the system column first
+    def stmt() -> Any:
+        label = XCom.id.label("ctid")
+        return sa.select(label).group_by(elements._label_reference(label))
+    _refused(served, stmt)
+    _refused(served, lambda: sa.select(Variable.key.label("xmin")).order_by(sa.column("xmin")))
