@@ -23,6 +23,7 @@ same statement object for the same document).
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import weakref
@@ -530,7 +531,7 @@ ELEMENT_RULES: dict[type, ElementRule] = {
 
 def rule_for(element: Any) -> ElementRule | None:
     """The rule of *element*'s exact class; functions by the registry SQLAlchemy's ``func`` uses."""
-    cls = type(element)
+    cls: type = type(element)
     if issubclass(cls, annotation.Annotated):  # ORM-annotated copies (a statement built in this process)
         cls = next(c for c in cls.__mro__ if not issubclass(c, annotation.Annotated))
     rule = ELEMENT_RULES.get(cls)
@@ -540,7 +541,13 @@ def rule_for(element: Any) -> ElementRule | None:
 
 
 def _is_registered_function(cls: type) -> bool:
-    return any(cls is registered for package in functions._registry.values() for registered in package.values())
+    # keyed by the registry's size: a GenericFunction subclass defined later registers itself
+    return cls in _registered_functions(sum(len(package) for package in functions._registry.values()))
+
+
+@functools.lru_cache(maxsize=4)
+def _registered_functions(size: int) -> frozenset[type]:
+    return frozenset(registered for package in functions._registry.values() for registered in package.values())
 
 
 # -- the scan -------------------------------------------------------------------------------------
