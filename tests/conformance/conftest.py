@@ -301,8 +301,8 @@ def _scanned_policy(metadata: sa.MetaData) -> dict[str, Any]:
         return {}
     from dbapi_server import Policy, RolePolicy, TableGrant
 
-    role = RolePolicy(tables={name: TableGrant.full() for name in metadata.tables}, functions=None, methods=None,
-                      raw_sql=True, ddl=True)
+    role = RolePolicy(tables={name: TableGrant.full() for name in metadata.tables}, functions=None, methods=None)
+    # raw SQL and DDL refused, as the open preset refuses them (the corpus expects those refusals)
     assert not role.unrestricted
     return {"policy": Policy(fallback=role)}
 
