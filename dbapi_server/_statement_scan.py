@@ -91,7 +91,8 @@ class _Walker:
     """One statement's walk: an explicit stack (no recursion limit), each (element, position,
     enclosing SELECT) seen once (a document's references make a DAG of shared elements)."""
 
-    def __init__(self) -> None:
+    def __init__(self, dialect: str | None = None) -> None:
+        self.dialect = dialect  # the server's dialect name: which prefixes render (None: all of them)
         self.tables: set[sa.Table] = set()
         self.columns: set[tuple[sa.Table, str]] = set()
         self.bare: set[str] = set()
@@ -299,8 +300,7 @@ def _cte(w: _Walker, element: Any, where: str, select: Any) -> None:
         return
     if where not in (FROM, COLUMNS, EXISTS_COLUMNS):
         raise refuse(f"A CTE may not stand in a {where} position")
-    if element._prefixes or element._suffixes:
-        raise refuse("A CTE with prefixes or suffixes")
+    _walk_hints(w, element)
     w.named(element.name)
     w.outputs.update(c.name for c in element.c)
     inner = element.element
@@ -362,8 +362,12 @@ _INERT = frozenset({"_annotations", "_with_options", "_compile_state_funcs", "_p
                     "_independent_ctes_opts", "keyword", "_inline", "_maintain_values_ordering",
                     "_sort_by_parameter_order", "include_insert_from_select_defaults", "_return_defaults",
                     "_select_names", "name", "recursive", "nesting"})
-_MUST_BE_EMPTY = frozenset({"_memoized_select_entities", "_prefixes", "_suffixes", "_statement_hints", "_hints",
-                            "_post_select_clause", "_post_criteria_clause", "_post_body_clause"})
+_MUST_BE_EMPTY = frozenset({"_memoized_select_entities", "_post_select_clause", "_post_criteria_clause",
+                            "_post_body_clause"})
+# hints and prefixes: their texts are judged by the decoder (raw SQL, or a validated MySQL index
+# hint); a prefix's or suffix's clause that renders on this dialect is walked as an expression, a
+# hinted FROM item names a FROM item and reads nothing
+_HINT_ATTRIBUTES = frozenset({"_prefixes", "_suffixes", "_hints", "_statement_hints"})
 
 _SELECT_POSITIONS = {
     "_raw_columns": COLUMNS, "_from_obj": FROM, "_where_criteria": EXPR, "_having_criteria": EXPR,
@@ -378,8 +382,17 @@ _COMPOUND_POSITIONS = {
 }
 
 
+def _walk_hints(w: _Walker, element: Any) -> None:
+    for attr in ("_prefixes", "_suffixes"):
+        for clause, dialect in getattr(element, attr, None) or ():
+            if w.dialect is None or dialect in (None, "*", w.dialect):
+                w.push(clause, EXPR, element)
+    for from_, _dialect in getattr(element, "_hints", None) or {}:
+        w.push(from_, CORRELATE, element)
+
+
 def _check_attributes(element: Any, walked: Iterable[str]) -> None:
-    known = _INERT | set(walked)
+    known = _INERT | _HINT_ATTRIBUTES | set(walked)
     for name, _ in type(element)._traverse_internals:
         if name in known:
             continue
@@ -394,6 +407,7 @@ def _select(w: _Walker, element: Any, where: str, select: Any) -> None:
     if where in (CORRELATE,):
         raise refuse("A SELECT may not stand in a correlate position")
     _check_attributes(element, _SELECT_POSITIONS)
+    _walk_hints(w, element)
     for name, position in _SELECT_POSITIONS.items():
         value = getattr(element, name, None)
         if name == "_raw_columns" and where == EXISTS:
@@ -413,6 +427,7 @@ def _compound(w: _Walker, element: Any, where: str, select: Any) -> None:
     if where in (CORRELATE,):
         raise refuse("A compound SELECT may not stand in a correlate position")
     _check_attributes(element, _COMPOUND_POSITIONS)
+    _walk_hints(w, element)
     for name, position in _COMPOUND_POSITIONS.items():
         value = getattr(element, name, None)
         if isinstance(value, (list, tuple)):
@@ -425,7 +440,7 @@ def _nested_dml(w: _Walker, element: Any, where: str, select: Any) -> None:
     """INSERT / UPDATE / DELETE inside a CTE: a write of its own, judged as a statement."""
     if where != CTE_BODY:
         raise refuse("An INSERT / UPDATE / DELETE nested outside a CTE")
-    access = _scan(element)
+    access = _scan(element, w.dialect)
     w.writes.append(access)
     w.tables |= access.tables
     w.columns |= access.columns
@@ -518,9 +533,10 @@ ELEMENT_RULES: dict[type, ElementRule] = {
     selectable.Exists: ElementRule(_exists, "what its SELECT reads (its select list may be ``*``)"),
     selectable.ForUpdateArg: ElementRule(_for_update, "the tables and columns of OF"),
     selectable.Select: ElementRule(_select, "every clause's reads", "its select list's labels",
-                                   frozenset(_SELECT_POSITIONS) | _INERT | _MUST_BE_EMPTY),
+                                   frozenset(_SELECT_POSITIONS) | _INERT | _MUST_BE_EMPTY | _HINT_ATTRIBUTES),
     selectable.CompoundSelect: ElementRule(_compound, "every SELECT's reads", "its first SELECT's names",
-                                           frozenset(_COMPOUND_POSITIONS) | _INERT | _MUST_BE_EMPTY),
+                                           frozenset(_COMPOUND_POSITIONS) | _INERT | _MUST_BE_EMPTY |
+                                           _HINT_ATTRIBUTES),
     **{cls: ElementRule(_nested_dml, "its WHERE, values, RETURNING (writes: its target, judged by the "
                                      "write rules)", "its target") for cls in (*_INSERTS, dml.Update, dml.Delete)},
     **{cls: ElementRule(_on_conflict, "its SET values and WHERE", "its conflict target's column names")
@@ -551,19 +567,20 @@ def _registered_functions(size: int) -> frozenset[type]:
 
 
 # -- the scan -------------------------------------------------------------------------------------
-_cache: weakref.WeakKeyDictionary[Any, Access] = weakref.WeakKeyDictionary()
+_cache: weakref.WeakKeyDictionary[Any, dict[str | None, Access]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
-def scan(statement: Any) -> Access:
-    """What *statement* reads and writes (cached per statement object); refuses what no rule allows."""
+def scan(statement: Any, dialect: str | None = None) -> Access:
+    """What *statement* reads and writes on *dialect* (the server's dialect name; ``None``: every
+    prefix renders), cached per statement object; refuses what no rule allows."""
     with _lock:
-        hit = _cache.get(statement)
+        hit = _cache.get(statement, {}).get(dialect)
     if hit is not None:
         return hit
-    access = _scan(statement)
+    access = _scan(statement, dialect)
     with _lock:
-        _cache[statement] = access
+        _cache.setdefault(statement, {})[dialect] = access
     return access
 
 
@@ -574,8 +591,8 @@ _DML_POSITIONS = {"_where_criteria": EXPR, "_extra_froms": FROM, "select": FROM,
 _DML_SPECIAL = frozenset({"table", "_values", "_multi_values", *_RETURNING_ATTRS})
 
 
-def _scan(statement: Any) -> Access:
-    w = _Walker()
+def _scan(statement: Any, dialect: str | None = None) -> Access:
+    w = _Walker(dialect)
     target: sa.Table | None = None
     value_columns: set[str] = set()
     returned: set[str] = set()
@@ -585,6 +602,7 @@ def _scan(statement: Any) -> Access:
             raise refuse(f"The statement is a {type(statement).__name__}")
         kind = next((name for cls, name in _DML_KINDS if isinstance(statement, cls)), "other")
         _check_attributes(statement, _DML_SPECIAL | set(_DML_POSITIONS))
+        _walk_hints(w, statement)
         target = base_table(statement.table)
         if target is None:
             raise refuse("The target of an INSERT / UPDATE / DELETE must be a table")

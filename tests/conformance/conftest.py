@@ -279,32 +279,36 @@ def isolated_sessionmaker(backend: str, db_a: Database, db_b: Database) -> Itera
     (database B); results, exception classes and database state must match.
 
     Here: isolated ``DBSession`` s talking over a real loopback socket, with a real EdDSA token,
-    to a real DB-API server whose engine is database B's. The engines of the fixtures (A, B, the
-    reset and fingerprint code) are exempted from the isolation guard explicitly: they are the
-    trusted side.
+    to a real DB-API server whose database is B, running in a process of its own
+    (``dbapi-server serve``, with a ``PYTHONHASHSEED`` other than this process's), as in
+    production: anything the client and the server compile differently because of
+    process-local state (set or ``id()`` order, import order) shows here. The engines of the
+    fixtures (A, B, the reset and fingerprint code) are exempted from the isolation guard
+    explicitly: they are the trusted side.
     """
     from dbsession import DBSession, guard
-    from tests.servers import running_dbapi
+    from tests.servers import dbapi_process
 
     guard.exempt(db_a.engine)
-    with running_dbapi(db_b.engine, metadata, **_scanned_policy(metadata)) as server:
+    policy, token = _scanned_policy()
+    with dbapi_process(db_b.url, "tests.conformance.dbapi_metadata:metadata", policy=policy) as server:
         yield sessionmaker(class_=DBSession, database_access_isolation=True,
-                           database_api_host=server.url, token=server.token)
+                           database_api_host=server.url, token=server.mint(**token) if token else server.token)
     guard.uninstall()
 
 
-def _scanned_policy(metadata: sa.MetaData) -> dict[str, Any]:
-    """With ``DBSESSION_CONFORMANCE_SCANNED=1``: every table granted in full *by name* (not the open
-    preset, which skips the column-level walk), so every corpus statement meets the statement
-    check's rules - a rule refusing what plain SQLAlchemy emits fails the corpus."""
+def _scanned_policy() -> tuple[str | None, dict[str, Any]]:
+    """With ``DBSESSION_CONFORMANCE_SCANNED=1``: a policy file granting every table in full *by name*
+    (not the open preset, which skips the column-level walk) and the claims of its role, so every
+    corpus statement meets the statement check's rules - a rule refusing what plain SQLAlchemy
+    emits fails the corpus. Raw SQL and DDL stay refused, as the open preset refuses them."""
     if os.environ.get("DBSESSION_CONFORMANCE_SCANNED") != "1":
-        return {}
-    from dbapi_server import Policy, RolePolicy, TableGrant
+        return None, {}
+    from tests.conformance.dbapi_metadata import metadata
 
-    role = RolePolicy(tables={name: TableGrant.full() for name in metadata.tables}, functions=None, methods=None)
-    # raw SQL and DDL refused, as the open preset refuses them (the corpus expects those refusals)
-    assert not role.unrestricted
-    return {"policy": Policy(fallback=role)}
+    tables = "".join(f'[roles.app.tables."{name}"]\nread = "*"\ninsert = "*"\nupdate = "*"\ndelete = true\n'
+                     for name in metadata.tables)
+    return '[roles.app]\nfunctions = "*"\nmethods = "*"\n' + tables, {"role": "app"}
 
 
 # --- async mode (test_corpus_async.py) -------------------------------------------
