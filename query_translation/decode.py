@@ -54,6 +54,7 @@ class StatementInfo:
     literal_sql: list[str] = field(default_factory=list)
     for_update: bool = False
     depth: int = 0
+    node_types: set[str] = field(default_factory=set)  # every wire node type the document used
 
     @property
     def is_read_only(self) -> bool:
@@ -91,6 +92,7 @@ class StatementDecoder:
     # -- dispatch -----------------------------------------------------------------------------
     def visit(self, node: _Json) -> Any:
         kind = node["t"]
+        self.info.node_types.add(kind)
         if kind == "ref":
             return self._resolve(node["@"])
         if "@" in node and node["@"] in self._refs:
