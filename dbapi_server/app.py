@@ -10,7 +10,11 @@ Arguments win over environment variables, which exist so ``flask --app dbapi_ser
 ``DBAPI_JWT_*``            verification keys, algorithms, issuer, audience, skew: see
                            :func:`dbapi_server.auth.authenticator_from_env` and ``docs/tokens.md``
 ``DBAPI_TXN_IDLE_TIMEOUT`` seconds before an idle transaction is rolled back (default 60)
-``DBAPI_MAX_BODY_BYTES``   largest accepted request body (default 16 MiB)
+``DBAPI_MAX_BODY_BYTES``   largest accepted request body (default 64 MiB): a request's memory
+                           bound, refused by its Content-Length before it is read
+``DBAPI_ENGINE_OPTIONS``   the served engine's ``create_engine()`` arguments (JSON), and
+                           ``DBAPI_CONNECT_ARGS``, ``DBAPI_SQLITE_PRAGMAS``, ``DBAPI_PG_OPTIONS``:
+                           see :mod:`dbapi_server.engine_options`
 ``DBAPI_METHODS``          comma-separated modules defining named methods, imported at start
 ``DBAPI_POLICY_FILE``      per-role policy (TOML, ``docs/security.md``); default: the open preset
 ``DBAPI_SHUTDOWN_GRACE``   seconds open transactions may still finish after SIGTERM (default 30)
@@ -59,6 +63,7 @@ from .auth import Authenticator, authenticator_from_env
 from .connect_wait import wait_for_connections
 from .db_roles import DatabaseRoles
 from .db_wall import DatabaseWall, open_wall
+from .engine_options import EngineOptions, EngineOptionsError
 from .errors import APIError, envelope_for_exception
 from .logs import attach_request_ids
 from .methods import load_methods, methods_api
@@ -70,9 +75,14 @@ from .state import ServerState
 from .telemetry import label
 from .views import api
 
-__all__ = ["ConfigError", "create_app", "load_metadata"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "ConfigError", "create_app", "load_metadata"]
 
 log = logging.getLogger("dbapi_server")
+
+# the largest request body by default: real applications store large rows (MLflow's own tests send
+# bodies over 16 MiB); a body is held in memory whole while it is decoded, so this bounds a
+# request's memory, and a larger one is refused by its Content-Length before it is read
+DEFAULT_MAX_BODY_BYTES = 64 << 20
 
 
 class ConfigError(RuntimeError):
@@ -102,11 +112,15 @@ def _authenticator_from_env() -> Authenticator:
 def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData | str | None = None, *,
                engine: sa.Engine | None = None, authenticator: Authenticator | None = None,
                policy: Policy | str | os.PathLike[str] | None = None, idle_timeout: float | None = None,
-               max_body_bytes: int | None = None, engine_options: dict[str, Any] | None = None,
+               max_body_bytes: int | None = None, engine_options: EngineOptions | dict[str, Any] | None = None,
                methods: MethodRegistry | Iterable[str] | None = None, shutdown_grace: float | None = None,
                metrics_access: MetricsAccess | None = None,
                db_roles: str | DatabaseRoles | None = None, commit_outcomes: str | None = None) -> Flask:
     """Build the DB-API application for one database and one application's tables.
+
+    *engine_options* (``create_engine()`` keywords, or :class:`~dbapi_server.engine_options.EngineOptions`)
+    win over the environment's (``DBAPI_ENGINE_OPTIONS``...), key by key; they do not apply to a
+    given *engine*.
 
     *commit_outcomes*: ``"table"`` keeps commit outcomes in a table of the database, so any
     instance answers a retried commit (``dbapi_server.outcomes``); ``"memory"`` keeps them in this
@@ -121,9 +135,12 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
         database_url = database_url or os.environ.get("DBAPI_DATABASE_URL")
         if not database_url:
             raise ConfigError("Tell the DB-API which database to serve: database_url= or DBAPI_DATABASE_URL.")
-        # pre-ping: a pooled connection the database dropped (a restart, a failover, an idle
-        # timeout) is replaced at checkout instead of failing the next request
-        engine = sa.create_engine(database_url, **{"pool_pre_ping": True, **(engine_options or {})})
+        # by default pre-ping: a pooled connection the database dropped (a restart, a failover, an
+        # idle timeout) is replaced at checkout instead of failing the next request
+        try:
+            engine = EngineOptions.from_env(os.environ).merged(engine_options).create_engine(database_url)
+        except EngineOptionsError as exc:
+            raise ConfigError(str(exc)) from None
         # a database that is restarting refuses connections for a moment: wait for it a little
         wait_for_connections(engine, float(os.environ.get("DBAPI_DB_CONNECT_WAIT", "5")))
     if idle_timeout is None:
@@ -146,7 +163,7 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
     app = Flask("dbapi_server")
     # no body larger than every role's limit is read (a server that buffers bodies before the
     # application sees them, waitress, refuses it by its Content-Length too)
-    max_body = max_body_bytes or int(os.environ.get("DBAPI_MAX_BODY_BYTES", 16 << 20))
+    max_body = max_body_bytes or int(os.environ.get("DBAPI_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
     largest = state.policy.largest_body()
     app.config["MAX_CONTENT_LENGTH"] = min(max_body, largest) if largest is not None else max_body
     app.extensions["dbapi_server"] = state
