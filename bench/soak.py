@@ -405,7 +405,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             balances_ok = conn.execute(sa.text(
                 "SELECT count(*) FROM soak_accounts a WHERE a.balance <> COALESCE((SELECT sum(amount) "
                 "FROM soak_ledger l WHERE l.account_id = a.id), 0)")).scalar()
-            outcome_rows = conn.execute(sa.text("SELECT count(*) FROM dbapi_commit_outcomes")).scalar()
+            outcome_rows = conn.execute(sa.text("SELECT count(*) FROM dbapi.dbapi_commit_outcomes")).scalar()
         trusted.dispose()
         result = summarize(args, reports, ledger_counts, int(balances_ok or 0), events, samples, exit_codes,
                            final_open, int(outcome_rows or 0))
