@@ -47,7 +47,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from .errors import APIError
 
@@ -95,7 +95,9 @@ class CommitOutcomes:
         self.metadata = sa.MetaData(schema=schema)
         self.table = sa.Table(
             table_name, self.metadata,
-            sa.Column("txn_id", sa.String(128), primary_key=True),
+            # ids compare byte for byte (MariaDB's default collation would make 'A' equal 'a')
+            sa.Column("txn_id", sa.String(128).with_variant(mysql.VARCHAR(128, collation="ascii_bin"),
+                                                           "mysql", "mariadb"), primary_key=True),
             sa.Column("outcome", sa.String(16), nullable=False),
             sa.Column("owner", sa.String(64), nullable=True),  # SHA-256 of the token subject
             sa.Column("decided_at", sa.BigInteger, nullable=False),  # Unix seconds
@@ -191,8 +193,11 @@ class CommitOutcomes:
                     conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
                 conn.execute(fence)
             row = conn.execute(sa.select(self.table.c.outcome, self.table.c.owner)
-                               .where(self.table.c.txn_id == txn_id)).one()
+                               .where(self.table.c.txn_id == txn_id)).first()
             conn.rollback()
+        if row is None:  # the fence was not stored as sent (it cannot be, for the ids the API takes)
+            raise CommitInDoubt(f"The outcome of transaction {txn_id} could not be recorded; ask again.",
+                                retryable=True)
         return str(row.outcome), row.owner
 
     def _insert_if_absent(self, values: dict[str, Any]) -> sa.Executable:

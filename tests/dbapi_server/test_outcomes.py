@@ -297,3 +297,27 @@ def test_a_login_that_may_not_create_tables_is_told_the_ddl(pg: sa.Engine, monke
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS dbapi.{table}")
             conn.exec_driver_sql(f"DROP OWNED BY {role}")
             conn.exec_driver_sql(f"DROP ROLE {role}")
+
+
+def test_ids_differing_in_case_are_two_transactions(networked: sa.Engine) -> None:
+    """MariaDB compares strings without case by default: the id column compares bytes, so a commit
+    of 'ABC...' is never answered with the outcome of 'abc...'."""
+    a, b = instance(networked), instance(networked)
+    lower = "case" + new_id()
+    txn, _ = a.begin(lower, "owner")
+    txn.connection.execute(sa.insert(ledger).values(ref=lower[:40]))
+    assert a.finish(lower, "commit", "owner", seq=1) == "committed"
+    with pytest.raises(APIError) as other:
+        b.finish(lower.upper(), "commit", "owner", seq=1)
+    assert (other.value.code, other.value.extra["outcome"]) == ("transaction_not_here", "rolled_back")
+    assert b.finish(lower, "commit", "owner", seq=1) == "committed"
+    a.close()
+    b.close()
+
+
+def test_a_transaction_id_outside_the_alphabet_is_refused_before_the_database(pg: sa.Engine) -> None:
+    with running_dbapi(pg, metadata) as server:
+        api = RawApi(server)
+        for bad in ("x" * 129, "abc%20", "caf%C3%A9"):
+            reply = api.post(f"/transactions/{bad}/commit", {"seq": 1})
+            assert (reply.status, reply.error["code"]) == (400, "malformed_request"), bad
