@@ -57,6 +57,7 @@ def serve(database_url: str, metadata: str, host: str, port: int, port_file: str
           server_name: str, methods: str, policy_file: str | None, engine_option: tuple[str, ...],
           connect_arg: tuple[str, ...], sqlite_pragma: tuple[str, ...], pg_option: tuple[str, ...]) -> None:
     """Serve the DB-API under a production WSGI server (granian by default) until SIGINT or SIGTERM."""
+    from ._test_hooks import SERVE_PID
     from .app import ConfigError, create_app
     from .engine_options import EngineOptions, EngineOptionsError, parse_assignment
     from .logs import configure_logging
@@ -72,6 +73,7 @@ def serve(database_url: str, metadata: str, host: str, port: int, port_file: str
     except EngineOptionsError as exc:
         raise click.ClickException(str(exc)) from None
     sys.path.insert(0, os.getcwd())
+    os.environ[SERVE_PID] = str(os.getpid())  # this instance's process (its workers inherit it)
     factory = functools.partial(create_app, database_url, metadata, policy=policy_file,
                                 methods=methods.split(","), engine_options=options)
     try:
