@@ -134,6 +134,12 @@ class StatementDecoder:
     def type(self, node: _Json | None) -> Any:
         return None if node is None else self._types.resolve(node)
 
+    def _typed(self, element: Any, node: _Json) -> None:
+        """*element* gets the node's type; without one it keeps the type its constructor gave it
+        (set to None, SQLAlchemy would fail while compiling - a crash, not the client's refusal)."""
+        if node.get("type") is not None:
+            element.type = self.type(node["type"])
+
     # -- FROM clauses -------------------------------------------------------------------------
     def table(self, node: _Json) -> sa.Table:
         name = node["name"]
@@ -493,7 +499,7 @@ class StatementDecoder:
 
     def scalar_select(self, node: _Json) -> Any:
         scalar = self.visit(node["element"]).scalar_subquery()
-        scalar.type = self.type(node.get("type"))
+        self._typed(scalar, node)
         return scalar
 
     def cast(self, node: _Json) -> Any:
@@ -505,7 +511,7 @@ class StatementDecoder:
     def case(self, node: _Json) -> Any:
         whens = [(self.visit(c), self.visit(r)) for c, r in node["whens"]]
         case = sa.case(*whens, value=self.opt(node.get("value")), else_=self.opt(node.get("else")))
-        case.type = self.type(node.get("type"))
+        self._typed(case, node)
         return case
 
     def over(self, node: _Json) -> Any:
@@ -538,12 +544,12 @@ class StatementDecoder:
             fn = registered(*args)
         else:
             fn = functions.Function(name, *args, packagenames=tuple(packages))
-        fn.type = self.type(node.get("type"))
+        self._typed(fn, node)
         return fn
 
     def tuple(self, node: _Json) -> Any:
         tup = elements.Tuple(*self.all(node["clauses"]))
-        tup.type = self.type(node.get("type"))
+        self._typed(tup, node)
         return tup
 
     def null(self, _: _Json) -> Any:

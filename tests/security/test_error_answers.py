@@ -217,3 +217,16 @@ def test_database_messages_withhold_quoted_identifiers(served: tuple[sa.Engine, 
 ])
 def test_withheld_names(message: str, shown: str) -> None:
     assert withhold_names(message) == shown
+
+
+def test_nodes_without_their_type_are_no_crash(served: tuple[sa.Engine, DBAPIProcess, DBAPIProcess]) -> None:
+    """Found by the repeating-node generator: a tuple, case, function or scalar subquery sent
+    without ``type`` had its type set to None, and compiling it crashed (500)."""
+    _, open_server, _ = served
+    col = {"t": "col", "from": {"t": "table", "name": "variable"}, "key": "id"}
+    for node in ({"t": "tuple", "clauses": [col, col]}, {"t": "case", "whens": [[col, col]], "else": col},
+                 {"t": "function", "name": "coalesce", "args": [col]},
+                 {"t": "scalar_select", "element": {"t": "select", "cols": [col]}}):
+        status, answer = post(open_server, "/execute", {"stmt": {"version": 2, "statement": {
+            "t": "select", "cols": [node]}}, "sql": "x"})
+        assert status < 500, (node["t"], answer)
