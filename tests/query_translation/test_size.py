@@ -6,6 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from query_translation import measure_document, to_wire
 from tests.query_translation._repeating import doubling_chain, repeating_documents
@@ -31,3 +32,18 @@ def test_measure_is_linear_in_the_document() -> None:
     measured = measure_document(to_wire(ordinary))
     assert measured.expanded == measured.nodes + 2  # two column references to one table, counted once each
     assert measured.columns == 2
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=3) | st.sampled_from(["ref", "@", "t"]),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+                         st.sampled_from(["t", "@", "from", "left", "cols", "x", "statement"]), inner, max_size=4),
+                     max_leaves=30)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_json)
+def test_measure_never_fails_on_any_json(document: Any) -> None:
+    """It runs before validation: any JSON at all is measured, never an exception (the fuzzer found
+    a node whose "t" was an object)."""
+    size = measure_document(document)
+    assert size.expanded >= 0 and size.nodes >= 0
