@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from query_translation import measure_document, to_wire
@@ -42,6 +42,7 @@ _json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_siz
 
 @settings(max_examples=500, deadline=None)
 @given(_json)
+@example({"t": "select", "cols": [{"t": {"stmt": 1}, "@": 1}, {"t": "ref", "@": 1}]})
 def test_measure_never_fails_on_any_json(document: Any) -> None:
     """It runs before validation: any JSON at all is measured, never an exception (the fuzzer found
     a node whose "t" was an object)."""
