@@ -399,9 +399,11 @@ class Policy:
         for fragment in fragments:
             # "*" and bare integers are what SQLAlchemy itself emits (count(*), EXISTS (SELECT 1))
             if fragment not in self.allowed_literals and not fragment.isdigit():
+                shown = fragment if len(fragment) <= 200 else fragment[:200] + "..."
                 raise PolicyViolation(
                     "Raw SQL text is not allowed by the DB-API's policy; express the statement "
-                    "with SQLAlchemy constructs (select(), text() is refused).", raw_sql=True)
+                    f"with SQLAlchemy constructs (select(), text() is refused). The raw SQL: {shown!r}",
+                    raw_sql=True)
 
     def _check_custom_operators(self, opstrings: Iterable[str], role: RolePolicy) -> None:
         if role.raw_sql:

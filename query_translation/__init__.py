@@ -7,6 +7,7 @@ type. See ``docs/wire-format.md``.
 
 from __future__ import annotations
 
+from . import _stable_compile
 from .decode import NODE_TYPES, StatementDecoder, StatementInfo, from_wire
 from .driver_sql import DRIVER_SQL_KINDS, DriverSQL, driver_sql_document, driver_sql_params
 from .encode import WIRE_VERSION, StatementEncoder, to_wire
@@ -111,3 +112,5 @@ __all__ = [
     "count_values",
     "measure_document",
 ]
+
+_stable_compile.install()  # before either side compiles anything (see the module)

@@ -19,6 +19,7 @@ from sqlalchemy.sql import elements, functions, operators, selectable
 from sqlalchemy.sql import expression as sql_expr
 
 from . import _operators
+from ._hints import from_hint_renders, hint_renders, structured_from_hint
 from .driver_sql import DRIVER_SQL_KINDS, parse_driver_sql
 from .encode import WIRE_VERSION
 from .exceptions import (
@@ -65,8 +66,9 @@ class StatementInfo:
 class StatementDecoder:
     """Rebuilds one statement; instances are single-use."""
 
-    def __init__(self, metadata: sa.MetaData, types: TypeResolver) -> None:
+    def __init__(self, metadata: sa.MetaData, types: TypeResolver, dialect: sa.Dialect | None = None) -> None:
         self._metadata = metadata
+        self._dialect = dialect  # the server's: which hints and prefixes render (None: assume all)
         self._types = types
         self._refs: dict[int, Any] = {}
         self._definitions: dict[int, _Json] = {}
@@ -217,7 +219,42 @@ class StatementDecoder:
             stmt = stmt.add_cte(cte)
         if "label_style" in node:
             stmt = stmt.set_label_style(_label_style(node["label_style"]))
+        stmt = self._hints_and_prefixes(stmt, node)
+        for suffix in node.get("suffixes", ()):
+            stmt = stmt.suffix_with(self._prefix(suffix), dialect=suffix["dialect"] or "*")
+        for hint in node.get("statement_hints", ()):
+            if hint_renders(hint["dialect"], self._dialect):
+                self.info.literal_sql.append(hint["text"])
+            stmt = stmt.with_statement_hint(hint["text"], dialect_name=hint["dialect"])
         return self._limits(stmt, node)
+
+    def _hints_and_prefixes(self, stmt: Any, node: _Json) -> Any:
+        """``with_hint()`` and ``prefix_with()`` of a SELECT, INSERT, UPDATE or DELETE.
+
+        A hint that renders here is structure when it validates (MySQL index hints naming indexes
+        of the metadata, PostgreSQL's ``ONLY``: see ``_hints``), raw SQL text otherwise.
+        """
+        for hint in node.get("hints", ()):
+            from_, text, dialect_name = self.visit(hint["from"]), hint["text"], hint["dialect"]
+            if from_hint_renders(dialect_name, self._dialect) and not structured_from_hint(
+                    from_, text, self._dialect):
+                self.info.literal_sql.append(text)
+            if isinstance(stmt, sa.Select):
+                stmt = stmt.with_hint(from_, text, dialect_name=dialect_name)
+            else:
+                stmt = stmt.with_hint(text, selectable=from_, dialect_name=dialect_name)
+        for prefix in node.get("prefixes", ()):
+            stmt = stmt.prefix_with(self._prefix(prefix), dialect=prefix["dialect"] or "*")
+        return stmt
+
+    def _prefix(self, prefix: _Json) -> Any:
+        """A prefix's or suffix's clause; one for a dialect other than this one is inert."""
+        if hint_renders(prefix["dialect"], self._dialect):
+            return self.visit(prefix["clause"])
+        literal_sql = self.info.literal_sql[:]
+        clause = self.visit(prefix["clause"])
+        self.info.literal_sql[:] = literal_sql  # it does not render: not raw SQL the server runs
+        return clause
 
     def _limits(self, stmt: Any, node: _Json) -> Any:
         if "limit" in node:
@@ -279,7 +316,7 @@ class StatementDecoder:
             stmt = stmt.add_cte(cte)
         if node.get("inline"):
             stmt = stmt.inline()
-        return stmt
+        return self._hints_and_prefixes(stmt, node)
 
     def _value(self, value: _Json) -> Any:
         if value.get("t") == "value":
@@ -616,8 +653,11 @@ NODE_TYPES = frozenset(_DECODERS) | {"ref"}
 
 
 def from_wire(document: _Json, metadata: sa.MetaData, types: TypeResolver | None = None,
-              *, validate: bool = True) -> tuple[Any, StatementInfo]:
+              *, validate: bool = True, dialect: sa.Dialect | None = None) -> tuple[Any, StatementInfo]:
     """Validate and rebuild a wire document; returns the statement and what it touches.
+
+    *dialect* is the server's: a hint or prefix that does not render there is no raw SQL for the
+    policy (``None``: every hint and prefix counts).
 
     DDL and driver SQL (see :mod:`query_translation.driver_sql`) come back as a
     :class:`~query_translation.driver_sql.DriverSQL`, their ``StatementInfo.kind`` naming them.
@@ -633,6 +673,6 @@ def from_wire(document: _Json, metadata: sa.MetaData, types: TypeResolver | None
     version = document.get("version")
     if version != WIRE_VERSION:
         raise WireVersionError(f"The statement uses wire version {version!r}; this server speaks version {WIRE_VERSION}. Upgrade the older side.")
-    decoder = StatementDecoder(metadata, types or TypeResolver(metadata))
+    decoder = StatementDecoder(metadata, types or TypeResolver(metadata), dialect)
     statement = decoder.decode(document["statement"])
     return statement, decoder.info
