@@ -15,7 +15,6 @@ a policy file runs; :class:`DefaultPolicy` is that preset with today's keyword a
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
@@ -31,7 +30,6 @@ from query_translation.size import DocumentSize
 
 from . import _statement_scan
 from .auth import Principal
-from .errors import new_error_id
 from .refusals import LimitExceeded, PolicyViolation
 from .row_filters import BIND_PREFIX, ROW_FILTER_BIND, filtered_statement
 
@@ -72,7 +70,6 @@ SAFE_CUSTOM_OPERATORS = frozenset({
 })
 
 ALL = "*"
-_log = logging.getLogger("dbapi_server.policy")
 
 
 class PolicyError(ValueError):
@@ -402,13 +399,11 @@ class Policy:
         for fragment in fragments:
             # "*" and bare integers are what SQLAlchemy itself emits (count(*), EXISTS (SELECT 1))
             if fragment not in self.allowed_literals and not fragment.isdigit():
-                # the fragment goes to the log, not the answer: an answer never echoes SQL
-                error_id = new_error_id()
-                _log.info("raw SQL refused %s: %.200r", error_id, fragment)
+                shown = fragment if len(fragment) <= 200 else fragment[:200] + "..."
                 raise PolicyViolation(
                     "Raw SQL text is not allowed by the DB-API's policy; express the statement "
-                    "with SQLAlchemy constructs (select(), text() is refused). The server's log has "
-                    f"the fragment under error id {error_id}.", raw_sql=True, error_id=error_id)
+                    f"with SQLAlchemy constructs (select(), text() is refused). The raw SQL: {shown!r}",
+                    raw_sql=True)
 
     def _check_custom_operators(self, opstrings: Iterable[str], role: RolePolicy) -> None:
         if role.raw_sql:
