@@ -241,12 +241,7 @@ def envelope_for_exception(exc: BaseException) -> tuple[int, dict[str, Any]]:
     if isinstance(exc, APIError):
         fields = dict(exc.extra)
         error_id = fields.pop("error_id", None) or error_id  # an id already logged under
-        # a policy refusal may quote the statement part it refuses (a raw SQL fragment, a custom
-        # operator): names only, the rest withheld; the server's other messages quote its own words
-        message = withhold_names(exc.message) if exc.code == "policy_violation" else exc.message
-        if message != exc.message:
-            log.info("refusal %s (%s): %s", error_id, exc.code, exc.message)  # the full text, for the operator
-        return exc.status, _envelope(exc.code, message, error_id, **fields)
+        return exc.status, _envelope(exc.code, exc.message, error_id, **fields)
     if isinstance(exc, qt_exc.TranslationError):
         code = next((c for cls, c in _TRANSLATION_CODES.items() if isinstance(exc, cls)), "bad_statement")
         extra: dict[str, Any] = {}
