@@ -23,6 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from dbapi_server.errors import envelope_for_exception, raised_by_driver, withhold_names
+from query_translation import to_wire
 from tests.dbapi_server._support import RawApi
 from tests.servers import DBAPIProcess, dbapi_process
 
@@ -230,3 +231,27 @@ def test_nodes_without_their_type_are_no_crash(served: tuple[sa.Engine, DBAPIPro
         status, answer = post(open_server, "/execute", {"stmt": {"version": 2, "statement": {
             "t": "select", "cols": [node]}}, "sql": "x"})
         assert status < 500, (node["t"], answer)
+
+
+def test_options_passed_as_keyword_arguments_are_validated(served: tuple[sa.Engine, DBAPIProcess, DBAPIProcess]) -> None:
+    """Found by the fuzzer once the crash was no longer a 422: ``for_update: {"nowait": [[]]}`` became
+    ``with_for_update(nowait=[[]])`` and the compiled cache failed on it (500). FOR UPDATE, FETCH and
+    join options are each a schema of their own now: flags are booleans, no other keys."""
+    _, open_server, _ = served
+    txn = 0
+    # validation comes first: an unsigned document ("sql" of none) is enough
+    locked = {"stmt": to_wire(sa.select(Variable.id).with_for_update()), "sql": "x"}
+    fetched = {"stmt": to_wire(sa.select(Variable.id).order_by(Variable.id).fetch(1)), "sql": "x"}
+    joined = {"stmt": to_wire(sa.select(Variable.id).join(XCom, Variable.id == XCom.id)), "sql": "x"}
+    for body, path, junk in ((locked, ("for_update", "nowait"), [[[]]]), (locked, ("for_update", "of"), {"t": 1}),
+                             (locked, ("for_update", "isolation"), True), (fetched, ("fetch", "with_ties"), "yes"),
+                             (fetched, ("fetch", "percent"), [1]), (joined, ("joins", 0, "outer"), {"a": 1})):
+        sent: Any = orjson.loads(orjson.dumps(body))
+        holder = sent["stmt"]["statement"]
+        for key in path[:-1]:
+            holder = holder[key]
+        holder[path[-1]] = junk
+        txn += 1
+        status, answer = post(open_server, "/execute", {**sent, "txn": f"options-{txn}", "seq": 1, "begin": True})
+        post(open_server, f"/transactions/options-{txn}/rollback", {})
+        assert (status, answer["error"]["code"]) == (400, "malformed_statement"), (path, answer)
