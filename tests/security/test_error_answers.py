@@ -255,3 +255,15 @@ def test_options_passed_as_keyword_arguments_are_validated(served: tuple[sa.Engi
         status, answer = post(open_server, "/execute", {**sent, "txn": f"options-{txn}", "seq": 1, "begin": True})
         post(open_server, f"/transactions/options-{txn}/rollback", {})
         assert (status, answer["error"]["code"]) == (400, "malformed_statement"), (path, answer)
+
+
+def test_a_document_that_is_no_statement_is_refused(served: tuple[sa.Engine, DBAPIProcess, DBAPIProcess]) -> None:
+    """Found by the fuzzer: a bare column as the whole document was "executed" and crashed (500)."""
+    _, open_server, _ = served
+    col = {"t": "col", "from": {"t": "table", "name": "variable"}, "key": "id"}
+    for top in (col, {"t": "table", "name": "variable"}, {"t": "binary", "op": "add", "left": col, "right": col},
+                {"t": "null"}, {"t": "label", "name": "x", "element": col}):
+        status, answer = post(open_server, "/execute", {"stmt": {"version": 2, "statement": top}, "sql": "x",
+                                                        "txn": f"top-{top['t']}", "seq": 1, "begin": True})
+        post(open_server, f"/transactions/top-{top['t']}/rollback", {})
+        assert (status, answer["error"]["code"]) == (400, "malformed_statement"), (top["t"], answer)
