@@ -267,3 +267,20 @@ def test_a_document_that_is_no_statement_is_refused(served: tuple[sa.Engine, DBA
                                                         "txn": f"top-{top['t']}", "seq": 1, "begin": True})
         post(open_server, f"/transactions/top-{top['t']}/rollback", {})
         assert (status, answer["error"]["code"]) == (400, "malformed_statement"), (top["t"], answer)
+
+
+def test_odd_paths_are_answered_in_the_envelope(served: tuple[sa.Engine, DBAPIProcess, DBAPIProcess]) -> None:
+    """Found by the fuzzer: a transaction id "0/" made werkzeug answer a 308 redirect, in HTML."""
+    _, open_server, _ = served
+    for path in ("/transactions/0%2F/rollback", "/transactions/0//rollback", "/execute/", "//execute",
+                 "/cursors/x//fetch", "/info/"):
+        sent = urllib.request.Request(f"{open_server.url}/dbapi/v1{path}", data=b"{}", method="POST",
+                                      headers={"Authorization": f"Bearer {open_server.token}",
+                                               "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(sent, timeout=30) as answer:
+                status, body = answer.status, answer.read()
+        except urllib.error.HTTPError as refused:
+            status, body = refused.code, refused.read()
+        assert 400 <= status < 500, (path, status, body[:200])
+        assert "error" in orjson.loads(body), (path, body[:200])
