@@ -161,6 +161,11 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
 
     state.wall = _wall(state, db_roles)
     app = Flask("dbapi_server")
+    # no redirects: a path with doubled or trailing slashes (a transaction id ending in "/") is
+    # answered as any unknown path, in the JSON envelope - werkzeug's 308 is an HTML page that
+    # Flask sends past the error handlers
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     # no body larger than every role's limit is read (a server that buffers bodies before the
     # application sees them, waitress, refuses it by its Content-Length too)
     max_body = max_body_bytes or int(os.environ.get("DBAPI_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))

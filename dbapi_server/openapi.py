@@ -40,7 +40,8 @@ def _answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[str, Any]:
     reasons = {
-        400: "malformed request, statement or value; statement mismatch (see the envelope's code)",
+        400: "malformed request, statement or value; statement mismatch; a statement over the size limits "
+             "(see the envelope's code)",
         401: "token missing, malformed, expired, forged or of another audience",
         403: "refused by the policy, or the transaction / cursor belongs to another subject",
         409: "a sequence or page number out of order, or a transaction id reused",
@@ -48,14 +49,18 @@ def _errors(*statuses: int) -> dict[str, Any]:
              "held by no instance reachable this way, or by another; a commit's answer then carries "
              "the outcome from the commit outcome table)",
         404: "no such named method, or not in this version (unknown_method)",
-        413: "the request body is larger than DBAPI_MAX_BODY_BYTES",
+        413: "the request body is larger than DBAPI_MAX_BODY_BYTES or the role's max_body_bytes (judged by its "
+             "Content-Length, before it is read), or the request carries too many parameter values",
+        415: "the body is declared as something other than JSON",
+        431: "the header fields are larger than the DB-API accepts",
         422: "the database (or a bind processor) refused the statement",
         500: "unexpected failure: the server's log has the details under the error id",
         503: "no free database connection (database_busy), or a new transaction asked of an instance "
              "that is shutting down (shutting_down); both retryable, nothing ran; or a commit whose "
              "outcome cannot be read from the database now (commit_in_doubt; ask again)",
     }
-    return {str(s): _answer(reasons[s], _ref("Error")) for s in (*statuses, 500, 503)}
+    with_body = (415,) if 413 in statuses else ()  # the routes that read a body
+    return {str(s): _answer(reasons[s], _ref("Error")) for s in sorted({*statuses, *with_body, 431, 500, 503})}
 
 
 def _path_param(name: str, description: str, **schema: Any) -> dict[str, Any]:
