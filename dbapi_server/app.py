@@ -12,6 +12,9 @@ Arguments win over environment variables, which exist so ``flask --app dbapi_ser
 ``DBAPI_TXN_IDLE_TIMEOUT`` seconds before an idle transaction is rolled back (default 60)
 ``DBAPI_MAX_BODY_BYTES``   largest accepted request body (default 16 MiB)
 ``DBAPI_METHODS``          comma-separated modules defining named methods, imported at start
+``DBAPI_EXTRA_TABLES``     comma-separated tables outside the metadata to serve, reflected at start
+                           (``alembic_version``); read-only unless a policy file grants more
+                           (:mod:`dbapi_server.extra_tables`)
 ``DBAPI_POLICY_FILE``      per-role policy (TOML, ``docs/security.md``); default: the open preset
 ``DBAPI_SHUTDOWN_GRACE``   seconds open transactions may still finish after SIGTERM (default 30)
 ``DBAPI_METRICS_TOKEN``    bearer token (or ``DBAPI_METRICS_TOKEN_FILE``) for ``GET /metrics``;
@@ -48,6 +51,7 @@ from .auth import Authenticator, authenticator_from_env
 from .db_roles import DatabaseRoles
 from .db_wall import DatabaseWall, open_wall
 from .errors import envelope_for_exception
+from .extra_tables import ExtraTableError, parse_names, served_metadata
 from .logs import attach_request_ids
 from .methods import load_methods, methods_api
 from .observability import MetricsAccess, ObservedApp
@@ -92,7 +96,8 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
                max_body_bytes: int | None = None, engine_options: dict[str, Any] | None = None,
                methods: MethodRegistry | Iterable[str] | None = None, shutdown_grace: float | None = None,
                metrics_access: MetricsAccess | None = None,
-               db_roles: str | DatabaseRoles | None = None) -> Flask:
+               db_roles: str | DatabaseRoles | None = None,
+               extra_tables: Iterable[str] | str | None = None) -> Flask:
     """Build the DB-API application for one database and one application's tables."""
     metadata = metadata if metadata is not None else os.environ.get("DBAPI_METADATA")
     if metadata is None:
@@ -110,9 +115,18 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
         idle_timeout = float(os.environ.get("DBAPI_TXN_IDLE_TIMEOUT", "60"))
     if shutdown_grace is None:
         shutdown_grace = float(os.environ.get("DBAPI_SHUTDOWN_GRACE", "30"))
+    served_policy = _policy(policy)
+    try:
+        names = parse_names(extra_tables if extra_tables is not None else os.environ.get("DBAPI_EXTRA_TABLES"))
+        names |= served_policy.extra_tables
+        metadata = served_metadata(metadata, engine, names)
+    except ExtraTableError as exc:
+        raise ConfigError(str(exc)) from None
+    served_policy.serve_extra_tables(names)
+    _validate(served_policy, metadata)
     state = ServerState(engine=engine, metadata=metadata,
                         auth=authenticator if authenticator is not None else _authenticator_from_env(),
-                        policy=_policy(policy, metadata), idle_timeout=idle_timeout,
+                        policy=served_policy, idle_timeout=idle_timeout,
                         methods=load_methods(methods if methods is not None else os.environ.get("DBAPI_METHODS")),
                         shutdown_grace=shutdown_grace)
 
@@ -156,17 +170,24 @@ def _wall(state: ServerState, db_roles: str | DatabaseRoles | None) -> DatabaseW
         raise ConfigError(str(exc)) from None
 
 
-def _policy(policy: Policy | str | os.PathLike[str] | None, metadata: sa.MetaData) -> Policy:
-    """The configured policy, checked against the metadata now rather than at the first request."""
+def _policy(policy: Policy | str | os.PathLike[str] | None) -> Policy:
+    """The configured policy (checked against the served tables by :func:`_validate`)."""
     if policy is None:
         policy = os.environ.get("DBAPI_POLICY_FILE") or None
     if policy is None:
         return Policy.open()
+    if isinstance(policy, Policy):
+        return policy
     try:
-        if isinstance(policy, Policy):
-            policy.validate(metadata)
-            return policy
-        return Policy.from_file(policy, metadata)
+        return Policy.from_file(policy)
+    except PolicyError as exc:
+        raise ConfigError(f"The DB-API policy is wrong: {exc}") from None
+
+
+def _validate(policy: Policy, metadata: sa.MetaData) -> None:
+    """Check the policy against the served tables now rather than at the first request."""
+    try:
+        policy.validate(metadata)
     except PolicyError as exc:
         raise ConfigError(f"The DB-API policy is wrong: {exc}") from None
 

@@ -149,6 +149,9 @@ class TableGrant:
                 and not self.row_filter)
 
 
+READ_ONLY = TableGrant(read=ALL)
+
+
 @dataclass(frozen=True)
 class RolePolicy:
     """Everything one role may do. Tables not in ``tables`` are refused unless ``any_table`` is set."""
@@ -161,11 +164,26 @@ class RolePolicy:
     limits: Limits = Limits()
     any_table: TableGrant | None = None  # presets: this grant for every table not listed
     denied_tables: frozenset[str] = frozenset()
+    # presets: tables ``any_table`` grants only reading (the served extra tables, extra_tables.py)
+    read_only_tables: frozenset[str] = frozenset()
 
     def grant(self, table: str) -> TableGrant | None:
         if table in self.denied_tables:
             return None
-        return self.tables.get(table, self.any_table)
+        found = self.tables.get(table)
+        if found is not None:
+            return found
+        if self.any_table is not None and table in self.read_only_tables:
+            return READ_ONLY
+        return self.any_table
+
+    def unrestricted_for(self, info: StatementInfo) -> bool:
+        """:attr:`unrestricted`, unless the statement touches a read-only table of a preset."""
+        if not self.unrestricted:
+            return False
+        if not self.read_only_tables:
+            return True
+        return not (self.read_only_tables & (info.read_tables | {info.write_table}))
 
     @cached_property
     def unrestricted(self) -> bool:
@@ -195,9 +213,12 @@ class Policy:
     def __init__(self, roles: Mapping[str, RolePolicy] | None = None, *, limits: Limits = Limits(),
                  fallback: RolePolicy | None = None, denied_functions: frozenset[str] = DANGEROUS_FUNCTIONS,
                  allowed_literals: frozenset[str] = frozenset({"*"}),
-                 allowed_custom_operators: frozenset[str] = SAFE_CUSTOM_OPERATORS) -> None:
+                 allowed_custom_operators: frozenset[str] = SAFE_CUSTOM_OPERATORS,
+                 extra_tables: Iterable[str] = ()) -> None:
         self.roles = dict(roles or {})
         self.limits = limits
+        # tables outside the metadata the server reflects and serves (policy file's extra_tables)
+        self.extra_tables = frozenset(extra_tables)
         self.fallback = fallback  # the role of every caller whose role is not listed (presets only)
         self.denied_functions = denied_functions
         self.allowed_literals = allowed_literals
@@ -239,6 +260,14 @@ class Policy:
         from ._policy_file import policy_from_dict
 
         return policy_from_dict(data)
+
+    def serve_extra_tables(self, names: Iterable[str]) -> None:
+        """The served metadata has these extra tables: the preset role may only read them.
+
+        A listed role reads or writes them only as its own grants say (deny by default)."""
+        names = frozenset(names)
+        if self.fallback is not None and names:
+            self.fallback = replace(self.fallback, read_only_tables=self.fallback.read_only_tables | names)
 
     def validate(self, metadata: sa.MetaData) -> None:
         """Raise :class:`PolicyError` naming the first table or column *metadata* does not have."""
@@ -317,7 +346,7 @@ class Policy:
         role = self.role_for(principal)
         limits = self._limits_of(role)
         self._check_statement(info, role, limits)
-        if role.unrestricted or info.kind in DRIVER_SQL_KINDS or info.kind in (
+        if role.unrestricted_for(info) or info.kind in DRIVER_SQL_KINDS or info.kind in (
                 "savepoint", "rollback_to_savepoint", "release_savepoint"):
             return Plan(statement, limits)
         if info.literal_sql and role.raw_sql:

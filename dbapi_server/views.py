@@ -9,6 +9,7 @@ POST    ``/cursors/<id>/fetch``              next page of a streamed result (num
 POST    ``/cursors/<id>/close``              end a streamed result early
 POST    ``/transactions/<id>/commit``        commit; asking again returns the same outcome
 POST    ``/transactions/<id>/rollback``      roll back
+POST    ``/catalog/has_table``               whether a served table exists (``dialect.has_table``)
 ======  ===================================  ==================================================
 
 The request and answer formats are documented in ``docs/wire-format.md``.
@@ -269,3 +270,21 @@ def finish_transaction(txn_id: str, verb: str) -> Response:
     state.cursors.close_for_transaction(txn_id)
     outcome = state.transactions.finish(txn_id, verb, principal.subject)
     return _json({"outcome": outcome})
+
+
+@api.post("/catalog/has_table")
+def has_table() -> Response:
+    """``Dialect.has_table`` for a client: what alembic's ``MigrationContext`` asks before it reads
+    ``alembic_version``. Only tables the server serves and the caller's role may use are
+    answered from the database; any other name is "no such table" (the catalog stays hidden)."""
+    label(kind="has_table")
+    principal = _principal()
+    body = _body(principal)
+    name: str = _field(body, "name", str, required=True)
+    schema: str | None = _field(body, "schema", str)
+    state = _state()
+    key = f"{schema}.{name}" if schema else name
+    if key not in state.metadata.tables or state.policy.role_for(principal).grant(key) is None:
+        return _json({"exists": False})
+    with state.read_engine.connect() as conn:
+        return _json({"exists": bool(state.engine.dialect.has_table(conn, name, schema))})

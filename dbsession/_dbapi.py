@@ -235,6 +235,21 @@ class Connection:
             self._unless_recorded(exc.txn_state, begin)
             raise
 
+    def has_table(self, name: str, schema: str | None) -> bool | None:
+        """``Dialect.has_table`` answered by the DB-API (tables it serves to this caller), or None
+        from a DB-API that predates the question."""
+        if self.closed:
+            raise InterfaceError("This DB-API connection is closed.")
+        try:
+            reply = self.transport.post("/catalog/has_table", {"name": name, "schema": schema}, replay_safe=True)
+        except ServerUnreachable as exc:
+            raise DisconnectError(str(exc)) from exc
+        except DBAPIRequestError as exc:
+            if exc.status == 404 and exc.code == "not_found":
+                return None
+            raise
+        return bool(reply.get("exists"))
+
     def _unless_recorded(self, txn_state: str | None, begin: bool) -> None:
         """After an error: did the request reach the server transaction (and use its number)?"""
         if txn_state == "open":

@@ -292,6 +292,16 @@ class _IsolatedDialectMixin:
     def initialize(self, connection: Any) -> None:
         _apply_state(self, self._dbs_state)
 
+    def has_table(self, connection: Any, table_name: str, schema: str | None = None, **kw: Any) -> bool:
+        """Asked of the DB-API: the database's catalog is not readable as structure, and alembic's
+        ``MigrationContext`` (Airflow's and MLflow's migration checks) asks before it reads
+        ``alembic_version``. Tables the server does not serve to this caller do not exist."""
+        self._ensure_has_table_connection(connection)  # type: ignore[attr-defined]
+        found = connection.connection.dbapi_connection.has_table(table_name, schema)
+        if found is None:  # an older DB-API: the dialect's own catalog query (raw SQL, if allowed)
+            return super().has_table(connection, table_name, schema, **kw)  # type: ignore[misc,no-any-return]
+        return bool(found)
+
     def get_default_isolation_level(self, dbapi_conn: Any) -> Any:
         return self._dbs_state.get("default_isolation_level")
 
