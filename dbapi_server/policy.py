@@ -15,6 +15,7 @@ a policy file runs; :class:`DefaultPolicy` is that preset with today's keyword a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -69,6 +70,14 @@ SAFE_CUSTOM_OPERATORS = frozenset({
 })
 
 ALL = "*"
+
+# Transaction-scoped settings a client may make as SQL text (PostgreSQL ``SET LOCAL``): applications
+# bound their own lock waits (Airflow's ``with_db_lock_timeout``). ``SET LOCAL`` ends with the
+# transaction, so it never reaches another caller's requests on a pooled connection; the value is
+# a plain duration. ``statement_timeout`` is not here: it would lift the policy's own limit.
+DEFAULT_SETTINGS = frozenset({"lock_timeout", "idle_in_transaction_session_timeout"})
+_SET_LOCAL = re.compile(r"\s*SET\s+LOCAL\s+([A-Za-z_]{1,63})\s*(?:=|\s+TO\s)\s*'?\d{1,9}(?:ms|s|min)?'?\s*;?\s*",
+                        re.IGNORECASE)
 
 
 class PolicyError(ValueError):
@@ -214,11 +223,12 @@ class Policy:
                  fallback: RolePolicy | None = None, denied_functions: frozenset[str] = DANGEROUS_FUNCTIONS,
                  allowed_literals: frozenset[str] = frozenset({"*"}),
                  allowed_custom_operators: frozenset[str] = SAFE_CUSTOM_OPERATORS,
-                 extra_tables: Iterable[str] = ()) -> None:
+                 extra_tables: Iterable[str] = (), allowed_settings: frozenset[str] = DEFAULT_SETTINGS) -> None:
         self.roles = dict(roles or {})
         self.limits = limits
         # tables outside the metadata the server reflects and serves (policy file's extra_tables)
         self.extra_tables = frozenset(extra_tables)
+        self.allowed_settings = allowed_settings
         self.fallback = fallback  # the role of every caller whose role is not listed (presets only)
         self.denied_functions = denied_functions
         self.allowed_literals = allowed_literals
@@ -324,6 +334,8 @@ class Policy:
                                       "policy; express the statement with SQLAlchemy constructs.",
                                       statement="driver_sql")
             return
+        if self.is_allowed_setting(info):
+            return
         self._check_depth(info.depth, limits)
         self._check_literal_sql(info.literal_sql, role)
         self._check_custom_operators(info.custom_operators, role)
@@ -346,7 +358,7 @@ class Policy:
         role = self.role_for(principal)
         limits = self._limits_of(role)
         self._check_statement(info, role, limits)
-        if role.unrestricted_for(info) or info.kind in DRIVER_SQL_KINDS or info.kind in (
+        if role.unrestricted_for(info) or self.is_allowed_setting(info) or info.kind in DRIVER_SQL_KINDS or info.kind in (
                 "savepoint", "rollback_to_savepoint", "release_savepoint"):
             return Plan(statement, limits)
         if info.literal_sql and role.raw_sql:
@@ -360,6 +372,13 @@ class Policy:
         return self._filtered(statement, access, role, principal, params or [{}], written, limits,
                               dialect if isinstance(dialect, sa.engine.Dialect) else None,
                               dialect.name if isinstance(dialect, sa.engine.Dialect) else dialect)
+
+    def is_allowed_setting(self, info: StatementInfo) -> bool:
+        """A whole statement ``SET LOCAL <allowed setting> = <duration>`` (``DEFAULT_SETTINGS``)."""
+        if info.kind != "text" or len(info.literal_sql) != 1 or info.read_tables or info.functions:
+            return False
+        found = _SET_LOCAL.fullmatch(info.literal_sql[0])
+        return found is not None and found.group(1).lower() in self.allowed_settings
 
     def check_method(self, name: str, principal: Principal) -> None:
         """Refuse a named method the caller's role may not invoke."""

@@ -10,6 +10,7 @@ POST    ``/cursors/<id>/close``              end a streamed result early
 POST    ``/transactions/<id>/commit``        commit; asking again returns the same outcome
 POST    ``/transactions/<id>/rollback``      roll back
 POST    ``/catalog/has_table``               whether a served table exists (``dialect.has_table``)
+POST    ``/catalog/reflect``                 a dialect reflection method on served tables
 ======  ===================================  ==================================================
 
 The request and answer formats are documented in ``docs/wire-format.md``.
@@ -33,6 +34,7 @@ from .errors import APIError, envelope_for_exception
 from .executor import fetch_page
 from .openapi import openapi_document
 from .policy import Plan
+from .reflection import reflect as run_reflection
 from .refusals import LimitExceeded
 from .state import ServerState
 from .telemetry import label, statement_kind
@@ -284,7 +286,19 @@ def has_table() -> Response:
     schema: str | None = _field(body, "schema", str)
     state = _state()
     key = f"{schema}.{name}" if schema else name
-    if key not in state.metadata.tables or state.policy.role_for(principal).grant(key) is None:
-        return _json({"exists": False})
+    role = state.policy.role_for(principal)
+    if not role.raw_sql and (key not in state.metadata.tables or role.grant(key) is None):
+        return _json({"exists": False})  # a role allowed raw SQL could ask the catalog itself
     with state.read_engine.connect() as conn:
         return _json({"exists": bool(state.engine.dialect.has_table(conn, name, schema))})
+
+
+@api.post("/catalog/reflect")
+def reflect() -> Response:
+    """The dialect's reflection methods for a client (:mod:`dbapi_server.reflection`)."""
+    label(kind="reflect")
+    principal = _principal()
+    body = _body(principal)
+    method: str = _field(body, "method", str, required=True)
+    args: Mapping[str, Any] = _field(body, "args", dict) or {}
+    return _json(run_reflection(_state(), principal, method, args))

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 
 from query_translation import TRANSMITTED_BUILTINS, decode_rows, decode_value
+from query_translation.reflection import decode_reflected
 
 from .config import get_settings
 from .exceptions import DBAPIRequestError
@@ -77,6 +78,7 @@ class DisconnectError(OperationalError):
 
 
 DEFAULT_COMMIT_RETRY_DEADLINE = 30.0
+NOT_SERVED: Any = object()  # an older DB-API without the catalog routes
 
 
 class CommitOutcomeUnknownError(sa_exc.DontWrapMixin, sa_exc.OperationalError, DisconnectError):
@@ -249,6 +251,26 @@ class Connection:
                 return None
             raise
         return bool(reply.get("exists"))
+
+    def reflect(self, method: str, args: dict[str, Any]) -> Any:
+        """A dialect reflection method run by the DB-API (``dbapi_server.reflection``); raises
+        ``NoSuchTableError`` as the server's dialect did, or returns :data:`NOT_SERVED` from a
+        DB-API that predates the question."""
+        if self.closed:
+            raise InterfaceError("This DB-API connection is closed.")
+        try:
+            reply = self.transport.post("/catalog/reflect", {"method": method, "args": args}, replay_safe=True)
+        except ServerUnreachable as exc:
+            raise DisconnectError(str(exc)) from exc
+        except DBAPIRequestError as exc:
+            if exc.status == 404 and exc.code == "not_found":
+                return NOT_SERVED
+            raise
+        if reply.get("raise") == "NoSuchTableError":
+            raise sa_exc.NoSuchTableError(str(reply.get("message", "")))
+        if reply.get("raise") == "NotImplementedError":  # Inspector skips what a dialect lacks
+            raise NotImplementedError(str(reply.get("message", "")))
+        return decode_reflected(reply.get("result"))
 
     def _unless_recorded(self, txn_state: str | None, begin: bool) -> None:
         """After an error: did the request reach the server transaction (and use its number)?"""

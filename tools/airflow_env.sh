@@ -15,5 +15,5 @@ fi
 # PyPI; psycopg 3 is the driver of the PostgreSQL URLs here (postgresql+psycopg://).
 "$VENV/bin/pip" install --quiet --disable-pip-version-check \
     "$AIRFLOW_SPEC" 'psycopg[binary]>=3.1' 'pytest>=8' 'pytest-timeout>=2.2' \
-    -e . -e ./server
+    -e '.[async]' -e ./server
 "$VENV/bin/python" -c "import airflow, sqlalchemy; print('airflow', airflow.__version__, 'sqlalchemy', sqlalchemy.__version__)"
