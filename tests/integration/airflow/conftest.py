@@ -128,6 +128,7 @@ if importlib.util.find_spec("airflow") is not None:
                       twin_urls[0])
         isolated = Side("isolated", isolated_engine,
                         sessionmaker(isolated_engine, class_=DBSession, database_access_isolation=True,
+                                     database_api_host=isolated_server.url, token=isolated_server.token,
                                      autoflush=False, expire_on_commit=False), twin_urls[0].set(database=ISOLATED_DB))
         yield direct, isolated
         direct_engine.dispose()
