@@ -170,3 +170,27 @@ if importlib.util.find_spec("airflow") is not None:
             isolated = run_dag_processor(env)
             server_log = server.output()
         return {"direct": direct, "isolated": isolated, "server_log": server_log, "isolated_env": env}
+
+    @pytest.fixture(scope="session")
+    def dag_run(sides: tuple[Any, Any]) -> None:
+        """The etl DAG's manual run, created by Airflow's create_dagrun on both twins."""
+        import pendulum
+        from airflow.models.serialized_dag import SerializedDagModel
+        from airflow.utils.session import create_session
+        from airflow.utils.state import DagRunState
+        from airflow.utils.types import DagRunTriggeredByType, DagRunType
+
+        from tests.integration.airflow._cases import RUN_ID, both
+
+        logical = pendulum.datetime(2026, 3, 1, tz="UTC")
+
+        def create(side: Any) -> Any:
+            with create_session() as session:
+                dag = SerializedDagModel.get_dag("etl", session=session)
+                run = dag.create_dagrun(run_id=RUN_ID, logical_date=logical,
+                                        data_interval=(logical, logical.add(days=1)), run_after=logical, run_type=DagRunType.MANUAL,
+                                        triggered_by=DagRunTriggeredByType.TEST, state=DagRunState.RUNNING,
+                                        conf={"region": "eu"}, session=session)
+                return run
+
+        both(sides, "create_dagrun", create)

@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 import pendulum
-import pytest
 import sqlalchemy as sa
 
 from tests.integration.airflow._cases import RUN_ID, both
@@ -79,25 +78,6 @@ def test_connections(sides: tuple[Side, Side], airflow_metadata: sa.MetaData) ->
     both(sides, "change Connection", change)
     both(sides, "duplicate Connection (IntegrityError)", duplicate)
     _tables_match(sides, airflow_metadata, "connections")
-
-
-@pytest.fixture(scope="module")
-def dag_run(sides: tuple[Side, Side]) -> None:
-    from airflow.models.serialized_dag import SerializedDagModel
-    from airflow.utils.session import create_session
-    from airflow.utils.state import DagRunState
-    from airflow.utils.types import DagRunTriggeredByType, DagRunType
-
-    def create(side: Side) -> Any:
-        with create_session() as session:
-            dag = SerializedDagModel.get_dag("etl", session=session)
-            run = dag.create_dagrun(run_id=RUN_ID, logical_date=LOGICAL, data_interval=(LOGICAL, LOGICAL.add(days=1)),
-                                    run_after=LOGICAL, run_type=DagRunType.MANUAL,
-                                    triggered_by=DagRunTriggeredByType.TEST, state=DagRunState.RUNNING,
-                                    conf={"region": "eu"}, session=session)
-            return run
-
-    both(sides, "create_dagrun", create)
 
 
 def test_dag_run_and_task_instances(sides: tuple[Side, Side], dag_run: None, airflow_metadata: sa.MetaData) -> None:
