@@ -78,6 +78,7 @@ if importlib.util.find_spec("airflow") is not None:
     from dbsession import guard
 
     METADATA_PATH = "tests.integration.airflow.metadata:metadata"
+    REPO = HERE.parent.parent.parent
 
     @pytest.fixture(scope="session")
     def twin_urls() -> Iterator[tuple[sa.URL, sa.URL]]:
@@ -112,29 +113,46 @@ if importlib.util.find_spec("airflow") is not None:
         with dbapi_process(twin_urls[1], METADATA_PATH, env={"DBAPI_EXTRA_TABLES": "alembic_version"}) as server:
             yield server
 
-    @pytest.fixture(scope="session")
-    def sides(twin_urls: tuple[sa.URL, sa.URL], isolated_server: Any) -> Iterator[tuple[Any, Any]]:
+    def _isolated_side(server: Any, token: str, inspect_url: sa.URL) -> Any:
+        """Airflow's session factory as ``sql_alchemy_session_maker`` makes it: DBSession, isolated."""
         from sqlalchemy.orm import sessionmaker
 
         from dbsession import DBSession
         from tests.integration.airflow._twins import Side
 
+        engine = sa.create_engine(f"postgresql+dbsession://127.0.0.1:{server.port}/", connect_args={"token": token})
+        return Side("isolated", engine, sessionmaker(engine, class_=DBSession, database_access_isolation=True,
+                                                     database_api_host=server.url, token=token, autoflush=False,
+                                                     expire_on_commit=False), inspect_url)
+
+    @pytest.fixture(scope="session")
+    def sides(twin_urls: tuple[sa.URL, sa.URL], isolated_server: Any) -> Iterator[tuple[Any, Any]]:
+        """(direct, isolated): the isolated one through the open-preset DB-API."""
+        from sqlalchemy.orm import sessionmaker
+
+        from tests.integration.airflow._twins import Side
+
         with guard.trusted():
             direct_engine = sa.create_engine(twin_urls[0])
-        isolated_engine = sa.create_engine(f"postgresql+dbsession://127.0.0.1:{isolated_server.port}/",
-                                           connect_args={"token": isolated_server.token})
-        # configure_orm's session factory; isolated: DBSession, as sql_alchemy_session_maker would make it
         direct = Side("direct", direct_engine, sessionmaker(direct_engine, autoflush=False, expire_on_commit=False),
                       twin_urls[0])
-        isolated = Side("isolated", isolated_engine,
-                        sessionmaker(isolated_engine, class_=DBSession, database_access_isolation=True,
-                                     database_api_host=isolated_server.url, token=isolated_server.token,
-                                     autoflush=False, expire_on_commit=False), twin_urls[0].set(database=ISOLATED_DB))
+        isolated = _isolated_side(isolated_server, isolated_server.token, twin_urls[1])
         yield direct, isolated
         direct_engine.dispose()
-        isolated_engine.dispose()
+        isolated.engine.dispose()
 
-    REPO = HERE.parent.parent.parent
+    @pytest.fixture(scope="session")
+    def worker_sides(twin_urls: tuple[sa.URL, sa.URL], sides: tuple[Any, Any]) -> Iterator[tuple[Any, Any]]:
+        """(direct, isolated): the isolated one as the execution API's role under
+        examples/policies/airflow3_worker.toml, on a DB-API of its own."""
+        from tests.servers import dbapi_process
+
+        with dbapi_process(twin_urls[1], METADATA_PATH, policy=REPO / "examples" / "policies" / "airflow3_worker.toml",
+                           ) as server:
+            isolated = _isolated_side(server, server.mint("execution-api", role="worker"), twin_urls[1])
+            yield sides[0], isolated
+            isolated.engine.dispose()
+
     DAG_PROCESSOR_POLICY = REPO / "examples" / "policies" / "airflow3_dag_processor.toml"
 
     def run_dag_processor(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -1,6 +1,7 @@
 """Airflow's execution API (the routes a task's supervisor calls) on DBSession: its FastAPI app
 through a TestClient, ``airflow.settings``' session factory pointed at one twin at a time (the
-dependency every route's ``SessionDep`` uses). Status codes, answers and tables compare."""
+dependency every route's ``SessionDep`` uses). Status codes, answers and tables compare. The
+isolated side runs as the policy's ``worker`` role (examples/policies/airflow3_worker.toml)."""
 
 from __future__ import annotations
 
@@ -54,8 +55,10 @@ def _answer(response: Any) -> Any:
     return response.status_code, body
 
 
-def test_task_instance_lifecycle(client: Any, sides: tuple[Side, Side], dag_run: None,
+def test_task_instance_lifecycle(client: Any, worker_sides: tuple[Side, Side], dag_run: None,
                                  airflow_metadata: sa.MetaData) -> None:
+    """Under examples/policies/airflow3_worker.toml: what the API does for tasks, nothing more."""
+    sides = worker_sides
     def call(method: str, task_id: str, route: str, json: dict[str, Any] | None) -> Any:
         def op(side: Side) -> Any:
             path = f"/task-instances/{_ti_id(side, task_id)}{route}"
