@@ -160,7 +160,7 @@ if importlib.util.find_spec("airflow") is not None:
         return subprocess.run([*airflow_command(), "dag-processor", "--num-runs", "1"], env=env,
                               capture_output=True, text=True, timeout=600)
 
-    def _without_database_settings() -> dict[str, str]:
+    def without_database_settings() -> dict[str, str]:
         return {k: v for k, v in os.environ.items()
                 if not k.startswith(("AIRFLOW__DATABASE__", "DBSESSION_", "DATABASE_API_", "DBAPI_"))}
 
@@ -171,7 +171,7 @@ if importlib.util.find_spec("airflow") is not None:
         from tests.servers import dbapi_process
 
         direct_url = twin_urls[0].render_as_string(hide_password=False)
-        direct = run_dag_processor({**_without_database_settings(),
+        direct = run_dag_processor({**without_database_settings(),
                                     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": direct_url,
                                     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC":
                                         direct_url.replace("+psycopg", "+psycopg_async")})
@@ -179,7 +179,7 @@ if importlib.util.find_spec("airflow") is not None:
             token_file = Path(tempfile.mkdtemp(prefix="af-token-")) / "token"
             token_file.write_text(server.mint("dag-processor", role="dag_processor"))
             token_file.chmod(0o600)
-            env = {**_without_database_settings(),
+            env = {**without_database_settings(),
                    # no database credentials anywhere: the DB-API's address and a token file
                    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+dbsession://127.0.0.1:{server.port}/",
                    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC":
