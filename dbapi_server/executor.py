@@ -60,6 +60,11 @@ class StatementMismatch(APIError):
     code = "statement_mismatch"
 
 
+# the largest document the decode cache keeps (its key is the document): 4096 entries of up to
+# 32 KiB, where ORM statements are a few KiB, instead of 4096 request bodies of up to 16 MiB
+MAX_CACHED_DOCUMENT = 32 << 10
+
+
 class StatementExecutor:
     """Per application: the decode cache and the engine hooks."""
 
@@ -80,13 +85,15 @@ class StatementExecutor:
         try:
             key = orjson.dumps(document)
         except orjson.JSONEncodeError:  # nested deeper than orjson writes: validation refuses it
-            return _rebuild(document, self.metadata, self.types)
+            return _rebuild(document, self.metadata, self.types, self.engine.dialect)
+        if len(key) > MAX_CACHED_DOCUMENT:  # the cache holds ORM-sized statements, not every large body
+            return _rebuild(document, self.metadata, self.types, self.engine.dialect)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        decoded = _rebuild(document, self.metadata, self.types)
+        decoded = _rebuild(document, self.metadata, self.types, self.engine.dialect)
         with self._lock:
             self._cache[key] = decoded
             if len(self._cache) > self._cache_size:
@@ -233,14 +240,15 @@ def fetch_page(result: sa.CursorResult[Any], size: int) -> tuple[list[list[Any]]
     return [encode_row(row) for row in raw], more
 
 
-def _rebuild(document: Mapping[str, Any], metadata: sa.MetaData, types: TypeResolver) -> tuple[Any, StatementInfo]:
+def _rebuild(document: Mapping[str, Any], metadata: sa.MetaData, types: TypeResolver,
+             dialect: sa.Dialect | None = None) -> tuple[Any, StatementInfo]:
     """``from_wire``, with any failure it was not written to expect answered as the client's fault.
 
     The document is untrusted input: whatever it makes the rebuild raise (a ``TypeError`` from
     nonsense options, a ``RecursionError``) is a malformed request, never a server error.
     """
     try:
-        return from_wire(document, metadata, types)
+        return from_wire(document, metadata, types, dialect=dialect)
     except TranslationError:
         raise
     except (RecursionError, TypeError, ValueError, LookupError, AttributeError, sa.exc.SQLAlchemyError) as exc:

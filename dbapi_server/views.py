@@ -27,6 +27,8 @@ import orjson
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, request
 
+from query_translation import count_values, measure_document
+
 from .auth import Principal
 from .cursors import CursorGone
 from .enforcement import execute_plan, execute_plan_streamed
@@ -66,9 +68,18 @@ def _principal() -> Principal:
 
 
 def _body(principal: Principal | None = None) -> Mapping[str, Any]:
-    data = request.get_data(cache=False)
-    if principal is not None:
-        _state().policy.check_body_size(len(data), principal)  # the role's limit; the app's is MAX_CONTENT_LENGTH
+    _check_content_type()
+    if principal is None:
+        data = request.get_data(cache=False)  # the app's limit: MAX_CONTENT_LENGTH, by Content-Length first
+    else:
+        # the role's limit, judged by the Content-Length before one byte of the body is read; a
+        # body without one (chunked) is read up to the limit and no further
+        policy = _state().policy
+        limit = policy.limits_for(principal).max_body_bytes
+        if request.content_length is not None:
+            policy.check_body_size(request.content_length, principal)
+        data = request.get_data(cache=False) if limit is None else _read_at_most(limit + 1)
+        policy.check_body_size(len(data), principal)
     try:
         body = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -76,6 +87,26 @@ def _body(principal: Principal | None = None) -> Mapping[str, Any]:
     if not isinstance(body, dict):
         raise APIError("The request body must be a JSON object.", code="malformed_request")
     return body
+
+
+def _read_at_most(size: int) -> bytes:
+    """The body, or its first *size* bytes (a WSGI server may return less than asked per read)."""
+    parts, total = [], 0
+    while total < size:
+        chunk = request.stream.read(min(1 << 16, size - total))
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+    return b"".join(parts)
+
+
+def _check_content_type() -> None:
+    """A body is JSON: another declared type is refused (415) before the body is read."""
+    mimetype = request.mimetype
+    if mimetype and mimetype != _JSON and not (mimetype.startswith("application/") and mimetype.endswith("+json")):
+        raise APIError("The request body must be JSON (Content-Type: application/json).", status=415,
+                       code="unsupported_media_type")
 
 
 def _field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...], required: bool = False) -> Any:
@@ -131,6 +162,10 @@ def execute() -> Response:
 
     if many and not raw_params:  # checked before decoding, which turns "no params" into [{}]
         raise APIError("An executemany request needs at least one parameter set.", code="malformed_request")
+
+    # the statement's size, refused before anything expensive (validation, decoding, checks,
+    # compiling) - references expanded, so a small body cannot stand for an exponential statement
+    state.policy.check_size(measure_document(document), count_values(raw_params), principal)
 
     def prepare() -> tuple[Plan, Any, list[dict[str, Any]]]:
         statement, stmt_info = state.executor.decode(document)
@@ -269,8 +304,11 @@ def finish_transaction(txn_id: str, verb: str) -> Response:
     label(kind=verb, txn=txn_id)
     principal = _principal()
     state = _state()
-    state.cursors.close_for_transaction(txn_id)
-    outcome = state.transactions.finish(txn_id, verb, principal.subject)
+    # the transaction's cursors end with it - but only once the caller is known to own it: a
+    # stranger's commit is refused (403) before anything of the owner's is touched
+    outcome = state.transactions.finish(
+        txn_id, verb, principal.subject,
+        before_end=lambda: state.cursors.close_for_transaction(txn_id, principal.subject))
     return _json({"outcome": outcome})
 
 
