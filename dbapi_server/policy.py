@@ -31,6 +31,7 @@ from query_translation.size import DocumentSize
 
 from . import _statement_scan
 from .auth import Principal
+from .connection_settings import sqlite_pragma
 from .refusals import LimitExceeded, PolicyViolation
 from .row_filters import BIND_PREFIX, ROW_FILTER_BIND, filtered_statement
 
@@ -387,9 +388,13 @@ class Policy:
                               dialect.name if isinstance(dialect, sa.engine.Dialect) else dialect)
 
     def is_allowed_setting(self, info: StatementInfo) -> bool:
-        """A whole statement ``SET LOCAL <allowed setting> = <duration>`` (``DEFAULT_SETTINGS``)."""
+        """A whole statement ``SET LOCAL <allowed setting> = <duration>`` (``DEFAULT_SETTINGS``), or
+        a known SQLite ``PRAGMA name = value``, which is checked against the connection and never
+        run (:mod:`dbapi_server.connection_settings`)."""
         if info.kind != "text" or len(info.literal_sql) != 1 or info.read_tables or info.functions:
             return False
+        if sqlite_pragma(info) is not None:
+            return True
         found = _SET_LOCAL.fullmatch(info.literal_sql[0])
         return found is not None and found.group(1).lower() in self.allowed_settings
 

@@ -30,6 +30,7 @@ from flask import Blueprint, Response, current_app, request
 from query_translation import count_values, measure_document
 
 from .auth import Principal
+from .connection_settings import answer_pragma, sqlite_pragma
 from .cursors import CursorGone
 from .enforcement import execute_plan, execute_plan_streamed
 from .errors import APIError, envelope_for_exception
@@ -175,7 +176,10 @@ def execute() -> Response:
         return plan, stmt_info, params
 
     def run(conn: sa.Connection, release: Callable[[], None] = lambda: None) -> dict[str, Any]:
-        plan, _, params = prepare()
+        plan, stmt_info, params = prepare()
+        pragma = sqlite_pragma(stmt_info)
+        if pragma is not None:  # connection-wide: checked against the connection, never run
+            return answer_pragma(conn, *pragma)
         if stream:
             return _streamed(state, principal, conn, plan, params, sql_hash, stream, options,
                              txn_id, release)
