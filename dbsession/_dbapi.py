@@ -163,6 +163,24 @@ class Connection:
         self.txn: str | None = None
         self.seq = 0
         self.closed = False
+        self.registered_functions: dict[str, Any] = {}
+
+    # sqlite3's user-defined SQL functions, which applications register in a "connect" listener
+    # (MLflow: REGEXP, PERCENTILE). Statements run on the DB-API's connections, so a function must
+    # be registered there (by the DB-API's deployment); here the registration is only recorded,
+    # and a statement using a function the DB-API lacks fails there as it would directly
+    # (OperationalError "no such function").
+    def create_function(self, name: str, narg: int, func: Any, *, deterministic: bool = False) -> None:
+        self.registered_functions[name.lower()] = func
+
+    def create_aggregate(self, name: str, n_arg: int, aggregate_class: Any) -> None:
+        self.registered_functions[name.lower()] = aggregate_class
+
+    def create_window_function(self, name: str, num_params: int, aggregate_class: Any) -> None:
+        self.registered_functions[name.lower()] = aggregate_class
+
+    def create_collation(self, name: str, callable: Any) -> None:
+        self.registered_functions[name.lower()] = callable
 
     def cursor(self, stream: bool = False) -> Cursor:
         return StreamingCursor(self) if stream else Cursor(self)

@@ -88,3 +88,31 @@ def test_mlflow_session_start_is_accepted_where_the_server_runs_the_same(configu
             assert conn.execute(sa.select(sa.func.count()).where(things.c.name.like("A"))).scalar() == 0
     finally:
         engine.dispose()
+
+
+def test_sqlite_functions_registered_on_connect_run_where_the_server_has_them(configured: RunningServer,
+                                                                             sqlite_url: sa.URL) -> None:
+    """MLflow registers REGEXP with ``dbapi_conn.create_function`` in a "connect" listener. The
+    isolated connection records it (statements run on the DB-API's connections); a function the
+    DB-API's connection lacks fails as a direct connection without it fails."""
+    engine = _isolated(configured.url.rsplit(":", 1)[1], configured.token)
+
+    @event.listens_for(engine, "connect")
+    def _register(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.create_function("shout", 1, str.upper)
+        dbapi_connection.create_aggregate("agg", 1, object)
+
+    with guard.trusted():
+        direct = sa.create_engine(sqlite_url)
+    try:
+        errors = []
+        for eng in (engine, direct):  # neither the DB-API's connections nor this direct one have it
+            with eng.connect() as conn, pytest.raises(sa.exc.OperationalError, match="no such function") as caught:
+                conn.execute(sa.select(sa.func.nosuch(things.c.name)))
+            errors.append(type(caught.value.orig).__name__)
+        assert errors == ["OperationalError", "OperationalError"]
+        with engine.connect() as conn:
+            assert conn.connection.dbapi_connection.registered_functions.keys() == {"shout", "agg"}
+    finally:
+        engine.dispose()
+        direct.dispose()
