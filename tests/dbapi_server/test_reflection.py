@@ -132,3 +132,23 @@ def _check_settings(isolated: sa.Engine) -> None:
                 conn.execute(sa.text(refused))
     finally:
         isolated.dispose()
+
+
+def test_reflection_through_the_async_dialect(database: sa.URL, server: DBAPIProcess) -> None:
+    """``AsyncEngine`` + ``run_sync(inspect)``: the same DB-API answers, awaited."""
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def reflect() -> tuple[list[str], list[str]]:
+        engine = create_async_engine(f"{database.get_backend_name()}+dbsession_async://127.0.0.1:{server.port}/",
+                                     connect_args={"token": server.token})
+        try:
+            async with engine.connect() as conn:
+                names = await conn.run_sync(lambda c: sorted(sa.inspect(c).get_table_names()))
+                columns = await conn.run_sync(lambda c: [col["name"] for col in sa.inspect(c).get_columns("parts")])
+                return names, columns
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(reflect()) == (["parts", "things"], [c.name for c in metadata.tables["parts"].columns])
