@@ -53,9 +53,11 @@ def reflect(state: ServerState, principal: Principal, method: str, args: Mapping
         return found in state.metadata.tables and role.grant(found) is not None
 
     extra = args.get("kw") or {}
-    if not isinstance(extra, Mapping) or not all(isinstance(k, str) and isinstance(v, _SIMPLE)
+    # only the dialect's own reflection options (postgresql_ignore_search_path...), plain values
+    prefix = f"{dialect.name}_"
+    if not isinstance(extra, Mapping) or not all(isinstance(k, str) and k.startswith(prefix) and isinstance(v, _SIMPLE)
                                                  for k, v in extra.items()):
-        raise APIError("'kw' must map names to plain values.", code="malformed_request")
+        raise APIError(f"'kw' may only carry {prefix}* options with plain values.", code="malformed_request")
     with state.read_engine.connect() as conn:
         run = getattr(dialect, method)
         if method in ("get_table_names", "get_view_names"):
@@ -71,8 +73,12 @@ def reflect(state: ServerState, principal: Principal, method: str, args: Mapping
                                if visible(schema, n) and (wanted is None or n in wanted))
                 if not names:  # an empty filter would mean "every table" to the dialect
                     return {"result": encode_reflected([])}
-            kind = ObjectKind(_int(args, "kind", ObjectKind.TABLE.value))
-            scope = ObjectScope(_int(args, "scope", ObjectScope.DEFAULT.value))
+            try:
+                kind = ObjectKind(_int(args, "kind", ObjectKind.TABLE.value))
+                scope = ObjectScope(_int(args, "scope", ObjectScope.DEFAULT.value))
+            except ValueError:
+                raise APIError("'kind' and 'scope' must be SQLAlchemy's ObjectKind / ObjectScope values.",
+                               code="malformed_request") from None
             try:
                 found = list(run(conn, schema=schema, filter_names=names, kind=kind, scope=scope, **extra))
             except NotImplementedError:  # the dialect has no such thing (SQLite's table comments)

@@ -323,8 +323,8 @@ class _IsolatedDialectMixin:
                 sent[name] = list(value) if name == "filter_names" and value is not None else value
             elif name in ("kind", "scope"):
                 sent[name] = value.value
-            elif isinstance(value, (str, int, float, bool, type(None))):
-                options[name] = value  # dialect options (postgresql_ignore_search_path...)
+            elif name.startswith(f"{self.name}_") and isinstance(value, (str, int, float, bool, type(None))):  # type: ignore[attr-defined]
+                options[name] = value  # the dialect's own options (postgresql_ignore_search_path...)
         if options:
             sent["kw"] = options
         found = connection.connection.dbapi_connection.reflect(method, sent)

@@ -152,3 +152,30 @@ def test_reflection_through_the_async_dialect(database: sa.URL, server: DBAPIPro
             await engine.dispose()
 
     assert asyncio.run(reflect()) == (["parts", "things"], [c.name for c in metadata.tables["parts"].columns])
+
+
+def test_malformed_reflection_requests_are_400(database: sa.URL, server: DBAPIProcess) -> None:
+    import urllib.error
+    import urllib.request
+
+    import orjson
+
+    def post(body: dict[str, Any]) -> tuple[int, Any]:
+        request = urllib.request.Request(f"{server.url}/dbapi/v1/catalog/reflect", data=orjson.dumps(body),
+                                         headers={"Authorization": f"Bearer {server.token}",
+                                                  "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request) as answer:
+                return answer.status, orjson.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, orjson.loads(exc.read())
+
+    for body in ({"method": "get_sequence_names"}, {"method": "get_columns", "args": {}},
+                 {"method": "get_multi_columns", "args": {"kind": 10**6}},
+                 {"method": "get_table_names", "args": {"kw": {"info_cache": "x"}}},
+                 {"method": "get_table_names", "args": {"schema": 3}},
+                 {"method": "has_index", "args": {"table_name": "parts", "index_name": 7}}):
+        status, answer = post(body)
+        assert (status, answer["error"]["code"]) == (400, "malformed_request"), (body, answer)
+    assert post({"method": "has_index", "args": {"table_name": "parts", "index_name": "ix_parts_seen"}}) == \
+        (200, {"result": True})
