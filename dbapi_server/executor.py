@@ -61,7 +61,7 @@ class StatementMismatch(APIError):
 
 
 # the largest document the decode cache keeps (its key is the document): 4096 entries of up to
-# 32 KiB, where ORM statements are a few KiB, instead of 4096 request bodies of up to 16 MiB
+# 32 KiB, where ORM statements are a few KiB, instead of 4096 request bodies of up to 64 MiB
 MAX_CACHED_DOCUMENT = 32 << 10
 
 

@@ -11,7 +11,8 @@ What a caller sees is what it could use anyway: tables the server serves (its me
 extra tables) that the caller's role has a grant on. Name lists leave every other table out, a
 single-table question about any other table raises ``NoSuchTableError`` (what a missing table
 raises on a direct connection), and ``get_multi_*`` answers for the visible tables only. A role
-allowed raw SQL could read the whole catalog with SQL anyway: it gets the database's whole answer.
+allowed raw SQL could read the whole catalog with SQL anyway: it gets the database's whole answer - except the DB-API's
+own commit-outcome table, which is never the application's.
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ def reflect(state: ServerState, principal: Principal, method: str, args: Mapping
         return f"{table_schema}.{name}"
 
     def visible(table_schema: str | None, name: str) -> bool:
+        found = key(table_schema, name)
+        if found == state.outcome_table:  # the DB-API's own bookkeeping, never the application's
+            return False
         if role.raw_sql:  # it may read the catalog with SQL anyway: the database's whole answer
             return True
-        found = key(table_schema, name)
         return found in state.metadata.tables and role.grant(found) is not None
 
     extra = args.get("kw") or {}

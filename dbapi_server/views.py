@@ -241,12 +241,12 @@ def _in_transaction(state: ServerState, principal: Principal, txn_id: str, seq: 
     else:
         txn = state.transactions.get(txn_id, principal.subject)
     with txn.lock:
-        if txn.ended:  # committed, rolled back or reaped while this request waited for it
-            state.transactions.get(txn_id, principal.subject)  # raises 410 with the reason
         if txn.last_reply is not None and seq == txn.last_seq:
             status, payload = txn.last_reply  # a retry: answer as before, run nothing
             label(replayed=True)
             return Response(payload, status=status, mimetype=_JSON)
+        if txn.ended:  # committed, rolled back or reaped while this request waited for it
+            state.transactions.get(txn_id, principal.subject)  # raises 410 with the reason
         if seq != txn.last_seq + 1:
             raise APIError(f"Request {seq} of transaction {txn_id} arrived out of order "
                            f"(expected {txn.last_seq + 1}).", status=409, code="out_of_order")
@@ -254,10 +254,17 @@ def _in_transaction(state: ServerState, principal: Principal, txn_id: str, seq: 
             if state.wall is not None:
                 state.wall.enter(txn.connection, principal)
             status, payload = 200, orjson.dumps(run(txn.connection))
-        except Exception as exc:  # answered in the envelope; the transaction stays open
+        except Exception as exc:  # answered in the envelope; the transaction stays open...
             status, envelope = envelope_for_exception(exc)
-            envelope["error"]["txn_state"] = "open"
+            # ...unless its database connection was lost (the database restarted): then the
+            # transaction is gone, as a direct connection's would be; it ends here at once (its
+            # connection back to the pool) and the client raises a disconnect
+            lost = isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+            envelope["error"]["txn_state"] = "lost" if lost else "open"
             payload = orjson.dumps(envelope)
+            if lost:
+                state.cursors.close_for_transaction(txn_id, principal.subject)
+                state.transactions.lose(txn)
         txn.last_seq, txn.last_reply, txn.last_used = seq, (status, payload), time.monotonic()
     return Response(payload, status=status, mimetype=_JSON)
 
@@ -307,11 +314,12 @@ def finish_transaction(txn_id: str, verb: str) -> Response:
                        status=404, code="not_found")
     label(kind=verb, txn=txn_id)
     principal = _principal()
+    seq = _field(_body(principal), "seq", int) if request.content_length else None
     state = _state()
     # the transaction's cursors end with it - but only once the caller is known to own it: a
     # stranger's commit is refused (403) before anything of the owner's is touched
     outcome = state.transactions.finish(
-        txn_id, verb, principal.subject,
+        txn_id, verb, principal.subject, seq,
         before_end=lambda: state.cursors.close_for_transaction(txn_id, principal.subject))
     return _json({"outcome": outcome})
 
@@ -329,7 +337,8 @@ def has_table() -> Response:
     state = _state()
     key = f"{schema}.{name}" if schema else name
     role = state.policy.role_for(principal)
-    if not role.raw_sql and (key not in state.metadata.tables or role.grant(key) is None):
+    if key == state.outcome_table or not role.raw_sql and (key not in state.metadata.tables
+                                                          or role.grant(key) is None):
         return _json({"exists": False})  # a role allowed raw SQL could ask the catalog itself
     with state.read_engine.connect() as conn:
         return _json({"exists": bool(state.engine.dialect.has_table(conn, name, schema))})
