@@ -11,7 +11,8 @@ Two kinds, both whole statements matched by a strict grammar:
   change other callers' statements. So it never runs. The DB-API reads the connection's own
   setting instead: equal to what the client asks, the statement is answered as done (it would
   change nothing); different, it is refused, naming the value the DB-API runs with - the operator
-  configures pragmas for every connection (``DBAPI_SQLITE_PRAGMAS`` / ``--sqlite-pragma``).
+  configures pragmas for every connection (``DBAPI_SQLITE_PRAGMAS`` / ``--sqlite-pragma``,
+  :mod:`dbapi_server.engine_options`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from sqlalchemy import event
 from dbsession import guard
 from dbsession.exceptions import PolicyViolationError
 from tests.dbapi_server._extra_tables_models import metadata, things
-from tests.servers import RunningServer, dbapi_process, running_dbapi
+from tests.servers import DBAPIProcess, dbapi_process
 
 METADATA = "tests.dbapi_server._extra_tables_models:metadata"
 MLFLOW_SESSION_START = ("PRAGMA foreign_keys = ON;", "PRAGMA busy_timeout = 20000;",
@@ -62,23 +62,15 @@ def test_a_pragma_the_connection_does_not_have_is_refused_and_not_run(sqlite_url
 
 
 @pytest.fixture
-def configured(sqlite_url: sa.URL) -> Iterator[RunningServer]:
-    """A DB-API whose connections run with MLflow's pragmas (as DBAPI_SQLITE_PRAGMAS sets them)."""
-    with guard.trusted():
-        engine = sa.create_engine(sqlite_url)
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection: Any, record: Any) -> None:
-        for statement in MLFLOW_SESSION_START:
-            dbapi_connection.execute(statement)
-
-    with running_dbapi(engine, metadata) as server:
+def configured(sqlite_url: sa.URL) -> Iterator[DBAPIProcess]:
+    """A DB-API whose connections run with MLflow's pragmas (``DBAPI_SQLITE_PRAGMAS``)."""
+    pragmas = '{"foreign_keys": "ON", "busy_timeout": 20000, "case_sensitive_like": "true"}'
+    with dbapi_process(sqlite_url, METADATA, env={"DBAPI_SQLITE_PRAGMAS": pragmas}) as server:
         yield server
-    engine.dispose()
 
 
-def test_mlflow_session_start_is_accepted_where_the_server_runs_the_same(configured: RunningServer) -> None:
-    engine = _isolated(configured.url.rsplit(":", 1)[1], configured.token)
+def test_mlflow_session_start_is_accepted_where_the_server_runs_the_same(configured: DBAPIProcess) -> None:
+    engine = _isolated(configured.port, configured.token)
     try:
         with engine.begin() as conn:
             for statement in MLFLOW_SESSION_START:
@@ -90,12 +82,12 @@ def test_mlflow_session_start_is_accepted_where_the_server_runs_the_same(configu
         engine.dispose()
 
 
-def test_sqlite_functions_registered_on_connect_run_where_the_server_has_them(configured: RunningServer,
+def test_sqlite_functions_registered_on_connect_run_where_the_server_has_them(configured: DBAPIProcess,
                                                                              sqlite_url: sa.URL) -> None:
     """MLflow registers REGEXP with ``dbapi_conn.create_function`` in a "connect" listener. The
     isolated connection records it (statements run on the DB-API's connections); a function the
     DB-API's connection lacks fails as a direct connection without it fails."""
-    engine = _isolated(configured.url.rsplit(":", 1)[1], configured.token)
+    engine = _isolated(configured.port, configured.token)
 
     @event.listens_for(engine, "connect")
     def _register(dbapi_connection: Any, record: Any) -> None:

@@ -1,11 +1,6 @@
-"""What the DB-API serves for MLflow: its metadata, and SQLite connections that run with the
-pragmas MLflow opens every session with (foreign_keys, busy_timeout, case_sensitive_like) and
-its REGEXP function.
-
-The pragmas are set here by a connect listener because this branch's DB-API has no pragma
-setting yet (``DBAPI_SQLITE_PRAGMAS`` arrives with the engine options); a deployment sets them
-there. The client's own PRAGMA statements are then answered as done
-(``dbapi_server.connection_settings``)."""
+"""What the DB-API serves for MLflow: its metadata, and SQLite connections with MLflow's REGEXP
+function registered (MLflow registers it on its own connections in a connect listener; the
+statements run on the DB-API's). MLflow's pragmas come from ``DBAPI_SQLITE_PRAGMAS``."""
 
 from __future__ import annotations
 
@@ -21,11 +16,8 @@ __all__ = ["metadata"]
 
 
 @event.listens_for(sa.engine.Engine, "connect")
-def _mlflow_pragmas(dbapi_connection: Any, record: Any) -> None:
+def _mlflow_functions(dbapi_connection: Any, record: Any) -> None:
     if type(dbapi_connection).__module__.startswith("sqlite3"):
-        for pragma in ("foreign_keys = ON", "busy_timeout = 20000", "case_sensitive_like = true"):
-            dbapi_connection.execute(f"PRAGMA {pragma}")
-        # MLflow's REGEXP (its RLIKE filters), registered where the statements run
         dbapi_connection.create_function("regexp", 2, _regexp)
 
 

@@ -74,7 +74,10 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             SqlAlchemyStore(f"sqlite:///{path}", artifacts).engine.dispose()
         direct = SqlAlchemyStore(f"sqlite:///{files['direct']}", artifacts)
     with dbapi_process(f"sqlite:///{files['isolated']}", "tests.integration.mlflow.served:metadata",
-                       env={"DBAPI_EXTRA_TABLES": "alembic_version", "DATABASE_API_TOKEN": ""}) as server:
+                       env={"DBAPI_EXTRA_TABLES": "alembic_version",
+                            # what MLflow runs every session with: the DB-API's connections run it
+                            "DBAPI_SQLITE_PRAGMAS": '{"foreign_keys": "ON", "busy_timeout": 20000, '
+                                                    '"case_sensitive_like": "true"}'}) as server:
         import dbsession
 
         dbsession.configure(token=server.token)  # what DATABASE_API_TOKEN(_FILE) gives a worker
