@@ -22,6 +22,20 @@ def _tables_match(sides: tuple[Side, Side], metadata: sa.MetaData, name: str) ->
     assert not diff, "\n".join(f"{t}: {d}" for t, d in diff.items())
 
 
+def test_migration_head(sides: tuple[Side, Side]) -> None:
+    """What every component checks first: alembic's MigrationContext on ``alembic_version``,
+    a table outside Airflow's ORM metadata (served by ``DBAPI_EXTRA_TABLES``)."""
+    from airflow.utils.db import _get_current_revision, check_migrations
+
+    def revision(side: Side) -> Any:
+        with side.sessions() as session:
+            return _get_current_revision(session)
+
+    head = both(sides, "_get_current_revision(session)", revision)
+    assert head[1][0] == "str", head  # a real revision, not None twice
+    both(sides, "check_migrations", lambda s: check_migrations(timeout=1))
+
+
 def test_variables(sides: tuple[Side, Side], airflow_metadata: sa.MetaData) -> None:
     from airflow.models.variable import Variable
 
