@@ -126,6 +126,23 @@ PATHS: dict[str, dict[str, Any]] = {
                                                "rolled_back_at_shutdown"]}},
                           ("outcome",))),
                       **_errors(401, 403, 409, 410, 413, 422)}}},
+    "/catalog/has_table": {"post": {
+        "operationId": "hasTable",
+        "summary": "Whether a table the caller may use exists (Dialect.has_table); other names: false.",
+        "security": _AUTH,
+        "requestBody": _body(_obj({"name": {"type": "string"}, "schema": {"type": ["string", "null"]}},
+                                  ("name",))),
+        "responses": {"200": _answer("the answer", _obj({"exists": {"type": "boolean"}}, ("exists",))),
+                      **_errors(400, 401, 403, 413)}}},
+    "/catalog/reflect": {"post": {
+        "operationId": "reflect",
+        "summary": "A dialect reflection method (get_columns, get_multi_indexes...) on the tables the caller "
+        "may use.",
+        "security": _AUTH,
+        "requestBody": _body(_obj({"method": {"type": "string"}, "args": {"type": "object"}}, ("method",))),
+        "responses": {"200": _answer("the result, or the NoSuchTableError to raise", _obj(
+                          {"result": {}, "raise": {"type": "string"}, "message": {"type": "string"}})),
+                      **_errors(400, 401, 403, 413)}}},
     "/methods": {"get": {
         "operationId": "listMethods", "summary": "The named methods this server serves, with signatures.",
         "security": _AUTH,

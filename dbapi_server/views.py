@@ -9,6 +9,8 @@ POST    ``/cursors/<id>/fetch``              next page of a streamed result (num
 POST    ``/cursors/<id>/close``              end a streamed result early
 POST    ``/transactions/<id>/commit``        commit; asking again returns the same outcome
 POST    ``/transactions/<id>/rollback``      roll back
+POST    ``/catalog/has_table``               whether a served table exists (``dialect.has_table``)
+POST    ``/catalog/reflect``                 a dialect reflection method on served tables
 ======  ===================================  ==================================================
 
 The request and answer formats are documented in ``docs/wire-format.md``.
@@ -28,12 +30,14 @@ from flask import Blueprint, Response, current_app, request
 from query_translation import count_values, measure_document
 
 from .auth import Principal
+from .connection_settings import answer_pragma, sqlite_pragma
 from .cursors import CursorGone
 from .enforcement import execute_plan, execute_plan_streamed
 from .errors import APIError, envelope_for_exception
 from .executor import fetch_page
 from .openapi import openapi_document
 from .policy import Plan
+from .reflection import reflect as run_reflection
 from .refusals import LimitExceeded
 from .state import ServerState
 from .telemetry import label, statement_kind
@@ -172,7 +176,10 @@ def execute() -> Response:
         return plan, stmt_info, params
 
     def run(conn: sa.Connection, release: Callable[[], None] = lambda: None) -> dict[str, Any]:
-        plan, _, params = prepare()
+        plan, stmt_info, params = prepare()
+        pragma = sqlite_pragma(stmt_info)
+        if pragma is not None:  # connection-wide: checked against the connection, never run
+            return answer_pragma(conn, *pragma)
         if stream:
             return _streamed(state, principal, conn, plan, params, sql_hash, stream, options,
                              txn_id, release)
@@ -317,3 +324,34 @@ def finish_transaction(txn_id: str, verb: str) -> Response:
         txn_id, verb, principal.subject, seq,
         before_end=lambda: state.cursors.close_for_transaction(txn_id, principal.subject))
     return _json({"outcome": outcome})
+
+
+@api.post("/catalog/has_table")
+def has_table() -> Response:
+    """``Dialect.has_table`` for a client: what alembic's ``MigrationContext`` asks before it reads
+    ``alembic_version``. Only tables the server serves and the caller's role may use are
+    answered from the database; any other name is "no such table" (the catalog stays hidden)."""
+    label(kind="has_table")
+    principal = _principal()
+    body = _body(principal)
+    name: str = _field(body, "name", str, required=True)
+    schema: str | None = _field(body, "schema", str)
+    state = _state()
+    key = f"{schema}.{name}" if schema else name
+    role = state.policy.role_for(principal)
+    if key == state.outcome_table or not role.raw_sql and (key not in state.metadata.tables
+                                                          or role.grant(key) is None):
+        return _json({"exists": False})  # a role allowed raw SQL could ask the catalog itself
+    with state.read_engine.connect() as conn:
+        return _json({"exists": bool(state.engine.dialect.has_table(conn, name, schema))})
+
+
+@api.post("/catalog/reflect")
+def reflect() -> Response:
+    """The dialect's reflection methods for a client (:mod:`dbapi_server.reflection`)."""
+    label(kind="reflect")
+    principal = _principal()
+    body = _body(principal)
+    method: str = _field(body, "method", str, required=True)
+    args: Mapping[str, Any] = _field(body, "args", dict) or {}
+    return _json(run_reflection(_state(), principal, method, args))

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 
 from query_translation import TRANSMITTED_BUILTINS, decode_rows, decode_value
+from query_translation.reflection import decode_reflected
 
 from .config import get_settings
 from .exceptions import DBAPIRequestError
@@ -77,6 +78,7 @@ class DisconnectError(OperationalError):
 
 
 DEFAULT_COMMIT_RETRY_DEADLINE = 30.0
+NOT_SERVED: Any = object()  # an older DB-API without the catalog routes
 
 
 class CommitOutcomeUnknownError(sa_exc.DontWrapMixin, sa_exc.OperationalError, DisconnectError):
@@ -162,6 +164,24 @@ class Connection:
         self.txn: str | None = None
         self.seq = 0
         self.closed = False
+        self.registered_functions: dict[str, Any] = {}
+
+    # sqlite3's user-defined SQL functions, which applications register in a "connect" listener
+    # (MLflow: REGEXP, PERCENTILE). Statements run on the DB-API's connections, so a function must
+    # be registered there (by the DB-API's deployment); here the registration is only recorded,
+    # and a statement using a function the DB-API lacks fails there as it would directly
+    # (OperationalError "no such function").
+    def create_function(self, name: str, narg: int, func: Any, *, deterministic: bool = False) -> None:
+        self.registered_functions[name.lower()] = func
+
+    def create_aggregate(self, name: str, n_arg: int, aggregate_class: Any) -> None:
+        self.registered_functions[name.lower()] = aggregate_class
+
+    def create_window_function(self, name: str, num_params: int, aggregate_class: Any) -> None:
+        self.registered_functions[name.lower()] = aggregate_class
+
+    def create_collation(self, name: str, callable: Any) -> None:
+        self.registered_functions[name.lower()] = callable
 
     def cursor(self, stream: bool = False) -> Cursor:
         return StreamingCursor(self) if stream else Cursor(self)
@@ -257,6 +277,41 @@ class Connection:
                 raise DisconnectError(str(exc)) from exc
             self._unless_recorded(exc.txn_state, begin)
             raise
+
+    def has_table(self, name: str, schema: str | None) -> bool | None:
+        """``Dialect.has_table`` answered by the DB-API (tables it serves to this caller), or None
+        from a DB-API that predates the question."""
+        if self.closed:
+            raise InterfaceError("This DB-API connection is closed.")
+        try:
+            reply = self.transport.post("/catalog/has_table", {"name": name, "schema": schema}, replay_safe=True)
+        except ServerUnreachable as exc:
+            raise DisconnectError(str(exc)) from exc
+        except DBAPIRequestError as exc:
+            if exc.status == 404 and exc.code == "not_found":
+                return None
+            raise
+        return bool(reply.get("exists"))
+
+    def reflect(self, method: str, args: dict[str, Any]) -> Any:
+        """A dialect reflection method run by the DB-API (``dbapi_server.reflection``); raises
+        ``NoSuchTableError`` as the server's dialect did, or returns :data:`NOT_SERVED` from a
+        DB-API that predates the question."""
+        if self.closed:
+            raise InterfaceError("This DB-API connection is closed.")
+        try:
+            reply = self.transport.post("/catalog/reflect", {"method": method, "args": args}, replay_safe=True)
+        except ServerUnreachable as exc:
+            raise DisconnectError(str(exc)) from exc
+        except DBAPIRequestError as exc:
+            if exc.status == 404 and exc.code == "not_found":
+                return NOT_SERVED
+            raise
+        if reply.get("raise") == "NoSuchTableError":
+            raise sa_exc.NoSuchTableError(str(reply.get("message", "")))
+        if reply.get("raise") == "NotImplementedError":  # Inspector skips what a dialect lacks
+            raise NotImplementedError(str(reply.get("message", "")))
+        return decode_reflected(reply.get("result"))
 
     def _unless_recorded(self, txn_state: str | None, begin: bool) -> None:
         """After an error: did the request reach the server transaction (and use its number)?"""

@@ -36,6 +36,7 @@ from sqlalchemy.util import memoized_property
 
 from query_translation import WIRE_VERSION, driver_sql_document, driver_sql_params, encode_params, to_wire
 from query_translation.fingerprint import sql_fingerprint, text_fingerprint
+from query_translation.reflection import REFLECTION_METHODS
 
 from . import _adapt_psycopg, _dbapi
 from ._adapt import adapter_for
@@ -234,6 +235,14 @@ _FORWARDED_OPTIONS = ("preserve_rowcount", "insertmanyvalues_page_size")
 _DEFAULT_PAGE_ROWS = 1000  # stream_results without yield_per / max_row_buffer
 
 
+def _remote_reflection(method: str) -> Any:
+    def reflect(self: Any, connection: Any, *args: Any, **kw: Any) -> Any:
+        return self._dbs_reflect(method, connection, args, kw)
+    reflect.__name__ = reflect.__qualname__ = method
+    reflect.__doc__ = f"``{method}``, answered by the DB-API for the tables it serves to this caller."
+    return reflect
+
+
 class _IsolatedDialectMixin:
     """Mixed in front of the server's dialect class."""
 
@@ -292,6 +301,39 @@ class _IsolatedDialectMixin:
 
     def initialize(self, connection: Any) -> None:
         _apply_state(self, self._dbs_state)
+
+    def has_table(self, connection: Any, table_name: str, schema: str | None = None, **kw: Any) -> bool:
+        """Asked of the DB-API: the database's catalog is not readable as structure, and alembic's
+        ``MigrationContext`` (Airflow's and MLflow's migration checks) asks before it reads
+        ``alembic_version``. Tables the server does not serve to this caller do not exist."""
+        self._ensure_has_table_connection(connection)  # type: ignore[attr-defined]
+        found = connection.connection.dbapi_connection.has_table(table_name, schema)
+        if found is None:  # an older DB-API: the dialect's own catalog query (raw SQL, if allowed)
+            return super().has_table(connection, table_name, schema, **kw)  # type: ignore[misc,no-any-return]
+        return bool(found)
+
+    def _dbs_reflect(self, method: str, connection: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+        """One reflection method, answered by the DB-API (``dbapi_server.reflection``)."""
+        names = REFLECTION_METHODS[method]
+        sent: dict[str, Any] = dict(zip(names, args, strict=False))
+        options: dict[str, Any] = {}
+        for name, value in kw.items():
+            if name in ("info_cache", "unreflectable"):
+                continue
+            if name in ("schema", "filter_names", "table_name", "index_name"):
+                sent[name] = list(value) if name == "filter_names" and value is not None else value
+            elif name in ("kind", "scope"):
+                sent[name] = value.value
+            elif name.startswith(f"{self.name}_") and isinstance(value, (str, int, float, bool, type(None))):  # type: ignore[attr-defined]
+                options[name] = value  # the dialect's own options (postgresql_ignore_search_path...)
+        if options:
+            sent["kw"] = options
+        found = connection.connection.dbapi_connection.reflect(method, sent)
+        if found is _dbapi.NOT_SERVED:  # an older DB-API: the dialect's own catalog queries
+            return getattr(super(), method)(connection, *args, **kw)
+        if method.startswith("get_multi_"):
+            return [(tuple(k), v) for k, v in found]
+        return found
 
     def get_default_isolation_level(self, dbapi_conn: Any) -> Any:
         return self._dbs_state.get("default_isolation_level")
@@ -443,6 +485,12 @@ def isolated_url(api_host: str) -> URL:
 # capabilities of the client side itself, never taken from the server: streamed results always
 # come page by page through the DB-API, whatever the server's driver calls its cursors
 _CLIENT_OWNED = frozenset({"supports_server_side_cursors", "server_side_cursors"})
+
+
+# The catalog is read with SQL text, which an isolated client may not send: the DB-API runs the
+# server dialect's own reflection methods on the tables it serves to the caller.
+for _name in REFLECTION_METHODS:
+    setattr(_IsolatedDialectMixin, _name, _remote_reflection(_name))
 
 
 def _apply_state(dialect: Any, state: Mapping[str, Any]) -> None:
