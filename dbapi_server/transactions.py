@@ -169,14 +169,15 @@ class TransactionManager:
         with self._lock:
             txn = self._open.get(txn_id)
         if txn is None:
-            return self._finished(txn_id, verb)
+            return self.finished(txn_id, verb)
         self._check_owner(txn, owner)
         with txn.lock:
             if txn.ended:  # a concurrent retry or the reaper ended it while we waited
-                return self._finished(txn_id, verb)
+                return self.finished(txn_id, verb)
             return self._end(txn, verb)
 
-    def _finished(self, txn_id: str, verb: str) -> str:
+    def finished(self, txn_id: str, verb: str) -> str:
+        """The answer to *verb* asked again of a transaction that has ended (its outcome)."""
         label(replayed=True)  # asked again: answered from the remembered outcome
         outcome = self.outcome(txn_id)
         if verb == "rollback":
@@ -188,6 +189,10 @@ class TransactionManager:
                 f"Transaction {txn_id} was not committed: it was {outcome.replace('_', ' ')}.",
                 outcome=outcome)
         return outcome
+
+    def end_locked(self, txn: Transaction, verb: str) -> str:
+        """Commit or roll back a transaction whose lock the caller holds (a committing batch)."""
+        return self._end(txn, verb)
 
     def _end(self, txn: Transaction, verb: str) -> str:
         """Commit or roll back (holding ``txn.lock``); then unlist it and remember the outcome."""

@@ -5,6 +5,8 @@ GET     ``/info``                            handshake: dialect, driver, version
 GET     ``/live``, ``/ready``, ``/health``     probes: :mod:`dbapi_server.probes`
 GET     ``/openapi.json``                    the OpenAPI 3.1 description of these routes
 POST    ``/execute``                         run one statement (optionally in a transaction)
+POST    ``/batch``                           statements of a transaction, each with its row count;
+                                             optionally committing if and only if all matched
 POST    ``/cursors/<id>/fetch``              next page of a streamed result (numbered, replayable)
 POST    ``/cursors/<id>/close``              end a streamed result early
 POST    ``/transactions/<id>/commit``        commit; asking again returns the same outcome
@@ -19,6 +21,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -35,6 +38,7 @@ from .policy import Plan
 from .refusals import LimitExceeded
 from .state import ServerState
 from .telemetry import label, statement_kind
+from .transactions import Transaction
 
 __all__ = ["api"]
 
@@ -106,65 +110,146 @@ def _txn_field(body: Mapping[str, Any]) -> str | None:
     return txn_id
 
 
+@dataclass(frozen=True)
+class StatementRequest:
+    """One statement as a request carries it: ``POST /execute``'s body, or an item of a batch."""
+
+    document: Mapping[str, Any]
+    sql_hash: str
+    raw_params: list[Any] | None
+    many: bool
+    options: Mapping[str, Any] | None
+    column_keys: list[str] | None
+    stream: int | None
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any], *, streams: bool = True) -> StatementRequest:
+        document = _field(body, "stmt", dict, required=True)
+        sql_hash = _field(body, "sql", str, required=True)
+        raw_params = _field(body, "params", list)
+        many = bool(_field(body, "many", bool))
+        options = _field(body, "options", dict)
+        column_keys = _field(body, "keys", list)
+        if column_keys is not None and not all(isinstance(k, str) for k in column_keys):
+            raise APIError("'keys' must be a list of column key strings.", code="malformed_request")
+        stream = _field(body, "stream", int) if streams else None
+        if stream is not None and not (1 <= stream <= MAX_PAGE_ROWS) or (stream and many):
+            raise APIError(f"'stream' is a page size from 1 to {MAX_PAGE_ROWS}, for single executions.",
+                           code="malformed_request")
+        if many and not raw_params:  # checked before decoding, which turns "no params" into [{}]
+            raise APIError("An executemany request needs at least one parameter set.", code="malformed_request")
+        return cls(document, sql_hash, raw_params, many, options, column_keys, stream)
+
+    def prepare(self, state: ServerState, principal: Principal) -> tuple[Plan, Any, list[dict[str, Any]]]:
+        """Decoded (cached by structure), its values decoded, and judged by the policy."""
+        statement, stmt_info = state.executor.decode(self.document)
+        params = state.executor.decode_params(self.raw_params)
+        plan = state.policy.plan(statement, stmt_info, principal, params=params, column_keys=self.column_keys,
+                                 dialect=state.engine.dialect)
+        return plan, stmt_info, params
+
+    def run(self, state: ServerState, principal: Principal, conn: sa.Connection, txn_id: str | None,
+            release: Callable[[], None] = lambda: None) -> dict[str, Any]:
+        plan, _, params = self.prepare(state, principal)
+        if self.stream:
+            return _streamed(state, principal, conn, plan, params, self.sql_hash, self.stream, self.options,
+                             txn_id, release)
+        return execute_plan(state.policy, state.executor, conn, plan, params, many=self.many,
+                            sql_hash=self.sql_hash, options=self.options, column_keys=self.column_keys)
+
+
 @api.post("/execute")
 def execute() -> Response:
     state = _state()
     principal = _principal()
     body = _body(principal)
-    document = _field(body, "stmt", dict, required=True)
-    label(kind=statement_kind(document))
-    sql_hash = _field(body, "sql", str, required=True)
-    raw_params = _field(body, "params", list)
-    many = bool(_field(body, "many", bool))
-    options = _field(body, "options", dict)
+    req = StatementRequest.parse(body)
+    label(kind=statement_kind(req.document))
     txn_id = _txn_field(body)
-    column_keys = _field(body, "keys", list)
-    if column_keys is not None and not all(isinstance(k, str) for k in column_keys):
-        raise APIError("'keys' must be a list of column key strings.", code="malformed_request")
-    stream = _field(body, "stream", int)
-    if stream is not None and not (1 <= stream <= MAX_PAGE_ROWS) or (stream and many):
-        raise APIError(f"'stream' is a page size from 1 to {MAX_PAGE_ROWS}, for single executions.",
-                       code="malformed_request")
-
-    if many and not raw_params:  # checked before decoding, which turns "no params" into [{}]
-        raise APIError("An executemany request needs at least one parameter set.", code="malformed_request")
-
-    def prepare() -> tuple[Plan, Any, list[dict[str, Any]]]:
-        statement, stmt_info = state.executor.decode(document)
-        params = state.executor.decode_params(raw_params)
-        plan = state.policy.plan(statement, stmt_info, principal, params=params, column_keys=column_keys,
-                                 dialect=state.engine.dialect)
-        return plan, stmt_info, params
-
-    def run(conn: sa.Connection, release: Callable[[], None] = lambda: None) -> dict[str, Any]:
-        plan, _, params = prepare()
-        if stream:
-            return _streamed(state, principal, conn, plan, params, sql_hash, stream, options,
-                             txn_id, release)
-        return execute_plan(state.policy, state.executor, conn, plan, params, many=many, sql_hash=sql_hash,
-                            options=options, column_keys=column_keys)
 
     if txn_id is not None:
         # inside the transaction even a refusal consumes its sequence number and leaves the
         # transaction open - and, never reaching the database, never aborted (docs/security.md)
         seq = _field(body, "seq", int, required=True)
-        return _in_transaction(state, principal, txn_id, seq, bool(body.get("begin")), run)
-    plan, stmt_info, params = prepare()
+        return _in_transaction(state, principal, txn_id, seq, bool(body.get("begin")),
+                               lambda conn: req.run(state, principal, conn, txn_id))
+    plan, stmt_info, params = req.prepare(state, principal)
     if not stmt_info.is_read_only:
         raise APIError("Writes, locking reads and savepoints must run in a transaction "
                        "(send 'txn' and 'seq').", code="transaction_required")
-    if stream:
+    if req.stream:
         # a streamed read keeps its connection until the cursor ends; it needs a transaction of
         # its own (PostgreSQL server-side cursors live in one)
         conn = state.engine.connect()
         try:
-            return _json(run(conn, release=conn.close))
+            return _json(req.run(state, principal, conn, None, release=conn.close))
         except BaseException:
             conn.close()
             raise
     with state.read_engine.connect() as conn:
-        return _json(execute_plan(state.policy, state.executor, conn, plan, params, many=many,
-                                  sql_hash=sql_hash, options=options, column_keys=column_keys))
+        return _json(execute_plan(state.policy, state.executor, conn, plan, params, many=req.many,
+                                  sql_hash=req.sql_hash, options=req.options, column_keys=req.column_keys))
+
+
+MAX_BATCH_STATEMENTS = 1000
+
+
+@api.post("/batch")
+def batch() -> Response:
+    """Statements of one transaction in one request, each with the row count it must match;
+    with ``commit``, the transaction commits if and only if every statement ran and matched.
+
+    The statements run in order. The first that fails or matches another row count than its
+    ``expect`` stops the batch: nothing after it runs, nothing is committed, the transaction
+    stays open (as after a failed ``/execute``) and the answer says which statement it was - an
+    error envelope with ``index``, or ``{"failed": {"index", "rowcount"}}``. A commit that fails
+    after every statement matched answers ``{"commit_error": <envelope>}`` (the statements' part
+    succeeded; the transaction is over, outcome ``failed``). Retrying a committing batch after
+    its transaction ended answers from the remembered outcome, like a retried commit.
+    """
+    state = _state()
+    principal = _principal()
+    body = _body(principal)
+    txn_id = _txn_field(body)
+    if txn_id is None:
+        raise APIError("A batch runs in a transaction: send 'txn' and 'seq'.", code="malformed_request")
+    seq = _field(body, "seq", int, required=True)
+    commit = bool(_field(body, "commit", bool))
+    items = _field(body, "statements", list, required=True)
+    if not 1 <= len(items) <= MAX_BATCH_STATEMENTS:
+        raise APIError(f"'statements' holds 1 to {MAX_BATCH_STATEMENTS} statements.", code="malformed_request")
+    requests: list[tuple[StatementRequest, int | None]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise APIError("Each batch statement is a JSON object.", code="malformed_request")
+        expect = _field(item, "expect", int)
+        requests.append((StatementRequest.parse(item, streams=False), expect))
+    label(kind="batch_commit" if commit else "batch")
+    if commit:
+        outcome = state.transactions.outcome(txn_id)
+        if outcome is not None:  # a retry of a batch that committed (or failed to): its outcome
+            return _json({"outcome": state.transactions.finished(txn_id, "commit")})
+
+    def run(conn: sa.Connection) -> dict[str, Any] | None:
+        for index, (req, expect) in enumerate(requests):
+            try:
+                reply = req.run(state, principal, conn, txn_id)
+            except Exception as exc:
+                exc.batch_index = index  # type: ignore[attr-defined]
+                raise
+            if expect is not None and reply.get("rowcount") != expect:
+                return {"failed": {"index": index, "rowcount": reply.get("rowcount")}}
+        return None
+
+    def then_commit(txn: Transaction) -> dict[str, Any]:
+        try:
+            return {"outcome": state.transactions.end_locked(txn, "commit")}
+        except Exception as exc:
+            _, envelope = envelope_for_exception(exc)
+            return {"commit_error": envelope["error"]}
+
+    return _in_transaction(state, principal, txn_id, seq, bool(body.get("begin")), run,
+                           then=then_commit if commit else None)
 
 
 def _streamed(state: ServerState, principal: Principal, conn: sa.Connection, plan: Plan,
@@ -193,13 +278,22 @@ def _too_many_rows(max_rows: int) -> LimitExceeded:
 
 
 def _in_transaction(state: ServerState, principal: Principal, txn_id: str, seq: int, begin: bool,
-                    run: Any) -> Response:
+                    run: Callable[[sa.Connection], dict[str, Any] | None],
+                    then: Callable[[Transaction], dict[str, Any]] | None = None) -> Response:
+    """Run *run* as request *seq* of the transaction (a retry is answered as before).
+
+    *then*, if given, runs after *run* answered ``None`` (every statement of a batch matched),
+    still holding the transaction's lock: a committing batch commits there, so no other request
+    of the transaction can come between its statements and its commit.
+    """
     if begin:
         txn, _ = state.transactions.begin(txn_id, principal.subject)
     else:
         txn = state.transactions.get(txn_id, principal.subject)
     with txn.lock:
         if txn.ended:  # committed, rolled back or reaped while this request waited for it
+            if then is not None:  # a committing batch retried while its first attempt committed
+                return _json({"outcome": state.transactions.finished(txn_id, "commit")})
             state.transactions.get(txn_id, principal.subject)  # raises 410 with the reason
         if txn.last_reply is not None and seq == txn.last_seq:
             status, payload = txn.last_reply  # a retry: answer as before, run nothing
@@ -208,14 +302,22 @@ def _in_transaction(state: ServerState, principal: Principal, txn_id: str, seq: 
         if seq != txn.last_seq + 1:
             raise APIError(f"Request {seq} of transaction {txn_id} arrived out of order "
                            f"(expected {txn.last_seq + 1}).", status=409, code="out_of_order")
+        answer: dict[str, Any] | None
         try:
             if state.wall is not None:
                 state.wall.enter(txn.connection, principal)
-            status, payload = 200, orjson.dumps(run(txn.connection))
+            answer = run(txn.connection)
         except Exception as exc:  # answered in the envelope; the transaction stays open
             status, envelope = envelope_for_exception(exc)
             envelope["error"]["txn_state"] = "open"
+            index = getattr(exc, "batch_index", None)
+            if index is not None:
+                envelope["error"]["index"] = index
             payload = orjson.dumps(envelope)
+        else:
+            if answer is None and then is not None:
+                answer = then(txn)  # the transaction may be over now (committed)
+            status, payload = 200, orjson.dumps(answer if answer is not None else {})
         txn.last_seq, txn.last_reply, txn.last_used = seq, (status, payload), time.monotonic()
     return Response(payload, status=status, mimetype=_JSON)
 

@@ -161,15 +161,26 @@ class Connection:
         self.txn: str | None = None
         self.seq = 0
         self.closed = False
+        # A commit's final flush (dbsession._commit_batch): its UPDATEs wait here, with the row
+        # count the ORM expects, and travel together - with the COMMIT at the end of the flush.
+        self.deferral: Any = None
+        self.deferred: list[Deferred] = []
+        self.commit_error: BaseException | None = None  # what the COMMIT that travelled with them raised
 
     def cursor(self, stream: bool = False) -> Cursor:
         return StreamingCursor(self) if stream else Cursor(self)
 
     # -- transaction control ----------------------------------------------------------------
     def commit(self) -> None:
+        if self.commit_error is not None:  # the batch's COMMIT failed or was lost: raised here, as directly
+            error, self.commit_error = self.commit_error, None
+            raise error
+        if self.deferred:
+            self.deferral.send_pending(self, commit=False)
         self._finish("commit")
 
     def rollback(self) -> None:
+        self.deferred, self.commit_error = [], None  # never sent: nothing of them ran
         self._finish("rollback")
 
     def _finish(self, verb: str) -> None:
@@ -205,6 +216,7 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        self.deferred, self.commit_error = [], None
         if self.txn is not None:
             try:
                 self.rollback()
@@ -215,6 +227,8 @@ class Connection:
     def run(self, payload: dict[str, Any], *, needs_txn: bool, path: str = "/execute") -> dict[str, Any]:
         if self.closed:
             raise InterfaceError("This DB-API connection is closed.")
+        if self.deferred:  # they come first, as they would have run first
+            self.deferral.send_pending(self, commit=False)
         begin = False
         if self.txn is None and (needs_txn or self.eager_transactions):
             self.txn, self.seq, begin = uuid.uuid4().hex, 0, True
@@ -235,6 +249,61 @@ class Connection:
             self._unless_recorded(exc.txn_state, begin)
             raise
 
+    def run_batch(self, statements: list[dict[str, Any]], *, commit: bool) -> dict[str, Any]:
+        """Send statements of this connection's transaction in one request (``POST /batch``).
+
+        Each statement carries ``expect``: the row count it must match (or None). With *commit*
+        the server commits if and only if all ran and matched. The answer is the server's:
+        ``{"outcome": "committed"}``, ``{}`` (ran, not committing), ``{"failed": {"index",
+        "rowcount"}}`` or ``{"commit_error": envelope}``. A statement's error is raised as
+        :meth:`run` raises it, with ``batch_index`` naming the statement. A committing batch whose
+        answer was lost is asked again up to the commit deadline, as a commit is; if its outcome
+        stays unknown, ``commit_error`` holds the :class:`CommitOutcomeUnknownError` to raise at
+        ``commit()``.
+        """
+        if self.closed:
+            raise InterfaceError("This DB-API connection is closed.")
+        begin = False
+        if self.txn is None:
+            self.txn, self.seq, begin = uuid.uuid4().hex, 0, True
+        txn = self.txn
+        self.seq += 1
+        payload: dict[str, Any] = {"txn": txn, "seq": self.seq, "statements": statements}
+        if begin:
+            payload["begin"] = True
+        if commit:
+            payload["commit"] = True
+        try:
+            reply: dict[str, Any] = self.transport.post(
+                "/batch", payload, replay_safe=True, deadline=self.commit_retry_deadline if commit else None)
+        except ServerUnreachable as exc:
+            self.txn = None
+            if commit and exc.answer_lost:
+                self.commit_error = CommitOutcomeUnknownError(
+                    txn, f"{exc} (commit_retry_deadline sets how long the client keeps asking.)")
+                return {"outcome": "unknown"}
+            raise DisconnectError(str(exc)) from exc  # never reached the server: nothing ran
+        except DatabaseErrorReply as exc:
+            self._unless_recorded(exc.envelope.get("txn_state"), begin)
+            error = _database_error(exc)
+            error.batch_index = exc.envelope.get("index")  # type: ignore[attr-defined]
+            raise error from None
+        except DBAPIRequestError as exc:
+            if commit and exc.answer_lost and not (exc.status == 410 and exc.outcome):
+                self.txn = None
+                self.commit_error = CommitOutcomeUnknownError(
+                    txn, f"an attempt's answer was lost, and the DB-API that answered the retry "
+                    f"cannot tell: {exc}")
+                return {"outcome": "unknown"}
+            self._unless_recorded(exc.txn_state, begin)
+            raise
+        if "commit_error" in reply:
+            self.txn = None
+            self.commit_error = _database_error(DatabaseErrorReply(reply["commit_error"]))
+        elif reply.get("outcome") == "committed":
+            self.txn = None
+        return reply
+
     def _unless_recorded(self, txn_state: str | None, begin: bool) -> None:
         """After an error: did the request reach the server transaction (and use its number)?"""
         if txn_state == "open":
@@ -243,6 +312,16 @@ class Connection:
             self.txn = None  # refused before the transaction existed
         elif self.txn is not None:
             self.seq -= 1  # refused before reaching it (e.g. authentication): number unused
+
+
+class Deferred:
+    """A statement held back until the batch it travels in: its request, the row count it must
+    match (None: no check) and the execution context that raises its errors."""
+
+    __slots__ = ("context", "expect", "payload")
+
+    def __init__(self, payload: dict[str, Any], expect: int | None, context: Any) -> None:
+        self.payload, self.expect, self.context = payload, expect, context
 
 
 class Cursor:
@@ -268,6 +347,11 @@ class Cursor:
         self.rowcount = reply.get("rowcount", -1)
         self.lastrowid = decode_value(reply["lastrowid"]) if "lastrowid" in reply else None
         return reply
+
+    def defer(self, payload: dict[str, Any], expect: int | None, rowcount: int, context: Any) -> None:
+        """Hold the statement back (``Connection.deferred``); report *rowcount*, no rows."""
+        self.connection.deferred.append(Deferred(payload, expect, context))
+        self.description, self._rows, self._pos, self.rowcount, self.lastrowid = None, [], 0, rowcount, None
 
     def execute(self, operation: Any, parameters: Any = None) -> None:
         raise NotSupportedError(

@@ -368,6 +368,13 @@ class _IsolatedDialectMixin:
         options = {k: context.execution_options[k] for k in _FORWARDED_OPTIONS if k in context.execution_options}
         if options:
             payload["options"] = options
+        deferral = cursor.connection.deferral
+        if deferral is not None:  # a commit's final flush: its UPDATEs may travel with the COMMIT
+            n_params = len(payload["params"])
+            held, expect = deferral.expectation(context, compiled, cursor, n_params)
+            if held:
+                cursor.defer(payload, expect, n_params, context)
+                return
         cursor.run(payload, needs_txn=needs_txn)
 
     def _dbs_send_text(self, cursor: Any, context: Any, compiled: Any, *, many: bool,

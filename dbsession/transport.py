@@ -262,11 +262,13 @@ class Transport:
                 f"{self.base_url} really a DB-API server?", status=status, request_id=request_id)
         if status == 422 and envelope.get("code") in ("database_error", "statement_error", "driver_error"):
             raise DatabaseErrorReply(envelope, request_id)
-        raise error_class_for(status, envelope.get("code"))(
+        error = error_class_for(status, envelope.get("code"))(
             envelope.get("message", f"HTTP {status}"), code=envelope.get("code", "error"),
             error_id=envelope.get("error_id"), request_id=request_id, status=status, details=envelope.get("details"),
             txn_state=envelope.get("txn_state"), outcome=envelope.get("outcome"),
             refused={k: envelope[k] for k in REFUSAL_FIELDS if k in envelope})
+        error.batch_index = envelope.get("index")  # which statement of a batch (POST /batch) it was
+        raise error
 
 
 def _check_path(path: str) -> None:
