@@ -41,13 +41,14 @@ from query_translation import (
 )
 from query_translation.decode import StatementInfo
 from query_translation.driver_sql import DriverSQL
-from query_translation.fingerprint import sql_fingerprint, text_fingerprint
+from query_translation.fingerprint import document_hash, sql_fingerprint, text_fingerprint
 
 from ._driver_values import DriverValues
 from .errors import APIError
 from .refusals import LimitExceeded
 
-__all__ = ["StatementExecutor", "StatementMismatch", "execute_preprocessed", "mark_preprocessed"]
+__all__ = ["StatementExecutor", "StatementMismatch", "UnknownStatement", "execute_preprocessed",
+           "mark_preprocessed"]
 
 log = logging.getLogger("dbapi_server")
 
@@ -60,6 +61,17 @@ class StatementMismatch(APIError):
     code = "statement_mismatch"
 
 
+class UnknownStatement(APIError):
+    """A statement referred to by hash that this instance does not hold: send its document again.
+
+    Answered before anything runs or a transaction's sequence number is used, so the client
+    resends the same request with the document (after a restart, an eviction, or on another
+    instance behind a load balancer)."""
+
+    status = 409
+    code = "unknown_statement"
+
+
 class StatementExecutor:
     """Per application: the decode cache and the engine hooks."""
 
@@ -67,7 +79,7 @@ class StatementExecutor:
         self.engine = engine
         self.metadata = metadata
         self.types = TypeResolver(metadata)
-        self._cache: OrderedDict[bytes, tuple[Any, StatementInfo]] = OrderedDict()
+        self._cache: OrderedDict[bytes | str, tuple[Any, StatementInfo]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
         # compiled client statements, marked pre-processed: never shared with the server's own
@@ -76,16 +88,43 @@ class StatementExecutor:
         event.listen(engine, "before_cursor_execute", _check_sql)
         event.listen(engine, "after_cursor_execute", _capture_cursor)
 
-    def decode(self, document: Mapping[str, Any]) -> tuple[Any, StatementInfo]:
-        try:
-            key = orjson.dumps(document)
-        except orjson.JSONEncodeError:  # nested deeper than orjson writes: validation refuses it
-            return _rebuild(document, self.metadata, self.types)
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return hit
+    def decode(self, document: Mapping[str, Any] | None,
+               doc_hash: str | None = None) -> tuple[Any, StatementInfo]:
+        """The rebuilt statement and what it touches, cached per structure.
+
+        With *doc_hash* (``stmt_hash`` on the wire) the cache is keyed by the hash received: a
+        request may then leave the document out; one that carries it has it checked against the
+        hash before anything is cached under it. Without, the key is the document's JSON.
+        """
+        key: Any
+        if doc_hash is not None:
+            key = doc_hash
+            with self._lock:
+                hit = self._cache.get(key)
+                if hit is not None:
+                    self._cache.move_to_end(key)
+                    return hit
+            if document is None:
+                raise UnknownStatement("This DB-API instance does not hold the statement with this hash; "
+                                       "send its document ('stmt').")
+            try:
+                matches = document_hash(document) == doc_hash
+            except orjson.JSONEncodeError:  # nested deeper than orjson writes: validation refuses it
+                return _rebuild(document, self.metadata, self.types)
+            if not matches:
+                raise APIError("'stmt_hash' is not the hash of 'stmt'.", code="malformed_request")
+        else:
+            if document is None:
+                raise APIError("The request needs the field 'stmt'.", code="malformed_request")
+            try:
+                key = orjson.dumps(document)
+            except orjson.JSONEncodeError:  # nested deeper than orjson writes: validation refuses it
+                return _rebuild(document, self.metadata, self.types)
+            with self._lock:
+                hit = self._cache.get(key)
+                if hit is not None:
+                    self._cache.move_to_end(key)
+                    return hit
         decoded = _rebuild(document, self.metadata, self.types)
         with self._lock:
             self._cache[key] = decoded

@@ -28,6 +28,8 @@ import orjson
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, request
 
+from query_translation.decode import StatementInfo
+
 from .auth import Principal
 from .cursors import CursorGone
 from .enforcement import execute_plan, execute_plan_streamed
@@ -47,6 +49,7 @@ api = Blueprint("dbapi", __name__, url_prefix="/dbapi/v1")
 _JSON = "application/json"
 MAX_PAGE_ROWS = 100_000
 _TXN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_DOC_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 def _state() -> ServerState:
@@ -114,17 +117,25 @@ def _txn_field(body: Mapping[str, Any]) -> str | None:
 class StatementRequest:
     """One statement as a request carries it: ``POST /execute``'s body, or an item of a batch."""
 
-    document: Mapping[str, Any]
+    document: Mapping[str, Any] | None  # None: referred to by ``doc_hash`` alone
+    doc_hash: str | None
     sql_hash: str
     raw_params: list[Any] | None
     many: bool
     options: Mapping[str, Any] | None
     column_keys: list[str] | None
     stream: int | None
+    decoded: tuple[Any, StatementInfo] | None = None  # resolved by hash before the transaction
 
     @classmethod
-    def parse(cls, body: Mapping[str, Any], *, streams: bool = True) -> StatementRequest:
-        document = _field(body, "stmt", dict, required=True)
+    def parse(cls, state: ServerState, body: Mapping[str, Any], *, streams: bool = True) -> StatementRequest:
+        """Check the fields; a statement sent by hash alone is looked up now, before any transaction
+        is touched, so ``unknown_statement`` uses no sequence number."""
+        doc_hash = _field(body, "stmt_hash", str)
+        if doc_hash is not None and not _DOC_HASH.fullmatch(doc_hash):
+            raise APIError("'stmt_hash' is the statement document's SHA-256, in lowercase hex.",
+                           code="malformed_request")
+        document = _field(body, "stmt", dict, required=doc_hash is None)
         sql_hash = _field(body, "sql", str, required=True)
         raw_params = _field(body, "params", list)
         many = bool(_field(body, "many", bool))
@@ -138,11 +149,19 @@ class StatementRequest:
                            code="malformed_request")
         if many and not raw_params:  # checked before decoding, which turns "no params" into [{}]
             raise APIError("An executemany request needs at least one parameter set.", code="malformed_request")
-        return cls(document, sql_hash, raw_params, many, options, column_keys, stream)
+        decoded = state.executor.decode(None, doc_hash) if document is None else None
+        return cls(document, doc_hash, sql_hash, raw_params, many, options, column_keys, stream, decoded)
+
+    @property
+    def kind(self) -> str:
+        if self.document is not None:
+            return statement_kind(self.document)
+        assert self.decoded is not None
+        return statement_kind({"statement": {"t": self.decoded[1].kind}})
 
     def prepare(self, state: ServerState, principal: Principal) -> tuple[Plan, Any, list[dict[str, Any]]]:
         """Decoded (cached by structure), its values decoded, and judged by the policy."""
-        statement, stmt_info = state.executor.decode(self.document)
+        statement, stmt_info = self.decoded or state.executor.decode(self.document, self.doc_hash)
         params = state.executor.decode_params(self.raw_params)
         plan = state.policy.plan(statement, stmt_info, principal, params=params, column_keys=self.column_keys,
                                  dialect=state.engine.dialect)
@@ -163,8 +182,8 @@ def execute() -> Response:
     state = _state()
     principal = _principal()
     body = _body(principal)
-    req = StatementRequest.parse(body)
-    label(kind=statement_kind(req.document))
+    req = StatementRequest.parse(state, body)
+    label(kind=req.kind)
     txn_id = _txn_field(body)
 
     if txn_id is not None:
@@ -223,7 +242,7 @@ def batch() -> Response:
         if not isinstance(item, dict):
             raise APIError("Each batch statement is a JSON object.", code="malformed_request")
         expect = _field(item, "expect", int)
-        requests.append((StatementRequest.parse(item, streams=False), expect))
+        requests.append((StatementRequest.parse(state, item, streams=False), expect))
     label(kind="batch_commit" if commit else "batch")
     if commit:
         outcome = state.transactions.outcome(txn_id)

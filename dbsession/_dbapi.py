@@ -238,7 +238,7 @@ class Connection:
             if begin:
                 payload["begin"] = True
         try:
-            return self.transport.post(path, payload, replay_safe=True)  # type: ignore[no-any-return]
+            return self._post(path, payload, [payload])  # type: ignore[no-any-return]
         except ServerUnreachable as exc:
             self.txn = None
             raise DisconnectError(str(exc)) from exc
@@ -274,8 +274,8 @@ class Connection:
         if commit:
             payload["commit"] = True
         try:
-            reply: dict[str, Any] = self.transport.post(
-                "/batch", payload, replay_safe=True, deadline=self.commit_retry_deadline if commit else None)
+            reply: dict[str, Any] = self._post("/batch", payload, statements,
+                                               deadline=self.commit_retry_deadline if commit else None)
         except ServerUnreachable as exc:
             self.txn = None
             if commit and exc.answer_lost:
@@ -303,6 +303,36 @@ class Connection:
         elif reply.get("outcome") == "committed":
             self.txn = None
         return reply
+
+    def _post(self, path: str, payload: dict[str, Any], statements: list[dict[str, Any]],
+              deadline: float | None = None) -> Any:
+        """POST *payload*, whose *statements* leave out the documents this host already has.
+
+        A statement travels as its document's hash once it has been sent to this host (by any
+        connection of the process). A DB-API that does not hold it (restarted, evicted, another
+        instance) answers ``unknown_statement`` before anything runs; the request is then sent
+        again with the documents, under the same sequence number.
+        """
+        known = self.transport.known_statements
+        slim = [s for s in statements if s.get("stmt_hash") in known]
+        if slim:
+            documents = [(s, s.pop("stmt")) for s in slim]
+            try:
+                return self.transport.post(path, payload, replay_safe=True, deadline=deadline)
+            except DBAPIRequestError as exc:
+                if exc.code != "unknown_statement":
+                    raise
+                for statement, _document in documents:
+                    known.discard(statement["stmt_hash"])
+            finally:
+                for statement, document in documents:
+                    statement["stmt"] = document
+        try:
+            return self.transport.post(path, payload, replay_safe=True, deadline=deadline)
+        finally:
+            for statement in statements:
+                if "stmt_hash" in statement:
+                    known.add(statement["stmt_hash"])
 
     def _unless_recorded(self, txn_state: str | None, begin: bool) -> None:
         """After an error: did the request reach the server transaction (and use its number)?"""

@@ -34,7 +34,7 @@ from sqlalchemy.sql import compiler as sql_compiler
 from sqlalchemy.util import memoized_property
 
 from query_translation import WIRE_VERSION, driver_sql_document, driver_sql_params, encode_params, to_wire
-from query_translation.fingerprint import sql_fingerprint, text_fingerprint
+from query_translation.fingerprint import document_hash, sql_fingerprint, text_fingerprint
 
 from . import _adapt_psycopg, _dbapi
 from ._adapt import adapter_for
@@ -166,7 +166,7 @@ def _context_for(base: type) -> type:
 
 
 # -- the dialect ---------------------------------------------------------------------------------
-_wire_cache: weakref.WeakKeyDictionary[Any, tuple[dict[str, Any], str, bool]] = weakref.WeakKeyDictionary()
+_wire_cache: weakref.WeakKeyDictionary[Any, tuple[dict[str, Any], str, bool, str]] = weakref.WeakKeyDictionary()
 
 
 def _has_dml(document: Any) -> bool:
@@ -182,8 +182,9 @@ def _has_dml(document: Any) -> bool:
     return False
 
 
-def _wire_for(compiled: sql_compiler.SQLCompiler) -> tuple[dict[str, Any], str, bool]:
-    """(wire document, SQL hash, needs a transaction) for a compiled statement, cached on it."""
+def _wire_for(compiled: sql_compiler.SQLCompiler) -> tuple[dict[str, Any], str, bool, str]:
+    """(wire document, SQL hash, needs a transaction, document hash) for a compiled statement,
+    cached on it."""
     cached = _wire_cache.get(compiled)
     if cached is None:
         root = compiled.compile_state.statement if compiled.compile_state is not None else compiled.statement
@@ -192,7 +193,7 @@ def _wire_for(compiled: sql_compiler.SQLCompiler) -> tuple[dict[str, Any], str, 
         needs_txn = (node["t"] not in ("select", "compound_select") or _locks(node)
                      or _has_dml(document))  # a SELECT writing through a data-modifying CTE
         digest = sql_fingerprint(compiled)
-        cached = _wire_cache[compiled] = (document, digest, needs_txn)
+        cached = _wire_cache[compiled] = (document, digest, needs_txn, document_hash(document))
     return cached
 
 
@@ -351,8 +352,9 @@ class _IsolatedDialectMixin:
             # silently as the compiled statement
             self._dbs_send_text(cursor, context, None, many=many, sql=sql)
             return
-        document, digest, needs_txn = _wire_for(compiled)
-        payload: dict[str, Any] = {"stmt": document, "sql": digest,
+        document, digest, needs_txn, doc_hash = _wire_for(compiled)
+        # the connection leaves the document out once this host has it (``stmt_hash`` suffices)
+        payload: dict[str, Any] = {"stmt": document, "stmt_hash": doc_hash, "sql": digest,
                                    "params": encode_params(driver_parameters(context, self._dbs_adapter))}
         if many or context.executemany:
             payload["many"] = True

@@ -131,6 +131,9 @@ class Transport:
         self._common_headers = (f"Host: {host_header}\r\nAccept: application/json\r\n"
                                 f"User-Agent: dbsession\r\n").encode("latin-1")
         self._auth_line: tuple[str | None, bytes] = (None, b"")
+        # hashes of the statement documents this host has been sent (dbsession._dbapi): later
+        # requests carry the hash alone
+        self.known_statements: set[str] = set()
         self._pool = self._open_pool(parts.scheme, parts.hostname, port, timeout, maxsize, ssl_context)
 
     def _open_pool(self, scheme: str, host: str, port: int, timeout: float, maxsize: int,

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-__all__ = ["sql_fingerprint", "text_fingerprint"]
+import orjson
+
+__all__ = ["document_hash", "sql_fingerprint", "text_fingerprint"]
 
 
 def sql_fingerprint(compiled: Any) -> str:
@@ -30,3 +32,13 @@ def sql_fingerprint(compiled: Any) -> str:
 def text_fingerprint(sql: str) -> str:
     """Hex digest of SQL sent as text (DDL, driver SQL): what the server will run."""
     return hashlib.sha1(sql.encode(), usedforsecurity=False).hexdigest()
+
+
+def document_hash(document: Any) -> str:
+    """The id of a statement document on the wire: SHA-256 of its JSON as orjson writes it.
+
+    A client sends a statement's document once per DB-API host and process, then only this hash;
+    the server verifies it against the document the first time (so no client can make a hash
+    name another document) and answers ``unknown_statement`` when it does not know it.
+    """
+    return hashlib.sha256(orjson.dumps(document)).hexdigest()
