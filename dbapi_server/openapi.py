@@ -149,8 +149,11 @@ PATHS: dict[str, dict[str, Any]] = {
 def _components() -> dict[str, Any]:
     value = _ref("Value")
     return {
-        "ExecuteRequest": _obj({
+        "ExecuteRequest": {**_obj({
             "stmt": _ref("StatementDocument"),
+            "stmt_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$",
+                          "description": "SHA-256 of the document; alone, it names a document the server "
+                                         "holds (409 unknown_statement if it does not)"},
             "sql": {"type": "string", "description": "fingerprint of the SQL the client compiled"},
             "params": {"type": "array", "items": {"type": "object", "additionalProperties": value},
                        "description": "parameter sets: bind name -> value"},
@@ -162,7 +165,7 @@ def _components() -> dict[str, Any]:
             "begin": {"type": "boolean"},
             "keys": {"type": "array", "items": {"type": "string"}},
             "stream": {"type": "integer", "minimum": 1, "maximum": _PAGE_MAX},
-        }, ("stmt", "sql"), extra=True),
+        }, ("sql",), extra=True), "anyOf": [{"required": ["stmt"]}, {"required": ["stmt_hash"]}]},
         "BatchRequest": _obj({
             "txn": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"},
             "seq": {"type": "integer"},
