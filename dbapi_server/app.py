@@ -44,6 +44,7 @@ from werkzeug.exceptions import HTTPException
 from query_translation import MethodRegistry
 
 from ._db_catalog import DatabaseRolesError
+from ._liveness import use_socket_liveness
 from .auth import Authenticator, authenticator_from_env
 from .db_roles import DatabaseRoles
 from .db_wall import DatabaseWall, open_wall
@@ -104,8 +105,12 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
         if not database_url:
             raise ConfigError("Tell the DB-API which database to serve: database_url= or DBAPI_DATABASE_URL.")
         # pre-ping: a pooled connection the database dropped (a restart, a failover, an idle
-        # timeout) is replaced at checkout instead of failing the next request
-        engine = sa.create_engine(database_url, **{"pool_pre_ping": True, **(engine_options or {})})
+        # timeout) is replaced at checkout instead of failing the next request; checked on its
+        # socket first, so a live connection costs no database round trip (_liveness.py)
+        options = {"pool_pre_ping": True, **(engine_options or {})}
+        engine = sa.create_engine(database_url, **options)
+        if options["pool_pre_ping"]:
+            use_socket_liveness(engine)
     if idle_timeout is None:
         idle_timeout = float(os.environ.get("DBAPI_TXN_IDLE_TIMEOUT", "60"))
     if shutdown_grace is None:
