@@ -20,12 +20,10 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from contextvars import ContextVar
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.sql import compiler as sql_compiler
 from sqlalchemy.sql import sqltypes
 from sqlalchemy.util import LRUCache
@@ -52,7 +50,7 @@ __all__ = ["StatementExecutor", "StatementMismatch", "UnknownStatement", "execut
 
 log = logging.getLogger("dbapi_server")
 
-_expected_sql: ContextVar[str | None] = ContextVar("dbs_expected_sql", default=None)
+_EXPECTED_SQL = "dbs_expected_sql"  # execution option: the client's fingerprint, checked once per run
 
 _FORWARDED_OPTIONS = ("preserve_rowcount", "insertmanyvalues_page_size")
 
@@ -85,8 +83,6 @@ class StatementExecutor:
         # compiled client statements, marked pre-processed: never shared with the server's own
         self.compiled_cache: LRUCache[Any, Any] = LRUCache(cache_size)
         self.driver_values = DriverValues(engine.dialect)
-        event.listen(engine, "before_cursor_execute", _check_sql)
-        event.listen(engine, "after_cursor_execute", _capture_cursor)
 
     def decode(self, document: Mapping[str, Any] | None,
                doc_hash: str | None = None) -> tuple[Any, StatementInfo]:
@@ -184,12 +180,10 @@ def _checked_execute(connection: sa.Connection, statement: Any, params: list[dic
                              stream=stream)
     if stream is not None:
         opts.update(stream_results=True, max_row_buffer=stream)
-    token = _expected_sql.set(sql_hash)
-    try:
-        return execute_preprocessed(connection, statement, params if many else params[:1], opts, cache,
-                                    column_keys=column_keys)
-    finally:
-        _expected_sql.reset(token)
+    if sql_hash is not None:
+        opts[_EXPECTED_SQL] = sql_hash
+    return execute_preprocessed(connection, statement, params if many else params[:1], opts, cache,
+                                column_keys=column_keys)
 
 
 def _execute_text(connection: sa.Connection, statement: DriverSQL, params: list[dict[str, Any]], *,
@@ -200,8 +194,13 @@ def _execute_text(connection: sa.Connection, statement: DriverSQL, params: list[
     if stream is not None:
         options.update(stream_results=True, max_row_buffer=stream)
     driver_params = statement.driver_params(params)
-    arg: Any = driver_params if many else (driver_params[0] if driver_params and driver_params[0] else None)
-    return connection.exec_driver_sql(statement.sql, arg, execution_options=options or None)
+    # what ``exec_driver_sql`` does, with the run's execution context (raw rows recorded)
+    distilled: list[Any] = list(driver_params) if many else (
+        [driver_params[0]] if driver_params and driver_params[0] else [])
+    conn: Any = connection
+    exec_opts = conn._execution_options.merge_with(options or None)
+    return conn._execute_context(conn.dialect, _run_context(conn.dialect)._init_statement, statement.sql, None,
+                                 exec_opts, statement.sql, distilled)
 
 
 def execute_preprocessed(connection: sa.Connection, statement: Any, params: list[dict[str, Any]],
@@ -233,7 +232,7 @@ def execute_preprocessed(connection: sa.Connection, statement: Any, params: list
     extra = {"cache_hit": rest[-1]}
     if len(rest) == 2:  # 2.1 also returns the collected parameters
         extra["param_dict"] = rest[0]
-    result = conn._execute_context(dialect, dialect.execution_ctx_cls._init_compiled, compiled, params,
+    result = conn._execute_context(dialect, _run_context(dialect)._init_compiled, compiled, params,
                                    exec_opts, compiled, params, statement, extracted, **extra)
     if has_events:
         conn.dispatch.after_execute(conn, statement, event_multiparams, event_params, exec_opts, result)
@@ -366,20 +365,6 @@ def _encoded_description(context: Any, description: Any) -> list[list[Any]]:
     return encoded
 
 
-def _check_sql(conn: Any, cursor: Any, statement: Any, parameters: Any, context: Any,
-               executemany: bool) -> None:
-    expected = _expected_sql.get()
-    if expected is None:
-        return
-    compiled = getattr(context, "compiled", None)
-    if compiled is None or sql_fingerprint(compiled) != expected:
-        raise StatementMismatch(
-            "The statement rebuilt on the server does not compile to the SQL the client "
-            "compiled; client and server disagree about the schema or the library version. "
-            "Nothing was executed.")
-    _expected_sql.set(None)  # insertmanyvalues batches of the same statement need no re-check
-
-
 def _own_lastrowid(cursor: Any, context: Any) -> Any:
     """The driver's last row id when it is this statement's own, else None.
 
@@ -399,11 +384,46 @@ def _own_lastrowid(cursor: Any, context: Any) -> Any:
         return None
 
 
-def _capture_cursor(conn: Any, cursor: Any, statement: Any, parameters: Any, context: Any,
-                    executemany: bool) -> None:
-    description = cursor.description  # encoded later, once per compiled statement
-    context._dbs_cursor = (description, cursor.rowcount, _own_lastrowid(cursor, context))
-    if context.execution_options.get("stream_results"):
-        return  # streamed: rows are taken page by page, never all kept
-    if not isinstance(context.cursor, _RecordingCursor):
-        context.cursor = _RecordingCursor(context.cursor)
+class _RunContextMixin:
+    """The execution context of a client statement (mixed in front of the dialect's own).
+
+    It checks the SQL fingerprint once - after the parameters are built, before the cursor runs
+    anything, for every batch of an insertmanyvalues statement together - and records the cursor
+    raw after execution (``post_exec``, before SQLAlchemy sets up the result and may consume rows
+    itself, as ``return_defaults()`` does). Only client statements run with it (the executor passes
+    its constructor to ``_execute_context``); the server's own statements keep the dialect's
+    context and no engine event runs for any statement.
+    """
+
+    cursor: Any
+    compiled: Any
+    execution_options: Any
+
+    def pre_exec(self) -> None:
+        super().pre_exec()  # type: ignore[misc]
+        expected = self.execution_options.get(_EXPECTED_SQL)
+        if expected is not None and (self.compiled is None or sql_fingerprint(self.compiled) != expected):
+            self.cursor.close()
+            raise StatementMismatch(
+                "The statement rebuilt on the server does not compile to the SQL the client "
+                "compiled; client and server disagree about the schema or the library version. "
+                "Nothing was executed.")
+
+    def post_exec(self) -> None:
+        super().post_exec()  # type: ignore[misc]
+        cursor = self.cursor
+        self._dbs_cursor = (cursor.description, cursor.rowcount, _own_lastrowid(cursor, self))  # encoded later
+        if not self.execution_options.get("stream_results"):  # streamed: taken page by page, never all kept
+            self.cursor = _RecordingCursor(cursor)
+
+
+_run_contexts: dict[type, type] = {}
+
+
+def _run_context(dialect: Any) -> Any:
+    """The run context class for *dialect*'s execution context class (made once per class)."""
+    base = dialect.execution_ctx_cls
+    found = _run_contexts.get(base)
+    if found is None:
+        found = _run_contexts[base] = type(f"DBAPIRun{base.__name__}", (_RunContextMixin, base), {})
+    return found
