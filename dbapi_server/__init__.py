@@ -13,11 +13,12 @@ from .db_roles import DatabaseRoles
 from .errors import APIError
 from .keyset import KeyFiles, RemoteJWKS, StaticKeys
 from .minting import TokenFileRefresher, mint_token, write_token_file
-from .policy import DefaultPolicy, Limits, Policy, PolicyError, RolePolicy, TableGrant
+from .policy import WORK_LIMITS, DefaultPolicy, Limits, Policy, PolicyError, RolePolicy, TableGrant
 from .refusals import LimitExceeded, PolicyViolation
 from .transactions import TransactionManager
 
 __all__ = [
+    "WORK_LIMITS",
     "APIError",
     "AllowAll",
     "ConfigError",

@@ -21,7 +21,8 @@ __all__ = ["load_file", "policy_from_dict"]
 _TOP = {"preset", "limits", "roles"}
 _ROLE = {"tables", "functions", "extra_functions", "methods", "raw_sql", "ddl", "limits"}
 _TABLE = {"read", "insert", "update", "delete", "row_filter"}
-_LIMITS: dict[str, Any] = {"max_depth": int, "max_body_bytes": int, "max_rows": int, "statement_timeout": (int, float)}
+_LIMITS: dict[str, Any] = {"max_depth": int, "max_body_bytes": int, "max_rows": int, "statement_timeout": (int, float),
+                           "max_nodes": int, "max_columns": int, "max_params": int}
 
 
 def load_file(path: str | PathLike[str]) -> Policy:

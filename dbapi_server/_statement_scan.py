@@ -112,10 +112,12 @@ def _scan(statement: Any) -> Access:
         if kind == "insert":
             for name in getattr(statement, "_select_names", None) or ():
                 value_columns.add(_column_name(target, name))
-            for row in getattr(statement, "_multi_values", ()) or ():
-                for key, value in _row_pairs(target, row):
-                    value_columns.add(_column_name(target, key))
-                    collector.walk(value)
+            # _multi_values holds batches (one per .values([...]) call), each a list of rows
+            for batch in getattr(statement, "_multi_values", ()) or ():
+                for row in batch:
+                    for key, value in _row_pairs(target, row):
+                        value_columns.add(_column_name(target, key))
+                        collector.walk(value)
             returned = _split_returning(statement, target, collector)
             skip |= set(_RETURNING_ATTRS)
             upsert_columns = _upsert_columns(statement, target)

@@ -48,7 +48,7 @@ from ._liveness import use_socket_liveness
 from .auth import Authenticator, authenticator_from_env
 from .db_roles import DatabaseRoles
 from .db_wall import DatabaseWall, open_wall
-from .errors import envelope_for_exception
+from .errors import APIError, envelope_for_exception
 from .logs import attach_request_ids
 from .methods import load_methods, methods_api
 from .observability import MetricsAccess, ObservedApp
@@ -123,12 +123,17 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
 
     state.wall = _wall(state, db_roles)
     app = Flask("dbapi_server")
-    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes or int(os.environ.get("DBAPI_MAX_BODY_BYTES", 16 << 20))
+    # no body larger than every role's limit is read (a server that buffers bodies before the
+    # application sees them, waitress, refuses it by its Content-Length too)
+    max_body = max_body_bytes or int(os.environ.get("DBAPI_MAX_BODY_BYTES", 16 << 20))
+    largest = state.policy.largest_body()
+    app.config["MAX_CONTENT_LENGTH"] = min(max_body, largest) if largest is not None else max_body
     app.extensions["dbapi_server"] = state
     app.register_blueprint(api)
     app.register_blueprint(methods_api)
     app.register_blueprint(probes)
     app.register_error_handler(Exception, _handle_error)
+    app.before_request(_check_headers)
     app.before_request(_label_route)
     attach_request_ids()
     # outermost layer: timing, metrics, the access log line and the request id for every request,
@@ -144,6 +149,18 @@ def _label_route() -> None:
     """The matched route's template (bounded: never the raw path) labels the request."""
     if request.url_rule is not None:
         label(route=request.url_rule.rule)
+
+
+MAX_HEADER_BYTES = 64 << 10  # a token is about 1 KiB; the HTTP servers' own limits are higher
+
+
+def _check_headers() -> None:
+    """Header fields over MAX_HEADER_BYTES: 431 in the JSON envelope (the HTTP servers' own 431,
+    for still larger ones, is theirs: docs/security.md, "Errors")."""
+    size = sum(len(name) + len(value) + 4 for name, value in request.headers.items())
+    if size > MAX_HEADER_BYTES:
+        raise APIError(f"The request's header fields ({size} bytes) are larger than the DB-API accepts "
+                       f"({MAX_HEADER_BYTES} bytes).", status=431, code="headers_too_large")
 
 
 def _wall(state: ServerState, db_roles: str | DatabaseRoles | None) -> DatabaseWall | None:

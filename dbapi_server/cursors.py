@@ -87,10 +87,14 @@ class CursorRegistry:
         if cursor is not None:
             cursor.close()
 
-    def close_for_transaction(self, txn_id: str) -> None:
-        """A transaction ends: its cursors end with it (as on a direct connection)."""
+    def close_for_transaction(self, txn_id: str, owner: str | None) -> None:
+        """A transaction of *owner* ends: its cursors end with it (as on a direct connection).
+
+        Only *owner*'s cursors: a transaction id is the caller's choice, so another caller's
+        cursors under the same id are not this caller's to close.
+        """
         with self._lock:
-            ending = [c for c in self._open.values() if c.txn_id == txn_id]
+            ending = [c for c in self._open.values() if c.txn_id == txn_id and c.owner == owner]
             for cursor in ending:
                 del self._open[cursor.id]
         for cursor in ending:

@@ -90,7 +90,8 @@ def database_message(exc: sa.exc.DBAPIError) -> str:
         diag = getattr(orig, "diag", None)
         message = getattr(diag, "message_primary", None) or str(orig)
     first_line = message.strip().split("\n", 1)[0]
-    return _QUOTED_SQL.sub(r"\1<statement text withheld>", first_line) or type(orig).__name__
+    first_line = _QUOTED_SQL.sub(r"\1<statement text withheld>", first_line)
+    return withhold_names(first_line) or type(orig).__name__
 
 
 def _database_envelope(exc: sa.exc.DBAPIError, error_id: str) -> dict[str, Any]:
@@ -117,6 +118,8 @@ _TRANSLATION_CODES: dict[type[Exception], str] = {
 }
 
 
+_MALFORMED = "The statement document is malformed"
+
 # SQLAlchemy's own refusals of a statement the client sent (never raised by the database);
 # InvalidRequestError only exactly: its subclasses (PendingRollbackError...) are server states
 _CLIENT_MISTAKES = (sa.exc.CompileError, sa.exc.ArgumentError)
@@ -131,6 +134,107 @@ def _json_keys(value: Any) -> Any:
     return value
 
 
+# the database drivers the DB-API runs with (their Python parts), by top-level module
+DRIVER_MODULES = ("sqlite3", "psycopg", "psycopg2", "pymysql", "MySQLdb", "mariadb", "asyncpg", "pg8000",
+                  "oracledb", "pyodbc")
+# SQLAlchemy's calls into the driver's cursor: an exception whose innermost Python frame is one of
+# these came out of the driver's C code (sqlite3's cursor.execute raising OverflowError)
+_CURSOR_CALLS = {"sqlalchemy.engine.default": frozenset({"do_execute", "do_executemany", "do_execute_no_params"})}
+
+
+def raised_by_driver(exc: BaseException) -> bool:
+    """Whether *exc* was raised inside the database driver, judged by its innermost frame.
+
+    Only such an exception is the database side's answer to the request; the same class raised
+    anywhere else (the decoder, the policy, the executor) is a failure of the server.
+    """
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = str(tb.tb_frame.f_globals.get("__name__", ""))
+    if module.split(".", 1)[0] in DRIVER_MODULES:
+        return True
+    return tb.tb_frame.f_code.co_name in _CURSOR_CALLS.get(module, ())
+
+
+WITHHELD = "<withheld>"
+# a name an answer may repeat: a plain identifier, optionally qualified (schema.table.column)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,63}(?:\.[A-Za-z_][A-Za-z0-9_$]{0,63}){0,2}")
+# quoted text in a message: Python reprs ('x', "it's") and SQL quoting ("x", 'x', `x`)
+_QUOTED = re.compile(r"""(?<!\w)(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"|`[^`\n]*`)(?!\w)""")
+# SQLite names what it cannot find without quotes, at the end of its message
+_SQLITE_UNQUOTED = re.compile(r"^((?:no such (?:table|column|function|savepoint|collation sequence|module)|"
+                              r"ambiguous column name|table \S+ has no column named|no such index)): (.+)$")
+
+
+# PostgreSQL names some things unquoted too (a qualified column: column t.x does not exist)
+_PG_UNQUOTED = re.compile(r"^((?:column|relation|function|type|schema|savepoint|table|index|sequence|constraint|cursor)"
+                          r"(?: reference)?) ([^\"'].*?) (does not exist|is ambiguous)$")
+
+
+# MariaDB / MySQL quote names without escaping the quote inside them: the templates of the
+# messages that name something, each name taken greedily between the template's fixed parts
+_MYSQL_TEMPLATES = [re.compile(p) for p in (
+    r"^(Unknown column ')(?P<a>.*)(' in ')(?P<b>[^']*)(')$",
+    r"^(Table ')(?P<a>.*)(' doesn't exist)$",
+    r"^(Column ')(?P<a>.*)(' in )(?P<b>.*)( is ambiguous)$",
+    r"^(Unknown table ')(?P<a>.*)(' in )(?P<b>.*)()$",
+    r"^(Not unique table/alias: ')(?P<a>.*)(')$",
+    r"^(FUNCTION )(?P<a>.*)( does not exist)$",
+    r"^(SAVEPOINT )(?P<a>.*)( does not exist)$",
+    r"^(Duplicate entry ')(?P<a>.*)(' for key ')(?P<b>[^']*)(')$",
+)]
+
+
+def _template(message: str) -> str | None:
+    for template in _MYSQL_TEMPLATES:
+        found = template.match(message)
+        if found is not None:
+            names = found.groupdict()
+            return "".join(shown_name(part) if (found.start(i) in {found.start(n) for n in names}
+                                                and part is not None) else (part or "")
+                           for i, part in enumerate(found.groups(), start=1))
+    return None
+
+
+def shown_name(name: Any) -> str:
+    """*name* if it is a plain identifier, else ``<withheld>``: an answer never repeats the
+    caller's text (SQL in disguise, values) - only names (docs/security.md, "Refusals")."""
+    return name if isinstance(name, str) and _NAME.fullmatch(name) else WITHHELD
+
+
+def withhold_names(message: str) -> str:
+    """*message* with every quoted part that is not a plain identifier replaced by ``<withheld>``."""
+    templated = _template(message)
+    if templated is not None:
+        return templated
+
+    def replace(match: re.Match[str]) -> str:
+        text = match.group(0)
+        return text if _NAME.fullmatch(text[1:-1]) else f"{text[0]}{WITHHELD}{text[-1]}"
+
+    message = _QUOTED.sub(replace, message)
+    unquoted = _SQLITE_UNQUOTED.match(message)
+    if unquoted is not None:
+        message = f"{unquoted.group(1)}: {shown_name(unquoted.group(2))}"
+    unquoted = _PG_UNQUOTED.match(message)
+    if unquoted is not None:
+        message = f"{unquoted.group(1)} {shown_name(unquoted.group(2))} {unquoted.group(3)}"
+    return message
+
+
+def _withhold_details(value: Any) -> Any:
+    """``details`` of a malformed statement with the caller's keys and quoted text withheld."""
+    if isinstance(value, dict):
+        return {(str(k) if isinstance(k, int) or str(k).isdigit() else shown_name(str(k))): _withhold_details(v)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_withhold_details(v) for v in value]
+    return withhold_names(value) if isinstance(value, str) else value
+
+
 def envelope_for_exception(exc: BaseException) -> tuple[int, dict[str, Any]]:
     """(HTTP status, envelope) for any exception raised while handling a request."""
     error_id = new_error_id()
@@ -141,11 +245,16 @@ def envelope_for_exception(exc: BaseException) -> tuple[int, dict[str, Any]]:
     if isinstance(exc, qt_exc.TranslationError):
         code = next((c for cls, c in _TRANSLATION_CODES.items() if isinstance(exc, cls)), "bad_statement")
         extra: dict[str, Any] = {}
+        message = str(exc)
         if isinstance(exc, qt_exc.MalformedStatementError):
-            extra["details"] = _json_keys(exc.errors)  # marshmallow keys list items by int
+            extra["details"] = _withhold_details(_json_keys(exc.errors))  # marshmallow keys list items by int
+            if message.startswith(_MALFORMED):  # the details again, as a repr: they are in "details"
+                message = f"{_MALFORMED}: see 'details'; make sure client and server run the same wire version."
         if isinstance(exc, qt_exc.UnknownNodeError):
-            extra["node_type"] = exc.node_type
-        return 400, _envelope(code, str(exc), error_id, **extra)
+            extra["node_type"] = shown_name(exc.node_type)
+        if message != str(exc) or withhold_names(message) != message:
+            log.info("statement refused %s: %s", error_id, exc)  # the full text, for the operator
+        return 400, _envelope(code, withhold_names(message), error_id, **extra)
     if isinstance(exc, sa.exc.TimeoutError):  # the pool: every connection is held
         log.warning("no free database connection %s: %s", error_id, exc)
         return 503, _envelope("database_busy", "The DB-API has no free database connection (too many open "
@@ -172,11 +281,12 @@ def envelope_for_exception(exc: BaseException) -> tuple[int, dict[str, Any]]:
         # the request is wrong, not the server
         log.info("unexecutable statement %s: %s", error_id, client_mistake)
         reason = client_mistake.args[0] if client_mistake.args else type(client_mistake).__name__
-        return 400, _envelope("bad_statement", f"The DB-API cannot execute the statement as sent: {reason}",
-                              error_id)
-    if type(exc).__name__ in TRANSMITTED_BUILTINS and type(exc).__module__ == "builtins":
-        # the driver itself raised a builtin (sqlite3: int too large); direct sessions see it raw
-        return 422, _envelope("driver_error", str(exc), error_id, orig_type=type(exc).__name__)
+        return 400, _envelope("bad_statement", "The DB-API cannot execute the statement as sent: "
+                              f"{withhold_names(str(reason))}", error_id)
+    if type(exc).__name__ in TRANSMITTED_BUILTINS and type(exc).__module__ == "builtins" and raised_by_driver(exc):
+        # the driver itself raised a builtin (sqlite3: int too large); direct sessions see it raw.
+        # The same class raised by the server's own code is a crash, answered below (500).
+        return 422, _envelope("driver_error", withhold_names(str(exc)), error_id, orig_type=type(exc).__name__)
     log.error("unexpected error %s", error_id, exc_info=exc)
     return 500, _envelope("internal_error",
                           f"The DB-API failed unexpectedly; its log has the details under error id {error_id}.",

@@ -16,6 +16,7 @@ run exactly once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections import OrderedDict
@@ -39,7 +40,8 @@ from query_translation import (
 )
 from query_translation.decode import StatementInfo
 from query_translation.driver_sql import DriverSQL
-from query_translation.fingerprint import document_hash, sql_fingerprint, text_fingerprint
+from query_translation.fingerprint import MAX_HASHED_DOCUMENT, sql_fingerprint, text_fingerprint
+from query_translation.size import DocumentSize
 
 from ._driver_values import DriverValues
 from .errors import APIError
@@ -70,6 +72,12 @@ class UnknownStatement(APIError):
     code = "unknown_statement"
 
 
+# the largest document the decode cache keeps: 4096 entries of up to 32 KiB, where ORM statements
+# are a few KiB, instead of 4096 request bodies of up to 16 MiB. The client sends no hash for a
+# larger document (it would not be kept under it): the same bound, shared.
+MAX_CACHED_DOCUMENT = MAX_HASHED_DOCUMENT
+
+
 class StatementExecutor:
     """Per application: the decode cache and the engine hooks."""
 
@@ -77,56 +85,60 @@ class StatementExecutor:
         self.engine = engine
         self.metadata = metadata
         self.types = TypeResolver(metadata)
-        self._cache: OrderedDict[bytes | str, tuple[Any, StatementInfo]] = OrderedDict()
+        self._cache: OrderedDict[bytes | str, tuple[Any, StatementInfo, DocumentSize | None]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
         # compiled client statements, marked pre-processed: never shared with the server's own
         self.compiled_cache: LRUCache[Any, Any] = LRUCache(cache_size)
         self.driver_values = DriverValues(engine.dialect)
 
-    def decode(self, document: Mapping[str, Any] | None,
-               doc_hash: str | None = None) -> tuple[Any, StatementInfo]:
+    def decode(self, document: Mapping[str, Any], doc_hash: str | None = None,
+               size: DocumentSize | None = None) -> tuple[Any, StatementInfo]:
         """The rebuilt statement and what it touches, cached per structure.
 
-        With *doc_hash* (``stmt_hash`` on the wire) the cache is keyed by the hash received: a
-        request may then leave the document out; one that carries it has it checked against the
-        hash before anything is cached under it. Without, the key is the document's JSON.
+        With *doc_hash* (``stmt_hash`` on the wire) the entry is keyed by the hash received, once
+        the document is checked against it, and keeps the document's *size*: a later request may
+        name the statement by the hash alone (:meth:`lookup`). Without, the key is the document's
+        JSON.
         """
-        key: Any
         if doc_hash is not None:
-            key = doc_hash
-            with self._lock:
-                hit = self._cache.get(key)
-                if hit is not None:
-                    self._cache.move_to_end(key)
-                    return hit
-            if document is None:
-                raise UnknownStatement("This DB-API instance does not hold the statement with this hash; "
-                                       "send its document ('stmt').")
-            try:
-                matches = document_hash(document) == doc_hash
-            except orjson.JSONEncodeError:  # nested deeper than orjson writes: validation refuses it
-                return _rebuild(document, self.metadata, self.types)
-            if not matches:
-                raise APIError("'stmt_hash' is not the hash of 'stmt'.", code="malformed_request")
-        else:
-            if document is None:
-                raise APIError("The request needs the field 'stmt'.", code="malformed_request")
-            try:
-                key = orjson.dumps(document)
-            except orjson.JSONEncodeError:  # nested deeper than orjson writes: validation refuses it
-                return _rebuild(document, self.metadata, self.types)
-            with self._lock:
-                hit = self._cache.get(key)
-                if hit is not None:
-                    self._cache.move_to_end(key)
-                    return hit
-        decoded = _rebuild(document, self.metadata, self.types)
+            hit = self._get(doc_hash)
+            if hit is not None:
+                return hit[0], hit[1]
+        try:
+            raw = orjson.dumps(document)
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes: validation refuses it
+            return _rebuild(document, self.metadata, self.types, self.engine.dialect)
+        if doc_hash is not None and hashlib.sha256(raw).hexdigest() != doc_hash:
+            raise APIError("'stmt_hash' is not the hash of 'stmt'.", code="malformed_request")
+        if len(raw) > MAX_CACHED_DOCUMENT:  # the cache holds ORM-sized statements, not every large body
+            return _rebuild(document, self.metadata, self.types, self.engine.dialect)
+        key: bytes | str = doc_hash if doc_hash is not None else raw
+        if doc_hash is None:
+            hit = self._get(key)
+            if hit is not None:
+                return hit[0], hit[1]
+        statement, info = _rebuild(document, self.metadata, self.types, self.engine.dialect)
         with self._lock:
-            self._cache[key] = decoded
+            self._cache[key] = (statement, info, size)
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
-        return decoded
+        return statement, info
+
+    def lookup(self, doc_hash: str) -> tuple[Any, StatementInfo, DocumentSize | None]:
+        """The statement kept under *doc_hash*, and its document's size; ``UnknownStatement`` if none."""
+        hit = self._get(doc_hash)
+        if hit is None:
+            raise UnknownStatement("This DB-API instance does not hold the statement with this hash; "
+                                   "send its document ('stmt').")
+        return hit
+
+    def _get(self, key: bytes | str) -> tuple[Any, StatementInfo, DocumentSize | None] | None:
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+            return hit
 
     def schema_changed(self) -> None:
         """Forget decoded statements and known types after the metadata's tables changed."""
@@ -271,14 +283,15 @@ def fetch_page(result: sa.CursorResult[Any], size: int) -> tuple[list[list[Any]]
     return [encode_row(row) for row in raw], more
 
 
-def _rebuild(document: Mapping[str, Any], metadata: sa.MetaData, types: TypeResolver) -> tuple[Any, StatementInfo]:
+def _rebuild(document: Mapping[str, Any], metadata: sa.MetaData, types: TypeResolver,
+             dialect: sa.Dialect | None = None) -> tuple[Any, StatementInfo]:
     """``from_wire``, with any failure it was not written to expect answered as the client's fault.
 
     The document is untrusted input: whatever it makes the rebuild raise (a ``TypeError`` from
     nonsense options, a ``RecursionError``) is a malformed request, never a server error.
     """
     try:
-        return from_wire(document, metadata, types)
+        return from_wire(document, metadata, types, dialect=dialect)
     except TranslationError:
         raise
     except (RecursionError, TypeError, ValueError, LookupError, AttributeError, sa.exc.SQLAlchemyError) as exc:

@@ -16,7 +16,7 @@ a policy file runs; :class:`DefaultPolicy` is that preset with today's keyword a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from os import PathLike
 from typing import Any
@@ -26,6 +26,7 @@ from sqlalchemy.sql import elements
 
 from query_translation.decode import StatementInfo
 from query_translation.driver_sql import DRIVER_SQL_KINDS
+from query_translation.size import DocumentSize
 
 from . import _statement_scan
 from .auth import Principal
@@ -33,7 +34,7 @@ from .refusals import LimitExceeded, PolicyViolation
 from .row_filters import BIND_PREFIX, ROW_FILTER_BIND, filtered_statement
 
 __all__ = ["DANGEROUS_FUNCTIONS", "DEFAULT_FUNCTIONS", "DefaultPolicy", "Limits", "Plan", "Policy",
-           "PolicyError", "PolicyViolation", "RolePolicy", "TableGrant"]
+           "PolicyError", "PolicyViolation", "RolePolicy", "TableGrant", "WORK_LIMITS"]
 
 # functions that read files, run programs, sleep, or reach other servers: refused for every role
 DANGEROUS_FUNCTIONS = frozenset({
@@ -99,11 +100,23 @@ class Limits:
     max_body_bytes: int | None = None  # request body (413)
     max_rows: int | None = None  # rows one result may hand back (413)
     statement_timeout: float | None = None  # seconds; the database's own statement timeout
+    # the work one statement may cost the server before the database sees it (400 / 413); a
+    # policy that leaves them unset gets WORK_LIMITS, so they always hold
+    max_nodes: int | None = None  # nodes of the statement, references expanded (400)
+    max_columns: int | None = None  # the widest select list, RETURNING list or VALUES row (400)
+    max_params: int | None = None  # parameter values of one request, all sets together (413)
 
     def over(self, base: Limits) -> Limits:
         """These limits where set, *base*'s elsewhere."""
-        return Limits(**{name: getattr(self, name) if getattr(self, name) is not None else getattr(base, name)
-                         for name in ("max_depth", "max_body_bytes", "max_rows", "statement_timeout")})
+        return Limits(**{f.name: getattr(self, f.name) if getattr(self, f.name) is not None else getattr(base, f.name)
+                         for f in fields(self)})
+
+
+# Always in force (a policy may lower or raise them): a statement is refused by its size before it
+# is validated, decoded, checked or compiled. Each is far above what ORM code sends (an ORM SELECT
+# is tens to hundreds of nodes; PostgreSQL refuses more than 1664 result columns, SQLite 2000,
+# MariaDB 4096) and bounds the server's CPU per request (docs/security.md, "Bounded work").
+WORK_LIMITS = Limits(max_nodes=20_000, max_columns=4_096, max_params=1_000_000)
 
 
 @dataclass(frozen=True, init=False)
@@ -274,7 +287,7 @@ class Policy:
     def _limits_of(self, role: RolePolicy) -> Limits:
         merged = self._merged_limits.get(id(role))
         if merged is None:  # computed once per role (policies are immutable)
-            merged = self._merged_limits[id(role)] = role.limits.over(self.limits)
+            merged = self._merged_limits[id(role)] = role.limits.over(self.limits).over(WORK_LIMITS)
         return merged
 
     # -- checks ---------------------------------------------------------------------------------
@@ -344,6 +357,28 @@ class Policy:
         if not self.role_for(principal).ddl:
             raise PolicyViolation("DDL is not allowed for this role by the DB-API's policy.", statement="ddl")
 
+    def check_size(self, size: DocumentSize, param_values: int, principal: Principal) -> None:
+        """Refuse a statement too large to handle, by its measured size (before any other work)."""
+        limits = self.limits_for(principal)
+        if limits.max_nodes is not None and size.expanded > limits.max_nodes:
+            shown = f"{size.expanded}" if size.expanded < 10**9 else f"about 2**{size.expanded.bit_length() - 1}"
+            raise LimitExceeded(f"The statement has {shown} nodes once its references are expanded; this "
+                                f"role may send at most {limits.max_nodes}.", limit="statement_nodes",
+                                maximum=limits.max_nodes, status=400)
+        if limits.max_columns is not None and size.columns > limits.max_columns:
+            raise LimitExceeded(f"The statement has a list of {size.columns} columns; this role may send at most "
+                                f"{limits.max_columns}.", limit="statement_columns", maximum=limits.max_columns,
+                                status=400)
+        if limits.max_params is not None and param_values > limits.max_params:
+            raise LimitExceeded(f"The request carries {param_values} parameter values; this role may send at "
+                                f"most {limits.max_params}.", limit="parameter_values", maximum=limits.max_params)
+
+    def largest_body(self) -> int | None:
+        """The largest body any caller may send (``None``: some role has no limit)."""
+        roles = [*self.roles.values(), *([self.fallback] if self.fallback is not None else [])]
+        limits = [self._limits_of(role).max_body_bytes for role in roles]
+        return max(limits) if limits and None not in limits else None  # type: ignore[type-var]
+
     def check_body_size(self, size: int, principal: Principal) -> None:
         limit = self.limits_for(principal).max_body_bytes
         if limit is not None and size > limit:
@@ -364,9 +399,11 @@ class Policy:
         for fragment in fragments:
             # "*" and bare integers are what SQLAlchemy itself emits (count(*), EXISTS (SELECT 1))
             if fragment not in self.allowed_literals and not fragment.isdigit():
+                shown = fragment if len(fragment) <= 200 else fragment[:200] + "..."
                 raise PolicyViolation(
                     "Raw SQL text is not allowed by the DB-API's policy; express the statement "
-                    "with SQLAlchemy constructs (select(), text() is refused).", raw_sql=True)
+                    f"with SQLAlchemy constructs (select(), text() is refused). The raw SQL: {shown!r}",
+                    raw_sql=True)
 
     def _check_custom_operators(self, opstrings: Iterable[str], role: RolePolicy) -> None:
         if role.raw_sql:

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from waitress.server import create_server
+from ._waitress import create_waitress_server
 
 __all__ = ["SERVERS", "BackgroundServer", "serve", "start_background"]
 
@@ -77,7 +77,7 @@ def serve(factory: Callable[[], Any], host: str = "127.0.0.1", port: int = 9180,
 
 
 def _serve_waitress(app: Any, host: str, port: int, threads: int, port_file: str | os.PathLike[str] | None) -> None:
-    server = create_server(app, host=host, port=port, threads=threads, ident="dbapi-server",
+    server = create_waitress_server(app, host=host, port=port, threads=threads, ident="dbapi-server",
                            channel_timeout=300)
     # effective_port is set in BaseWSGIServer.__init__ but missing from types-waitress
     bound = int(server.effective_port)  # type: ignore[union-attr]
@@ -317,7 +317,7 @@ class BackgroundServer:
 
 def start_background(app: Any, host: str = "127.0.0.1", port: int = 0, threads: int = 8) -> BackgroundServer:
     """Serve *app* on a real loopback socket from a daemon thread (waitress); ``port=0`` picks a free one."""
-    server = create_server(app, host=host, port=port, threads=threads, ident="dbapi-server")
+    server = create_waitress_server(app, host=host, port=port, threads=threads, ident="dbapi-server")
     thread = threading.Thread(target=server.run, name="dbapi-server", daemon=True)
     thread.start()
     # effective_port is set in BaseWSGIServer.__init__ but missing from types-waitress

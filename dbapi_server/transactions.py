@@ -159,8 +159,14 @@ class TransactionManager:
         return found[1] if found else None
 
     # -- ending -------------------------------------------------------------------------------
-    def finish(self, txn_id: str, verb: str, owner: str | None) -> str:
+    def finish(self, txn_id: str, verb: str, owner: str | None,
+               before_end: Callable[[], object] = lambda: None) -> str:
         """Commit or roll back; asking again for a finished transaction returns its outcome.
+
+        *before_end* runs (under the transaction's lock) once the caller is known to own the
+        transaction, before it ends, and also when it has ended already: what the owner's request
+        must release (its result cursors). A caller who does not own it is refused first, so it
+        never runs for them.
 
         The transaction stays listed as open until its outcome is recorded, so a retry that
         arrives while the first request is still committing waits for it (on the transaction's
@@ -169,9 +175,11 @@ class TransactionManager:
         with self._lock:
             txn = self._open.get(txn_id)
         if txn is None:
+            before_end()
             return self.finished(txn_id, verb)
         self._check_owner(txn, owner)
         with txn.lock:
+            before_end()
             if txn.ended:  # a concurrent retry or the reaper ended it while we waited
                 return self.finished(txn_id, verb)
             return self._end(txn, verb)

@@ -28,7 +28,9 @@ import orjson
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, request
 
+from query_translation import count_values, measure_document
 from query_translation.decode import StatementInfo
+from query_translation.size import DocumentSize
 
 from .auth import Principal
 from .cursors import CursorGone
@@ -70,9 +72,18 @@ def _principal() -> Principal:
 
 
 def _body(principal: Principal | None = None) -> Mapping[str, Any]:
-    data = request.get_data(cache=False)
-    if principal is not None:
-        _state().policy.check_body_size(len(data), principal)  # the role's limit; the app's is MAX_CONTENT_LENGTH
+    _check_content_type()
+    if principal is None:
+        data = request.get_data(cache=False)  # the app's limit: MAX_CONTENT_LENGTH, by Content-Length first
+    else:
+        # the role's limit, judged by the Content-Length before one byte of the body is read; a
+        # body without one (chunked) is read up to the limit and no further
+        policy = _state().policy
+        limit = policy.limits_for(principal).max_body_bytes
+        if request.content_length is not None:
+            policy.check_body_size(request.content_length, principal)
+        data = request.get_data(cache=False) if limit is None else _read_at_most(limit + 1)
+        policy.check_body_size(len(data), principal)
     try:
         body = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -80,6 +91,26 @@ def _body(principal: Principal | None = None) -> Mapping[str, Any]:
     if not isinstance(body, dict):
         raise APIError("The request body must be a JSON object.", code="malformed_request")
     return body
+
+
+def _read_at_most(size: int) -> bytes:
+    """The body, or its first *size* bytes (a WSGI server may return less than asked per read)."""
+    parts, total = [], 0
+    while total < size:
+        chunk = request.stream.read(min(1 << 16, size - total))
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+    return b"".join(parts)
+
+
+def _check_content_type() -> None:
+    """A body is JSON: another declared type is refused (415) before the body is read."""
+    mimetype = request.mimetype
+    if mimetype and mimetype != _JSON and not (mimetype.startswith("application/") and mimetype.endswith("+json")):
+        raise APIError("The request body must be JSON (Content-Type: application/json).", status=415,
+                       code="unsupported_media_type")
 
 
 def _field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...], required: bool = False) -> Any:
@@ -125,12 +156,15 @@ class StatementRequest:
     options: Mapping[str, Any] | None
     column_keys: list[str] | None
     stream: int | None
+    size: DocumentSize | None  # the document's, measured (or kept with the statement sent by hash)
     decoded: tuple[Any, StatementInfo] | None = None  # resolved by hash before the transaction
 
     @classmethod
-    def parse(cls, state: ServerState, body: Mapping[str, Any], *, streams: bool = True) -> StatementRequest:
-        """Check the fields; a statement sent by hash alone is looked up now, before any transaction
-        is touched, so ``unknown_statement`` uses no sequence number."""
+    def parse(cls, state: ServerState, principal: Principal, body: Mapping[str, Any], *,
+              streams: bool = True) -> StatementRequest:
+        """Check the fields and the statement's size; a statement sent by hash alone is looked up
+        now. Both before any transaction is touched: a refusal, or ``unknown_statement``, uses no
+        sequence number."""
         doc_hash = _field(body, "stmt_hash", str)
         if doc_hash is not None and not _DOC_HASH.fullmatch(doc_hash):
             raise APIError("'stmt_hash' is the statement document's SHA-256, in lowercase hex.",
@@ -149,8 +183,19 @@ class StatementRequest:
                            code="malformed_request")
         if many and not raw_params:  # checked before decoding, which turns "no params" into [{}]
             raise APIError("An executemany request needs at least one parameter set.", code="malformed_request")
-        decoded = state.executor.decode(None, doc_hash) if document is None else None
-        return cls(document, doc_hash, sql_hash, raw_params, many, options, column_keys, stream, decoded)
+        decoded: tuple[Any, StatementInfo] | None = None
+        if document is None:
+            assert doc_hash is not None
+            statement, info, size = state.executor.lookup(doc_hash)
+            decoded = statement, info
+        else:
+            size = measure_document(document)
+        if size is not None:
+            # the statement's size, refused before anything expensive (validation, decoding,
+            # checks, compiling) - references expanded, so a small body cannot stand for an
+            # exponential statement; per role, also for a statement named by its hash
+            state.policy.check_size(size, count_values(raw_params), principal)
+        return cls(document, doc_hash, sql_hash, raw_params, many, options, column_keys, stream, size, decoded)
 
     @property
     def kind(self) -> str:
@@ -161,7 +206,11 @@ class StatementRequest:
 
     def prepare(self, state: ServerState, principal: Principal) -> tuple[Plan, Any, list[dict[str, Any]]]:
         """Decoded (cached by structure), its values decoded, and judged by the policy."""
-        statement, stmt_info = self.decoded or state.executor.decode(self.document, self.doc_hash)
+        if self.decoded is not None:
+            statement, stmt_info = self.decoded
+        else:
+            assert self.document is not None
+            statement, stmt_info = state.executor.decode(self.document, self.doc_hash, self.size)
         params = state.executor.decode_params(self.raw_params)
         plan = state.policy.plan(statement, stmt_info, principal, params=params, column_keys=self.column_keys,
                                  dialect=state.engine.dialect)
@@ -182,7 +231,7 @@ def execute() -> Response:
     state = _state()
     principal = _principal()
     body = _body(principal)
-    req = StatementRequest.parse(state, body)
+    req = StatementRequest.parse(state, principal, body)
     label(kind=req.kind)
     txn_id = _txn_field(body)
 
@@ -242,7 +291,7 @@ def batch() -> Response:
         if not isinstance(item, dict):
             raise APIError("Each batch statement is a JSON object.", code="malformed_request")
         expect = _field(item, "expect", int)
-        requests.append((StatementRequest.parse(state, item, streams=False), expect))
+        requests.append((StatementRequest.parse(state, principal, item, streams=False), expect))
     label(kind="batch_commit" if commit else "batch")
     if commit:
         outcome = state.transactions.outcome(txn_id)
@@ -387,6 +436,9 @@ def finish_transaction(txn_id: str, verb: str) -> Response:
     label(kind=verb, txn=txn_id)
     principal = _principal()
     state = _state()
-    state.cursors.close_for_transaction(txn_id)
-    outcome = state.transactions.finish(txn_id, verb, principal.subject)
+    # the transaction's cursors end with it - but only once the caller is known to own it: a
+    # stranger's commit is refused (403) before anything of the owner's is touched
+    outcome = state.transactions.finish(
+        txn_id, verb, principal.subject,
+        before_end=lambda: state.cursors.close_for_transaction(txn_id, principal.subject))
     return _json({"outcome": outcome})

@@ -166,7 +166,7 @@ def _context_for(base: type) -> type:
 
 
 # -- the dialect ---------------------------------------------------------------------------------
-_wire_cache: weakref.WeakKeyDictionary[Any, tuple[dict[str, Any], str, bool, str]] = weakref.WeakKeyDictionary()
+_wire_cache: weakref.WeakKeyDictionary[Any, tuple[dict[str, Any], str, bool, str | None]] = weakref.WeakKeyDictionary()
 
 
 def _has_dml(document: Any) -> bool:
@@ -182,7 +182,7 @@ def _has_dml(document: Any) -> bool:
     return False
 
 
-def _wire_for(compiled: sql_compiler.SQLCompiler) -> tuple[dict[str, Any], str, bool, str]:
+def _wire_for(compiled: sql_compiler.SQLCompiler) -> tuple[dict[str, Any], str, bool, str | None]:
     """(wire document, SQL hash, needs a transaction, document hash) for a compiled statement,
     cached on it."""
     cached = _wire_cache.get(compiled)
@@ -354,8 +354,10 @@ class _IsolatedDialectMixin:
             return
         document, digest, needs_txn, doc_hash = _wire_for(compiled)
         # the connection leaves the document out once this host has it (``stmt_hash`` suffices)
-        payload: dict[str, Any] = {"stmt": document, "stmt_hash": doc_hash, "sql": digest,
+        payload: dict[str, Any] = {"stmt": document, "sql": digest,
                                    "params": encode_params(driver_parameters(context, self._dbs_adapter))}
+        if doc_hash is not None:
+            payload["stmt_hash"] = doc_hash
         if many or context.executemany:
             payload["many"] = True
         if compiled.isinsert and ("select" in document["statement"] or "multi_values" in document["statement"]):

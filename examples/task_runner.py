@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dbsession import DBSession
 from examples.methods import TaskStateError, mark_success_and_schedule_downstream
-from examples.models import Connection, TaskInstance, TaskState, Variable, XCom
+from examples.models import Connection, DagRun, TaskInstance, TaskState, Variable, XCom
 
 __all__ = ["TASKS", "TaskContext", "run_task_instance"]
 
@@ -94,7 +94,8 @@ def run_task_instance(sessions: Callable[[], Session], dag_id: str, run_id: str,
         session.commit()
 
         value = TASKS[task_id](TaskContext(session, ti))
-        session.add(XCom(dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index,
+        run = session.scalars(sa.select(DagRun.id).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)).one()
+        session.add(XCom(dag_run_id=run, dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index,
                          key=RETURN_VALUE, value=value, timestamp=datetime.now(UTC)))
         scheduled = mark_success_and_schedule_downstream(session, dag_id, run_id, task_id, map_index)
         session.commit()

@@ -7,6 +7,7 @@ type. See ``docs/wire-format.md``.
 
 from __future__ import annotations
 
+from . import _stable_compile
 from .decode import NODE_TYPES, StatementDecoder, StatementInfo, from_wire
 from .driver_sql import DRIVER_SQL_KINDS, DriverSQL, driver_sql_document, driver_sql_params
 from .encode import WIRE_VERSION, StatementEncoder, to_wire
@@ -41,6 +42,7 @@ from .methods import (
     safe_exceptions,
 )
 from .schemas import validate_document
+from .size import DocumentSize, count_values, measure_document
 from .type_codec import TypeResolver, encode_type
 from .values import (
     WRAPPED_KINDS,
@@ -58,6 +60,7 @@ from .values import (
 __all__ = [
     "DEFAULT_REGISTRY",
     "DRIVER_SQL_KINDS",
+    "DocumentSize",
     "NODE_TYPES",
     "TRANSMITTED_BUILTINS",
     "WIRE_VERSION",
@@ -106,4 +109,8 @@ __all__ = [
     "safe_exceptions",
     "to_wire",
     "validate_document",
+    "count_values",
+    "measure_document",
 ]
+
+_stable_compile.install()  # before either side compiles anything (see the module)

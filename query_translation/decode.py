@@ -19,6 +19,7 @@ from sqlalchemy.sql import elements, functions, operators, selectable
 from sqlalchemy.sql import expression as sql_expr
 
 from . import _operators
+from ._hints import from_hint_renders, hint_renders, structured_from_hint
 from .driver_sql import DRIVER_SQL_KINDS, parse_driver_sql
 from .encode import WIRE_VERSION
 from .exceptions import (
@@ -65,8 +66,9 @@ class StatementInfo:
 class StatementDecoder:
     """Rebuilds one statement; instances are single-use."""
 
-    def __init__(self, metadata: sa.MetaData, types: TypeResolver) -> None:
+    def __init__(self, metadata: sa.MetaData, types: TypeResolver, dialect: sa.Dialect | None = None) -> None:
         self._metadata = metadata
+        self._dialect = dialect  # the server's: which hints and prefixes render (None: assume all)
         self._types = types
         self._refs: dict[int, Any] = {}
         self._definitions: dict[int, _Json] = {}
@@ -211,7 +213,42 @@ class StatementDecoder:
             stmt = stmt.add_cte(cte)
         if "label_style" in node:
             stmt = stmt.set_label_style(_label_style(node["label_style"]))
+        stmt = self._hints_and_prefixes(stmt, node)
+        for suffix in node.get("suffixes", ()):
+            stmt = stmt.suffix_with(self._prefix(suffix), dialect=suffix["dialect"] or "*")
+        for hint in node.get("statement_hints", ()):
+            if hint_renders(hint["dialect"], self._dialect):
+                self.info.literal_sql.append(hint["text"])
+            stmt = stmt.with_statement_hint(hint["text"], dialect_name=hint["dialect"])
         return self._limits(stmt, node)
+
+    def _hints_and_prefixes(self, stmt: Any, node: _Json) -> Any:
+        """``with_hint()`` and ``prefix_with()`` of a SELECT, INSERT, UPDATE or DELETE.
+
+        A hint that renders here is structure when it validates (MySQL index hints naming indexes
+        of the metadata, PostgreSQL's ``ONLY``: see ``_hints``), raw SQL text otherwise.
+        """
+        for hint in node.get("hints", ()):
+            from_, text, dialect_name = self.visit(hint["from"]), hint["text"], hint["dialect"]
+            if from_hint_renders(dialect_name, self._dialect) and not structured_from_hint(
+                    from_, text, self._dialect):
+                self.info.literal_sql.append(text)
+            if isinstance(stmt, sa.Select):
+                stmt = stmt.with_hint(from_, text, dialect_name=dialect_name)
+            else:
+                stmt = stmt.with_hint(text, selectable=from_, dialect_name=dialect_name)
+        for prefix in node.get("prefixes", ()):
+            stmt = stmt.prefix_with(self._prefix(prefix), dialect=prefix["dialect"] or "*")
+        return stmt
+
+    def _prefix(self, prefix: _Json) -> Any:
+        """A prefix's or suffix's clause; one for a dialect other than this one is inert."""
+        if hint_renders(prefix["dialect"], self._dialect):
+            return self.visit(prefix["clause"])
+        literal_sql = self.info.literal_sql[:]
+        clause = self.visit(prefix["clause"])
+        self.info.literal_sql[:] = literal_sql  # it does not render: not raw SQL the server runs
+        return clause
 
     def _limits(self, stmt: Any, node: _Json) -> Any:
         if "limit" in node:
@@ -229,7 +266,10 @@ class StatementDecoder:
         return stmt
 
     def compound_select(self, node: _Json) -> Any:
-        keyword = selectable._CompoundSelectKeyword[node["keyword"]]
+        keyword = _COMPOUND_KEYWORDS.get(node["keyword"])
+        if keyword is None:
+            raise MalformedStatementError({"keyword": ["unknown set operation"]},
+                                          f"Unknown set operation {node['keyword']!r}.")
         stmt: selectable.CompoundSelect[Any] = selectable.CompoundSelect(keyword, *self.all(node["selects"]))
         if node.get("order_by"):
             stmt = stmt.order_by(*self.all(node["order_by"]))
@@ -270,7 +310,7 @@ class StatementDecoder:
             stmt = stmt.add_cte(cte)
         if node.get("inline"):
             stmt = stmt.inline()
-        return stmt
+        return self._hints_and_prefixes(stmt, node)
 
     def _value(self, value: _Json) -> Any:
         if value.get("t") == "value":
@@ -372,7 +412,8 @@ class StatementDecoder:
             raise MalformedStatementError({"key": ["missing"]}, "A column reference needs 'key' or 'pos'.")
         column = from_.c.get(node["key"])
         if column is None:
-            raise UnknownColumnError(f"{getattr(from_, 'name', '?')!s} has no column {node['key']!r} in the server's metadata.")
+            owner = from_.name if isinstance(from_, (sa.Table, selectable.NamedFromClause)) else "?"
+            raise UnknownColumnError(f"{str(owner)!r} has no column {node['key']!r} in the server's metadata.")
         if isinstance(from_, sa.Table):
             self.info.columns.add((from_.fullname, node["key"]))
         return column
@@ -576,10 +617,17 @@ def _index_definitions(document: Any) -> dict[int, _Json]:
     return found
 
 
+# names from the wire are looked up in explicit maps only, never with getattr (which would also
+# find "__class__", methods and anything else the class happens to have)
+_COMPOUND_KEYWORDS: dict[str, Any] = {kw.name: kw for kw in selectable._CompoundSelectKeyword}
+_LABEL_STYLES: dict[str, selectable.SelectLabelStyle] = {style.name: style for style in selectable.SelectLabelStyle}
+
+
 def _label_style(name: str) -> Any:
-    style = getattr(selectable.SelectLabelStyle, name, None)
+    style = _LABEL_STYLES.get(name) if isinstance(name, str) else None
     if style is None:
-        raise MalformedStatementError({"label_style": [name]}, f"Unknown label style {name!r}.")
+        raise MalformedStatementError({"label_style": ["unknown label style"]},
+                                      f"Unknown label style {name!r}; known: {', '.join(sorted(_LABEL_STYLES))}.")
     return style
 
 
@@ -599,8 +647,11 @@ NODE_TYPES = frozenset(_DECODERS) | {"ref"}
 
 
 def from_wire(document: _Json, metadata: sa.MetaData, types: TypeResolver | None = None,
-              *, validate: bool = True) -> tuple[Any, StatementInfo]:
+              *, validate: bool = True, dialect: sa.Dialect | None = None) -> tuple[Any, StatementInfo]:
     """Validate and rebuild a wire document; returns the statement and what it touches.
+
+    *dialect* is the server's: a hint or prefix that does not render there is no raw SQL for the
+    policy (``None``: every hint and prefix counts).
 
     DDL and driver SQL (see :mod:`query_translation.driver_sql`) come back as a
     :class:`~query_translation.driver_sql.DriverSQL`, their ``StatementInfo.kind`` naming them.
@@ -616,6 +667,6 @@ def from_wire(document: _Json, metadata: sa.MetaData, types: TypeResolver | None
     version = document.get("version")
     if version != WIRE_VERSION:
         raise WireVersionError(f"The statement uses wire version {version!r}; this server speaks version {WIRE_VERSION}. Upgrade the older side.")
-    decoder = StatementDecoder(metadata, types or TypeResolver(metadata))
+    decoder = StatementDecoder(metadata, types or TypeResolver(metadata), dialect)
     statement = decoder.decode(document["statement"])
     return statement, decoder.info

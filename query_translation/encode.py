@@ -213,10 +213,14 @@ class StatementEncoder:
         if core is not None and core is not select:
             return self.visit(core)
         distinct_on = _distinct_on_extension(select)
-        self._refuse_extras(select, "_prefixes", "_suffixes", "_hints", "_statement_hints",
-                            "_post_select_clause", "_post_criteria_clause", "_post_body_clause",
+        self._refuse_extras(select, "_post_select_clause", "_post_criteria_clause", "_post_body_clause",
                             *(() if distinct_on is not None else ("_pre_columns_clause",)))
         node: _Json = {"t": "select", "cols": self.visit_all(select._raw_columns)}
+        self._put_hints(node, select)
+        self._put_prefixes(node, "prefixes", select._prefixes)
+        self._put_prefixes(node, "suffixes", select._suffixes)
+        if select._statement_hints:
+            node["statement_hints"] = [{"dialect": d, "text": t} for d, t in select._statement_hints]
         if distinct_on is not None:  # 2.1: select(...).ext(postgresql.distinct_on(...))
             node["ext_distinct_on"] = self.visit_all(distinct_on)
         self._put_list(node, "froms", select._from_obj)
@@ -264,6 +268,23 @@ class StatementEncoder:
         if items:
             node[name] = self.visit_all(items)
 
+    def _put_hints(self, node: _Json, stmt: Any) -> None:
+        """``with_hint()``, keyed by the hinted FROM, each with the dialect it is for.
+
+        All of them travel, those for other dialects too: what renders is the server's to judge
+        (``_hints``), and leaving one out could change the SQL (an empty suffix list still adds a
+        space), which the fingerprint check would refuse.
+        """
+        hints = [{"from": self.visit(from_), "dialect": dialect_name, "text": text}
+                 for (from_, dialect_name), text in stmt._hints.items()]
+        if hints:
+            node["hints"] = hints
+
+    def _put_prefixes(self, node: _Json, field: str, prefixes: Sequence[tuple[Any, str | None]]) -> None:
+        """``prefix_with()`` / ``suffix_with()``: their clauses (text is raw SQL where it renders)."""
+        if prefixes:
+            node[field] = [{"clause": self.visit(clause), "dialect": dialect_name} for clause, dialect_name in prefixes]
+
     def _refuse_extras(self, stmt: Any, *attrs: str) -> None:
         for attr in attrs:
             value = getattr(stmt, attr, None)
@@ -285,8 +306,10 @@ class StatementEncoder:
         return {"t": "select_grouping", "element": self.visit(grouping.element)}
 
     def _dml_common(self, node: _Json, stmt: Any) -> _Json:
-        self._refuse_extras(stmt, "_prefixes", "_hints", "_post_criteria_clause",
+        self._refuse_extras(stmt, "_post_criteria_clause",
                             *(() if "on_conflict" in node else ("_post_values_clause",)))
+        self._put_hints(node, stmt)
+        self._put_prefixes(node, "prefixes", stmt._prefixes)
         self._put_list(node, "returning", stmt._returning)
         if stmt._return_defaults:
             node["return_defaults"] = True

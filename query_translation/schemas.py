@@ -96,7 +96,7 @@ def _dml(**spec: Any) -> dict[str, Any]:
     """Fields every INSERT / UPDATE / DELETE node may carry, plus *spec*."""
     return {"table": _node(required=True), "returning": _nodes(), "return_defaults": _bool(),
             "return_defaults_cols": _nodes(), "supplemental_returning": _nodes(), "ctes": _nodes(),
-            "sort_by_parameter_order": _bool(), "inline": _bool(), **spec}
+            "sort_by_parameter_order": _bool(), "inline": _bool(), **_HINTS, **spec}
 _PAIRS = fields.List(fields.List(fields.Raw(), validate=validate.Length(equal=2)))
 
 class _OnConflictSchema(Schema):
@@ -113,6 +113,43 @@ class _OnConflictSchema(Schema):
     class Meta:
         unknown = RAISE
 
+
+# only ever compared with the server dialect's name, never rendered
+_DIALECT = fields.Str(required=True, allow_none=True, validate=validate.Length(max=100))
+
+
+class _HintSchema(Schema):
+    """``with_hint()``: the hinted FROM, the dialect it is for, its text (judged by the decoder)."""
+
+    from_ = _Node(required=True, data_key="from")
+    dialect = _DIALECT
+    text = fields.Str(required=True, validate=validate.Length(max=10_000))
+
+    class Meta:
+        unknown = RAISE
+
+
+class _StatementHintSchema(Schema):
+    """``with_statement_hint()``: raw SQL text where it renders."""
+
+    dialect = _DIALECT
+    text = fields.Str(required=True, validate=validate.Length(max=10_000))
+
+    class Meta:
+        unknown = RAISE
+
+
+class _PrefixSchema(Schema):
+    """``prefix_with()`` / ``suffix_with()``: a clause (usually text) and the dialect it is for."""
+
+    clause = _Node(required=True)
+    dialect = _DIALECT
+
+    class Meta:
+        unknown = RAISE
+
+
+_HINTS = {"hints": fields.List(fields.Nested(_HintSchema)), "prefixes": fields.List(fields.Nested(_PrefixSchema))}
 
 # field specs per node kind; "t" and "@" are implied
 NODE_SPECS: dict[str, dict[str, Any]] = {
@@ -131,7 +168,9 @@ NODE_SPECS: dict[str, dict[str, Any]] = {
                "distinct_on": _nodes(), "ext_distinct_on": _nodes(), "correlate": _nodes(), "correlate_except": _nodes(),
                "ctes": _nodes(), "distinct": _bool(), "joins": fields.List(fields.Dict()),
                "label_style": fields.Str(), "limit": _node(), "offset": _node(),
-               "fetch": fields.Dict(), "for_update": fields.Dict()},
+               "fetch": fields.Dict(), "for_update": fields.Dict(), **_HINTS,
+               "suffixes": fields.List(fields.Nested(_PrefixSchema)),
+               "statement_hints": fields.List(fields.Nested(_StatementHintSchema))},
     "compound_select": {"keyword": fields.Str(required=True), "selects": _nodes(required=True),
                         "order_by": _nodes(), "group_by": _nodes(), "limit": _node(),
                         "offset": _node(), "fetch": fields.Dict(), "for_update": fields.Dict()},

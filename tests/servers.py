@@ -198,9 +198,10 @@ def dbapi_process(database_url: str | sa.URL, metadata: str, *, policy: Path | s
     seed = server_hash_seed() if hash_seed is None else hash_seed
     # a short shutdown grace: a test that stops a server with a transaction still open (the
     # rollback on SIGTERM) should not wait the production default (30 s) for it
-    server_env = _server_env(DBAPI_DATABASE_URL=url, DBAPI_METADATA=metadata, DBAPI_JWT_KEY_FILE=str(public_key),
-                             DBAPI_JWT_ALGORITHMS="EdDSA", DBAPI_METHODS=methods, PYTHONHASHSEED=str(seed),
-                             PYTHONUNBUFFERED="1", **{"DBAPI_SHUTDOWN_GRACE": str(SHUTDOWN_GRACE), **(env or {})})
+    server_env = _server_env(**{"DBAPI_DATABASE_URL": url, "DBAPI_METADATA": metadata,
+                                "DBAPI_JWT_KEY_FILE": str(public_key), "DBAPI_JWT_ALGORITHMS": "EdDSA",
+                                "DBAPI_METHODS": methods, "PYTHONHASHSEED": str(seed), "PYTHONUNBUFFERED": "1",
+                                "DBAPI_SHUTDOWN_GRACE": str(SHUTDOWN_GRACE), **(env or {})})
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=REPO, env=server_env, stdout=out, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)

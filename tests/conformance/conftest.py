@@ -279,15 +279,18 @@ def isolated_sessionmaker(backend: str, db_a: Database, db_b: Database) -> Itera
     (database B); results, exception classes and database state must match.
 
     Here: isolated ``DBSession`` s talking over a real loopback socket, with a real EdDSA token,
-    to a real DB-API server whose engine is database B's. The engines of the fixtures (A, B, the
-    reset and fingerprint code) are exempted from the isolation guard explicitly: they are the
-    trusted side.
+    to a real DB-API server whose database is B, running in a process of its own
+    (``dbapi-server serve``, with a ``PYTHONHASHSEED`` other than this process's), as in
+    production: anything the client and the server compile differently because of
+    process-local state (set or ``id()`` order, import order) shows here. The engines of the
+    fixtures (A, B, the reset and fingerprint code) are exempted from the isolation guard
+    explicitly: they are the trusted side.
     """
     from dbsession import DBSession, guard
-    from tests.servers import running_dbapi
+    from tests.servers import dbapi_process
 
     guard.exempt(db_a.engine)
-    with running_dbapi(db_b.engine, metadata) as server:
+    with dbapi_process(db_b.url, "tests.conformance.dbapi_metadata:metadata") as server:
         yield sessionmaker(class_=DBSession, database_access_isolation=True,
                            database_api_host=server.url, token=server.token)
     guard.uninstall()

@@ -216,6 +216,30 @@ def test_another_caller_cannot_use_the_transaction(api: RawApi, engine: sa.Engin
     assert count_rows(engine, accounts, named(name)) == 1
 
 
+def test_another_callers_commit_leaves_the_owners_cursors_open(api: RawApi, server: RunningServer,
+                                                               name: str) -> None:
+    """Issue 12, finding 4: the refused stranger's commit used to close the owner's cursors first."""
+    txn = api.transaction()
+    for i in range(3):
+        assert txn.execute(insert(f"{name}-{i}")).status == 200
+    streamed = txn.execute(sa.select(accounts.c.name).where(accounts.c.name.like(f"{name}-%"))
+                           .order_by(accounts.c.name), stream=1)
+    assert streamed.status == 200, streamed.body
+    cursor = streamed.json["cursor"]
+    intruder = server.mint("intruder")
+    for verb in ("commit", "rollback"):
+        reply = api.post(f"/transactions/{txn.id}/{verb}", {}, token=intruder)
+        assert (reply.status, reply.error["code"]) == (403, "forbidden_transaction")
+    refused = api.post(f"/cursors/{cursor}/fetch", {"page": 1}, token=intruder)
+    assert (refused.status, refused.error["code"]) == (403, "forbidden_cursor")
+    page = api.post(f"/cursors/{cursor}/fetch", {"page": 1})
+    assert page.status == 200, page.body  # was 410 cursor_gone
+    assert decode_rows(page.json["rows"]) == [(f"{name}-1",)]
+    assert txn.commit().json == {"outcome": "committed"}
+    gone = api.post(f"/cursors/{cursor}/fetch", {"page": 2})  # the owner's commit does end them
+    assert (gone.status, gone.error["code"]) == (410, "cursor_gone")
+
+
 # -- expiry ---------------------------------------------------------------------------------------
 def test_idle_transaction_is_rolled_back_and_its_lock_released(engine: sa.Engine, name: str,
                                                                raw_api: Callable[..., RawApi]) -> None:

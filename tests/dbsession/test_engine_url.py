@@ -1,8 +1,12 @@
-"""``sqlite+dbsession://`` / ``postgresql+dbsession://`` as a general-purpose engine.
+"""``sqlite+dbsession://`` / ``postgresql+dbsession://`` / ``mysql+dbsession://`` as a general-purpose engine.
 
 The connection-level API a program (or SQLAlchemy's own test suite) uses on an ordinary engine,
 through a real DB-API server: transactions, savepoints, driver SQL, DDL, cursor metadata,
 reflection, events, dispose - and the policy that keeps refusing DDL and raw SQL by default.
+
+The DB-API runs in a process of its own (``dbapi-server serve``, another ``PYTHONHASHSEED``), as a
+user runs it: one under the testing preset and one under the default (open) preset per database,
+for the module. Each test starts from an empty database (its tables are dropped afterwards).
 """
 
 from __future__ import annotations
@@ -16,44 +20,62 @@ import sqlalchemy as sa
 from dbapi_server import DefaultPolicy
 from dbsession import guard
 from dbsession.exceptions import PolicyViolationError
-from tests.servers import RunningServer, running_dbapi
+from tests.servers import DBAPIProcess, dbapi_process
 
-# The application's tables: the server knows them (as a deployed DB-API knows the models); the
-# client creates them through the DB-API (DDL under the test policy).
-MD = sa.MetaData()
-THINGS = sa.Table("things", MD, sa.Column("id", sa.Integer, primary_key=True),
-                  sa.Column("name", sa.String(30), nullable=False), sa.Index("ix_things_name", "name"))
+from ._engine_url_models import MD, THINGS
+
+# the application's tables (``MD``): the server knows them, as a deployed DB-API knows the
+# models; the client creates them through the DB-API (DDL under the testing preset)
+METADATA = "tests.dbsession._engine_url_models:MD"
+TESTING = 'preset = "testing"\n'
 
 
-def _engine(server: RunningServer, backend: str, **kw: Any) -> sa.Engine:
-    port = server.url.rsplit(":", 1)[1]
-    return sa.create_engine(f"{backend}+dbsession://127.0.0.1:{port}/",
+def _engine(server: DBAPIProcess, backend: str, **kw: Any) -> sa.Engine:
+    return sa.create_engine(f"{backend}+dbsession://127.0.0.1:{server.port}/",
                             connect_args={"token": server.token}, **kw)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[tuple[str, sa.Engine]]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "mysql"])
+def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, sa.URL]:
+    """The served database of one backend, for the module."""
     if request.param == "sqlite":
-        direct = sa.create_engine(f"sqlite:///{tmp_path / 'engine_url.db'}")
-        yield "sqlite", direct
-    else:
-        pg_url = request.getfixturevalue("pg_url")
-        direct = sa.create_engine(pg_url)
-        yield "postgresql", direct
+        return "sqlite", sa.make_url(f"sqlite:///{tmp_path_factory.mktemp('engine_url') / 'engine_url.db'}")
+    if request.param == "postgresql":
+        return "postgresql", request.getfixturevalue("pg_url")
+    return "mysql", request.getfixturevalue("mariadb_url")
+
+
+@pytest.fixture
+def backend(database: tuple[str, sa.URL]) -> Iterator[tuple[str, sa.Engine]]:
+    """The backend's name and a direct (trusted) engine; the test's tables are dropped afterwards."""
+    name, url = database
+    direct = guard.exempt(sa.create_engine(url))
+    yield name, direct
     with guard.trusted():
-        MD.drop_all(direct)  # PostgreSQL's database lives for the module
+        MD.drop_all(direct)
+        sa.Table("other", sa.MetaData()).drop(direct, checkfirst=True)
     direct.dispose()
 
 
-@pytest.fixture
-def testing_server(backend: tuple[str, sa.Engine]) -> Iterator[tuple[str, RunningServer]]:
-    name, direct = backend
-    with running_dbapi(direct, MD, policy=DefaultPolicy.for_testing()) as server:
-        yield name, server
+@pytest.fixture(scope="module")
+def _testing_server(database: tuple[str, sa.URL]) -> Iterator[DBAPIProcess]:
+    with dbapi_process(database[1], METADATA, policy=TESTING) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def _default_server(database: tuple[str, sa.URL]) -> Iterator[DBAPIProcess]:
+    with dbapi_process(database[1], METADATA) as server:
+        yield server
 
 
 @pytest.fixture
-def engine(testing_server: tuple[str, RunningServer]) -> Iterator[sa.Engine]:
+def testing_server(backend: tuple[str, sa.Engine], _testing_server: DBAPIProcess) -> tuple[str, DBAPIProcess]:
+    return backend[0], _testing_server
+
+
+@pytest.fixture
+def engine(testing_server: tuple[str, DBAPIProcess]) -> Iterator[sa.Engine]:
     name, server = testing_server
     eng = _engine(server, name)
     yield eng
@@ -65,7 +87,7 @@ def _ddl(engine: sa.Engine) -> sa.Table:
     return THINGS
 
 
-def test_dialect_is_the_servers(engine: sa.Engine, testing_server: tuple[str, RunningServer]) -> None:
+def test_dialect_is_the_servers(engine: sa.Engine, testing_server: tuple[str, DBAPIProcess]) -> None:
     assert engine.dialect.name == testing_server[0]
     assert getattr(engine.dialect, "is_dbsession", False)
 
@@ -79,10 +101,14 @@ def test_driver_module_shows_the_servers_driver_versions(engine: sa.Engine) -> N
         import sqlite3
 
         assert dbapi.sqlite_version_info == sqlite3.sqlite_version_info
-    else:
+    elif engine.dialect.name == "postgresql":
         import psycopg
 
         assert dbapi.__version__ == psycopg.__version__
+    else:
+        import pymysql
+
+        assert dbapi.__version__ == pymysql.__version__
 
 
 def test_ddl_and_reflection_through_the_test_policy(engine: sa.Engine) -> None:
@@ -104,7 +130,8 @@ def test_driver_sql_rows_description_rowcount(engine: sa.Engine, backend: tuple[
         result = conn.exec_driver_sql(f"INSERT INTO things (id, name) VALUES ({mark}, {mark})",
                                       [(1, "a"), (2, "b"), (3, "c")])
         assert result.rowcount == 3
-        result = conn.exec_driver_sql(f"UPDATE things SET name = name || 'x' WHERE id > {mark}", (1,))
+        concat = "CONCAT(name, 'x')" if backend[0] == "mysql" else "name || 'x'"
+        result = conn.exec_driver_sql(f"UPDATE things SET name = {concat} WHERE id > {mark}", (1,))
         assert result.rowcount == 2
     with engine.connect() as conn:
         result = conn.exec_driver_sql("SELECT id, name FROM things ORDER BY id")
@@ -141,15 +168,19 @@ def test_transactions_savepoints_and_rollback(engine: sa.Engine) -> None:
         assert conn.execute(sa.select(t.c.id).order_by(t.c.id)).scalars().all() == [1, 3]
 
 
-def test_integrity_error_is_typed(engine: sa.Engine) -> None:
+def test_integrity_error_is_typed(engine: sa.Engine, backend: tuple[str, sa.Engine]) -> None:
     t = _ddl(engine)
     with engine.begin() as conn:
         conn.execute(t.insert(), {"id": 1, "name": "a"})
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
         conn.execute(t.insert(), {"id": 1, "name": "dup"})
-    with pytest.raises(sa.exc.ProgrammingError if engine.dialect.name == "postgresql"
-                       else sa.exc.OperationalError), engine.connect() as conn:
+    with pytest.raises(sa.exc.DBAPIError) as direct, guard.trusted(), backend[1].connect() as conn:
         conn.exec_driver_sql("SELECT nope FROM things")
+    with pytest.raises(sa.exc.DBAPIError) as isolated, engine.connect() as conn:
+        conn.exec_driver_sql("SELECT nope FROM things")
+    # the class a direct connection raises (psycopg: ProgrammingError, sqlite3 and PyMySQL:
+    # OperationalError)
+    assert type(isolated.value) is type(direct.value)
 
 
 def test_engine_events_and_dispose(engine: sa.Engine) -> None:
@@ -174,15 +205,14 @@ def test_text_with_binds_through_the_test_policy(engine: sa.Engine) -> None:
 
 
 @pytest.fixture
-def default_policy_engine(backend: tuple[str, sa.Engine]) -> Iterator[sa.Engine]:
+def default_policy_engine(backend: tuple[str, sa.Engine], _default_server: DBAPIProcess) -> Iterator[sa.Engine]:
     name, direct = backend
     with guard.trusted():
         with direct.begin() as conn:
             conn.exec_driver_sql("CREATE TABLE things (id INTEGER PRIMARY KEY, name VARCHAR(30))")
-    with running_dbapi(direct, MD) as server:
-        eng = _engine(server, name)
-        yield eng
-        eng.dispose()
+    eng = _engine(_default_server, name)
+    yield eng
+    eng.dispose()
 
 
 def test_default_policy_refuses_ddl_and_driver_sql(default_policy_engine: sa.Engine) -> None:
@@ -247,7 +277,7 @@ def test_test_provisioning_is_the_server_dialects(engine: sa.Engine) -> None:
     from sqlalchemy.testing import provision
 
     type(engine.dialect).load_provisioning()
-    assert engine.dialect.name in provision.upsert.fns
+    assert engine.dialect.name in provision.temp_table_keyword_args.fns
 
 
 def test_a_locking_subquery_runs_in_a_transaction(engine: sa.Engine) -> None:

@@ -14,7 +14,7 @@ raised AttributeError").
 
 Every multi-row query has an ORDER BY: results must be deterministic.
 Names are ``<category>.<what>``; categories: filter, query, select, get, order,
-agg, join, subq, load, write, error, types, txn.
+agg, join, subq, load, write, error, types, txn, hint.
 
 The operations live in one module per category (registration order = the
 order below = the order of the tests); ``OPS`` maps name -> :class:`Op`.
@@ -28,6 +28,7 @@ from . import (  # noqa: F401 - imported for their @op registrations
     errors,
     filters,
     gets,
+    hints,
     joins,
     loading,
     ordering,

@@ -265,3 +265,17 @@ def _(s: Session):
     n = s.execute(insert(Variable).values(rows)).rowcount
     s.commit()
     return [n, s.execute(select(Variable.key, Variable.val, Variable.is_encrypted).order_by(Variable.key)).all()]
+
+
+@op("write.delete_composite_pk_in_subquery_auto", writes=True)
+def _(s: Session):
+    # synchronize_session "auto" cannot evaluate IN (SELECT ...) in Python, so the ORM fetches the
+    # deleted primary keys - with DELETE ... RETURNING where the database has it. SQLAlchemy puts
+    # the RETURNING columns of a DELETE's return_defaults() in set order (by the columns' id()),
+    # which differs between the client's and the DB-API's processes (issue 11)
+    loaded = s.query(TI).filter(TI.dag_id == "tutorial").order_by(*ti_order()).all()
+    s.execute(delete(XCom).where(XCom.dag_id.in_(select(Dag.dag_id).where(Dag.owner == "alice"))))
+    n = s.execute(delete(TI).where(TI.dag_id.in_(select(Dag.dag_id).where(Dag.owner == "alice")))).rowcount
+    gone = [lifecycle(t) for t in loaded]
+    s.commit()
+    return [n, gone, s.scalars(select(TI.dag_id).distinct().order_by(TI.dag_id)).all()]

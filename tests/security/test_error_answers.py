@@ -1,0 +1,219 @@
+"""Errors (issue 12, finding 7): every answer is the JSON envelope with the right class of status.
+
+- A Python exception raised by the server's own code is a 500 ``internal_error`` with an error id
+  (its traceback in the server's log under that id) - never a 422 ``driver_error``, which only the
+  database driver's own exceptions are.
+- Names looked up from the wire come from explicit maps (``label_style: "__class__"`` is refused).
+- A wrong Content-Type is 415; oversized headers 431 and bodies 413, in the envelope.
+- Messages repeat plain names only: caller text that is not an identifier - an "unknown table"
+  carrying SQL, an identifier the database quotes back - is ``<withheld>``.
+
+The servers run in their own process, on SQLite, PostgreSQL and MariaDB.
+"""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from dbapi_server.errors import envelope_for_exception, raised_by_driver, withhold_names
+from tests.dbapi_server._support import RawApi
+from tests.servers import DBAPIProcess, dbapi_process
+
+from ._policy_support import MINE, POLICY_FILE, Variable, XCom, make_engine
+
+METADATA = "tests.security._policy_support:Base.metadata"
+INJECTED = "x'); DROP TABLE variable; --"
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql),
+                                        pytest.param("mariadb", marks=pytest.mark.mysql)])
+def served(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[sa.Engine, DBAPIProcess, DBAPIProcess]]:
+    """The schema on one database, served twice: with the open preset and with the worker policy."""
+    engine = make_engine(request.param, request, tmp_path_factory)
+    url = engine.url.render_as_string(hide_password=False)
+    try:
+        with dbapi_process(url, METADATA) as open_server, dbapi_process(url, METADATA, policy=POLICY_FILE) as worker:
+            yield engine, open_server, worker
+    finally:
+        engine.dispose()
+
+
+def post(server: DBAPIProcess, path: str, body: Any, token: str | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    sent = urllib.request.Request(f"{server.url}/dbapi/v1{path}", method="POST",
+                                  data=body if isinstance(body, bytes) else orjson.dumps(body),
+                                  headers={"Authorization": f"Bearer {token or server.token}",
+                                           "Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(sent, timeout=60) as answer:
+            return answer.status, orjson.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, orjson.loads(refused.read())
+
+
+def payload(server: DBAPIProcess, stmt: Any, **extra: Any) -> dict[str, Any]:
+    """The /execute body an isolated client sends for *stmt* (compiled for *server*'s database)."""
+    return RawApi(server).payload(stmt, **extra)  # type: ignore[arg-type]  # needs only url and token
+
+
+# -- crashes are the server's, not the client's ------------------------------------------------------
+def test_multi_row_values_insert_runs(served: tuple[sa.Engine, DBAPIProcess, DBAPIProcess]) -> None:
+    """It crashed the statement scan ('dict' object has no attribute 'get_children'), answered 422."""
+    engine, open_server, worker = served
+    rows = [{"id": 700 + i, "key": f"multi-{i}", "val": "v"} for i in range(3)]
+    body = {**payload(open_server, sa.insert(Variable).values(rows)), "txn": "multi-values-1", "seq": 1, "begin": True}
+    status, answer = post(open_server, "/execute", body)
+    assert (status, answer.get("rowcount")) == (200, 3), answer
+    status, answer = post(open_server, "/transactions/multi-values-1/rollback", {})
+    assert status == 200, answer
+    xcoms = [{"id": 710 + i, "ti_id": 1, "key": "k", "value": "v", **MINE} for i in range(2)]
+    body = {**payload(open_server, sa.insert(XCom).values(xcoms)), "txn": "multi-values-2", "seq": 1, "begin": True}
+    status, answer = post(worker, "/execute", body, token=worker.mint(role="worker", **MINE))
+    assert (status, answer["error"]["code"]) == (403, "policy_violation"), answer  # a row-filtered table
+    post(worker, "/transactions/multi-values-2/rollback", {}, token=worker.mint(role="worker", **MINE))
+
+
+def test_a_server_failure_is_500_with_an_error_id_in_the_log(served: tuple[sa.Engine, DBAPIProcess, DBAPIProcess],
+                                                             ) -> None:
+    """Whatever the statement, a Python exception of the server's own answers 500 internal_error,
+    and its traceback is in the log under the error id. A CTE holding an INSERT into a row-filtered
+    table crashed the compiler after the row filter rewrite (answered 422 driver_error before)."""
+    _, open_server, worker = served
+    token = worker.mint(role="worker", **MINE)
+    cte = sa.insert(XCom).values(id=960, ti_id=1, key="k", value="v", **MINE).returning(XCom.id).cte("ins")
+    body = {**payload(open_server, sa.select(cte.c.id)), "txn": "cte-insert", "seq": 1, "begin": True}
+    status, answer = post(worker, "/execute", body, token=token)
+    post(worker, "/transactions/cte-insert/rollback", {}, token=token)
+    error = answer["error"]
+    assert error["code"] != "driver_error", answer
+    if status >= 500:
+        assert error["code"] == "internal_error" and error["error_id"], answer
+        assert f"unexpected error {error['error_id']}" in worker.output()
+        assert "Traceback" in worker.output()
+    else:
+        assert status in (400, 403, 422), answer  # refused by the check, or by the database itself
+
+
+def test_the_driver_is_told_apart_from_the_server() -> None:
+    """The classifier behind the two answers, on real exceptions."""
+    engine = sa.create_engine("sqlite://")
+    with engine.connect() as conn:
+        try:
+            conn.execute(sa.text("SELECT :v"), {"v": 2**70})
+        except OverflowError as exc:  # raised from SQLAlchemy's call into the C driver
+            through_sqlalchemy: BaseException = exc
+    try:
+        {}.get_children()  # type: ignore[attr-defined]
+    except AttributeError as exc:
+        ours: BaseException = exc
+    assert raised_by_driver(through_sqlalchemy)
+    assert not raised_by_driver(ours) and not raised_by_driver(OverflowError("never raised"))
+    assert envelope_for_exception(through_sqlalchemy)[0] == 422
+    status, envelope = envelope_for_exception(ours)
+    assert (status, envelope["error"]["code"]) == (500, "internal_error")
+    assert "get_children" not in envelope["error"]["message"]
+
+
+def test_names_from_the_wire_come_from_explicit_maps(served: tuple[sa.Engine, DBAPIProcess, DBAPIProcess]) -> None:
+    engine, open_server, _ = served
+    body = payload(open_server, sa.select(Variable.id).set_label_style(sa.LABEL_STYLE_TABLENAME_PLUS_COL))
+    for name in ("__class__", "__init__", "_member_map_", "mro"):
+        body["stmt"]["statement"]["label_style"] = name
+        status, answer = post(open_server, "/execute", body)
+        assert (status, answer["error"]["code"]) == (400, "malformed_statement"), (name, answer)
+    compound = payload(open_server, sa.union(sa.select(Variable.id), sa.select(Variable.id)))
+    compound["stmt"]["statement"]["keyword"] = "__class__"
+    status, answer = post(open_server, "/execute", compound)
+    assert 400 <= status < 500, answer
+
+
+# -- transport ------------------------------------------------------------------------------------
+def test_wrong_content_type_is_415(served: tuple[sa.Engine, DBAPIProcess, DBAPIProcess]) -> None:
+    engine, open_server, _ = served
+    body = payload(open_server, sa.select(Variable.id))
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        status, answer = post(open_server, "/execute", body, headers={"Content-Type": content_type})
+        assert (status, answer["error"]["code"]) == (415, "unsupported_media_type"), answer
+    status, answer = post(open_server, "/execute", body, headers={"Content-Type": "application/json; charset=utf-8"})
+    assert status == 200, answer
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+@pytest.mark.parametrize("server_name", ["granian", "waitress"])
+def test_oversized_headers_are_431_in_the_envelope(served: tuple[sa.Engine, DBAPIProcess, DBAPIProcess],
+                                                   server_name: str) -> None:
+    engine, _, _ = served
+    url = engine.url.render_as_string(hide_password=False)
+    with dbapi_process(url, METADATA, args=["--server", server_name]) as server:
+        head, _, body = _raw(server.port, b"GET /dbapi/v1/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                             b"X-Filler: " + b"a" * 100_000 + b"\r\n\r\n").partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == b"431", head
+        assert orjson.loads(body)["error"]["code"] == "headers_too_large"
+
+
+# -- messages -------------------------------------------------------------------------------------
+def test_unknown_names_are_not_echoed(served: tuple[sa.Engine, DBAPIProcess, DBAPIProcess]) -> None:
+    engine, open_server, worker = served
+    for server in (open_server, worker):
+        token = server.mint(role="worker", **MINE)
+        statement = {"t": "select", "cols": [{"t": "col", "from": {"t": "table", "name": INJECTED}, "key": "id"}]}
+        status, answer = post(server, "/execute", {"stmt": {"version": 2, "statement": statement}, "sql": "x"},
+                              token=token)
+        assert (status, answer["error"]["code"]) == (400, "unknown_table")
+        statement = {"t": "select", "cols": [{"t": "col", "from": {"t": "table", "name": "variable"}, "key": INJECTED}]}
+        status, answer = post(server, "/execute", {"stmt": {"version": 2, "statement": statement}, "sql": "x"},
+                              token=token)
+        assert status == 400 and answer["error"]["code"] in ("unknown_column", "policy_violation")
+        statement = {"t": INJECTED}
+        status, answer = post(server, "/execute", {"stmt": {"version": 2, "statement": statement}, "sql": "x"},
+                              token=token)
+        assert status == 400
+        statement = {"t": "select", "cols": [], INJECTED: 1}
+        status, answer = post(server, "/execute", {"stmt": {"version": 2, "statement": statement}, "sql": "x"},
+                              token=token)
+        assert status == 400
+        assert "DROP" not in orjson.dumps(answer).decode(), answer
+
+
+def test_database_messages_withhold_quoted_identifiers(served: tuple[sa.Engine, DBAPIProcess, DBAPIProcess]) -> None:
+    """The database names an unknown column the caller made up; the answer does not repeat it."""
+    engine, open_server, _ = served
+    body = payload(open_server, sa.select(sa.column(INJECTED, _selectable=Variable.__table__)))
+    status, answer = post(open_server, "/execute", body)
+    assert status in (400, 403, 422), answer
+    assert "DROP" not in orjson.dumps(answer).decode(), answer
+
+
+@pytest.mark.parametrize(("message", "shown"), [
+    ('column "a; DROP" does not exist', 'column "<withheld>" does not exist'),
+    ("Unknown column 'x y' in 'variable'", "Unknown column '<withheld>' in 'variable'"),
+    ("Unknown column 'variable.x'); DROP' in 'SELECT'", "Unknown column '<withheld>' in 'SELECT'"),
+    ("Duplicate entry 'etl-r1' for key 'PRIMARY'", "Duplicate entry '<withheld>' for key 'PRIMARY'"),
+    ("no such column: a b", "no such column: <withheld>"),
+    ("column variable.x'); DROP does not exist", "column <withheld> does not exist"),
+    ("column variable.val does not exist", "column variable.val does not exist"),
+    ("no such table: main.dag_code", "no such table: main.dag_code"),
+    ("Can't DROP 'x; y'; check that it exists", "Can't DROP '<withheld>'; check that it exists"),
+    ("The table \"x'); DROP\" is not part of the server's metadata.",
+     "The table \"<withheld>\" is not part of the server's metadata."),
+    ("duplicate key value violates unique constraint \"variable_key_key\"",
+     "duplicate key value violates unique constraint \"variable_key_key\""),
+])
+def test_withheld_names(message: str, shown: str) -> None:
+    assert withhold_names(message) == shown
