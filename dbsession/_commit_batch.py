@@ -155,11 +155,17 @@ def install(session_class: type[Session]) -> None:
         event.listen(session_class, "after_flush", _send_with_commit, insert=True)
 
 
+def _binds(session: Session) -> Any:
+    """The session's per-mapper/table binds (``binds`` in SQLAlchemy 2.1, private in 2.0)."""
+    found = getattr(session, "binds", None)
+    return found if found is not None else getattr(session, "_Session__binds", None)
+
+
 def commit_flush_for(session: Session) -> CommitFlush | None:
     """A :class:`CommitFlush` for *session*'s commit flush, or None where semantics would differ."""
     bind = session.bind
     if (not isinstance(bind, sa.Engine) or not getattr(bind.dialect, "is_dbsession", False)
-            or session.binds or session.twophase
+            or _binds(session) or session.twophase
             or session._new or session._deleted):
         return None
     transaction = session._transaction
