@@ -15,6 +15,7 @@ a policy file runs; :class:`DefaultPolicy` is that preset with today's keyword a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
@@ -29,6 +30,7 @@ from query_translation.driver_sql import DRIVER_SQL_KINDS
 from query_translation.size import DocumentSize
 
 from . import _statement_scan
+from ._node_rules import NODE_RULES
 from .auth import Principal
 from .refusals import LimitExceeded, PolicyViolation
 from .row_filters import BIND_PREFIX, ROW_FILTER_BIND, filtered_statement
@@ -308,6 +310,11 @@ class Policy:
                                       "policy; express the statement with SQLAlchemy constructs.",
                                       statement="driver_sql")
             return
+        for node_type in sorted(info.node_types):
+            if node_type not in NODE_RULES:  # deny by default: a node type nobody wrote a rule for
+                raise PolicyViolation("The statement uses a node type the DB-API's policy has no access rule for.",
+                                      node=node_type if node_type.isidentifier() and len(node_type) <= 40
+                                      else "<invalid>")
         self._check_depth(info.depth, limits)
         self._check_literal_sql(info.literal_sql, role)
         self._check_custom_operators(info.custom_operators, role)
@@ -335,12 +342,13 @@ class Policy:
             return Plan(statement, limits)
         if info.literal_sql and role.raw_sql:
             return Plan(statement, limits)  # raw SQL allowed: its tables are not knowable
-        access = _statement_scan.scan(statement)
+        access = _statement_scan.scan(statement, dialect.name if isinstance(dialect, sa.engine.Dialect) else dialect)
         for key in access.bind_keys:
             if key.startswith(BIND_PREFIX):
                 raise PolicyViolation(f"Bind parameter names starting with {BIND_PREFIX!r} are reserved.")
         written = self._written_columns(access, params, column_keys)
         _check_access(role, access, written)
+        _check_nested_writes(role, access, lambda nested: self._written_columns(nested, params, column_keys))
         return self._filtered(statement, access, role, principal, params or [{}], written, limits,
                               dialect if isinstance(dialect, sa.engine.Dialect) else None,
                               dialect.name if isinstance(dialect, sa.engine.Dialect) else dialect)
@@ -397,8 +405,10 @@ class Policy:
         if role.raw_sql:
             return
         for fragment in fragments:
-            # "*" and bare integers are what SQLAlchemy itself emits (count(*), EXISTS (SELECT 1))
-            if fragment not in self.allowed_literals and not fragment.isdigit():
+            # "*" and bare integers are what SQLAlchemy itself emits (count(*), EXISTS (SELECT 1));
+            # ASCII digits exactly: str.isdigit() also takes "²" or "١", which reach the database
+            # as identifiers (where "*" may stand is the statement walk's rule)
+            if fragment not in self.allowed_literals and not _statement_scan.DIGITS.fullmatch(fragment):
                 shown = fragment if len(fragment) <= 200 else fragment[:200] + "..."
                 raise PolicyViolation(
                     "Raw SQL text is not allowed by the DB-API's policy; express the statement "
@@ -491,13 +501,7 @@ def _check_access(role: RolePolicy, access: _statement_scan.Access, written: fro
         if grant is None or not _allows(grant.read, column):
             raise PolicyViolation(f"Reading the column {table.fullname}.{column} is not allowed by the "
                                   "DB-API's policy.", table=table.fullname, column=column)
-    for name in access.loose_names:
-        # an unqualified name resolves against every table in FROM: it must be readable in all
-        for table in access.tables:
-            grant = role.grant(table.fullname)
-            if name in table.c and (grant is None or not _allows(grant.read, name)):
-                raise PolicyViolation(f"Reading the column {table.fullname}.{name} is not allowed by the "
-                                      "DB-API's policy.", table=table.fullname, column=name)
+    _check_bare_names(role, access)
     if target is None:
         return
     grant = role.grant(target.fullname)
@@ -520,6 +524,76 @@ def _check_access(role: RolePolicy, access: _statement_scan.Access, written: fro
                                   "the DB-API's policy.", table=target.fullname, column=column, action=action)
     if access.upsert_columns is not None:  # ON CONFLICT DO UPDATE: an UPDATE of the row it collides with
         _check_access(role, replace(access, kind="update", upsert_columns=None), access.upsert_columns)
+
+
+# names a database resolves to a column of every table that no metadata declares: SQLite's rowid
+# aliases, PostgreSQL's system columns, MariaDB's _rowid (the integer primary key)
+_SYSTEM_COLUMNS = ("rowid", "oid", "_rowid_", "_rowid", "ctid", "xmin", "xmax", "cmin", "cmax", "tableoid")
+_ANONYMOUS = re.compile(r"%\(\d+ (.*)\)s")
+
+
+def _check_bare_names(role: RolePolicy, access: _statement_scan.Access) -> None:
+    """Names the database resolves itself (``column("x")``, ``order_by("x")``, a label rendered by
+    name in ORDER BY / GROUP BY), compared as the databases compare them: case-insensitively (SQLite
+    and MariaDB fold column names; PostgreSQL folds what SQLAlchemy leaves unquoted, and an exact
+    match is a case-insensitive one), against the column names and keys of every table in the
+    statement (an inner name may resolve to an outer query's table), and only for ASCII names
+    (MariaDB also ignores accents). Each candidate column must be readable; a name equal to a FROM
+    item's is a whole-row reference on PostgreSQL; a name matching no column and no label would
+    resolve to something the policy does not know (``rowid``, ``ctid``, ``xmin``)."""
+    if not access.bare_names:
+        return
+    tables = sorted(access.tables | ({access.target} if access.target is not None else set()),
+                    key=lambda t: t.fullname)
+    scopes = {n.lower() for n in access.scope_names}
+    outputs = {n.lower() for n in access.output_names if not isinstance(n, elements._anonymous_label)}
+    for name in sorted(access.bare_names):
+        anonymous = _ANONYMOUS.fullmatch(name) if isinstance(name, elements._anonymous_label) else None
+        if anonymous is not None:  # rendered as <base>_<n>: any such name may be meant
+            pattern = re.compile(re.escape(anonymous.group(1).lower()) + r"_\d+")
+            matches: Any = pattern.fullmatch
+            matched = True
+        elif _statement_scan.ASCII_NAME.fullmatch(name):
+            folded = name.lower()
+            matches = folded.__eq__
+            matched = folded in outputs
+        else:
+            raise PolicyViolation("A name the database resolves unqualified must be an ASCII identifier; "
+                                  "qualify the column.", column="<name>")
+        if any(matches(system) for system in _SYSTEM_COLUMNS):
+            raise PolicyViolation("An unqualified name in the statement is a system column's name (rowid, ctid, "
+                                  "xmin, ...), which the database may resolve to the system column; rename the "
+                                  "label or qualify the column.")
+        if any(matches(scope) for scope in scopes):
+            raise PolicyViolation("An unqualified name in the statement is also the name of a table, alias or "
+                                  "subquery (a whole-row reference on PostgreSQL); qualify the column.")
+        for table in tables:
+            grant = role.grant(table.fullname)
+            for column in table.c:
+                if matches(column.name.lower()) or matches(column.key.lower()):
+                    matched = True
+                    if grant is None or not _allows(grant.read, column.name):
+                        raise PolicyViolation(f"Reading the column {table.fullname}.{column.name} is not allowed "
+                                              "by the DB-API's policy.", table=table.fullname, column=column.name)
+        if not matched:
+            raise PolicyViolation("An unqualified name in the statement is neither a column of its tables nor "
+                                  "one of its labels; the database would resolve it to something the DB-API's "
+                                  "policy does not know (rowid, ctid, xmin).")
+
+
+def _check_nested_writes(role: RolePolicy, access: _statement_scan.Access,
+                         written: Any) -> None:
+    """An INSERT / UPDATE / DELETE inside a CTE (PostgreSQL runs them): the policy's write rules,
+    as for the same statement on its own; on a row-filtered table refused (the filter rewrite
+    applies to the top-level statement's target only)."""
+    for nested in access.nested_writes:
+        target = nested.target
+        assert target is not None
+        grant = role.grant(target.fullname)
+        if grant is not None and grant.row_filter:
+            raise PolicyViolation(f"An INSERT / UPDATE / DELETE inside a CTE may not write the row-filtered "
+                                  f"table {target.fullname!r}.", table=target.fullname, action=nested.kind)
+        _check_access(role, nested, written(nested))
 
 
 def _claim_value(principal: Principal, claim: str, table: sa.Table, column_name: str) -> Any:

@@ -54,6 +54,7 @@ class StatementInfo:
     literal_sql: list[str] = field(default_factory=list)
     for_update: bool = False
     depth: int = 0
+    node_types: set[str] = field(default_factory=set)  # every wire node type the document used
 
     @property
     def is_read_only(self) -> bool:
@@ -91,6 +92,7 @@ class StatementDecoder:
     # -- dispatch -----------------------------------------------------------------------------
     def visit(self, node: _Json) -> Any:
         kind = node["t"]
+        self.info.node_types.add(kind)
         if kind == "ref":
             return self._resolve(node["@"])
         if "@" in node and node["@"] in self._refs:
@@ -135,6 +137,12 @@ class StatementDecoder:
 
     def type(self, node: _Json | None) -> Any:
         return None if node is None else self._types.resolve(node)
+
+    def _retype(self, element: Any, node: _Json) -> None:
+        """Give *element* the node's type; without one it keeps the type its constructor gave it
+        (assigning None would leave an element that crashes the compiler)."""
+        if node.get("type") is not None:
+            element.type = self._types.resolve(node["type"])
 
     # -- FROM clauses -------------------------------------------------------------------------
     def table(self, node: _Json) -> sa.Table:
@@ -530,7 +538,7 @@ class StatementDecoder:
 
     def scalar_select(self, node: _Json) -> Any:
         scalar = self.visit(node["element"]).scalar_subquery()
-        scalar.type = self.type(node.get("type"))
+        self._retype(scalar, node)
         return scalar
 
     def cast(self, node: _Json) -> Any:
@@ -542,7 +550,7 @@ class StatementDecoder:
     def case(self, node: _Json) -> Any:
         whens = [(self.visit(c), self.visit(r)) for c, r in node["whens"]]
         case = sa.case(*whens, value=self.opt(node.get("value")), else_=self.opt(node.get("else")))
-        case.type = self.type(node.get("type"))
+        self._retype(case, node)
         return case
 
     def over(self, node: _Json) -> Any:
@@ -575,12 +583,12 @@ class StatementDecoder:
             fn = registered(*args)
         else:
             fn = functions.Function(name, *args, packagenames=tuple(packages))
-        fn.type = self.type(node.get("type"))
+        self._retype(fn, node)
         return fn
 
     def tuple(self, node: _Json) -> Any:
         tup = elements.Tuple(*self.all(node["clauses"]))
-        tup.type = self.type(node.get("type"))
+        self._retype(tup, node)
         return tup
 
     def null(self, _: _Json) -> Any:

@@ -94,7 +94,8 @@ def _expanded(root: Any, definitions: Mapping[Any, Mapping[str, Any]]) -> int:
             if kind == "ref":
                 key = _key(value.get("@"))
                 target = definitions.get(key)
-                if target is None or key in active or field in _NAMING_FIELDS or target.get("t") in _NAMED_NODES:
+                named = target is not None and isinstance(target.get("t"), str) and target["t"] in _NAMED_NODES
+                if target is None or key in active or field in _NAMING_FIELDS or named:
                     return 1
                 if key in memo:
                     return memo[key]

@@ -808,3 +808,25 @@ def test_a_lambda_element_travels_as_what_it_resolved_to(dialects: Dialects) -> 
     criteria = lambdas.LambdaElement(lambda: users.c.id > limit, roles.WhereHavingRole)
     client, server, _, _ = round_trip(sa.select(users.c.id).where(criteria), dialects)
     assert server.string == client.string
+
+
+@pytest.mark.parametrize("node", [
+    {"t": "tuple", "clauses": [{"t": "col", "from": {"t": "table", "name": "untyped"}, "key": "id"}]},
+    {"t": "case", "whens": [[{"t": "true"}, {"t": "col", "from": {"t": "table", "name": "untyped"}, "key": "id"}]]},
+    {"t": "function", "name": "coalesce", "args": [{"t": "col", "from": {"t": "table", "name": "untyped"}, "key": "id"}]},
+])
+def test_a_node_without_its_type_keeps_the_constructors(node: dict[str, Any]) -> None:
+    """A hand-written document may leave "type" out: the element keeps the type SQLAlchemy's own
+    constructor gives it. Assigning None left elements that crashed the compiler (a 500 the
+    bounded-work generators found)."""
+    metadata = sa.MetaData()
+    sa.Table("untyped", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    stmt, _ = from_wire({"version": 2, "statement": {"t": "select", "cols": [{"t": "label", "name": "x", "element": node}]}},
+                        metadata)
+    element = stmt.selected_columns[0].element
+    assert element.type is not None
+    if node["t"] == "tuple":  # SQLAlchemy's own refusal, as a direct connection raises it
+        with pytest.raises(sa.exc.CompileError, match="tuple"):
+            stmt.compile()
+    else:
+        assert "untyped.id" in str(stmt.compile())

@@ -33,7 +33,7 @@ from ._policy_support import (
     XCom,
 )
 
-__all__ = ["HIDDEN_VALUES", "WORKER_SEEDS", "hide_rows", "visible_copy", "worker_reads"]
+__all__ = ["HIDDEN_VALUES", "WORKER_SEEDS", "fill_visible", "hide_rows", "visible_copy", "worker_reads"]
 
 HIDDEN = "HIDDEN-ROW"  # in every readable text column of every row the worker's row filters hide
 HIDDEN_IDS = "910000"  # the ids of a whole hidden dag run's rows start with this
@@ -70,6 +70,12 @@ def visible_copy(engine: sa.Engine, directory: Path) -> sa.Engine:
     """A SQLite database holding exactly what the worker may read: its own run's rows of the
     filtered tables, variables without descriptions, dag runs without conf, nothing else."""
     copy = guard.exempt(sa.create_engine(f"sqlite:///{directory / 'visible.sqlite'}"))
+    fill_visible(engine, copy)
+    return copy
+
+
+def fill_visible(engine: sa.Engine, copy: sa.Engine) -> None:
+    """Create the schema in *copy* (any database) and copy into it what the worker may read."""
     Base.metadata.create_all(copy)
     with engine.connect() as source, copy.begin() as target:
         for entity in (*FILTERED, Variable):
@@ -83,7 +89,6 @@ def visible_copy(engine: sa.Engine, directory: Path) -> sa.Engine:
                 row.pop("description", None)
             if rows:
                 target.execute(sa.insert(table), rows)
-    return copy
 
 
 def _worker_statements() -> SeedStatements:

@@ -243,9 +243,12 @@ def bypassed_process(engine: sa.Engine, roles: DatabaseRoles) -> Iterator[DBAPIP
         yield server
 
 
+# (a name resolved by the database the policy cannot judge - order_by("description") outside the
+# select list, a whole-row reference - is refused by the statement walk whatever the grants: the
+# permissive file cannot let those through to the database, the in-process PERMISSIVE preset can)
 OUT_OF_PROCESS = {
     **{f"cte_{kind}": (lambda kind=kind: _dml_cte(kind)) for kind in ("update", "insert", "delete")},
-    **{name: HIDDEN_READS[name] for name in ("select_list", "order_by_label", "whole_row", "connection")},
+    **{name: HIDDEN_READS[name] for name in ("select_list", "bare_column", "exists_on_conf", "connection")},
     **{name: WRITES[name] for name in ("update_ungranted_column", "xcom_for_another_run")},
 }
 
