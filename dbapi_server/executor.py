@@ -101,16 +101,18 @@ class StatementExecutor:
         name the statement by the hash alone (:meth:`lookup`). Without, the key is the document's
         JSON.
         """
-        if doc_hash is not None:
-            hit = self._get(doc_hash)
-            if hit is not None:
-                return hit[0], hit[1]
         try:
             raw = orjson.dumps(document)
         except orjson.JSONEncodeError:  # nested deeper than orjson writes: validation refuses it
             return _rebuild(document, self.metadata, self.types, self.engine.dialect)
-        if doc_hash is not None and hashlib.sha256(raw).hexdigest() != doc_hash:
-            raise APIError("'stmt_hash' is not the hash of 'stmt'.", code="malformed_request")
+        if doc_hash is not None:
+            # checked whenever both travel (a client sends the document once per host): a document
+            # that is not the hash's is refused, never silently replaced by the one kept under it
+            if hashlib.sha256(raw).hexdigest() != doc_hash:
+                raise APIError("'stmt_hash' is not the hash of 'stmt'.", code="malformed_request")
+            hit = self._get(doc_hash)
+            if hit is not None:
+                return hit[0], hit[1]
         if len(raw) > MAX_CACHED_DOCUMENT:  # the cache holds ORM-sized statements, not every large body
             return _rebuild(document, self.metadata, self.types, self.engine.dialect)
         key: bytes | str = doc_hash if doc_hash is not None else raw
