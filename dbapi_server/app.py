@@ -10,7 +10,11 @@ Arguments win over environment variables, which exist so ``flask --app dbapi_ser
 ``DBAPI_JWT_*``            verification keys, algorithms, issuer, audience, skew: see
                            :func:`dbapi_server.auth.authenticator_from_env` and ``docs/tokens.md``
 ``DBAPI_TXN_IDLE_TIMEOUT`` seconds before an idle transaction is rolled back (default 60)
-``DBAPI_MAX_BODY_BYTES``   largest accepted request body (default 16 MiB)
+``DBAPI_MAX_BODY_BYTES``   largest accepted request body (default 64 MiB): a request's memory
+                           bound, refused by its Content-Length before it is read
+``DBAPI_ENGINE_OPTIONS``   the served engine's ``create_engine()`` arguments (JSON), and
+                           ``DBAPI_CONNECT_ARGS``, ``DBAPI_SQLITE_PRAGMAS``, ``DBAPI_PG_OPTIONS``:
+                           see :mod:`dbapi_server.engine_options`
 ``DBAPI_METHODS``          comma-separated modules defining named methods, imported at start
 ``DBAPI_POLICY_FILE``      per-role policy (TOML, ``docs/security.md``); default: the open preset
 ``DBAPI_SHUTDOWN_GRACE``   seconds open transactions may still finish after SIGTERM (default 30)
@@ -25,6 +29,16 @@ Arguments win over environment variables, which exist so ``flask --app dbapi_ser
 ``DBAPI_DB_ROLES_NAMESPACE`` prefix of those roles' names (default: the database's name)
 ``DBAPI_DB_ROLES_POLICY``  compile the roles from this policy file instead of the served one
 ``DBAPI_DB_ROW_SECURITY``  ``on`` (default) or ``off``: row filters also as row-level security
+``DBAPI_DB_CONNECT_WAIT``  seconds a new database connection is retried while the database refuses
+                           it (a restart; default 5, 0: off; :mod:`dbapi_server.connect_wait`)
+``DBAPI_COMMIT_OUTCOMES``  ``table`` (default on PostgreSQL and MariaDB/MySQL) or ``memory`` (default
+                           on SQLite): where commit outcomes are kept for retried commits
+                           (:mod:`dbapi_server.outcomes`; ``table`` survives the instance)
+``DBAPI_COMMIT_OUTCOME_TABLE`` its name (default ``dbapi_commit_outcomes``)
+``DBAPI_COMMIT_OUTCOME_TTL`` seconds its rows are kept (default 3600; more than any client's
+                           ``commit_retry_deadline``)
+``DBAPI_TEST_HOOKS``       ``enable``: honour the fault-injection hooks of :mod:`dbapi_server._test_hooks`
+                           (tests only; never in production)
 =========================  ===================================================================
 """
 
@@ -45,22 +59,31 @@ from query_translation import MethodRegistry
 
 from ._db_catalog import DatabaseRolesError
 from ._liveness import use_socket_liveness
+from ._test_hooks import install_test_hooks
 from .auth import Authenticator, authenticator_from_env
+from .connect_wait import wait_for_connections
 from .db_roles import DatabaseRoles
 from .db_wall import DatabaseWall, open_wall
+from .engine_options import EngineOptions, EngineOptionsError
 from .errors import APIError, envelope_for_exception
 from .logs import attach_request_ids
 from .methods import load_methods, methods_api
 from .observability import MetricsAccess, ObservedApp
+from .outcomes import DEFAULT_TABLE
 from .policy import Policy, PolicyError
 from .probes import probes
 from .state import ServerState
 from .telemetry import label
 from .views import api
 
-__all__ = ["ConfigError", "create_app", "load_metadata"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "ConfigError", "create_app", "load_metadata"]
 
 log = logging.getLogger("dbapi_server")
+
+# the largest request body by default: real applications store large rows (MLflow's own tests send
+# bodies over 16 MiB); a body is held in memory whole while it is decoded, so this bounds a
+# request's memory, and a larger one is refused by its Content-Length before it is read
+DEFAULT_MAX_BODY_BYTES = 64 << 20
 
 
 class ConfigError(RuntimeError):
@@ -90,11 +113,20 @@ def _authenticator_from_env() -> Authenticator:
 def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData | str | None = None, *,
                engine: sa.Engine | None = None, authenticator: Authenticator | None = None,
                policy: Policy | str | os.PathLike[str] | None = None, idle_timeout: float | None = None,
-               max_body_bytes: int | None = None, engine_options: dict[str, Any] | None = None,
+               max_body_bytes: int | None = None, engine_options: EngineOptions | dict[str, Any] | None = None,
                methods: MethodRegistry | Iterable[str] | None = None, shutdown_grace: float | None = None,
                metrics_access: MetricsAccess | None = None,
-               db_roles: str | DatabaseRoles | None = None) -> Flask:
-    """Build the DB-API application for one database and one application's tables."""
+               db_roles: str | DatabaseRoles | None = None, commit_outcomes: str | None = None) -> Flask:
+    """Build the DB-API application for one database and one application's tables.
+
+    *engine_options* (``create_engine()`` keywords, or :class:`~dbapi_server.engine_options.EngineOptions`)
+    win over the environment's (``DBAPI_ENGINE_OPTIONS``...), key by key; they do not apply to a
+    given *engine*.
+
+    *commit_outcomes*: ``"table"`` keeps commit outcomes in a table of the database, so any
+    instance answers a retried commit (``dbapi_server.outcomes``); ``"memory"`` keeps them in this
+    process only. Default: ``DBAPI_COMMIT_OUTCOMES``, else ``table`` except on SQLite.
+    """
     metadata = metadata if metadata is not None else os.environ.get("DBAPI_METADATA")
     if metadata is None:
         raise ConfigError("Tell the DB-API which tables it serves: metadata= or DBAPI_METADATA.")
@@ -104,28 +136,37 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
         database_url = database_url or os.environ.get("DBAPI_DATABASE_URL")
         if not database_url:
             raise ConfigError("Tell the DB-API which database to serve: database_url= or DBAPI_DATABASE_URL.")
-        # pre-ping: a pooled connection the database dropped (a restart, a failover, an idle
-        # timeout) is replaced at checkout instead of failing the next request; checked on its
-        # socket first, so a live connection costs no database round trip (_liveness.py)
-        options = {"pool_pre_ping": True, **(engine_options or {})}
-        engine = sa.create_engine(database_url, **options)
-        if options["pool_pre_ping"]:
-            use_socket_liveness(engine)
+        # by default pre-ping: a pooled connection the database dropped (a restart, a failover, an
+        # idle timeout) is replaced at checkout instead of failing the next request
+        try:
+            engine = EngineOptions.from_env(os.environ).merged(engine_options).create_engine(database_url)
+        except EngineOptionsError as exc:
+            raise ConfigError(str(exc)) from None
+        if getattr(engine.pool, "_pre_ping", False):
+            use_socket_liveness(engine)  # checked on its socket first: no database round trip per checkout
+        # a database that is restarting refuses connections for a moment: wait for it a little
+        wait_for_connections(engine, float(os.environ.get("DBAPI_DB_CONNECT_WAIT", "5")))
     if idle_timeout is None:
         idle_timeout = float(os.environ.get("DBAPI_TXN_IDLE_TIMEOUT", "60"))
     if shutdown_grace is None:
         shutdown_grace = float(os.environ.get("DBAPI_SHUTDOWN_GRACE", "30"))
-    state = ServerState(engine=engine, metadata=metadata,
-                        auth=authenticator if authenticator is not None else _authenticator_from_env(),
-                        policy=_policy(policy, metadata), idle_timeout=idle_timeout,
-                        methods=load_methods(methods if methods is not None else os.environ.get("DBAPI_METHODS")),
-                        shutdown_grace=shutdown_grace)
+    outcome_table = _outcome_table(engine, commit_outcomes)
+    try:
+        state = ServerState(engine=engine, metadata=metadata,
+                            auth=authenticator if authenticator is not None else _authenticator_from_env(),
+                            policy=_policy(policy, metadata), idle_timeout=idle_timeout,
+                            methods=load_methods(methods if methods is not None else os.environ.get("DBAPI_METHODS")),
+                            shutdown_grace=shutdown_grace, outcome_table=outcome_table,
+                            outcome_ttl=float(os.environ.get("DBAPI_COMMIT_OUTCOME_TTL", "3600")))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    install_test_hooks(state, os.environ)
 
     state.wall = _wall(state, db_roles)
     app = Flask("dbapi_server")
     # no body larger than every role's limit is read (a server that buffers bodies before the
     # application sees them, waitress, refuses it by its Content-Length too)
-    max_body = max_body_bytes or int(os.environ.get("DBAPI_MAX_BODY_BYTES", 16 << 20))
+    max_body = max_body_bytes or int(os.environ.get("DBAPI_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
     largest = state.policy.largest_body()
     app.config["MAX_CONTENT_LENGTH"] = min(max_body, largest) if largest is not None else max_body
     app.extensions["dbapi_server"] = state
@@ -143,6 +184,17 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
     if state.wall is not None:
         app.teardown_request(lambda exc: DatabaseWall.end_request())
     return app
+
+
+def _outcome_table(engine: sa.Engine, setting: str | None) -> str | None:
+    """The commit outcome table's name, or None for outcomes in memory."""
+    setting = setting or os.environ.get("DBAPI_COMMIT_OUTCOMES") or (
+        "memory" if engine.dialect.name == "sqlite" else "table")
+    if setting not in ("table", "memory"):
+        raise ConfigError(f"DBAPI_COMMIT_OUTCOMES is 'table' or 'memory', not {setting!r}.")
+    if setting == "memory":
+        return None
+    return os.environ.get("DBAPI_COMMIT_OUTCOME_TABLE") or DEFAULT_TABLE
 
 
 def _label_route() -> None:

@@ -41,10 +41,25 @@ def main() -> None:
 @click.option("--policy", "policy_file", envvar="DBAPI_POLICY_FILE", default=None,
               type=click.Path(exists=True, dir_okay=False),
               help="Per-role policy file (TOML, see docs/security.md); default: the open preset.")
+@click.option("--engine-option", "engine_option", multiple=True, metavar="NAME=VALUE",
+              help="A create_engine() argument of the served database, e.g. pool_size=20 (repeatable; "
+                   "the value is JSON if it parses, else a string). Also DBAPI_ENGINE_OPTIONS (JSON).")
+@click.option("--connect-arg", "connect_arg", multiple=True, metavar="NAME=VALUE",
+              help="A connect argument of the database driver, e.g. connect_timeout=5 (repeatable). "
+                   "Also DBAPI_CONNECT_ARGS (JSON).")
+@click.option("--sqlite-pragma", "sqlite_pragma", multiple=True, metavar="NAME=VALUE",
+              help="PRAGMA NAME=VALUE on every SQLite connection, e.g. journal_mode=WAL (repeatable). "
+                   "Also DBAPI_SQLITE_PRAGMAS (JSON).")
+@click.option("--pg-option", "pg_option", multiple=True, metavar="NAME=VALUE",
+              help="A PostgreSQL run-time parameter of every connection, e.g. statement_timeout=5s "
+                   "(repeatable; sent as the connection's options). Also DBAPI_PG_OPTIONS (JSON).")
 def serve(database_url: str, metadata: str, host: str, port: int, port_file: str | None, threads: int,
-          server_name: str, methods: str, policy_file: str | None) -> None:
+          server_name: str, methods: str, policy_file: str | None, engine_option: tuple[str, ...],
+          connect_arg: tuple[str, ...], sqlite_pragma: tuple[str, ...], pg_option: tuple[str, ...]) -> None:
     """Serve the DB-API under a production WSGI server (granian by default) until SIGINT or SIGTERM."""
+    from ._test_hooks import SERVE_PID
     from .app import ConfigError, create_app
+    from .engine_options import EngineOptions, EngineOptionsError, parse_assignment
     from .logs import configure_logging
     from .serving import serve as run
 
@@ -52,9 +67,15 @@ def serve(database_url: str, metadata: str, host: str, port: int, port_file: str
         configure_logging()
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    try:
+        options = EngineOptions(*(dict(parse_assignment(a) for a in given)
+                                  for given in (engine_option, connect_arg, sqlite_pragma, pg_option)))
+    except EngineOptionsError as exc:
+        raise click.ClickException(str(exc)) from None
     sys.path.insert(0, os.getcwd())
+    os.environ[SERVE_PID] = str(os.getpid())  # this instance's process (its workers inherit it)
     factory = functools.partial(create_app, database_url, metadata, policy=policy_file,
-                                methods=methods.split(","))
+                                methods=methods.split(","), engine_options=options)
     try:
         app = factory()  # a wrong setting fails here, with a clear message, before serving
     except ConfigError as exc:

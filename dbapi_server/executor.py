@@ -73,7 +73,7 @@ class UnknownStatement(APIError):
 
 
 # the largest document the decode cache keeps: 4096 entries of up to 32 KiB, where ORM statements
-# are a few KiB, instead of 4096 request bodies of up to 16 MiB. The client sends no hash for a
+# are a few KiB, instead of 4096 request bodies of up to 64 MiB. The client sends no hash for a
 # larger document (it would not be kept under it): the same bound, shared.
 MAX_CACHED_DOCUMENT = MAX_HASHED_DOCUMENT
 

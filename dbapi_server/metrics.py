@@ -15,6 +15,7 @@ Per request (recorded by :class:`dbapi_server.observability.ObservedApp`):
 
 Read from the server's state at each scrape: ``dbapi_open_transactions``, ``dbapi_open_cursors``,
 ``dbapi_remembered_outcomes``, ``dbapi_transactions_ended_total{outcome}``,
+``dbapi_commits_settled_total{outcome}``,
 ``dbapi_pool_checked_out``, ``dbapi_pool_size``, ``dbapi_pool_overflow``,
 ``dbapi_pool_max_overflow``, ``dbapi_draining``; plus the standard ``process_*`` (CPU, memory,
 open file descriptors), ``python_gc_*`` and ``python_info`` collectors.
@@ -120,6 +121,13 @@ class StateCollector(Collector):
         for outcome, count in sorted(state.transactions.ended_counts().items()):
             ended.add_metric([outcome], count)
         yield ended
+        settled = CounterMetricFamily("dbapi_commits_settled", "Commits of transactions this instance did "
+                                      "not hold, answered from the commit outcome table (committed, "
+                                      "rolled_back: fenced), and COMMITs whose connection broke.",
+                                      labels=["outcome"])
+        for outcome, count in sorted(state.transactions.settled_counts().items()):
+            settled.add_metric([outcome], count)
+        yield settled
         yield _gauge("dbapi_draining", "1 while the instance is shutting down and refuses new transactions.",
                      1 if state.draining else 0)
         pool = state.engine.pool

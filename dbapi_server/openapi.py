@@ -44,13 +44,16 @@ def _errors(*statuses: int) -> dict[str, Any]:
         401: "token missing, malformed, expired, forged or of another audience",
         403: "refused by the policy, or the transaction / cursor belongs to another subject",
         409: "a sequence or page number out of order, or a transaction id reused",
-        410: "the transaction or cursor has ended, expired or is unknown here",
+        410: "the transaction or cursor has ended, expired or is unknown here (transaction_not_here: "
+             "held by no instance reachable this way, or by another; a commit's answer then carries "
+             "the outcome from the commit outcome table)",
         404: "no such named method, or not in this version (unknown_method)",
         413: "the request body is larger than DBAPI_MAX_BODY_BYTES",
         422: "the database (or a bind processor) refused the statement",
         500: "unexpected failure: the server's log has the details under the error id",
         503: "no free database connection (database_busy), or a new transaction asked of an instance "
-             "that is shutting down (shutting_down); both retryable, nothing ran",
+             "that is shutting down (shutting_down); both retryable, nothing ran; or a commit whose "
+             "outcome cannot be read from the database now (commit_in_doubt; ask again)",
     }
     return {str(s): _answer(reasons[s], _ref("Error")) for s in (*statuses, 500, 503)}
 

@@ -316,7 +316,7 @@ class Policy:
                                       node=node_type if node_type.isidentifier() and len(node_type) <= 40
                                       else "<invalid>")
         self._check_depth(info.depth, limits)
-        self._check_literal_sql(info.literal_sql, role)
+        self._check_literal_sql(info, role)
         self._check_custom_operators(info.custom_operators, role)
         self._check_functions(info.functions, role)
         for table in info.read_tables | ({info.write_table} if info.write_table else set()):
@@ -401,19 +401,20 @@ class Policy:
                                 f"{limits.max_depth}.", limit="statement_depth", maximum=limits.max_depth,
                                 status=400)
 
-    def _check_literal_sql(self, fragments: Iterable[str], role: RolePolicy) -> None:
+    def _check_literal_sql(self, info: StatementInfo, role: RolePolicy) -> None:
         if role.raw_sql:
             return
-        for fragment in fragments:
+        for index, fragment in enumerate(info.literal_sql):
             # "*" and bare integers are what SQLAlchemy itself emits (count(*), EXISTS (SELECT 1));
             # ASCII digits exactly: str.isdigit() also takes "²" or "١", which reach the database
             # as identifiers (where "*" may stand is the statement walk's rule)
             if fragment not in self.allowed_literals and not _statement_scan.DIGITS.fullmatch(fragment):
+                # the construct, and the caller's own fragment: the one echo (docs/security.md)
                 shown = fragment if len(fragment) <= 200 else fragment[:200] + "..."
                 raise PolicyViolation(
-                    "Raw SQL text is not allowed by the DB-API's policy; express the statement "
-                    f"with SQLAlchemy constructs (select(), text() is refused). The raw SQL: {shown!r}",
-                    raw_sql=True)
+                    f"Raw SQL text is not allowed by the DB-API's policy ({info.origin_of(index)}); express "
+                    "the statement with SQLAlchemy constructs (select(), text() is refused). "
+                    f"The raw SQL: {shown!r}", raw_sql=True)
 
     def _check_custom_operators(self, opstrings: Iterable[str], role: RolePolicy) -> None:
         if role.raw_sql:

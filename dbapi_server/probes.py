@@ -23,6 +23,7 @@ import orjson
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app
 
+from .connect_wait import no_wait
 from .state import ServerState
 
 __all__ = ["probes", "readiness"]
@@ -83,7 +84,7 @@ def _pool_exhausted(pool: sa.pool.Pool) -> bool:
 
 def _database_problem(state: ServerState) -> str | None:
     try:
-        with state.engine.connect() as conn:
+        with no_wait(), state.engine.connect() as conn:  # not ready now: the probe does not wait
             conn.execute(sa.select(sa.literal(1)))
     except sa.exc.DBAPIError:
         return "database_unreachable"

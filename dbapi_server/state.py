@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +18,7 @@ from .cursors import CursorRegistry
 from .db_wall import DatabaseWall
 from .executor import StatementExecutor
 from .metrics import Metrics
+from .outcomes import DEFAULT_TABLE, CommitOutcomes
 from .policy import Policy
 from .shutdown import Drain
 from .transactions import TransactionManager
@@ -71,6 +74,9 @@ class ServerState:
     methods: MethodRegistry = DEFAULT_REGISTRY  # the named methods served (looked up per call)
     shutdown_grace: float = 30.0  # seconds open transactions may finish after SIGTERM
     wall: DatabaseWall | None = None  # database roles per policy role (db_wall), when configured
+    # the commit outcome table (dbapi_server.outcomes); None: outcomes in this process's memory only
+    outcome_table: str | None = DEFAULT_TABLE
+    outcome_ttl: float = 3600.0
     executor: StatementExecutor = field(init=False)
     read_engine: sa.Engine = field(init=False)
     transactions: TransactionManager = field(init=False)
@@ -87,7 +93,15 @@ class ServerState:
         # one-shot reads (no client transaction) run in autocommit: a single SELECT is then one
         # database round trip instead of BEGIN + SELECT + ROLLBACK, with the same visibility
         self.read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        self.transactions = TransactionManager(self.engine, idle_timeout=self.idle_timeout)
+        outcomes = None
+        if self.outcome_table is not None:
+            if self.outcome_table in self.metadata.tables:
+                raise ValueError(f"The commit outcome table {self.outcome_table!r} is one of the application's "
+                                 "tables; name another (DBAPI_COMMIT_OUTCOME_TABLE).")
+            outcomes = CommitOutcomes(self.engine, table_name=self.outcome_table, ttl=self.outcome_ttl,
+                                      as_server=self._as_server, server_work=self._server_work)
+            outcomes.create()
+        self.transactions = TransactionManager(self.engine, idle_timeout=self.idle_timeout, outcomes=outcomes)
         self.cursors = CursorRegistry(idle_timeout=self.idle_timeout)
         self.transactions.also_reap.append(self.cursors.reap)
         with self.engine.connect():
@@ -106,6 +120,24 @@ class ServerState:
         self.drain = Drain(self, self.shutdown_grace)
         self.metrics = Metrics(self)
         self.transactions.start()
+
+    @contextlib.contextmanager
+    def _as_server(self) -> Iterator[None]:
+        """Connections checked out in the block run as the login role (under the wall)."""
+        if self.wall is None:
+            yield
+            return
+        with DatabaseWall.as_server():
+            yield
+
+    @contextlib.contextmanager
+    def _server_work(self, connection: sa.Connection) -> Iterator[None]:
+        """The login role for the block inside a client's transaction (under the wall)."""
+        if self.wall is None:
+            yield
+            return
+        with DatabaseWall.server_work(connection):
+            yield
 
     @property
     def draining(self) -> bool:

@@ -6,6 +6,12 @@ rolled back and its connection returned). Requests carry the transaction id and 
 number: a retried request (same number) gets the stored answer instead of running twice, and the
 outcome of a finished transaction is remembered for ``outcome_ttl`` seconds, so a commit whose
 answer was lost can be asked again and never commits twice.
+
+With an outcome table (:mod:`dbapi_server.outcomes`, the default of ``create_app``) a commit also
+writes its outcome row in the transaction, just before COMMIT, and a commit of a transaction this
+instance does not hold - it ran on an instance that died, or the retry reached another instance -
+is answered from that table (fencing it as not committed if it has no row). A COMMIT whose
+connection broke is settled the same way, so even then the answer is the truth.
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from .errors import APIError
+from .outcomes import COMMITTED, CommitInDoubt, CommitOutcomes, owner_key
 from .telemetry import label
 
 log = logging.getLogger("dbapi_server.transactions")
 
-__all__ = ["Transaction", "TransactionManager"]
+__all__ = ["Transaction", "TransactionManager", "TransactionNotHere"]
 
 
 class TransactionGone(APIError):
@@ -36,6 +43,14 @@ class TransactionGone(APIError):
 class TransactionConflict(APIError):
     status = 409
     code = "transaction_conflict"
+
+
+class TransactionNotHere(APIError):
+    """A request for a transaction this instance does not hold (another instance holds it, or its
+    instance died or restarted): nothing ran. The client treats it as a lost connection."""
+
+    status = 410
+    code = "transaction_not_here"
 
 
 class ShuttingDown(APIError):
@@ -63,8 +78,11 @@ class TransactionManager:
     """Open transactions by id, finished outcomes by id, and the idle reaper."""
 
     def __init__(self, engine: sa.Engine, *, idle_timeout: float = 60.0,
-                 outcome_ttl: float = 600.0, max_outcomes: int = 100_000) -> None:
+                 outcome_ttl: float = 600.0, max_outcomes: int = 100_000,
+                 outcomes: CommitOutcomes | None = None) -> None:
         self.engine = engine
+        self.outcomes = outcomes  # the outcome table; None: outcomes live in this process only
+        self.after_commit: Callable[[Transaction], None] | None = None  # test hook (dbapi_server._test_hooks)
         self.idle_timeout = idle_timeout
         self.outcome_ttl = outcome_ttl
         self._max_outcomes = max_outcomes
@@ -76,6 +94,7 @@ class TransactionManager:
         self.also_reap: list[Callable[[], object]] = []  # other idle resources (result cursors)
         self.refuse_new = False  # draining: no new transactions (ShuttingDown), the open ones go on
         self._ended: Counter[str] = Counter()  # outcomes so far, for the metrics
+        self._settled_counts: Counter[str] = Counter()  # answered from the outcome table, for the metrics
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -141,9 +160,13 @@ class TransactionManager:
                 raise TransactionGone(
                     f"Transaction {txn_id} was idle for more than {self.idle_timeout:g}s and was "
                     "rolled back; start a new transaction.")
-            raise TransactionGone(
-                f"Transaction {txn_id} is not open on this DB-API instance (it ended, expired, "
-                "or the request reached another instance).")
+            if outcome is not None:
+                raise TransactionGone(f"Transaction {txn_id} has ended ({outcome.replace('_', ' ')}).",
+                                      outcome=outcome)
+            raise TransactionNotHere(
+                f"Transaction {txn_id} is not open on this DB-API instance (its instance stopped, or "
+                "the request reached another instance); nothing ran. Roll back and start a new "
+                "transaction.")
         self._check_owner(txn, owner)
         return txn
 
@@ -159,7 +182,7 @@ class TransactionManager:
         return found[1] if found else None
 
     # -- ending -------------------------------------------------------------------------------
-    def finish(self, txn_id: str, verb: str, owner: str | None,
+    def finish(self, txn_id: str, verb: str, owner: str | None, seq: int | None = None,
                before_end: Callable[[], object] = lambda: None) -> str:
         """Commit or roll back; asking again for a finished transaction returns its outcome.
 
@@ -176,20 +199,30 @@ class TransactionManager:
             txn = self._open.get(txn_id)
         if txn is None:
             before_end()
-            return self.finished(txn_id, verb)
+            return self._finished(txn_id, verb, owner)
         self._check_owner(txn, owner)
         with txn.lock:
             before_end()
             if txn.ended:  # a concurrent retry or the reaper ended it while we waited
-                return self.finished(txn_id, verb)
+                return self._finished(txn_id, verb, owner)
+            if verb == "commit" and seq is not None and seq != txn.last_seq + 1:
+                # the commit of a transaction whose requests did not all run here (a begin retried
+                # on another instance): committing this part would be a wrong result
+                raise APIError(f"Commit {seq} of transaction {txn_id} does not follow its last request "
+                               f"here ({txn.last_seq}); it was not committed.", status=409, code="out_of_order")
             return self._end(txn, verb)
 
-    def finished(self, txn_id: str, verb: str) -> str:
+    def finished(self, txn_id: str, verb: str, owner: str | None = None) -> str:
         """The answer to *verb* asked again of a transaction that has ended (its outcome)."""
+        return self._finished(txn_id, verb, owner)
+
+    def _finished(self, txn_id: str, verb: str, owner: str | None = None) -> str:
         label(replayed=True)  # asked again: answered from the remembered outcome
         outcome = self.outcome(txn_id)
         if verb == "rollback":
             return outcome or "rolled_back"  # gone already: nothing of it can remain
+        if outcome is None and self.outcomes is not None:
+            outcome = self._settled(txn_id, owner)
         if outcome is None:
             raise TransactionGone(f"Transaction {txn_id} is unknown to this DB-API instance.")
         if outcome != "committed":
@@ -199,18 +232,62 @@ class TransactionManager:
         return outcome
 
     def end_locked(self, txn: Transaction, verb: str) -> str:
-        """Commit or roll back a transaction whose lock the caller holds (a committing batch)."""
-        return self._end(txn, verb)
+        """Commit or roll back a transaction whose lock the caller holds (a committing batch).
+
+        With the outcome table, a commit whose outcome row exists already is a committing batch
+        asked again on this instance after an earlier attempt ended the transaction on another
+        (its instance died before answering): this attempt is rolled back, and the answer is the
+        row's outcome - committed, or ``TransactionNotHere`` - never a second commit.
+        """
+        try:
+            return self._end(txn, verb)
+        except TransactionGone:
+            if verb != "commit" or self.outcomes is None:
+                raise
+            return self._settled(txn.id, txn.owner)
+
+    def is_open(self, txn_id: str) -> bool:
+        with self._lock:
+            return txn_id in self._open
+
+    def lose(self, txn: Transaction) -> None:
+        """End *txn*, whose database connection was lost (call holding ``txn.lock``): outcome
+        ``failed``; the database has rolled it back already."""
+        try:
+            self._end(txn, "lost")
+        except Exception:  # the connection is gone: there is nothing to roll back
+            log.info("ending transaction %s after its connection was lost", txn.id, exc_info=True)
+
+    def _settled(self, txn_id: str, owner: str | None) -> str:
+        """The outcome table's answer for a transaction not held here (fenced if it has no row)."""
+        assert self.outcomes is not None
+        outcome, row_owner = self.outcomes.settle(txn_id, owner)
+        with self._lock:
+            self._settled_counts[outcome] += 1
+        if row_owner is not None and row_owner != owner_key(owner):
+            raise TransactionConflict("This transaction belongs to another caller.", status=403,
+                                      code="forbidden_transaction")
+        if outcome != COMMITTED:
+            raise TransactionNotHere(
+                f"Transaction {txn_id} is not open on this DB-API instance, and it was not committed "
+                "(its instance stopped before COMMIT, or the request reached another instance); it "
+                "can no longer commit.", outcome=outcome)
+        with self._lock:
+            self._outcomes[txn_id] = (time.monotonic(), outcome)
+        return outcome
 
     def _end(self, txn: Transaction, verb: str) -> str:
         """Commit or roll back (holding ``txn.lock``); then unlist it and remember the outcome."""
-        outcome = {"commit": "committed", "expire": "expired", "shutdown": "rolled_back_at_shutdown"}.get(
-            verb, "rolled_back")
+        outcome: str | None = {"commit": "committed", "expire": "expired", "lost": "failed",
+                               "shutdown": "rolled_back_at_shutdown"}.get(verb, "rolled_back")
         try:
             if verb == "commit":
-                txn.root.commit()
+                self._commit(txn)
             else:
                 txn.root.rollback()
+        except CommitInDoubt:
+            outcome = None  # not remembered: a retry asks the outcome table again
+            raise
         except BaseException:
             outcome = "failed"
             raise
@@ -218,12 +295,40 @@ class TransactionManager:
             txn.ended = True
             txn.connection.close()
             self._remember(txn.id, outcome)
+        assert outcome is not None  # None only with CommitInDoubt, raised above
         return outcome
 
-    def _remember(self, txn_id: str, outcome: str) -> None:
+    def _commit(self, txn: Transaction) -> None:
+        """COMMIT, with the outcome row written just before it; a broken COMMIT is settled."""
+        if self.outcomes is not None:
+            try:
+                self.outcomes.record(txn.connection, txn.id, txn.owner)
+            except sa.exc.IntegrityError:
+                raise TransactionGone(
+                    f"Transaction {txn.id} was not committed: another DB-API instance answered a "
+                    "retried commit of it first (as not committed).", outcome="rolled_back") from None
+        try:
+            txn.root.commit()
+        except sa.exc.DBAPIError as exc:
+            if self.outcomes is None or not exc.connection_invalidated:
+                raise
+            # the connection broke during COMMIT: the database alone knows; ask it (fencing)
+            log.warning("the connection broke while committing transaction %s; settling its outcome",
+                        txn.id, extra={"txn": txn.id})
+            outcome, _ = self.outcomes.settle(txn.id, txn.owner)
+            with self._lock:
+                self._settled_counts[outcome] += 1
+            if outcome != COMMITTED:
+                raise
+        if self.after_commit is not None:
+            self.after_commit(txn)
+
+    def _remember(self, txn_id: str, outcome: str | None) -> None:
         now = time.monotonic()
         with self._lock:  # one step: a transaction is always either open or has an outcome
             self._open.pop(txn_id, None)
+            if outcome is None:
+                return
             self._outcomes[txn_id] = (now, outcome)
             self._ended[outcome] += 1
             while self._outcomes:
@@ -262,6 +367,11 @@ class TransactionManager:
             self.reap()
             for reap in self.also_reap:
                 reap()
+            if self.outcomes is not None:
+                try:
+                    self.outcomes.prune()
+                except Exception:  # the database is down: the next round prunes
+                    log.info("pruning the commit outcome table failed", exc_info=True)
 
     # -- shutdown -----------------------------------------------------------------------------
     def roll_back_open(self, lock_timeout: float = 5.0) -> list[tuple[str, str | None, float]]:
@@ -303,6 +413,10 @@ class TransactionManager:
     def ended_counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._ended)
+
+    def settled_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._settled_counts)
 
     def stats(self) -> dict[str, Any]:
         return {"open": self.open_count, "remembered_outcomes": len(self._outcomes)}

@@ -293,10 +293,12 @@ def batch() -> Response:
         expect = _field(item, "expect", int)
         requests.append((StatementRequest.parse(state, principal, item, streams=False), expect))
     label(kind="batch_commit" if commit else "batch")
-    if commit:
-        outcome = state.transactions.outcome(txn_id)
-        if outcome is not None:  # a retry of a batch that committed (or failed to): its outcome
-            return _json({"outcome": state.transactions.finished(txn_id, "commit")})
+    begin = bool(body.get("begin"))
+    if commit and (state.transactions.outcome(txn_id) is not None
+                   or (not begin and not state.transactions.is_open(txn_id))):
+        # asked again after the transaction ended (here, or - with the outcome table - anywhere):
+        # answered as a retried commit is, from its outcome; nothing runs
+        return _json({"outcome": state.transactions.finished(txn_id, "commit", principal.subject)})
 
     def run(conn: sa.Connection) -> dict[str, Any] | None:
         for index, (req, expect) in enumerate(requests):
@@ -316,8 +318,7 @@ def batch() -> Response:
             _, envelope = envelope_for_exception(exc)
             return {"commit_error": envelope["error"]}
 
-    return _in_transaction(state, principal, txn_id, seq, bool(body.get("begin")), run,
-                           then=then_commit if commit else None)
+    return _in_transaction(state, principal, txn_id, seq, begin, run, then=then_commit if commit else None)
 
 
 def _streamed(state: ServerState, principal: Principal, conn: sa.Connection, plan: Plan,
@@ -359,14 +360,14 @@ def _in_transaction(state: ServerState, principal: Principal, txn_id: str, seq: 
     else:
         txn = state.transactions.get(txn_id, principal.subject)
     with txn.lock:
-        if txn.ended:  # committed, rolled back or reaped while this request waited for it
-            if then is not None:  # a committing batch retried while its first attempt committed
-                return _json({"outcome": state.transactions.finished(txn_id, "commit")})
-            state.transactions.get(txn_id, principal.subject)  # raises 410 with the reason
         if txn.last_reply is not None and seq == txn.last_seq:
             status, payload = txn.last_reply  # a retry: answer as before, run nothing
             label(replayed=True)
             return Response(payload, status=status, mimetype=_JSON)
+        if txn.ended:  # committed, rolled back or reaped while this request waited for it
+            if then is not None:  # a committing batch asked again of a transaction that has ended
+                return _json({"outcome": state.transactions.finished(txn_id, "commit", principal.subject)})
+            state.transactions.get(txn_id, principal.subject)  # raises 410 with the reason
         if seq != txn.last_seq + 1:
             raise APIError(f"Request {seq} of transaction {txn_id} arrived out of order "
                            f"(expected {txn.last_seq + 1}).", status=409, code="out_of_order")
@@ -375,13 +376,20 @@ def _in_transaction(state: ServerState, principal: Principal, txn_id: str, seq: 
             if state.wall is not None:
                 state.wall.enter(txn.connection, principal)
             answer = run(txn.connection)
-        except Exception as exc:  # answered in the envelope; the transaction stays open
+        except Exception as exc:  # answered in the envelope; the transaction stays open...
             status, envelope = envelope_for_exception(exc)
-            envelope["error"]["txn_state"] = "open"
+            # ...unless its database connection was lost (the database restarted): then the
+            # transaction is gone, as a direct connection's would be; it ends here at once (its
+            # connection back to the pool) and the client raises a disconnect
+            lost = isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+            envelope["error"]["txn_state"] = "lost" if lost else "open"
             index = getattr(exc, "batch_index", None)
-            if index is not None:
+            if index is not None:  # which statement of a batch
                 envelope["error"]["index"] = index
             payload = orjson.dumps(envelope)
+            if lost:
+                state.cursors.close_for_transaction(txn_id, principal.subject)
+                state.transactions.lose(txn)
         else:
             if answer is None and then is not None:
                 answer = then(txn)  # the transaction may be over now (committed)
@@ -435,10 +443,11 @@ def finish_transaction(txn_id: str, verb: str) -> Response:
                        status=404, code="not_found")
     label(kind=verb, txn=txn_id)
     principal = _principal()
+    seq = _field(_body(principal), "seq", int) if request.content_length else None
     state = _state()
     # the transaction's cursors end with it - but only once the caller is known to own it: a
     # stranger's commit is refused (403) before anything of the owner's is touched
     outcome = state.transactions.finish(
-        txn_id, verb, principal.subject,
+        txn_id, verb, principal.subject, seq,
         before_end=lambda: state.cursors.close_for_transaction(txn_id, principal.subject))
     return _json({"outcome": outcome})

@@ -46,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - the async extra is not installe
 
 from ._http import AnswerLost, NotSent, Response
 from .auth import TokenSource
-from .transport import Transport, _check_path, trace_context
+from .transport import ROUTE_HEADER, Transport, _check_path, trace_context
 
 __all__ = ["AsyncTransport", "HostClients", "discard_hosts", "host_clients", "keep_alive", "sa_await"]
 
@@ -191,11 +191,15 @@ class AsyncTransport(Transport):
     def close(self) -> None:
         return None  # the pool is the host's, shared by every connection
 
-    def _attempt(self, method: str, path: str, body: bytes | None, request_id: str) -> Response:
+    def _attempt(self, method: str, path: str, body: bytes | None, request_id: str,
+                 route: str | None = None) -> Response:
         _check_path(path)
         token = self._checked_token()
         headers = {"X-Request-Id": request_id, "Accept": "application/json", "User-Agent": "dbsession",
                    **trace_context()}
+        if route is not None:
+            _check_path(route)
+            headers[ROUTE_HEADER] = route
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if body is not None:

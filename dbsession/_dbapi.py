@@ -116,7 +116,7 @@ PEP249_ERRORS: dict[str, type[Error]] = {
 
 
 
-def _database_error(reply: DatabaseErrorReply) -> Exception:
+def _database_error(reply: DatabaseErrorReply, *, disconnect: bool = False) -> Exception:
     """Re-create the error the server's driver raised, under its PEP 249 class name.
 
     The message ends with the DB-API's error id (the server logged the full detail - SQL, driver
@@ -135,7 +135,8 @@ def _database_error(reply: DatabaseErrorReply) -> Exception:
         if code == "statement_error":  # rendering a literal_execute bind failed: wrapped, as directly
             return sa_exc.StatementError(message, None, None, orig)
         return orig
-    error = PEP249_ERRORS.get(envelope.get("dbapi_class", ""), DatabaseError)(message)
+    error_class = DisconnectError if disconnect else PEP249_ERRORS.get(envelope.get("dbapi_class", ""), DatabaseError)
+    error = error_class(message)
     error.error_id = error_id  # type: ignore[attr-defined]
     error.request_id = reply.request_id  # type: ignore[attr-defined]
     for attr in ("sqlstate", "pgcode", "errno"):
@@ -194,7 +195,7 @@ class Connection:
         deadline = self.commit_retry_deadline if verb == "commit" else None
         try:
             self.transport.post(f"/transactions/{txn}/{verb}", {"seq": self.seq}, replay_safe=True,
-                                deadline=deadline)
+                                deadline=deadline, route=txn)
         except ServerUnreachable as exc:
             if verb == "commit" and exc.answer_lost:
                 raise CommitOutcomeUnknownError(
@@ -210,6 +211,10 @@ class Connection:
                 raise CommitOutcomeUnknownError(
                     txn, f"an attempt's answer was lost, and the DB-API that answered the retry "
                     f"cannot tell: {exc}") from exc
+            if exc.code == "transaction_not_here":
+                # its instance stopped, or the request reached another one: as when a direct
+                # connection is lost, and (with an outcome) definitely not committed
+                raise DisconnectError(str(exc)) from exc
             raise
 
     def close(self) -> None:
@@ -224,7 +229,13 @@ class Connection:
                 pass  # the server's idle timeout rolls back what we could not
 
     # -- statement execution ----------------------------------------------------------------
-    def run(self, payload: dict[str, Any], *, needs_txn: bool, path: str = "/execute") -> dict[str, Any]:
+    def run(self, payload: dict[str, Any], *, needs_txn: bool, path: str = "/execute",
+            route: str | None = None) -> dict[str, Any]:
+        """Send one statement (in the connection's transaction, begun if it needs one).
+
+        *route*: for a request outside a transaction, the key a load balancer routes it by (a
+        streamed result's, so its pages reach the instance that holds its cursor).
+        """
         if self.closed:
             raise InterfaceError("This DB-API connection is closed.")
         if self.deferred:  # they come first, as they would have run first
@@ -238,14 +249,26 @@ class Connection:
             if begin:
                 payload["begin"] = True
         try:
-            return self._post(path, payload, [payload])  # type: ignore[no-any-return]
+            return self._post(path, payload, [payload],  # type: ignore[no-any-return]
+                              route=self.txn if self.txn is not None else route)
         except ServerUnreachable as exc:
             self.txn = None
             raise DisconnectError(str(exc)) from exc
         except DatabaseErrorReply as exc:
+            if exc.envelope.get("txn_state") == "lost":
+                # the server's database connection died (a restart): the transaction is gone, as a
+                # direct connection's would be - a disconnect, with the database's error details
+                self.txn = None
+                raise _database_error(exc, disconnect=True) from None
             self._unless_recorded(exc.envelope.get("txn_state"), begin)
             raise _database_error(exc) from None
         except DBAPIRequestError as exc:
+            if exc.code == "transaction_not_here":
+                # the instance that held the transaction stopped, or this request reached another
+                # one (the load balancer's view changed): the transaction is lost, as with a lost
+                # database connection; nothing ran here
+                self.txn = None
+                raise DisconnectError(str(exc)) from exc
             self._unless_recorded(exc.txn_state, begin)
             raise
 
@@ -274,7 +297,7 @@ class Connection:
         if commit:
             payload["commit"] = True
         try:
-            reply: dict[str, Any] = self._post("/batch", payload, statements,
+            reply: dict[str, Any] = self._post("/batch", payload, statements, route=txn,
                                                deadline=self.commit_retry_deadline if commit else None)
         except ServerUnreachable as exc:
             self.txn = None
@@ -284,8 +307,12 @@ class Connection:
                 return {"outcome": "unknown"}
             raise DisconnectError(str(exc)) from exc  # never reached the server: nothing ran
         except DatabaseErrorReply as exc:
-            self._unless_recorded(exc.envelope.get("txn_state"), begin)
-            error = _database_error(exc)
+            lost = exc.envelope.get("txn_state") == "lost"
+            if lost:  # the server's database connection died: the transaction is gone (a disconnect)
+                self.txn = None
+            else:
+                self._unless_recorded(exc.envelope.get("txn_state"), begin)
+            error = _database_error(exc, disconnect=lost)
             error.batch_index = exc.envelope.get("index")  # type: ignore[attr-defined]
             raise error from None
         except DBAPIRequestError as exc:
@@ -295,6 +322,9 @@ class Connection:
                     txn, f"an attempt's answer was lost, and the DB-API that answered the retry "
                     f"cannot tell: {exc}")
                 return {"outcome": "unknown"}
+            if exc.code == "transaction_not_here":  # its instance is gone: lost, as run() says
+                self.txn = None
+                raise DisconnectError(str(exc)) from exc
             self._unless_recorded(exc.txn_state, begin)
             raise
         if "commit_error" in reply:
@@ -305,7 +335,7 @@ class Connection:
         return reply
 
     def _post(self, path: str, payload: dict[str, Any], statements: list[dict[str, Any]],
-              deadline: float | None = None) -> Any:
+              deadline: float | None = None, route: str | None = None) -> Any:
         """POST *payload*, whose *statements* leave out the documents this host already has.
 
         A statement travels as its document's hash once it has been sent to this host (by any
@@ -318,7 +348,7 @@ class Connection:
         if slim:
             documents = [(s, s.pop("stmt")) for s in slim]
             try:
-                return self.transport.post(path, payload, replay_safe=True, deadline=deadline)
+                return self.transport.post(path, payload, replay_safe=True, deadline=deadline, route=route)
             except DBAPIRequestError as exc:
                 if exc.code != "unknown_statement":
                     raise
@@ -328,7 +358,7 @@ class Connection:
                 for statement, document in documents:
                     statement["stmt"] = document
         try:
-            return self.transport.post(path, payload, replay_safe=True, deadline=deadline)
+            return self.transport.post(path, payload, replay_safe=True, deadline=deadline, route=route)
         finally:
             for statement in statements:
                 if "stmt_hash" in statement:
@@ -370,13 +400,16 @@ class Cursor:
     def run(self, payload: dict[str, Any], *, needs_txn: bool) -> dict[str, Any]:
         """Send one statement; keep its outcome. Rows are raw driver values (never enums)."""
         reply: dict[str, Any] = self.connection.run(payload, needs_txn=needs_txn)
+        self._keep(reply)
+        return reply
+
+    def _keep(self, reply: dict[str, Any]) -> None:
         description = reply.get("description")
         self.description = [tuple(d) for d in description] if description is not None else None
         self._rows = decode_rows(reply.get("rows") or [])
         self._pos = 0
         self.rowcount = reply.get("rowcount", -1)
         self.lastrowid = decode_value(reply["lastrowid"]) if "lastrowid" in reply else None
-        return reply
 
     def defer(self, payload: dict[str, Any], expect: int | None, rowcount: int, context: Any) -> None:
         """Hold the statement back (``Connection.deferred``); report *rowcount*, no rows."""
@@ -432,9 +465,12 @@ class StreamingCursor(Cursor):
         self._cursor_id: str | None = None
         self._page = 0
         self._more = False
+        self._route = uuid.uuid4().hex  # outside a transaction: keeps the pages on the cursor's instance
 
     def run(self, payload: dict[str, Any], *, needs_txn: bool) -> dict[str, Any]:
-        reply = super().run(payload, needs_txn=needs_txn)
+        reply: dict[str, Any] = self.connection.run(payload, needs_txn=needs_txn, route=self._route)
+        self._route = self.connection.txn or self._route  # the request went by the transaction's id
+        self._keep(reply)
         self._cursor_id, self._more = reply.get("cursor"), bool(reply.get("more"))
         return reply
 
@@ -450,7 +486,7 @@ class StreamingCursor(Cursor):
     def _call(self, verb: str, body: dict[str, Any]) -> Any:
         try:
             return self.connection.transport.post(f"/cursors/{self._cursor_id}/{verb}", body,
-                                                  replay_safe=True)
+                                                  replay_safe=True, route=self._route)
         except ServerUnreachable as exc:
             raise DisconnectError(str(exc)) from exc
 

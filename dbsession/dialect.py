@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, default
 from sqlalchemy.engine.interfaces import Dialect
@@ -46,7 +47,7 @@ from .transport import ServerUnreachable, Transport, transport_for
 __all__ = ["DBSessionDialect", "create_isolated_engine", "forget_server_info", "isolated_url", "server_info"]
 
 _infos: dict[str, dict[str, Any]] = {}
-_classes: dict[tuple[str, str], type[Dialect]] = {}
+_classes: dict[tuple[str, str, str], type[Dialect]] = {}
 
 
 def server_info(transport: Transport) -> dict[str, Any]:
@@ -487,8 +488,14 @@ _DRIVER_STAND_INS: dict[str, dict[str, Any]] = {
 
 
 def isolated_dialect_class(info: Mapping[str, Any]) -> type[Dialect]:
-    """The client dialect class for a server's handshake (cached per dialect+driver)."""
-    key = (info["dialect"], info["driver"])
+    """The client dialect class for a server's handshake (cached per dialect, driver and state).
+
+    The state is part of the key: two DB-APIs of one dialect and driver can serve databases whose
+    initialized dialects differ (MySQL / MariaDB: the default schema is the database's name; the
+    server version; ANSI quotes), and a class carries its server's state.
+    """
+    key = (info["dialect"], info["driver"],
+           orjson.dumps(info.get("dialect_state", {}), option=orjson.OPT_SORT_KEYS).decode())
     cls = _classes.get(key)
     if cls is None:
         base = sa.dialects.registry.load(f"{info['dialect']}.{info['driver']}")

@@ -300,7 +300,10 @@ class IsolationMode:
             app = create_app(engine=server_engine, metadata=database.metadata,
                              authenticator=JWTAuthenticator(public, algorithms=["EdDSA"],
                                                             max_lifetime=TOKEN_TTL),
-                             methods=list(methods))
+                             methods=list(methods),
+                             # one in-process DB-API per test database: outcomes need not outlive
+                             # it, and the tests' databases get no table of the server's
+                             commit_outcomes="memory")
         except BaseException:
             server_engine.dispose()
             raise

@@ -20,6 +20,12 @@ transaction asked of an instance that is draining: nothing ran) is retried like 
 not sent - behind a load balancer the next attempt reaches another instance - and, if every
 attempt meets it, ends as :class:`ServerUnreachable`, the disconnect a database going down causes.
 
+Behind a load balancer (``docs/deployment.md``) every request of a transaction carries
+``X-DBSession-Route: <transaction id>`` (a streamed result's page requests: the id its first
+request carried), and the balancer hashes it to choose the instance: all of a transaction's
+requests reach the instance that holds it, while requests without the header (one-shot reads) go
+anywhere.
+
 Every request carries an ``X-Request-Id``: a fresh id per request, the same for its retries, which
 the DB-API echoes and logs; errors name it beside the server's error id, so one line of the
 server's log can be found from a client's exception. With OpenTelemetry loaded in the process,
@@ -44,10 +50,11 @@ from ._http import AnswerLost, ConnectionPool, NotSent, Response
 from .auth import TokenSource
 from .exceptions import REFUSAL_FIELDS, ConfigurationError, DBAPIRequestError, error_class_for
 
-__all__ = ["API_PREFIX", "DatabaseErrorReply", "ServerUnreachable", "Transport", "discard_transports",
+__all__ = ["API_PREFIX", "ROUTE_HEADER", "DatabaseErrorReply", "ServerUnreachable", "Transport", "discard_transports",
            "transport_for"]
 
 API_PREFIX = "/dbapi/v1"
+ROUTE_HEADER = "X-DBSession-Route"  # what a load balancer hashes to keep a transaction on its instance
 
 
 _MAX_DELAY = 1.0  # seconds between attempts, once the backoff reaches it
@@ -151,13 +158,16 @@ class Transport:
         return self._request("GET", path, None, replay_safe=True)
 
     def post(self, path: str, payload: Mapping[str, Any], *, replay_safe: bool,
-             deadline: float | None = None) -> Any:
+             deadline: float | None = None, route: str | None = None) -> Any:
         """POST *payload*; with *deadline* (replay-safe requests only), retry until an answer
-        arrives or *deadline* seconds have passed, once an attempt may have reached the server."""
+        arrives or *deadline* seconds have passed, once an attempt may have reached the server.
+        *route*: the transaction (or streamed result) the request belongs to, sent as
+        ``X-DBSession-Route`` for a load balancer to keep it on one instance."""
         return self._request("POST", path, orjson.dumps(payload), replay_safe=replay_safe,
-                             deadline=deadline if replay_safe else None)
+                             deadline=deadline if replay_safe else None, route=route)
 
-    def _encode(self, method: str, path: str, body: bytes | None, request_id: str) -> bytes:
+    def _encode(self, method: str, path: str, body: bytes | None, request_id: str,
+                route: str | None = None) -> bytes:
         """The whole request - request line, headers, body - as the one buffer sent."""
         token = self._checked_token()
         cached_token, auth = self._auth_line
@@ -167,6 +177,9 @@ class Transport:
         _check_path(path)
         head = (f"{method} {self._prefix}{path} HTTP/1.1\r\nX-Request-Id: {request_id}\r\n".encode("ascii")
                 + self._common_headers + auth + _trace_headers())
+        if route is not None:
+            _check_path(route)
+            head += f"{ROUTE_HEADER}: {route}\r\n".encode("ascii")
         if body is None:
             return head + b"\r\n"
         return b"%sContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
@@ -180,14 +193,14 @@ class Transport:
         return token
 
     def _request(self, method: str, path: str, body: bytes | None, *, replay_safe: bool,
-                 deadline: float | None = None) -> Any:
+                 deadline: float | None = None, route: str | None = None) -> Any:
         request_id = new_request_id()
         response, answer_lost = self._send(method, path, body, request_id, replay_safe=replay_safe,
-                                           deadline=deadline)
+                                           deadline=deadline, route=route)
         if response.status == 401 and self._token.reload():
             # the DB-API checks the token before anything runs: retry once with the refreshed one
             response, lost_again = self._send(method, path, body, request_id, replay_safe=replay_safe,
-                                              deadline=deadline)
+                                              deadline=deadline, route=route)
             answer_lost = answer_lost or lost_again
         if not answer_lost:
             return self._parse(response, request_id)
@@ -198,7 +211,7 @@ class Transport:
             raise
 
     def _send(self, method: str, path: str, body: bytes | None, request_id: str, *, replay_safe: bool,
-              deadline: float | None) -> tuple[Response, bool]:
+              deadline: float | None, route: str | None = None) -> tuple[Response, bool]:
         """The response, and whether an earlier attempt may have reached the server unanswered."""
         delay = 0.05
         answer_lost = False
@@ -207,7 +220,7 @@ class Transport:
         while True:
             attempt += 1
             try:
-                response = self._attempt(method, path, body, request_id)
+                response = self._attempt(method, path, body, request_id, route)
             except NotSent as exc:
                 failure: Exception = exc  # never reached the server
             except AnswerLost as exc:
@@ -218,10 +231,16 @@ class Transport:
                         answer_lost=True, request_id=request_id) from exc
                 failure, answer_lost = exc, True
             else:
-                if response.status == 503 and _envelope_code(response) == "shutting_down":
+                code = _envelope_code(response) if response.status == 503 else None
+                if code == "shutting_down":
                     # the instance is draining and ran nothing: like a request not sent
                     failure = ConnectionError(f"the DB-API at {self.base_url} is shutting down and takes "
                                               "no new transactions")
+                elif code == "commit_in_doubt" and replay_safe:
+                    # the DB-API cannot reach the database to learn what became of a commit: ask
+                    # again (up to the commit's deadline), as after a lost answer
+                    failure, answer_lost = ConnectionError(
+                        "the DB-API could not read the commit's outcome from the database"), True
                 elif not 502 <= response.status <= 504 or not replay_safe or _is_envelope(response):
                     return response, answer_lost
                 else:
@@ -245,9 +264,10 @@ class Transport:
             self._pause(pause)
             delay = min(delay * 4, _MAX_DELAY)
 
-    def _attempt(self, method: str, path: str, body: bytes | None, request_id: str) -> Response:
+    def _attempt(self, method: str, path: str, body: bytes | None, request_id: str,
+                 route: str | None = None) -> Response:
         """One HTTP exchange: the answer, or :class:`NotSent` / :class:`AnswerLost`."""
-        response: Response = self._pool.request(method, self._encode(method, path, body, request_id))
+        response: Response = self._pool.request(method, self._encode(method, path, body, request_id, route))
         return response
 
     def _pause(self, seconds: float) -> None:

@@ -52,9 +52,20 @@ class StatementInfo:
     functions: set[str] = field(default_factory=set)
     custom_operators: set[str] = field(default_factory=set)
     literal_sql: list[str] = field(default_factory=list)
+    # where each raw SQL fragment sits, by construct (never its text: answers do not echo SQL)
+    literal_sql_origins: list[str] = field(default_factory=list)
     for_update: bool = False
     depth: int = 0
     node_types: set[str] = field(default_factory=set)  # every wire node type the document used
+
+    def add_literal_sql(self, text: str, origin: str) -> None:
+        """A raw SQL fragment (the raw-SQL policy decides) and the construct it came from."""
+        self.literal_sql.append(text)
+        self.literal_sql_origins.append(origin)
+
+    def origin_of(self, index: int) -> str:
+        """The construct of the *index*-th raw SQL fragment (``"raw SQL text"`` when not recorded)."""
+        return self.literal_sql_origins[index] if index < len(self.literal_sql_origins) else "raw SQL text"
 
     @property
     def is_read_only(self) -> bool:
@@ -223,10 +234,10 @@ class StatementDecoder:
             stmt = stmt.set_label_style(_label_style(node["label_style"]))
         stmt = self._hints_and_prefixes(stmt, node)
         for suffix in node.get("suffixes", ()):
-            stmt = stmt.suffix_with(self._prefix(suffix), dialect=suffix["dialect"] or "*")
+            stmt = stmt.suffix_with(self._prefix(suffix, "a suffix_with()"), dialect=suffix["dialect"] or "*")
         for hint in node.get("statement_hints", ()):
             if hint_renders(hint["dialect"], self._dialect):
-                self.info.literal_sql.append(hint["text"])
+                self.info.add_literal_sql(hint["text"], "a with_statement_hint()")
             stmt = stmt.with_statement_hint(hint["text"], dialect_name=hint["dialect"])
         return self._limits(stmt, node)
 
@@ -240,22 +251,24 @@ class StatementDecoder:
             from_, text, dialect_name = self.visit(hint["from"]), hint["text"], hint["dialect"]
             if from_hint_renders(dialect_name, self._dialect) and not structured_from_hint(
                     from_, text, self._dialect):
-                self.info.literal_sql.append(text)
+                self.info.add_literal_sql(text, f"the with_hint() on {_from_name(from_)} (not an index hint "
+                                                "naming indexes the server's metadata has)")
             if isinstance(stmt, sa.Select):
                 stmt = stmt.with_hint(from_, text, dialect_name=dialect_name)
             else:
                 stmt = stmt.with_hint(text, selectable=from_, dialect_name=dialect_name)
         for prefix in node.get("prefixes", ()):
-            stmt = stmt.prefix_with(self._prefix(prefix), dialect=prefix["dialect"] or "*")
+            stmt = stmt.prefix_with(self._prefix(prefix, "a prefix_with()"), dialect=prefix["dialect"] or "*")
         return stmt
 
-    def _prefix(self, prefix: _Json) -> Any:
+    def _prefix(self, prefix: _Json, origin: str) -> Any:
         """A prefix's or suffix's clause; one for a dialect other than this one is inert."""
-        if hint_renders(prefix["dialect"], self._dialect):
-            return self.visit(prefix["clause"])
-        literal_sql = self.info.literal_sql[:]
+        count = len(self.info.literal_sql)
         clause = self.visit(prefix["clause"])
-        self.info.literal_sql[:] = literal_sql  # it does not render: not raw SQL the server runs
+        if hint_renders(prefix["dialect"], self._dialect):
+            self.info.literal_sql_origins[count:] = [origin] * (len(self.info.literal_sql) - count)
+        else:  # it does not render: not raw SQL the server runs
+            del self.info.literal_sql[count:], self.info.literal_sql_origins[count:]
         return clause
 
     def _limits(self, stmt: Any, node: _Json) -> Any:
@@ -402,7 +415,7 @@ class StatementDecoder:
         return self.visit(node["element"]).columns(*self.all(node["columns"]))
 
     def text(self, node: _Json) -> Any:
-        self.info.literal_sql.append(node["text"])
+        self.info.add_literal_sql(node["text"], "a text() clause")
         clause = sa.text(node["text"])
         binds = [self.visit(b) for _, b in node.get("binds", ())]
         return clause.bindparams(*binds) if binds else clause
@@ -429,7 +442,7 @@ class StatementDecoder:
     def column_clause(self, node: _Json) -> Any:
         literal = node.get("literal", False)
         if literal:
-            self.info.literal_sql.append(node["name"])
+            self.info.add_literal_sql(node["name"], "a literal_column()")
         column = sa.ColumnClause(node["name"], type_=self.type(node.get("type")), is_literal=literal)
         if "from" in node:
             column.table = self.visit(node["from"])
@@ -654,6 +667,12 @@ _DECODERS: dict[str, Callable[[StatementDecoder, _Json], Any]] = {
 NODE_TYPES = frozenset(_DECODERS) | {"ref"}
 
 
+def _from_name(from_: Any) -> str:
+    """How a refusal names a hinted FROM: its table's (or alias's) name."""
+    name = getattr(from_, "fullname", None) or getattr(from_, "name", None)
+    return repr(str(name)) if isinstance(name, str) else "a FROM"
+
+
 def from_wire(document: _Json, metadata: sa.MetaData, types: TypeResolver | None = None,
               *, validate: bool = True, dialect: sa.Dialect | None = None) -> tuple[Any, StatementInfo]:
     """Validate and rebuild a wire document; returns the statement and what it touches.
@@ -669,7 +688,7 @@ def from_wire(document: _Json, metadata: sa.MetaData, types: TypeResolver | None
         if document.get("version") != WIRE_VERSION:
             raise WireVersionError(f"The statement uses wire version {document.get('version')!r}; this server speaks version {WIRE_VERSION}. Upgrade the older side.")
         text = parse_driver_sql(node)
-        return text, StatementInfo(kind=text.kind, literal_sql=[text.sql])
+        return text, StatementInfo(kind=text.kind, literal_sql=[text.sql], literal_sql_origins=[text.kind])
     if validate:
         validate_document(document)
     version = document.get("version")

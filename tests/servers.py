@@ -198,6 +198,7 @@ def dbapi_process(database_url: str | sa.URL, metadata: str, *, policy: Path | s
     seed = server_hash_seed() if hash_seed is None else hash_seed
     # a short shutdown grace: a test that stops a server with a transaction still open (the
     # rollback on SIGTERM) should not wait the production default (30 s) for it
+    # *env* wins over these (a shared key for several instances: DBAPI_JWT_KEY_FILE)
     server_env = _server_env(**{"DBAPI_DATABASE_URL": url, "DBAPI_METADATA": metadata,
                                 "DBAPI_JWT_KEY_FILE": str(public_key), "DBAPI_JWT_ALGORITHMS": "EdDSA",
                                 "DBAPI_METHODS": methods, "PYTHONHASHSEED": str(seed), "PYTHONUNBUFFERED": "1",

@@ -228,3 +228,20 @@ def test_other_databases_refuse_the_setting(tmp_path: Any) -> None:
         create_app(engine=sqlite, metadata=Base.metadata, policy=POLICY, db_roles="apply", authenticator=AllowAll())
     app = create_app(engine=sqlite, metadata=Base.metadata, policy=POLICY, db_roles="off", authenticator=AllowAll())
     app.extensions["dbapi_server"].close()
+
+
+def test_the_commit_outcome_table_is_the_servers_alone(backend: Backend, roles: DatabaseRoles) -> None:
+    """The server writes a commit's outcome row as the login role (the caller's role has no privilege
+    on that table, which is not the application's: no wall role is granted it, nor PUBLIC)."""
+    from dbapi_server.outcomes import DEFAULT_TABLE
+
+    with backend.worker() as s, s.begin():
+        ti = s.get(TaskInstance, 1)
+        assert ti is not None
+        ti.hostname = "outcome-host"
+    with backend.engine.connect() as conn:
+        assert conn.scalar(sa.text(f"SELECT count(*) FROM {DEFAULT_TABLE}"))  # the commit wrote its row
+        for role in [*(r.name for r in roles.roles.values()), "public"]:
+            for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"):
+                assert not conn.scalar(sa.text("SELECT has_table_privilege(:r, :t, :p)"),
+                                       {"r": role, "t": DEFAULT_TABLE, "p": privilege}), (role, privilege)

@@ -72,7 +72,7 @@ def test_statement_for_a_transaction_that_was_never_begun(api: RawApi) -> None:
     txn = api.transaction()
     txn.begun = True  # pretend: send seq 1 without "begin"
     reply = txn.execute(sa.select(accounts.c.id))
-    assert (reply.status, reply.error["code"]) == (410, "transaction_gone")
+    assert (reply.status, reply.error["code"]) == (410, "transaction_not_here")
 
 
 def test_returning_rows_come_back_in_the_transaction(api: RawApi, name: str) -> None:
@@ -136,8 +136,9 @@ def test_rollback_discards(api: RawApi, engine: sa.Engine, name: str) -> None:
 
 
 def test_committing_an_unknown_transaction(api: RawApi) -> None:
+    """Settled from the outcome table: no row, so it is fenced as not committed - a definite answer."""
     reply = api.post(f"/transactions/{uuid.uuid4().hex}/commit", {"seq": 1})
-    assert (reply.status, reply.error["code"]) == (410, "transaction_gone")
+    assert (reply.status, reply.error["code"], reply.error["outcome"]) == (410, "transaction_not_here", "rolled_back")
 
 
 def test_rolling_back_an_unknown_transaction_is_harmless(api: RawApi) -> None:

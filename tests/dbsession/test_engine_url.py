@@ -304,3 +304,27 @@ def test_sequence_pre_execution_runs_the_dialects_own_sql(engine: sa.Engine) -> 
             assert [conn.scalar(seq), conn.scalar(seq)] == [1, 2]
     finally:
         seq.drop(engine)
+
+
+def test_two_servers_of_one_dialect_keep_their_own_state(database: tuple[str, sa.URL]) -> None:
+    # found by running the corpus and these tests in one process: the client dialect class was
+    # cached per dialect and driver with the first server's state, so a second MariaDB DB-API
+    # (another database: another default schema) was reflected as the first one's database
+    name, url = database
+    if name != "mysql":
+        pytest.skip("MariaDB: the default schema is the database's name")
+    from tests.conftest import MYSQL_ADMIN_URL, fresh_database
+
+    other = fresh_database(MYSQL_ADMIN_URL, "MariaDB")
+    other_url = next(other)
+    try:
+        with dbapi_process(url, METADATA, policy=TESTING) as first, \
+                dbapi_process(other_url, METADATA, policy=TESTING) as second:
+            engines = [_engine(first, name), _engine(second, name)]
+            MD.create_all(engines[1])
+            assert [sa.inspect(e).get_table_names() for e in engines] == [[], ["things"]]
+            assert [e.dialect.default_schema_name for e in engines] == [url.database, other_url.database]
+            for e in engines:
+                e.dispose()
+    finally:
+        next(other, None)  # drops the second database

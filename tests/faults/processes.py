@@ -76,7 +76,7 @@ class ServerProcess:
 
     @classmethod
     def start(cls, database_url: sa.URL | str, workdir: Path, *, port: int | None = None,
-              idle_timeout: float = 60.0, methods: str = "") -> ServerProcess:
+              idle_timeout: float = 60.0, methods: str = "", env: dict[str, str] | None = None) -> ServerProcess:
         key = workdir / "dbapi.pub"
         key.write_bytes(_PUBLIC)
         port = port or free_port()
@@ -84,7 +84,7 @@ class ServerProcess:
         url = database_url.render_as_string(hide_password=False) if isinstance(database_url, sa.URL) else database_url
         env = clean_env(DBAPI_DATABASE_URL=url, DBAPI_METADATA=METADATA_PATH, DBAPI_JWT_KEY_FILE=str(key),
                         DBAPI_JWT_ALGORITHMS="EdDSA", DBAPI_TXN_IDLE_TIMEOUT=str(idle_timeout),
-                        DBAPI_METHODS=methods, DBAPI_SHUTDOWN_GRACE="2")
+                        DBAPI_METHODS=methods, DBAPI_SHUTDOWN_GRACE="2", **(env or {}))
         with log.open("wb") as out:
             process = subprocess.Popen([*_server_command(), "serve", "--port", str(port), "--threads", "4"],
                                        cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)

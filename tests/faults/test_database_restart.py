@@ -85,3 +85,63 @@ def test_server_reconnects_after_the_database_restarts(
         assert "Traceback" not in server.log.read_text()
     finally:
         server.kill()
+
+
+def test_a_transaction_whose_connection_died_is_a_disconnect_even_inside_a_savepoint(
+        cluster: ThrowawayPostgres, restartable: sa.Engine, workdir: Path, clients: list[DBSession],
+        ref: str) -> None:
+    """As on a direct connection: the statement after the restart raises ``OperationalError`` with
+    ``connection_invalidated``; the ORM's rollback of the savepoint does not reach the dead server
+    transaction (which the server ended at once), and the session works again after a rollback."""
+    server = ServerProcess.start(cluster.url, workdir)
+    try:
+        session = isolated(clients, server.url)
+        session.add(Entry(ref=f"{ref}-outer", amount=1))
+        session.flush()
+        session.begin_nested()
+        session.add(Entry(ref=f"{ref}-inner", amount=2))
+        session.flush()
+
+        cluster.restart()
+
+        with pytest.raises(sa.exc.OperationalError, match="lost or could not open its database connection") as lost:
+            session.add(Entry(ref=f"{ref}-more", amount=3))
+            session.flush()
+        assert lost.value.connection_invalidated
+        session.rollback()
+        session.add(Entry(ref=f"{ref}-again", amount=4))
+        session.commit()
+        assert entries(restartable, ref) == [(f"{ref}-again", 4)]
+        assert "Traceback" not in server.log.read_text()
+    finally:
+        server.kill()
+
+
+def test_requests_arriving_while_the_database_is_down_wait_for_it(
+        cluster: ThrowawayPostgres, restartable: sa.Engine, workdir: Path, clients: list[DBSession],
+        ref: str) -> None:
+    """Connecting waits (``DBAPI_DB_CONNECT_WAIT``, 5 s): a one-shot read and a new transaction
+    that arrive while PostgreSQL is down for about a second succeed once it is back - nothing of
+    them had run - instead of failing."""
+    import threading
+    import time
+
+    server = ServerProcess.start(cluster.url, workdir)
+    try:
+        session = isolated(clients, server.url)
+        assert count(session, ref) == 0
+        cluster._ctl("stop", "-m", "fast")
+        back = threading.Timer(1.5, cluster.start)
+        back.start()
+        started = time.monotonic()
+        try:
+            assert count(session, ref) == 0  # waits for the database, then answers
+            session.add(Entry(ref=f"{ref}-during", amount=1))
+            session.commit()
+        finally:
+            back.join()
+        assert time.monotonic() - started >= 1.0
+        assert entries(restartable, ref) == [(f"{ref}-during", 1)]
+        assert "Traceback" not in server.log.read_text()
+    finally:
+        server.kill()

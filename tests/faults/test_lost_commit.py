@@ -226,20 +226,25 @@ def test_commit_outcome_unknown_past_the_deadline(
             engine.dispose()
 
 
-def test_commit_outcome_unknown_when_the_api_that_committed_is_gone(
-        database: sa.Engine, pg_url: sa.URL, workdir: Path, clients: list[DBSession], account: str) -> None:
-    """The limit that remains: the DB-API restarts between committing and answering, so the
-    outcome it remembered is gone. The retry reaches the new process, which answers "unknown
-    transaction" at once: the client reports the outcome as unknown, not as a failure - it did
-    commit - and does not wait out its deadline."""
-    server = ServerProcess.start(pg_url, workdir)
+@pytest.mark.parametrize("outcomes", ["table", "memory"])
+def test_the_api_that_committed_is_gone_before_answering(
+        database: sa.Engine, pg_url: sa.URL, workdir: Path, clients: list[DBSession], account: str,
+        outcomes: str) -> None:
+    """The DB-API restarts between committing and answering, so the outcome it remembered in
+    memory is gone. With the outcome table (the default on PostgreSQL) the new process reads it
+    there and the commit returns: "committed", once. With outcomes in memory only
+    (``DBAPI_COMMIT_OUTCOMES=memory``) the new process answers "unknown transaction" at once: the
+    client reports the outcome as unknown, not as a failure - it did commit - and does not wait
+    out its deadline."""
+    env = {"DBAPI_COMMIT_OUTCOMES": outcomes}
+    server = ServerProcess.start(pg_url, workdir, env=env)
     replacement: list[ServerProcess] = []
     proxy = FaultProxy(("127.0.0.1", server.port))
 
     def restart_the_api() -> None:
         wait_for(lambda: proxy.is_down, "the commit's answer to be lost")
         server.kill()
-        replacement.append(ServerProcess.start(pg_url, workdir, port=server.port))
+        replacement.append(ServerProcess.start(pg_url, workdir, port=server.port, env=env))
         proxy.up()
 
     try:
@@ -248,11 +253,15 @@ def test_commit_outcome_unknown_when_the_api_that_committed_is_gone(
         proxy.arm("response", "/commit", then_down=math.inf)
         with ThreadPoolExecutor(1) as pool:
             restarted = pool.submit(restart_the_api)
-            with pytest.raises(CommitOutcomeUnknownError, match="unknown to this DB-API instance") as unknown:
-                session.commit()
+            if outcomes == "table":
+                session.commit()  # the truth, from the table: committed
+            else:
+                with pytest.raises(CommitOutcomeUnknownError, match="unknown to this DB-API instance") as unknown:
+                    session.commit()
+                assert unknown.value.txn_id == txn_of(proxy.fired[0][1])
             restarted.result()
-        assert unknown.value.txn_id == txn_of(proxy.fired[0][1])
-        assert entries(database, account) == [(account, 105)]  # it had committed
+        assert len(forwarded(proxy, "/commit")) == 2
+        assert entries(database, account) == [(account, 105)]  # it had committed, once
     finally:
         proxy.close()
         for process in [server, *replacement]:

@@ -7,6 +7,7 @@ decoder's verdicts (raw SQL or not) for every dialect, hostile documents and the
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -133,8 +134,18 @@ def test_the_rebuilt_statement_compiles_to_the_clients_sql() -> None:
     assert "FORCE INDEX (ti_state)" in str(rebuilt.compile(dialect=MYSQL))
 
 
-def test_the_policy_refusal_names_the_fragment() -> None:
+def test_the_policy_refusal_names_the_construct_and_quotes_the_fragment() -> None:
+    # the caller's own fragment is the one echo an answer may carry (docs/security.md)
     _, info = from_wire(to_wire(sa.select(TI.c.dag_id).with_hint(TI, "USE INDEX (nope)")), MD, dialect=MYSQL)
-    with pytest.raises(PolicyViolation, match=r"Raw SQL text is not allowed.*'USE INDEX \(nope\)'"):
+    with pytest.raises(PolicyViolation, match=r"Raw SQL text is not allowed .*\(the with_hint\(\) on "
+                                              r"'task_instance' \(not an index hint.*The raw SQL: "
+                                              r"'USE INDEX \(nope\)'"):
         DefaultPolicy().check(info, Principal("t", {}))
     DefaultPolicy(allow_raw_sql=True).check(info, Principal("t", {}))
+    for stmt, origin in [(sa.select(TI.c.dag_id).prefix_with("HIGH_PRIORITY"), "a prefix_with()"),
+                         (sa.select(TI.c.dag_id).suffix_with("FOR x"), "a suffix_with()"),
+                         (sa.select(TI.c.dag_id).with_statement_hint("x"), "a with_statement_hint()"),
+                         (sa.select(TI.c.dag_id).where(sa.text("1 = 1")), "a text() clause")]:
+        _, info = from_wire(to_wire(stmt), MD, dialect=MYSQL)
+        with pytest.raises(PolicyViolation, match=re.escape(f"({origin})")):
+            DefaultPolicy().check(info, Principal("t", {}))

@@ -235,7 +235,7 @@ def _envelope(answer: bytes) -> tuple[int, dict[str, Any]]:
 @pytest.mark.parametrize("size", [10_000_000, 100_000_000])
 def test_body_refused_by_content_length_before_it_is_sent(server: DBAPIProcess, size: int) -> None:
     """Only the headers are sent: the refusal must come without waiting for the body. 10 MB is over
-    the role's limit (1 MiB) and under the server's (16 MiB); 100 MB is over both."""
+    the role's limit (1 MiB) and under the server's (64 MiB); 100 MB is over both."""
     token = server.mint(role="worker", dag_id="etl", run_id="r1")
     head = (f"POST /dbapi/v1/execute HTTP/1.1\r\nHost: dbapi\r\nAuthorization: Bearer {token}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {size}\r\n\r\n{{").encode()

@@ -35,6 +35,20 @@ def _(s: Session):
     )
 
 
+@op("hint.proposal_example_execution_date")
+def _(s: Session):
+    # the same with the run's execution_date (a column of dag_run here, as in Airflow 2.2+)
+    return (
+        s.query(TI.task_id, func.max(DagRun.execution_date).label("max_ti"))
+        .join(TI.dag_run)
+        .with_hint(TI, "USE INDEX (PRIMARY)", dialect_name="mysql")
+        .filter(TI.dag_id == "example_bash", TI.try_number >= 1)
+        .group_by(TI.task_id)
+        .order_by(TI.task_id)
+        .all()
+    )
+
+
 @op("hint.index_hints_every_form", backends={"mysql"})
 def _(s: Session):
     stmt = (
