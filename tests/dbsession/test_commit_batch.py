@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -367,3 +368,46 @@ def test_a_commit_that_fails_after_the_flush_raises_from_the_commit(twins: Twins
                 conn.exec_driver_sql("ALTER TABLE batch_parts DROP CONSTRAINT IF EXISTS batch_parts_label_key")
     assert observed["commit"][0] is sa.exc.IntegrityError
     assert counts["batch"] == 1 and counts["commit"] == 0
+
+
+@pytest.mark.postgresql
+def test_a_committing_batch_asked_again_of_another_instance_is_answered_from_the_outcome_table(
+        pg_url: sa.URL) -> None:
+    """Its first instance committed and died before answering; the retry reaches another one (a
+    load balancer's choice): that instance runs nothing twice - the outcome row the commit wrote
+    tells it the batch committed."""
+    import urllib3
+
+    from dbsession.session import release_api_host
+    from tests.servers import running_dbapi
+
+    engines = [guard.exempt(sa.create_engine(pg_url)) for _ in range(2)]
+    metadata.create_all(engines[0])
+    reset(engines[0], *SEED)
+    sent: list[dict[str, Any]] = []
+    original = Transport.post
+
+    def keep(self: Transport, path: str, payload: Any, **kw: Any) -> Any:
+        if path == "/batch":
+            sent.append(orjson.loads(orjson.dumps(payload)))
+        return original(self, path, payload, **kw)
+
+    try:
+        with running_dbapi(engines[0], metadata) as first, running_dbapi(engines[1], metadata) as second:
+            Transport.post = keep  # type: ignore[method-assign]
+            try:
+                with DBSession(database_access_isolation=True, database_api_host=first.url,
+                               token=first.token) as session:
+                    modify_commit(session, engines[0])
+            finally:
+                Transport.post = original  # type: ignore[method-assign]
+            release_api_host(first.url)
+            assert rows(engines[0])[0] == (1, "one", 2) and len(sent) == 1 and sent[0].get("begin")
+            answer = urllib3.request("POST", f"{second.url}/dbapi/v1/batch", body=orjson.dumps(sent[0]),
+                                     headers={"Authorization": f"Bearer {second.token}",
+                                              "Content-Type": "application/json"})
+            assert (answer.status, orjson.loads(answer.data)) == (200, {"outcome": "committed"})
+            assert rows(engines[0])[0] == (1, "one", 2)  # applied once
+    finally:
+        for engine in engines:
+            engine.dispose()
