@@ -61,6 +61,7 @@ from werkzeug.exceptions import HTTPException
 from query_translation import MethodRegistry
 
 from ._db_catalog import DatabaseRolesError
+from ._liveness import use_socket_liveness
 from ._test_hooks import install_test_hooks
 from .auth import Authenticator, authenticator_from_env
 from .connect_wait import wait_for_connections
@@ -149,6 +150,8 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
             engine = EngineOptions.from_env(os.environ).merged(engine_options).create_engine(database_url)
         except EngineOptionsError as exc:
             raise ConfigError(str(exc)) from None
+        if getattr(engine.pool, "_pre_ping", False):
+            use_socket_liveness(engine)  # checked on its socket first: no database round trip per checkout
         # a database that is restarting refuses connections for a moment: wait for it a little
         wait_for_connections(engine, float(os.environ.get("DBAPI_DB_CONNECT_WAIT", "5")))
     if idle_timeout is None:
