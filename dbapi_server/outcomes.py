@@ -95,9 +95,10 @@ class CommitOutcomes:
         self.metadata = sa.MetaData(schema=schema)
         self.table = sa.Table(
             table_name, self.metadata,
-            # ids compare byte for byte (MariaDB's default collation would make 'A' equal 'a')
-            sa.Column("txn_id", sa.String(128).with_variant(mysql.VARCHAR(128, collation="ascii_bin"),
-                                                           "mysql", "mariadb"), primary_key=True),
+            # compared byte for byte on MySQL/MariaDB too (their default collations fold case:
+            # "AB" and "ab" would share a row)
+            sa.Column("txn_id", sa.String(128).with_variant(
+                mysql.VARCHAR(128, charset="ascii", collation="ascii_bin"), "mysql", "mariadb"), primary_key=True),
             sa.Column("outcome", sa.String(16), nullable=False),
             sa.Column("owner", sa.String(64), nullable=True),  # SHA-256 of the token subject
             sa.Column("decided_at", sa.BigInteger, nullable=False),  # Unix seconds
