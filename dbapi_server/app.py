@@ -61,6 +61,7 @@ from werkzeug.exceptions import HTTPException
 from query_translation import MethodRegistry
 
 from ._db_catalog import DatabaseRolesError
+from ._liveness import use_socket_liveness
 from ._test_hooks import install_test_hooks
 from .auth import Authenticator, authenticator_from_env
 from .connect_wait import wait_for_connections
@@ -149,6 +150,8 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
             engine = EngineOptions.from_env(os.environ).merged(engine_options).create_engine(database_url)
         except EngineOptionsError as exc:
             raise ConfigError(str(exc)) from None
+        if getattr(engine.pool, "_pre_ping", False):
+            use_socket_liveness(engine)  # checked on its socket first: no database round trip per checkout
         # a database that is restarting refuses connections for a moment: wait for it a little
         wait_for_connections(engine, float(os.environ.get("DBAPI_DB_CONNECT_WAIT", "5")))
     if idle_timeout is None:
@@ -178,6 +181,11 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
 
     state.wall = _wall(state, db_roles)
     app = Flask("dbapi_server")
+    # no redirects: a path with doubled or trailing slashes (a transaction id ending in "/") is
+    # answered as any unknown path, in the JSON envelope - werkzeug's 308 is an HTML page that
+    # Flask sends past the error handlers
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     # no body larger than every role's limit is read (a server that buffers bodies before the
     # application sees them, waitress, refuses it by its Content-Length too)
     max_body = max_body_bytes or int(os.environ.get("DBAPI_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))

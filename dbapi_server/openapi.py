@@ -40,7 +40,8 @@ def _answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[str, Any]:
     reasons = {
-        400: "malformed request, statement or value; statement mismatch (see the envelope's code)",
+        400: "malformed request, statement or value; statement mismatch; a statement over the size limits "
+             "(see the envelope's code)",
         401: "token missing, malformed, expired, forged or of another audience",
         403: "refused by the policy, or the transaction / cursor belongs to another subject",
         409: "a sequence or page number out of order, or a transaction id reused",
@@ -48,14 +49,18 @@ def _errors(*statuses: int) -> dict[str, Any]:
              "held by no instance reachable this way, or by another; a commit's answer then carries "
              "the outcome from the commit outcome table)",
         404: "no such named method, or not in this version (unknown_method)",
-        413: "the request body is larger than DBAPI_MAX_BODY_BYTES",
+        413: "the request body is larger than DBAPI_MAX_BODY_BYTES or the role's max_body_bytes (judged by its "
+             "Content-Length, before it is read), or the request carries too many parameter values",
+        415: "the body is declared as something other than JSON",
+        431: "the header fields are larger than the DB-API accepts",
         422: "the database (or a bind processor) refused the statement",
         500: "unexpected failure: the server's log has the details under the error id",
         503: "no free database connection (database_busy), or a new transaction asked of an instance "
              "that is shutting down (shutting_down); both retryable, nothing ran; or a commit whose "
              "outcome cannot be read from the database now (commit_in_doubt; ask again)",
     }
-    return {str(s): _answer(reasons[s], _ref("Error")) for s in (*statuses, 500, 503)}
+    with_body = (415,) if 413 in statuses else ()  # the routes that read a body
+    return {str(s): _answer(reasons[s], _ref("Error")) for s in sorted({*statuses, *with_body, 431, 500, 503})}
 
 
 def _path_param(name: str, description: str, **schema: Any) -> dict[str, Any]:
@@ -95,6 +100,14 @@ PATHS: dict[str, dict[str, Any]] = {
         "operationId": "execute", "summary": "Run one statement, optionally inside a transaction.",
         "security": _AUTH, "requestBody": _body(_ref("ExecuteRequest")),
         "responses": {"200": _answer("the statement ran", _ref("ExecuteResult")),
+                      **_errors(400, 401, 403, 409, 410, 413, 422, 503)}}},
+    "/batch": {"post": {
+        "operationId": "batch",
+        "summary": "Statements of one transaction, each with the row count it must match; with 'commit', "
+                   "commit if and only if all ran and matched.",
+        "security": _AUTH, "requestBody": _body(_ref("BatchRequest")),
+        "responses": {"200": _answer("every statement ran (and committed, with 'commit'), or one matched "
+                                     "another row count ('failed')", _ref("BatchResult")),
                       **_errors(400, 401, 403, 409, 410, 413, 422, 503)}}},
     "/cursors/{cursor_id}/fetch": {"post": {
         "operationId": "fetchCursor", "summary": "The next page of a streamed result (replayable).",
@@ -161,8 +174,11 @@ PATHS: dict[str, dict[str, Any]] = {
 def _components() -> dict[str, Any]:
     value = _ref("Value")
     return {
-        "ExecuteRequest": _obj({
+        "ExecuteRequest": {**_obj({
             "stmt": _ref("StatementDocument"),
+            "stmt_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$",
+                          "description": "SHA-256 of the document; alone, it names a document the server "
+                                         "holds (409 unknown_statement if it does not)"},
             "sql": {"type": "string", "description": "fingerprint of the SQL the client compiled"},
             "params": {"type": "array", "items": {"type": "object", "additionalProperties": value},
                        "description": "parameter sets: bind name -> value"},
@@ -174,7 +190,22 @@ def _components() -> dict[str, Any]:
             "begin": {"type": "boolean"},
             "keys": {"type": "array", "items": {"type": "string"}},
             "stream": {"type": "integer", "minimum": 1, "maximum": _PAGE_MAX},
-        }, ("stmt", "sql"), extra=True),
+        }, ("sql",), extra=True), "anyOf": [{"required": ["stmt"]}, {"required": ["stmt_hash"]}]},
+        "BatchRequest": _obj({
+            "txn": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"},
+            "seq": {"type": "integer"},
+            "begin": {"type": "boolean"},
+            "commit": {"type": "boolean"},
+            "statements": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"allOf": [
+                _ref("ExecuteRequest"),
+                {"type": "object", "properties": {"expect": {"type": ["integer", "null"],
+                 "description": "the row count the statement must match, or null for no check"}}}]}},
+        }, ("txn", "seq", "statements"), extra=True),
+        "BatchResult": _obj({
+            "outcome": {"enum": ["committed"]},
+            "failed": _obj({"index": {"type": "integer"}, "rowcount": {"type": "integer"}}, ("index", "rowcount")),
+            "commit_error": {"type": "object", "description": "the Error envelope's inner object"},
+        }, extra=True),
         "ExecuteResult": _obj({
             "rowcount": {"type": "integer"},
             "lastrowid": value,

@@ -45,7 +45,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from .errors import APIError
 
@@ -89,7 +89,10 @@ class CommitOutcomes:
         self.metadata = sa.MetaData()
         self.table = sa.Table(
             table_name, self.metadata,
-            sa.Column("txn_id", sa.String(128), primary_key=True),
+            # compared byte for byte on MySQL/MariaDB too (their default collations fold case:
+            # "AB" and "ab" would share a row)
+            sa.Column("txn_id", sa.String(128).with_variant(
+                mysql.VARCHAR(128, charset="ascii", collation="ascii_bin"), "mysql", "mariadb"), primary_key=True),
             sa.Column("outcome", sa.String(16), nullable=False),
             sa.Column("owner", sa.String(64), nullable=True),  # SHA-256 of the token subject
             sa.Column("decided_at", sa.BigInteger, nullable=False),  # Unix seconds

@@ -127,7 +127,7 @@ class Limits:
 # is validated, decoded, checked or compiled. Each is far above what ORM code sends (an ORM SELECT
 # is tens to hundreds of nodes; PostgreSQL refuses more than 1664 result columns, SQLite 2000,
 # MariaDB 4096) and bounds the server's CPU per request (docs/security.md, "Bounded work").
-WORK_LIMITS = Limits(max_nodes=20_000, max_columns=4_096, max_params=1_000_000)
+WORK_LIMITS = Limits(max_nodes=10_000, max_columns=2_000, max_params=1_000_000)
 
 
 @dataclass(frozen=True, init=False)

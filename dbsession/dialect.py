@@ -35,7 +35,7 @@ from sqlalchemy.sql import compiler as sql_compiler
 from sqlalchemy.util import memoized_property
 
 from query_translation import WIRE_VERSION, driver_sql_document, driver_sql_params, encode_params, to_wire
-from query_translation.fingerprint import sql_fingerprint, text_fingerprint
+from query_translation.fingerprint import document_hash, sql_fingerprint, text_fingerprint
 from query_translation.reflection import REFLECTION_METHODS
 
 from . import _adapt_psycopg, _dbapi
@@ -168,7 +168,7 @@ def _context_for(base: type) -> type:
 
 
 # -- the dialect ---------------------------------------------------------------------------------
-_wire_cache: weakref.WeakKeyDictionary[Any, tuple[dict[str, Any], str, bool]] = weakref.WeakKeyDictionary()
+_wire_cache: weakref.WeakKeyDictionary[Any, tuple[dict[str, Any], str, bool, str | None]] = weakref.WeakKeyDictionary()
 
 
 def _has_dml(document: Any) -> bool:
@@ -184,8 +184,9 @@ def _has_dml(document: Any) -> bool:
     return False
 
 
-def _wire_for(compiled: sql_compiler.SQLCompiler) -> tuple[dict[str, Any], str, bool]:
-    """(wire document, SQL hash, needs a transaction) for a compiled statement, cached on it."""
+def _wire_for(compiled: sql_compiler.SQLCompiler) -> tuple[dict[str, Any], str, bool, str | None]:
+    """(wire document, SQL hash, needs a transaction, document hash) for a compiled statement,
+    cached on it."""
     cached = _wire_cache.get(compiled)
     if cached is None:
         root = compiled.compile_state.statement if compiled.compile_state is not None else compiled.statement
@@ -194,7 +195,7 @@ def _wire_for(compiled: sql_compiler.SQLCompiler) -> tuple[dict[str, Any], str, 
         needs_txn = (node["t"] not in ("select", "compound_select") or _locks(node)
                      or _has_dml(document))  # a SELECT writing through a data-modifying CTE
         digest = sql_fingerprint(compiled)
-        cached = _wire_cache[compiled] = (document, digest, needs_txn)
+        cached = _wire_cache[compiled] = (document, digest, needs_txn, document_hash(document))
     return cached
 
 
@@ -394,9 +395,12 @@ class _IsolatedDialectMixin:
             # silently as the compiled statement
             self._dbs_send_text(cursor, context, None, many=many, sql=sql)
             return
-        document, digest, needs_txn = _wire_for(compiled)
+        document, digest, needs_txn, doc_hash = _wire_for(compiled)
+        # the connection leaves the document out once this host has it (``stmt_hash`` suffices)
         payload: dict[str, Any] = {"stmt": document, "sql": digest,
                                    "params": encode_params(driver_parameters(context, self._dbs_adapter))}
+        if doc_hash is not None:
+            payload["stmt_hash"] = doc_hash
         if many or context.executemany:
             payload["many"] = True
         if compiled.isinsert and ("select" in document["statement"] or "multi_values" in document["statement"]):
@@ -411,6 +415,13 @@ class _IsolatedDialectMixin:
         options = {k: context.execution_options[k] for k in _FORWARDED_OPTIONS if k in context.execution_options}
         if options:
             payload["options"] = options
+        deferral = cursor.connection.deferral
+        if deferral is not None:  # a commit's final flush: its UPDATEs may travel with the COMMIT
+            n_params = len(payload["params"])
+            held, expect = deferral.expectation(context, compiled, cursor, n_params)
+            if held:
+                cursor.defer(payload, expect, n_params, context)
+                return
         cursor.run(payload, needs_txn=needs_txn)
 
     def _dbs_send_text(self, cursor: Any, context: Any, compiled: Any, *, many: bool,

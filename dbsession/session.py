@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from . import guard
+from . import _commit_batch, guard
 from .config import Settings, get_settings
 from .dialect import create_isolated_engine, forget_server_info
 from .transport import discard_transports
@@ -91,3 +91,25 @@ class DBSession(Session):
             if process.database_access_isolation:
                 guard.install()  # the process itself is in isolation mode, not just this session
         super().__init__(bind=bind, **kw)
+
+    def commit(self) -> None:
+        """``Session.commit()``; isolated, its final flush may carry the COMMIT (``_commit_batch``)."""
+        if not self.isolated:
+            return super().commit()
+        self._dbs_committing = True
+        try:
+            super().commit()
+        finally:
+            self._dbs_committing = False
+
+    def flush(self, objects: Any = None) -> None:
+        if objects is not None or not getattr(self, "_dbs_committing", False) or self._flushing:
+            return super().flush(objects)
+        plan = _commit_batch.commit_flush_for(self)
+        if plan is None:
+            return super().flush()
+        with plan:
+            super().flush()
+
+
+_commit_batch.install(DBSession)

@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.sql import elements, functions, operators, selectable
 from sqlalchemy.sql import expression as sql_expr
+from sqlalchemy.sql.base import Executable
 
 from . import _operators
 from ._hints import from_hint_renders, hint_renders, structured_from_hint
@@ -98,7 +99,11 @@ class StatementDecoder:
     def decode(self, node: _Json) -> Any:
         self.info.kind = node["t"]
         self._definitions = _index_definitions(node)
-        return self.visit(node)
+        statement = self.visit(node)
+        if not isinstance(statement, Executable):  # a column, a table, an expression: nothing to run
+            raise MalformedStatementError({"statement": ["not an executable statement"]},
+                                          f"The document's top node ({node['t']!r}) is not a statement.")
+        return statement
 
     # -- dispatch -----------------------------------------------------------------------------
     def visit(self, node: _Json) -> Any:

@@ -114,6 +114,44 @@ class _OnConflictSchema(Schema):
         unknown = RAISE
 
 
+class _ForUpdateSchema(Schema):
+    """``FOR UPDATE`` options: flags, and the tables of ``OF`` (each becomes a keyword argument of
+    ``with_for_update()``, so nothing else may arrive here)."""
+
+    nowait = _bool()
+    read = _bool()
+    skip_locked = _bool()
+    key_share = _bool()
+    of = fields.List(_Node(), allow_none=True)
+
+    class Meta:
+        unknown = RAISE
+
+
+class _FetchSchema(Schema):
+    """``FETCH FIRST``: its count, and the two flags of ``fetch()``."""
+
+    clause = _Node(required=True)
+    percent = _bool()
+    with_ties = _bool()
+
+    class Meta:
+        unknown = RAISE
+
+
+class _JoinSchema(Schema):
+    """One ``select().join()`` / ``join_from()`` of a SELECT."""
+
+    target = _Node(required=True)
+    on = _Node(allow_none=True)
+    from_ = _Node(allow_none=True, data_key="from")
+    outer = _bool()
+    full = _bool()
+
+    class Meta:
+        unknown = RAISE
+
+
 # only ever compared with the server dialect's name, never rendered
 _DIALECT = fields.Str(required=True, allow_none=True, validate=validate.Length(max=100))
 
@@ -166,14 +204,14 @@ NODE_SPECS: dict[str, dict[str, Any]] = {
     "select": {"cols": _nodes(required=True), "froms": _nodes(), "where": _nodes(),
                "group_by": _nodes(), "having": _nodes(), "order_by": _nodes(),
                "distinct_on": _nodes(), "ext_distinct_on": _nodes(), "correlate": _nodes(), "correlate_except": _nodes(),
-               "ctes": _nodes(), "distinct": _bool(), "joins": fields.List(fields.Dict()),
+               "ctes": _nodes(), "distinct": _bool(), "joins": fields.List(fields.Nested(_JoinSchema)),
                "label_style": fields.Str(), "limit": _node(), "offset": _node(),
-               "fetch": fields.Dict(), "for_update": fields.Dict(), **_HINTS,
+               "fetch": fields.Nested(_FetchSchema), "for_update": fields.Nested(_ForUpdateSchema), **_HINTS,
                "suffixes": fields.List(fields.Nested(_PrefixSchema)),
                "statement_hints": fields.List(fields.Nested(_StatementHintSchema))},
     "compound_select": {"keyword": fields.Str(required=True), "selects": _nodes(required=True),
                         "order_by": _nodes(), "group_by": _nodes(), "limit": _node(),
-                        "offset": _node(), "fetch": fields.Dict(), "for_update": fields.Dict()},
+                        "offset": _node(), "fetch": fields.Nested(_FetchSchema), "for_update": fields.Nested(_ForUpdateSchema)},
     "select_grouping": {"element": _node(required=True)},
     "insert": _dml(values=_PAIRS, multi_values=fields.List(fields.List(fields.Raw())),
                    select=_node(), select_names=fields.List(fields.Str()), include_defaults=_bool(),

@@ -54,7 +54,7 @@ def measure_document(document: Any) -> DocumentSize:
         if isinstance(value, Mapping):
             if "t" in value:
                 nodes += 1
-                if "@" in value and value["t"] != "ref":
+                if "@" in value and _kind(value) != "ref":
                     definitions.setdefault(_key(value["@"]), value)
             for name, child in value.items():
                 if name in _COLUMN_LISTS and isinstance(child, list):
@@ -64,6 +64,12 @@ def measure_document(document: Any) -> DocumentSize:
         elif isinstance(value, list):
             stack.extend(v for v in value if isinstance(v, (Mapping, list)))
     return DocumentSize(nodes=nodes, expanded=_expanded(statement, definitions), columns=columns)
+
+
+def _kind(node: Mapping[str, Any]) -> str | None:
+    """A node's type, if it is a string (anything else is malformed: the validation says so)."""
+    kind = node.get("t")
+    return kind if isinstance(kind, str) else None
 
 
 def _key(ref: Any) -> Any:
@@ -90,17 +96,16 @@ def _expanded(root: Any, definitions: Mapping[Any, Mapping[str, Any]]) -> int:
             return 0
         key = None
         if isinstance(value, Mapping):
-            kind = value.get("t")
+            kind = _kind(value)
             if kind == "ref":
                 key = _key(value.get("@"))
                 target = definitions.get(key)
-                named = target is not None and isinstance(target.get("t"), str) and target["t"] in _NAMED_NODES
-                if target is None or key in active or field in _NAMING_FIELDS or named:
+                if target is None or key in active or field in _NAMING_FIELDS or _kind(target) in _NAMED_NODES:
                     return 1
                 if key in memo:
                     return memo[key]
                 value = target
-            elif "@" in value and kind is not None:
+            elif "@" in value and "t" in value:
                 key = _key(value["@"])
                 if key in memo:
                     return memo[key]
@@ -108,7 +113,7 @@ def _expanded(root: Any, definitions: Mapping[Any, Mapping[str, Any]]) -> int:
                     return 1
             if key is not None:
                 active.add(key)
-            frames.append([_children(value, field), 1 if kind is not None else 0, key])
+            frames.append([_children(value, field), 1 if "t" in value else 0, key])
             return None
         frames.append([_children(value, field), 0, None])
         return None

@@ -24,13 +24,12 @@ import orjson
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from dbapi_server import WORK_LIMITS
-from query_translation import measure_document, to_wire
+from tests.query_translation._repeating import column_of, doubling_chain, repeating_documents
 from tests.servers import DBAPIProcess, dbapi_process
 
-from ._policy_support import POLICY_FILE, Base, Variable, seed
+from ._policy_support import POLICY_FILE, Base, seed
 
 METADATA = "tests.security._policy_support:Base.metadata"
 SMALL_NODES = 300
@@ -74,97 +73,6 @@ def post(server: DBAPIProcess, body: Any, *, role: str = "worker") -> tuple[int,
         return refused.code, orjson.loads(refused.read())
 
 
-def _leaf(table_ref: dict[str, Any], key: str = "id") -> dict[str, Any]:
-    return {"t": "col", "from": table_ref, "key": key}
-
-
-def doubling_chain(levels: int) -> dict[str, Any]:
-    """Finding 5: each binary node's left and right are both the node before."""
-    node: dict[str, Any] = {**_leaf({"t": "table", "name": "variable"}), "@": 1}
-    for k in range(2, levels + 2):
-        node = {"t": "binary", "op": "add", "left": node, "right": {"t": "ref", "@": k - 1},
-                "type": {"n": "Integer"}, "@": k}
-    return {"version": 2, "statement": {"t": "select", "cols": [node]}}
-
-
-# -- the measure itself ---------------------------------------------------------------------------
-@st.composite
-def repeating_documents(draw: st.DrawFn) -> tuple[dict[str, Any], int]:
-    """A statement whose expression nodes reuse earlier ones by reference, in every node kind that
-    holds other expressions; and its size expanded by brute force (each reference replaced by a
-    copy of the node it names), for comparison."""
-    table = {"t": "table", "name": "variable", "@": 1}
-    made: list[tuple[dict[str, Any], int]] = []  # (definition, expanded size) of reusable nodes
-    used: set[int] = set()  # indexes into made whose definition is placed (later uses refer to it)
-    table_placed: list[bool] = []
-    next_id = 2
-
-    def use(index: int) -> tuple[dict[str, Any], int]:
-        node, size = made[index]
-        if index in used:
-            return {"t": "ref", "@": node["@"]}, size
-        used.add(index)
-        return node, size
-
-    def leaf() -> tuple[dict[str, Any], int]:
-        first = not table_placed
-        table_placed.append(True)
-        key = draw(st.sampled_from(["id", "key", "val"]))
-        return _leaf(table if first else {"t": "ref", "@": 1}, key), 2
-
-    for _ in range(draw(st.integers(1, 14))):
-        def child() -> tuple[dict[str, Any], int]:
-            if made and draw(st.booleans()):
-                return use(draw(st.integers(0, len(made) - 1)))
-            return leaf()
-
-        kind = draw(st.sampled_from(["binary", "function", "tuple", "case", "grouping", "cast", "unary",
-                                     "boolean_list"]))
-        if kind == "binary":
-            (left, a), (right, b) = child(), child()
-            node, size = {"t": "binary", "op": "add", "left": left, "right": right, "type": {"n": "Integer"}}, 1 + a + b
-        elif kind in ("function", "tuple", "boolean_list"):
-            parts = [child() for _ in range(draw(st.integers(1, 4)))]
-            field = {"function": "args"}.get(kind, "clauses")
-            node = {"t": kind, field: [p for p, _ in parts]}
-            node.update({"function": {"name": "coalesce", "type": {"n": "Integer"}},
-                         "tuple": {}, "boolean_list": {"op": "and_", "type": {"n": "Boolean"}}}[kind])
-            size = 1 + sum(s for _, s in parts)
-        elif kind == "case":
-            (when, a), (then, b), (other, c) = child(), child(), child()
-            node, size = {"t": "case", "whens": [[when, then]], "else": other, "type": {"n": "Integer"}}, 1 + a + b + c
-        else:
-            element, a = child()
-            node = {"t": kind, "element": element}
-            node.update({"cast": {"type": {"n": "String"}}, "unary": {"op": "neg", "type": {"n": "Integer"}},
-                         "grouping": {}}[kind])
-            size = 1 + a
-        node["@"] = next_id
-        next_id += 1
-        made.append((node, size))
-    # every node nothing else holds is a column: so each definition is somewhere in the document
-    roots = [use(index) for index in range(len(made)) if index not in used]
-    return {"version": 2, "statement": {"t": "select", "cols": [r for r, _ in roots]}}, 1 + sum(s for _, s in roots)
-
-
-@settings(max_examples=300, deadline=None)
-@given(repeating_documents())
-def test_measure_counts_every_expansion(document: tuple[dict[str, Any], int]) -> None:
-    doc, expected = document
-    assert measure_document(doc).expanded == expected
-
-
-def test_measure_is_linear_in_the_document() -> None:
-    """A chain of 5,000 doublings measures in one pass: it stands for 2**5000 nodes."""
-    size = measure_document(doubling_chain(5000))
-    assert size.nodes == 2 * 5000 + 3  # binary + ref per level, the select, the leaf, its table
-    assert size.expanded.bit_length() == 5000 + 2
-    ordinary = sa.select(Variable.id, Variable.key).where(Variable.id > 1).order_by(Variable.key)
-    measured = measure_document(to_wire(ordinary))
-    assert measured.expanded == measured.nodes + 2  # two column references to one table, counted once each
-    assert measured.columns == 2
-
-
 # -- the server refuses by size ---------------------------------------------------------------------
 @pytest.mark.parametrize("levels", [18, 64])
 def test_doubling_references_are_refused_by_size(server: DBAPIProcess, levels: int) -> None:
@@ -198,7 +106,7 @@ def test_wide_select_lists_are_refused(small: DBAPIProcess, server: DBAPIProcess
 
 
 def test_parameter_values_are_counted(small: DBAPIProcess) -> None:
-    stmt = {"version": 2, "statement": {"t": "select", "cols": [_leaf({"t": "table", "name": "variable"})]}}
+    stmt = {"version": 2, "statement": {"t": "select", "cols": [column_of({"t": "table", "name": "variable"})]}}
     status, answer = post(small, {"stmt": stmt, "sql": "x", "params": [{f"p{i}": i for i in range(41)}]})
     assert (status, answer["error"]["limit"], answer["error"]["max"]) == (413, "parameter_values", 40), answer
     status, answer = post(small, {"stmt": stmt, "sql": "x", "params": [{"p": list(range(10))}] * 4})

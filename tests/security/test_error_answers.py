@@ -23,6 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from dbapi_server.errors import envelope_for_exception, raised_by_driver, withhold_names
+from query_translation import to_wire
 from tests.dbapi_server._support import RawApi
 from tests.servers import DBAPIProcess, dbapi_process
 
@@ -217,3 +218,69 @@ def test_database_messages_withhold_quoted_identifiers(served: tuple[sa.Engine, 
 ])
 def test_withheld_names(message: str, shown: str) -> None:
     assert withhold_names(message) == shown
+
+
+def test_nodes_without_their_type_are_no_crash(served: tuple[sa.Engine, DBAPIProcess, DBAPIProcess]) -> None:
+    """Found by the repeating-node generator: a tuple, case, function or scalar subquery sent
+    without ``type`` had its type set to None, and compiling it crashed (500)."""
+    _, open_server, _ = served
+    col = {"t": "col", "from": {"t": "table", "name": "variable"}, "key": "id"}
+    for node in ({"t": "tuple", "clauses": [col, col]}, {"t": "case", "whens": [[col, col]], "else": col},
+                 {"t": "function", "name": "coalesce", "args": [col]},
+                 {"t": "scalar_select", "element": {"t": "select", "cols": [col]}}):
+        status, answer = post(open_server, "/execute", {"stmt": {"version": 2, "statement": {
+            "t": "select", "cols": [node]}}, "sql": "x"})
+        assert status < 500, (node["t"], answer)
+
+
+def test_options_passed_as_keyword_arguments_are_validated(served: tuple[sa.Engine, DBAPIProcess, DBAPIProcess]) -> None:
+    """Found by the fuzzer once the crash was no longer a 422: ``for_update: {"nowait": [[]]}`` became
+    ``with_for_update(nowait=[[]])`` and the compiled cache failed on it (500). FOR UPDATE, FETCH and
+    join options are each a schema of their own now: flags are booleans, no other keys."""
+    _, open_server, _ = served
+    txn = 0
+    # validation comes first: an unsigned document ("sql" of none) is enough
+    locked = {"stmt": to_wire(sa.select(Variable.id).with_for_update()), "sql": "x"}
+    fetched = {"stmt": to_wire(sa.select(Variable.id).order_by(Variable.id).fetch(1)), "sql": "x"}
+    joined = {"stmt": to_wire(sa.select(Variable.id).join(XCom, Variable.id == XCom.id)), "sql": "x"}
+    for body, path, junk in ((locked, ("for_update", "nowait"), [[[]]]), (locked, ("for_update", "of"), {"t": 1}),
+                             (locked, ("for_update", "isolation"), True), (fetched, ("fetch", "with_ties"), "yes"),
+                             (fetched, ("fetch", "percent"), [1]), (joined, ("joins", 0, "outer"), {"a": 1})):
+        sent: Any = orjson.loads(orjson.dumps(body))
+        holder = sent["stmt"]["statement"]
+        for key in path[:-1]:
+            holder = holder[key]
+        holder[path[-1]] = junk
+        txn += 1
+        status, answer = post(open_server, "/execute", {**sent, "txn": f"options-{txn}", "seq": 1, "begin": True})
+        post(open_server, f"/transactions/options-{txn}/rollback", {})
+        assert (status, answer["error"]["code"]) == (400, "malformed_statement"), (path, answer)
+
+
+def test_a_document_that_is_no_statement_is_refused(served: tuple[sa.Engine, DBAPIProcess, DBAPIProcess]) -> None:
+    """Found by the fuzzer: a bare column as the whole document was "executed" and crashed (500)."""
+    _, open_server, _ = served
+    col = {"t": "col", "from": {"t": "table", "name": "variable"}, "key": "id"}
+    for top in (col, {"t": "table", "name": "variable"}, {"t": "binary", "op": "add", "left": col, "right": col},
+                {"t": "null"}, {"t": "label", "name": "x", "element": col}):
+        status, answer = post(open_server, "/execute", {"stmt": {"version": 2, "statement": top}, "sql": "x",
+                                                        "txn": f"top-{top['t']}", "seq": 1, "begin": True})
+        post(open_server, f"/transactions/top-{top['t']}/rollback", {})
+        assert (status, answer["error"]["code"]) == (400, "malformed_statement"), (top["t"], answer)
+
+
+def test_odd_paths_are_answered_in_the_envelope(served: tuple[sa.Engine, DBAPIProcess, DBAPIProcess]) -> None:
+    """Found by the fuzzer: a transaction id "0/" made werkzeug answer a 308 redirect, in HTML."""
+    _, open_server, _ = served
+    for path in ("/transactions/0%2F/rollback", "/transactions/0//rollback", "/execute/", "//execute",
+                 "/cursors/x//fetch", "/info/"):
+        sent = urllib.request.Request(f"{open_server.url}/dbapi/v1{path}", data=b"{}", method="POST",
+                                      headers={"Authorization": f"Bearer {open_server.token}",
+                                               "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(sent, timeout=30) as answer:
+                status, body = answer.status, answer.read()
+        except urllib.error.HTTPError as refused:
+            status, body = refused.code, refused.read()
+        assert 400 <= status < 500, (path, status, body[:200])
+        assert "error" in orjson.loads(body), (path, body[:200])
