@@ -107,7 +107,10 @@ class StatementDecoder:
 
     # -- dispatch -----------------------------------------------------------------------------
     def visit(self, node: _Json) -> Any:
-        kind = node["t"]
+        kind = node["t"] if isinstance(node, Mapping) else None
+        if not isinstance(kind, str):  # where the schema lets raw values through (VALUES pairs)
+            raise MalformedStatementError({"t": ["not a node"]}, "A statement node must be an object whose "
+                                          "'t' is a node type name.")
         self.info.node_types.add(kind)
         if kind == "ref":
             return self._resolve(node["@"])
@@ -628,6 +631,10 @@ def _items(clause: Any) -> list[Any]:
     return [clause]
 
 
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _index_definitions(document: Any) -> dict[int, _Json]:
     """Every node that carries an ``"@"`` id, by id (references may precede definitions)."""
     found: dict[int, _Json] = {}
@@ -635,7 +642,12 @@ def _index_definitions(document: Any) -> dict[int, _Json]:
     while stack:
         value = stack.pop()
         if isinstance(value, Mapping):
+            if "@" in value and not _is_id(value["@"]):
+                raise MalformedStatementError({"@": ["not a node id"]}, "A node id must be an integer.")
             if "@" in value and value.get("t") != "ref":
+                if value["@"] in found:  # the encoder defines each id once; a second one would be
+                    # shadowed by the first wherever it is referenced
+                    raise MalformedStatementError({"@": ["defined twice"]}, "A node id is defined twice.")
                 found[value["@"]] = value
             stack.extend(value.values())
         elif isinstance(value, list):

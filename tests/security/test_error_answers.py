@@ -277,3 +277,18 @@ def test_odd_paths_are_answered_in_the_envelope(served: tuple[sa.Engine, DBAPIPr
             status, body = refused.code, refused.read()
         assert 400 <= status < 500, (path, status, body[:200])
         assert "error" in orjson.loads(body), (path, body[:200])
+
+
+def test_raw_values_where_nodes_go_are_refused(served: tuple[sa.Engine, DBAPIProcess, DBAPIProcess]) -> None:
+    """Found by the fuzzer: a VALUES pair's column node whose "from" had an integer "t" (and an id
+    already defined) was taken for the table the id named, and the integer crashed the policy (500)."""
+    _, open_server, _ = served
+    table = {"t": "table", "name": "variable", "@": 1}
+    for n, bad in enumerate(({"t": 9223372036854775808, "@": 1}, {"t": "table", "name": "variable", "@": 1},
+                             {"t": "ref", "@": [1]}, {"t": "table", "name": "variable", "@": True})):
+        statement = {"t": "insert", "table": table, "values": [[{"t": "col", "from": bad, "key": "key"},
+                                                               {"t": "null"}]]}
+        status, answer = post(open_server, "/execute", {"stmt": {"version": 2, "statement": statement}, "sql": "x",
+                                                        "txn": f"raw-values-{n}", "seq": 1, "begin": True})
+        post(open_server, f"/transactions/raw-values-{n}/rollback", {})
+        assert (status, answer["error"]["code"]) == (400, "malformed_statement"), (bad, answer)
