@@ -180,7 +180,7 @@ class StatementDecoder:
         return alias
 
     def subquery(self, node: _Json) -> Any:
-        element = self.visit(node["element"])
+        element = _expect(self.visit(node["element"]), selectable.SelectBase, "subquery", "a SELECT")
         subq = element.subquery()
         subq.name = self.name(node["name"])
         return subq
@@ -188,10 +188,13 @@ class StatementDecoder:
     def cte(self, node: _Json) -> Any:
         if node.get("alias_of") is not None:
             # cte.alias(): rendered "FROM anon_2 AS anon_1", the WITH clause naming the original
-            original = self.visit(node["alias_of"])
+            original = _expect(self.visit(node["alias_of"]), selectable.CTE, "cte", "a CTE")
             return original.alias(name=self.name(node["name"]))
         restates = self.opt(node.get("restates"))
-        element = self.visit(node["element"])
+        if restates is not None:
+            _expect(restates, selectable.CTE, "cte", "a CTE")
+        # a SELECT or an INSERT / UPDATE / DELETE: anything else (a table) crashes the compiler
+        element = _expect(self.visit(node["element"]), selectable.HasCTE, "cte", "a SELECT or DML statement")
         return selectable.CTE._construct(
             element, name=self.name(node["name"]), recursive=node.get("recursive", False),
             nesting=node.get("nesting", False), _restates=restates)
@@ -629,6 +632,14 @@ def _items(clause: Any) -> list[Any]:
     if isinstance(clause, elements.ClauseList):
         return list(clause.clauses)
     return [clause]
+
+
+def _expect(element: Any, kind: type | tuple[type, ...], node: str, what: str) -> Any:
+    """*element* if it is of *kind*: a node built from another place of the grammar is refused
+    here, instead of crashing SQLAlchemy's compiler later (a 500)."""
+    if not isinstance(element, kind):
+        raise MalformedStatementError({node: [f"needs {what}"]}, f"A {node!r} node needs {what} here.")
+    return element
 
 
 def _is_id(value: Any) -> bool:

@@ -292,3 +292,16 @@ def test_raw_values_where_nodes_go_are_refused(served: tuple[sa.Engine, DBAPIPro
                                                         "txn": f"raw-values-{n}", "seq": 1, "begin": True})
         post(open_server, f"/transactions/raw-values-{n}/rollback", {})
         assert (status, answer["error"]["code"]) == (400, "malformed_statement"), (bad, answer)
+
+
+def test_a_cte_or_subquery_of_a_table_is_refused(served: tuple[sa.Engine, DBAPIProcess, DBAPIProcess]) -> None:
+    """Found by the fuzzer: a CTE whose element was a table decoded, then crashed the compiler (500)."""
+    _, open_server, _ = served
+    table = {"t": "table", "name": "variable"}
+    for n, from_ in enumerate(({"t": "cte", "element": table, "name": "c"}, {"t": "subquery", "element": table, "name": "s"},
+                               {"t": "cte", "alias_of": table, "name": "c2"})):
+        statement = {"t": "select", "cols": [{"t": "col", "from": from_, "key": "id"}]}
+        status, answer = post(open_server, "/execute", {"stmt": {"version": 2, "statement": statement}, "sql": "x",
+                                                        "txn": f"cte-of-table-{n}", "seq": 1, "begin": True})
+        post(open_server, f"/transactions/cte-of-table-{n}/rollback", {})
+        assert (status, answer["error"]["code"]) == (400, "malformed_statement"), (from_, answer)
