@@ -38,6 +38,8 @@ Arguments win over environment variables, which exist so ``flask --app dbapi_ser
                            on SQLite): where commit outcomes are kept for retried commits
                            (:mod:`dbapi_server.outcomes`; ``table`` survives the instance)
 ``DBAPI_COMMIT_OUTCOME_TABLE`` its name (default ``dbapi_commit_outcomes``)
+``DBAPI_COMMIT_OUTCOME_SCHEMA`` its schema (default ``dbapi`` on PostgreSQL, created if missing;
+                           the database itself on MariaDB)
 ``DBAPI_COMMIT_OUTCOME_TTL`` seconds its rows are kept (default 3600; more than any client's
                            ``commit_retry_deadline``)
 ``DBAPI_TEST_HOOKS``       ``enable``: honour the fault-injection hooks of :mod:`dbapi_server._test_hooks`
@@ -174,6 +176,7 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
                             policy=served_policy, idle_timeout=idle_timeout,
                             methods=load_methods(methods if methods is not None else os.environ.get("DBAPI_METHODS")),
                             shutdown_grace=shutdown_grace, outcome_table=outcome_table,
+                            outcome_schema=os.environ.get("DBAPI_COMMIT_OUTCOME_SCHEMA", ""),
                             outcome_ttl=float(os.environ.get("DBAPI_COMMIT_OUTCOME_TTL", "3600")))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

@@ -126,14 +126,15 @@ PATHS: dict[str, dict[str, Any]] = {
         "operationId": "finishTransaction",
         "summary": "Commit or roll back; asking again returns the remembered outcome.",
         "security": _AUTH,
-        "parameters": [_path_param("txn_id", "the id the client chose when it began the transaction"),
+        "parameters": [_path_param("txn_id", "the id the client chose when it began the transaction",
+                                   pattern="^[A-Za-z0-9_-]{1,128}$"),
                        _path_param("verb", "what to do", enum=["commit", "rollback"])],
         "requestBody": _body(_obj({"seq": {"type": "integer"}}), required=False),
         "responses": {"200": _answer("the outcome", _obj(
                           {"outcome": {"enum": ["committed", "rolled_back", "expired", "failed",
                                                "rolled_back_at_shutdown"]}},
                           ("outcome",))),
-                      **_errors(401, 403, 409, 410, 413, 422)}}},
+                      **_errors(400, 401, 403, 409, 410, 413, 422)}}},
     "/catalog/has_table": {"post": {
         "operationId": "hasTable",
         "summary": "Whether a table the caller may use exists (Dialect.has_table); other names: false.",
