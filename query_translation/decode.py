@@ -107,7 +107,10 @@ class StatementDecoder:
 
     # -- dispatch -----------------------------------------------------------------------------
     def visit(self, node: _Json) -> Any:
-        kind = node["t"]
+        kind = node["t"] if isinstance(node, Mapping) else None
+        if not isinstance(kind, str):  # where the schema lets raw values through (VALUES pairs)
+            raise MalformedStatementError({"t": ["not a node"]}, "A statement node must be an object whose "
+                                          "'t' is a node type name.")
         self.info.node_types.add(kind)
         if kind == "ref":
             return self._resolve(node["@"])
@@ -177,7 +180,7 @@ class StatementDecoder:
         return alias
 
     def subquery(self, node: _Json) -> Any:
-        element = self.visit(node["element"])
+        element = _expect(self.visit(node["element"]), selectable.SelectBase, "subquery", "a SELECT")
         subq = element.subquery()
         subq.name = self.name(node["name"])
         return subq
@@ -185,10 +188,13 @@ class StatementDecoder:
     def cte(self, node: _Json) -> Any:
         if node.get("alias_of") is not None:
             # cte.alias(): rendered "FROM anon_2 AS anon_1", the WITH clause naming the original
-            original = self.visit(node["alias_of"])
+            original = _expect(self.visit(node["alias_of"]), selectable.CTE, "cte", "a CTE")
             return original.alias(name=self.name(node["name"]))
         restates = self.opt(node.get("restates"))
-        element = self.visit(node["element"])
+        if restates is not None:
+            _expect(restates, selectable.CTE, "cte", "a CTE")
+        # a SELECT or an INSERT / UPDATE / DELETE: anything else (a table) crashes the compiler
+        element = _expect(self.visit(node["element"]), selectable.HasCTE, "cte", "a SELECT or DML statement")
         return selectable.CTE._construct(
             element, name=self.name(node["name"]), recursive=node.get("recursive", False),
             nesting=node.get("nesting", False), _restates=restates)
@@ -628,6 +634,18 @@ def _items(clause: Any) -> list[Any]:
     return [clause]
 
 
+def _expect(element: Any, kind: type | tuple[type, ...], node: str, what: str) -> Any:
+    """*element* if it is of *kind*: a node built from another place of the grammar is refused
+    here, instead of crashing SQLAlchemy's compiler later (a 500)."""
+    if not isinstance(element, kind):
+        raise MalformedStatementError({node: [f"needs {what}"]}, f"A {node!r} node needs {what} here.")
+    return element
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _index_definitions(document: Any) -> dict[int, _Json]:
     """Every node that carries an ``"@"`` id, by id (references may precede definitions)."""
     found: dict[int, _Json] = {}
@@ -635,7 +653,12 @@ def _index_definitions(document: Any) -> dict[int, _Json]:
     while stack:
         value = stack.pop()
         if isinstance(value, Mapping):
+            if "@" in value and not _is_id(value["@"]):
+                raise MalformedStatementError({"@": ["not a node id"]}, "A node id must be an integer.")
             if "@" in value and value.get("t") != "ref":
+                if value["@"] in found:  # the encoder defines each id once; a second one would be
+                    # shadowed by the first wherever it is referenced
+                    raise MalformedStatementError({"@": ["defined twice"]}, "A node id is defined twice.")
                 found[value["@"]] = value
             stack.extend(value.values())
         elif isinstance(value, list):

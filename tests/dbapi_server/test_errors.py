@@ -238,10 +238,19 @@ def test_database_messages_keep_the_verdict_and_drop_the_rest(orig: Exception, s
 def test_a_sqlalchemy_warning_about_the_statement_is_the_clients_mistake(api: RawApi) -> None:
     # found by tests/security/test_fuzz.py: a bare SELECT where a value belongs made SQLAlchemy
     # warn ("implicitly coercing SELECT object to scalar subquery"), a 500 where warnings are errors
-    body = api.payload(sa.insert(items).values(name=sa.select(items.c.name).limit(1).scalar_subquery()))
+    # (in a transaction, where a write reaches the compiler that warns)
+    txn = api.transaction()
+    body = txn.next_payload(sa.insert(items).values(name=sa.select(items.c.name).limit(1).scalar_subquery()))
     pairs = body["stmt"]["statement"]["values"]
     assert pairs[0][1]["t"] == "scalar_select"
     pairs[0][1] = pairs[0][1]["element"]
     reply = api.post("/execute", body)
-    assert (reply.status, reply.error["code"]) == (400, "bad_statement")
-    assert "warned about its structure" in reply.error["message"]
+    try:
+        # the warning comes from rebuilding the statement; a document the server rebuilt before is
+        # taken from its cache without it, and then the database refuses the statement itself (as
+        # it refuses it on a direct connection) - either way the caller's mistake, never a 500
+        assert (reply.status, reply.error["code"]) in {(400, "bad_statement"), (422, "database_error")}, reply.error
+        if reply.error["code"] == "bad_statement":
+            assert "warned about its structure" in reply.error["message"]
+    finally:
+        assert txn.rollback().status == 200

@@ -71,7 +71,9 @@ def _examples() -> dict[str, Callable[[], Any]]:
         "rollback_to_savepoint": lambda: sql_expr.RollbackToSavepointClause("sp"),  # type: ignore[no-untyped-call]
         "release_savepoint": lambda: sql_expr.ReleaseSavepointClause("sp"),  # type: ignore[no-untyped-call]
         "textual_label_reference": lambda: sa.select(V.id, elements._textual_label_reference("id")),
-        "grouping_select": lambda: sa.select(V.id).where(V.id.in_(sa.select(TI.id))).self_group(),
+        # a grouping inside a statement: a document whose top node is no statement is refused
+        "grouping_select": lambda: sa.union(sa.select(V.id).where(V.id.in_(sa.select(TI.id))).limit(1),
+                                            sa.select(TI.id)),
     }
 
 
