@@ -405,10 +405,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             balances_ok = conn.execute(sa.text(
                 "SELECT count(*) FROM soak_accounts a WHERE a.balance <> COALESCE((SELECT sum(amount) "
                 "FROM soak_ledger l WHERE l.account_id = a.id), 0)")).scalar()
-            outcome_rows = conn.execute(sa.text("SELECT count(*) FROM dbapi.dbapi_commit_outcomes")).scalar()
+            outcome_rows = dict(conn.execute(sa.text(
+                "SELECT outcome, count(*) FROM dbapi.dbapi_commit_outcomes GROUP BY outcome")).all())
         trusted.dispose()
         result = summarize(args, reports, ledger_counts, int(balances_ok or 0), events, samples, exit_codes,
-                           final_open, int(outcome_rows or 0))
+                           final_open, {str(k): int(v) for k, v in outcome_rows.items()})
         result["server_errors"] = server_errors
         return result
     finally:
@@ -426,7 +427,7 @@ def require_haproxy_binary(require: Any) -> None:
 
 def summarize(args: argparse.Namespace, reports: list[dict[str, Any]], ledger: Counter[str], bad_balances: int,
               events: list[tuple[float, str]], samples: list[dict[str, Any]], exit_codes: list[int | None],
-              final_open: dict[str, float | None], outcome_rows: int) -> dict[str, Any]:
+              final_open: dict[str, float | None], outcome_rows: dict[str, int]) -> dict[str, Any]:
     ops: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     latencies: dict[str, list[float]] = defaultdict(list)
@@ -526,7 +527,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"| undocumented errors | {v['undocumented_errors']} |",
         f"| errors by type | {', '.join(f'{k} {n}' for k, n in sorted(result['errors'].items())) or 'none'} |",
         f"| open transactions at the end | {v['open_transactions_at_end']} |",
-        f"| commit outcome rows at the end | {result['outcome_rows']} |",
+        f"| commit outcome rows at the end | {_rows(result['outcome_rows'])} |",
         "",
         "| operation | n | p50 ms | p99 ms |", "|---|---:|---:|---:|",
         *[f"| {op} | {s['n']} | {s['p50_ms']} | {s['p99_ms']} |" for op, s in result["latency"].items()],
@@ -541,6 +542,14 @@ def markdown(result: dict[str, Any]) -> str:
               "Errors per 5 s window: " + ("; ".join(f"{w} s: {n} ({k})" for w, n, k in result["error_timeline"])
                                           or "none")]
     return "\n".join(lines)
+
+
+def _rows(rows: Any) -> str:
+    """Outcome rows by outcome (``committed``; ``rolled_back``: fences written for commits asked of
+    an instance that did not hold the transaction and found no row)."""
+    if isinstance(rows, int):  # a result file of an older run: the total only
+        return str(rows)
+    return ", ".join(f"{outcome} {n}" for outcome, n in sorted(rows.items())) or "none"
 
 
 def _fractions(text: str) -> list[float]:
