@@ -305,6 +305,8 @@ def finish_transaction(txn_id: str, verb: str) -> Response:
     if verb not in ("commit", "rollback"):
         raise APIError(f"Unknown transaction action {verb!r}; use commit or rollback.",
                        status=404, code="not_found")
+    if not _TXN_ID.fullmatch(txn_id):  # as in /execute: what the outcome table and the logs can hold
+        raise APIError("A transaction id is 1 to 128 letters, digits, '-' or '_'.", status=404, code="not_found")
     label(kind=verb, txn=txn_id)
     principal = _principal()
     seq = _field(_body(principal), "seq", int) if request.content_length else None
