@@ -18,7 +18,7 @@ from .policy import DEFAULT_FUNCTIONS, Limits, Policy, PolicyError, RolePolicy, 
 
 __all__ = ["load_file", "policy_from_dict"]
 
-_TOP = {"preset", "limits", "roles"}
+_TOP = {"preset", "limits", "roles", "extra_tables"}
 _ROLE = {"tables", "functions", "extra_functions", "methods", "raw_sql", "ddl", "limits"}
 _TABLE = {"read", "insert", "update", "delete", "row_filter"}
 _LIMITS: dict[str, Any] = {"max_depth": int, "max_body_bytes": int, "max_rows": int, "statement_timeout": (int, float),
@@ -106,10 +106,13 @@ def policy_from_dict(data: Mapping[str, Any]) -> Policy:
         raise PolicyError("roles: expected a table of roles.")
     roles = {name: _role(role, f"roles.{name}") for name, role in roles_data.items()}
     limits = _limits(data.get("limits", {}), "limits")
+    extra = data.get("extra_tables", [])
+    if not isinstance(extra, list) or not all(isinstance(v, str) and v for v in extra):
+        raise PolicyError("extra_tables: must be a list of table names (\"name\" or \"schema.name\").")
     preset = data.get("preset")
     if preset is None:
-        return Policy(roles, limits=limits)
+        return Policy(roles, limits=limits, extra_tables=extra)
     presets = {"open": Policy.open, "testing": Policy.for_testing}
     if preset not in presets:
         raise PolicyError(f"preset: must be \"open\" or \"testing\", not {preset!r}.")
-    return Policy(roles, limits=limits, fallback=presets[preset]().fallback)
+    return Policy(roles, limits=limits, fallback=presets[preset]().fallback, extra_tables=extra)

@@ -16,6 +16,9 @@ Arguments win over environment variables, which exist so ``flask --app dbapi_ser
                            ``DBAPI_CONNECT_ARGS``, ``DBAPI_SQLITE_PRAGMAS``, ``DBAPI_PG_OPTIONS``:
                            see :mod:`dbapi_server.engine_options`
 ``DBAPI_METHODS``          comma-separated modules defining named methods, imported at start
+``DBAPI_EXTRA_TABLES``     comma-separated tables outside the metadata to serve, reflected at start
+                           (``alembic_version``); read-only unless a policy file grants more
+                           (:mod:`dbapi_server.extra_tables`)
 ``DBAPI_POLICY_FILE``      per-role policy (TOML, ``docs/security.md``); default: the open preset
 ``DBAPI_SHUTDOWN_GRACE``   seconds open transactions may still finish after SIGTERM (default 30)
 ``DBAPI_METRICS_TOKEN``    bearer token (or ``DBAPI_METRICS_TOKEN_FILE``) for ``GET /metrics``;
@@ -35,6 +38,8 @@ Arguments win over environment variables, which exist so ``flask --app dbapi_ser
                            on SQLite): where commit outcomes are kept for retried commits
                            (:mod:`dbapi_server.outcomes`; ``table`` survives the instance)
 ``DBAPI_COMMIT_OUTCOME_TABLE`` its name (default ``dbapi_commit_outcomes``)
+``DBAPI_COMMIT_OUTCOME_SCHEMA`` its schema (default ``dbapi`` on PostgreSQL, created if missing;
+                           the database itself on MariaDB)
 ``DBAPI_COMMIT_OUTCOME_TTL`` seconds its rows are kept (default 3600; more than any client's
                            ``commit_retry_deadline``)
 ``DBAPI_TEST_HOOKS``       ``enable``: honour the fault-injection hooks of :mod:`dbapi_server._test_hooks`
@@ -58,6 +63,7 @@ from werkzeug.exceptions import HTTPException
 from query_translation import MethodRegistry
 
 from ._db_catalog import DatabaseRolesError
+from ._liveness import use_socket_liveness
 from ._test_hooks import install_test_hooks
 from .auth import Authenticator, authenticator_from_env
 from .connect_wait import wait_for_connections
@@ -65,6 +71,7 @@ from .db_roles import DatabaseRoles
 from .db_wall import DatabaseWall, open_wall
 from .engine_options import EngineOptions, EngineOptionsError
 from .errors import APIError, envelope_for_exception
+from .extra_tables import ExtraTableError, parse_names, served_metadata
 from .logs import attach_request_ids
 from .methods import load_methods, methods_api
 from .observability import MetricsAccess, ObservedApp
@@ -115,7 +122,8 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
                max_body_bytes: int | None = None, engine_options: EngineOptions | dict[str, Any] | None = None,
                methods: MethodRegistry | Iterable[str] | None = None, shutdown_grace: float | None = None,
                metrics_access: MetricsAccess | None = None,
-               db_roles: str | DatabaseRoles | None = None, commit_outcomes: str | None = None) -> Flask:
+               db_roles: str | DatabaseRoles | None = None, commit_outcomes: str | None = None,
+               extra_tables: Iterable[str] | str | None = None) -> Flask:
     """Build the DB-API application for one database and one application's tables.
 
     *engine_options* (``create_engine()`` keywords, or :class:`~dbapi_server.engine_options.EngineOptions`)
@@ -125,6 +133,9 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
     *commit_outcomes*: ``"table"`` keeps commit outcomes in a table of the database, so any
     instance answers a retried commit (``dbapi_server.outcomes``); ``"memory"`` keeps them in this
     process only. Default: ``DBAPI_COMMIT_OUTCOMES``, else ``table`` except on SQLite.
+
+    *extra_tables*: tables outside *metadata* to serve, reflected now (``DBAPI_EXTRA_TABLES``,
+    the policy file's ``extra_tables``; :mod:`dbapi_server.extra_tables`).
     """
     metadata = metadata if metadata is not None else os.environ.get("DBAPI_METADATA")
     if metadata is None:
@@ -141,19 +152,31 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
             engine = EngineOptions.from_env(os.environ).merged(engine_options).create_engine(database_url)
         except EngineOptionsError as exc:
             raise ConfigError(str(exc)) from None
+        if getattr(engine.pool, "_pre_ping", False):
+            use_socket_liveness(engine)  # checked on its socket first: no database round trip per checkout
         # a database that is restarting refuses connections for a moment: wait for it a little
         wait_for_connections(engine, float(os.environ.get("DBAPI_DB_CONNECT_WAIT", "5")))
     if idle_timeout is None:
         idle_timeout = float(os.environ.get("DBAPI_TXN_IDLE_TIMEOUT", "60"))
     if shutdown_grace is None:
         shutdown_grace = float(os.environ.get("DBAPI_SHUTDOWN_GRACE", "30"))
+    served_policy = _policy(policy)
+    try:
+        names = parse_names(extra_tables if extra_tables is not None else os.environ.get("DBAPI_EXTRA_TABLES"))
+        names |= served_policy.extra_tables
+        metadata = served_metadata(metadata, engine, names)
+    except ExtraTableError as exc:
+        raise ConfigError(str(exc)) from None
+    served_policy.serve_extra_tables(names)
+    _validate(served_policy, metadata)
     outcome_table = _outcome_table(engine, commit_outcomes)
     try:
         state = ServerState(engine=engine, metadata=metadata,
                             auth=authenticator if authenticator is not None else _authenticator_from_env(),
-                            policy=_policy(policy, metadata), idle_timeout=idle_timeout,
+                            policy=served_policy, idle_timeout=idle_timeout,
                             methods=load_methods(methods if methods is not None else os.environ.get("DBAPI_METHODS")),
                             shutdown_grace=shutdown_grace, outcome_table=outcome_table,
+                            outcome_schema=os.environ.get("DBAPI_COMMIT_OUTCOME_SCHEMA", ""),
                             outcome_ttl=float(os.environ.get("DBAPI_COMMIT_OUTCOME_TTL", "3600")))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -232,17 +255,24 @@ def _wall(state: ServerState, db_roles: str | DatabaseRoles | None) -> DatabaseW
         raise ConfigError(str(exc)) from None
 
 
-def _policy(policy: Policy | str | os.PathLike[str] | None, metadata: sa.MetaData) -> Policy:
-    """The configured policy, checked against the metadata now rather than at the first request."""
+def _policy(policy: Policy | str | os.PathLike[str] | None) -> Policy:
+    """The configured policy (checked against the served tables by :func:`_validate`)."""
     if policy is None:
         policy = os.environ.get("DBAPI_POLICY_FILE") or None
     if policy is None:
         return Policy.open()
+    if isinstance(policy, Policy):
+        return policy
     try:
-        if isinstance(policy, Policy):
-            policy.validate(metadata)
-            return policy
-        return Policy.from_file(policy, metadata)
+        return Policy.from_file(policy)
+    except PolicyError as exc:
+        raise ConfigError(f"The DB-API policy is wrong: {exc}") from None
+
+
+def _validate(policy: Policy, metadata: sa.MetaData) -> None:
+    """Check the policy against the served tables now rather than at the first request."""
+    try:
+        policy.validate(metadata)
     except PolicyError as exc:
         raise ConfigError(f"The DB-API policy is wrong: {exc}") from None
 

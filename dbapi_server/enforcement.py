@@ -1,7 +1,7 @@
 """Running a statement the policy allowed: row-filtered SQL, statement timeouts, row limits.
 
 **Fingerprint of a filtered statement.** The server refuses to execute unless the SQL it compiled
-fingerprints as the client's (``executor._check_sql``). A row-filtered statement compiles
+fingerprints as the client's (``executor._RunContextMixin.pre_exec``). A row-filtered statement compiles
 differently by design, so the check moves, unweakened, in front of execution: the *original*
 statement is compiled (same dialect, column keys and executemany flag as ``Connection.execute``
 would use; SQLAlchemy's compiled cache keeps it) and its fingerprint compared with the client's;

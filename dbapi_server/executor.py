@@ -16,16 +16,15 @@ run exactly once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from contextvars import ContextVar
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.sql import compiler as sql_compiler
 from sqlalchemy.sql import sqltypes
 from sqlalchemy.util import LRUCache
@@ -41,17 +40,19 @@ from query_translation import (
 )
 from query_translation.decode import StatementInfo
 from query_translation.driver_sql import DriverSQL
-from query_translation.fingerprint import sql_fingerprint, text_fingerprint
+from query_translation.fingerprint import MAX_HASHED_DOCUMENT, sql_fingerprint, text_fingerprint
+from query_translation.size import DocumentSize
 
 from ._driver_values import DriverValues
 from .errors import APIError
 from .refusals import LimitExceeded
 
-__all__ = ["StatementExecutor", "StatementMismatch", "execute_preprocessed", "mark_preprocessed"]
+__all__ = ["StatementExecutor", "StatementMismatch", "UnknownStatement", "execute_preprocessed",
+           "mark_preprocessed"]
 
 log = logging.getLogger("dbapi_server")
 
-_expected_sql: ContextVar[str | None] = ContextVar("dbs_expected_sql", default=None)
+_EXPECTED_SQL = "dbs_expected_sql"  # execution option: the client's fingerprint, checked once per run
 
 _FORWARDED_OPTIONS = ("preserve_rowcount", "insertmanyvalues_page_size")
 
@@ -60,9 +61,21 @@ class StatementMismatch(APIError):
     code = "statement_mismatch"
 
 
-# the largest document the decode cache keeps (its key is the document): 4096 entries of up to
-# 32 KiB, where ORM statements are a few KiB, instead of 4096 request bodies of up to 64 MiB
-MAX_CACHED_DOCUMENT = 32 << 10
+class UnknownStatement(APIError):
+    """A statement referred to by hash that this instance does not hold: send its document again.
+
+    Answered before anything runs or a transaction's sequence number is used, so the client
+    resends the same request with the document (after a restart, an eviction, or on another
+    instance behind a load balancer)."""
+
+    status = 409
+    code = "unknown_statement"
+
+
+# the largest document the decode cache keeps: 4096 entries of up to 32 KiB, where ORM statements
+# are a few KiB, instead of 4096 request bodies of up to 64 MiB. The client sends no hash for a
+# larger document (it would not be kept under it): the same bound, shared.
+MAX_CACHED_DOCUMENT = MAX_HASHED_DOCUMENT
 
 
 class StatementExecutor:
@@ -72,33 +85,62 @@ class StatementExecutor:
         self.engine = engine
         self.metadata = metadata
         self.types = TypeResolver(metadata)
-        self._cache: OrderedDict[bytes, tuple[Any, StatementInfo]] = OrderedDict()
+        self._cache: OrderedDict[bytes | str, tuple[Any, StatementInfo, DocumentSize | None]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
         # compiled client statements, marked pre-processed: never shared with the server's own
         self.compiled_cache: LRUCache[Any, Any] = LRUCache(cache_size)
         self.driver_values = DriverValues(engine.dialect)
-        event.listen(engine, "before_cursor_execute", _check_sql)
-        event.listen(engine, "after_cursor_execute", _capture_cursor)
 
-    def decode(self, document: Mapping[str, Any]) -> tuple[Any, StatementInfo]:
+    def decode(self, document: Mapping[str, Any], doc_hash: str | None = None,
+               size: DocumentSize | None = None) -> tuple[Any, StatementInfo]:
+        """The rebuilt statement and what it touches, cached per structure.
+
+        With *doc_hash* (``stmt_hash`` on the wire) the entry is keyed by the hash received, once
+        the document is checked against it, and keeps the document's *size*: a later request may
+        name the statement by the hash alone (:meth:`lookup`). Without, the key is the document's
+        JSON.
+        """
         try:
-            key = orjson.dumps(document)
+            raw = orjson.dumps(document)
         except orjson.JSONEncodeError:  # nested deeper than orjson writes: validation refuses it
             return _rebuild(document, self.metadata, self.types, self.engine.dialect)
-        if len(key) > MAX_CACHED_DOCUMENT:  # the cache holds ORM-sized statements, not every large body
+        if doc_hash is not None:
+            # checked whenever both travel (a client sends the document once per host): a document
+            # that is not the hash's is refused, never silently replaced by the one kept under it
+            if hashlib.sha256(raw).hexdigest() != doc_hash:
+                raise APIError("'stmt_hash' is not the hash of 'stmt'.", code="malformed_request")
+            hit = self._get(doc_hash)
+            if hit is not None:
+                return hit[0], hit[1]
+        if len(raw) > MAX_CACHED_DOCUMENT:  # the cache holds ORM-sized statements, not every large body
             return _rebuild(document, self.metadata, self.types, self.engine.dialect)
+        key: bytes | str = doc_hash if doc_hash is not None else raw
+        if doc_hash is None:
+            hit = self._get(key)
+            if hit is not None:
+                return hit[0], hit[1]
+        statement, info = _rebuild(document, self.metadata, self.types, self.engine.dialect)
+        with self._lock:
+            self._cache[key] = (statement, info, size)
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return statement, info
+
+    def lookup(self, doc_hash: str) -> tuple[Any, StatementInfo, DocumentSize | None]:
+        """The statement kept under *doc_hash*, and its document's size; ``UnknownStatement`` if none."""
+        hit = self._get(doc_hash)
+        if hit is None:
+            raise UnknownStatement("This DB-API instance does not hold the statement with this hash; "
+                                   "send its document ('stmt').")
+        return hit
+
+    def _get(self, key: bytes | str) -> tuple[Any, StatementInfo, DocumentSize | None] | None:
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
-                return hit
-        decoded = _rebuild(document, self.metadata, self.types, self.engine.dialect)
-        with self._lock:
-            self._cache[key] = decoded
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return decoded
+            return hit
 
     def schema_changed(self) -> None:
         """Forget decoded statements and known types after the metadata's tables changed."""
@@ -152,12 +194,10 @@ def _checked_execute(connection: sa.Connection, statement: Any, params: list[dic
                              stream=stream)
     if stream is not None:
         opts.update(stream_results=True, max_row_buffer=stream)
-    token = _expected_sql.set(sql_hash)
-    try:
-        return execute_preprocessed(connection, statement, params if many else params[:1], opts, cache,
-                                    column_keys=column_keys)
-    finally:
-        _expected_sql.reset(token)
+    if sql_hash is not None:
+        opts[_EXPECTED_SQL] = sql_hash
+    return execute_preprocessed(connection, statement, params if many else params[:1], opts, cache,
+                                column_keys=column_keys)
 
 
 def _execute_text(connection: sa.Connection, statement: DriverSQL, params: list[dict[str, Any]], *,
@@ -168,8 +208,13 @@ def _execute_text(connection: sa.Connection, statement: DriverSQL, params: list[
     if stream is not None:
         options.update(stream_results=True, max_row_buffer=stream)
     driver_params = statement.driver_params(params)
-    arg: Any = driver_params if many else (driver_params[0] if driver_params and driver_params[0] else None)
-    return connection.exec_driver_sql(statement.sql, arg, execution_options=options or None)
+    # what ``exec_driver_sql`` does, with the run's execution context (raw rows recorded)
+    distilled: list[Any] = list(driver_params) if many else (
+        [driver_params[0]] if driver_params and driver_params[0] else [])
+    conn: Any = connection
+    exec_opts = conn._execution_options.merge_with(options or None)
+    return conn._execute_context(conn.dialect, _run_context(conn.dialect)._init_statement, statement.sql, None,
+                                 exec_opts, statement.sql, distilled)
 
 
 def execute_preprocessed(connection: sa.Connection, statement: Any, params: list[dict[str, Any]],
@@ -201,7 +246,7 @@ def execute_preprocessed(connection: sa.Connection, statement: Any, params: list
     extra = {"cache_hit": rest[-1]}
     if len(rest) == 2:  # 2.1 also returns the collected parameters
         extra["param_dict"] = rest[0]
-    result = conn._execute_context(dialect, dialect.execution_ctx_cls._init_compiled, compiled, params,
+    result = conn._execute_context(dialect, _run_context(dialect)._init_compiled, compiled, params,
                                    exec_opts, compiled, params, statement, extracted, **extra)
     if has_events:
         conn.dispatch.after_execute(conn, statement, event_multiparams, event_params, exec_opts, result)
@@ -335,20 +380,6 @@ def _encoded_description(context: Any, description: Any) -> list[list[Any]]:
     return encoded
 
 
-def _check_sql(conn: Any, cursor: Any, statement: Any, parameters: Any, context: Any,
-               executemany: bool) -> None:
-    expected = _expected_sql.get()
-    if expected is None:
-        return
-    compiled = getattr(context, "compiled", None)
-    if compiled is None or sql_fingerprint(compiled) != expected:
-        raise StatementMismatch(
-            "The statement rebuilt on the server does not compile to the SQL the client "
-            "compiled; client and server disagree about the schema or the library version. "
-            "Nothing was executed.")
-    _expected_sql.set(None)  # insertmanyvalues batches of the same statement need no re-check
-
-
 def _own_lastrowid(cursor: Any, context: Any) -> Any:
     """The driver's last row id when it is this statement's own, else None.
 
@@ -368,11 +399,46 @@ def _own_lastrowid(cursor: Any, context: Any) -> Any:
         return None
 
 
-def _capture_cursor(conn: Any, cursor: Any, statement: Any, parameters: Any, context: Any,
-                    executemany: bool) -> None:
-    description = cursor.description  # encoded later, once per compiled statement
-    context._dbs_cursor = (description, cursor.rowcount, _own_lastrowid(cursor, context))
-    if context.execution_options.get("stream_results"):
-        return  # streamed: rows are taken page by page, never all kept
-    if not isinstance(context.cursor, _RecordingCursor):
-        context.cursor = _RecordingCursor(context.cursor)
+class _RunContextMixin:
+    """The execution context of a client statement (mixed in front of the dialect's own).
+
+    It checks the SQL fingerprint once - after the parameters are built, before the cursor runs
+    anything, for every batch of an insertmanyvalues statement together - and records the cursor
+    raw after execution (``post_exec``, before SQLAlchemy sets up the result and may consume rows
+    itself, as ``return_defaults()`` does). Only client statements run with it (the executor passes
+    its constructor to ``_execute_context``); the server's own statements keep the dialect's
+    context and no engine event runs for any statement.
+    """
+
+    cursor: Any
+    compiled: Any
+    execution_options: Any
+
+    def pre_exec(self) -> None:
+        super().pre_exec()  # type: ignore[misc]
+        expected = self.execution_options.get(_EXPECTED_SQL)
+        if expected is not None and (self.compiled is None or sql_fingerprint(self.compiled) != expected):
+            self.cursor.close()
+            raise StatementMismatch(
+                "The statement rebuilt on the server does not compile to the SQL the client "
+                "compiled; client and server disagree about the schema or the library version. "
+                "Nothing was executed.")
+
+    def post_exec(self) -> None:
+        super().post_exec()  # type: ignore[misc]
+        cursor = self.cursor
+        self._dbs_cursor = (cursor.description, cursor.rowcount, _own_lastrowid(cursor, self))  # encoded later
+        if not self.execution_options.get("stream_results"):  # streamed: taken page by page, never all kept
+            self.cursor = _RecordingCursor(cursor)
+
+
+_run_contexts: dict[type, type] = {}
+
+
+def _run_context(dialect: Any) -> Any:
+    """The run context class for *dialect*'s execution context class (made once per class)."""
+    base = dialect.execution_ctx_cls
+    found = _run_contexts.get(base)
+    if found is None:
+        found = _run_contexts[base] = type(f"DBAPIRun{base.__name__}", (_RunContextMixin, base), {})
+    return found

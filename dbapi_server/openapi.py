@@ -101,6 +101,14 @@ PATHS: dict[str, dict[str, Any]] = {
         "security": _AUTH, "requestBody": _body(_ref("ExecuteRequest")),
         "responses": {"200": _answer("the statement ran", _ref("ExecuteResult")),
                       **_errors(400, 401, 403, 409, 410, 413, 422, 503)}}},
+    "/batch": {"post": {
+        "operationId": "batch",
+        "summary": "Statements of one transaction, each with the row count it must match; with 'commit', "
+                   "commit if and only if all ran and matched.",
+        "security": _AUTH, "requestBody": _body(_ref("BatchRequest")),
+        "responses": {"200": _answer("every statement ran (and committed, with 'commit'), or one matched "
+                                     "another row count ('failed')", _ref("BatchResult")),
+                      **_errors(400, 401, 403, 409, 410, 413, 422, 503)}}},
     "/cursors/{cursor_id}/fetch": {"post": {
         "operationId": "fetchCursor", "summary": "The next page of a streamed result (replayable).",
         "security": _AUTH,
@@ -118,14 +126,32 @@ PATHS: dict[str, dict[str, Any]] = {
         "operationId": "finishTransaction",
         "summary": "Commit or roll back; asking again returns the remembered outcome.",
         "security": _AUTH,
-        "parameters": [_path_param("txn_id", "the id the client chose when it began the transaction"),
+        "parameters": [_path_param("txn_id", "the id the client chose when it began the transaction",
+                                   pattern="^[A-Za-z0-9_-]{1,128}$"),
                        _path_param("verb", "what to do", enum=["commit", "rollback"])],
         "requestBody": _body(_obj({"seq": {"type": "integer"}}), required=False),
         "responses": {"200": _answer("the outcome", _obj(
                           {"outcome": {"enum": ["committed", "rolled_back", "expired", "failed",
                                                "rolled_back_at_shutdown"]}},
                           ("outcome",))),
-                      **_errors(401, 403, 409, 410, 413, 422)}}},
+                      **_errors(400, 401, 403, 409, 410, 413, 422)}}},
+    "/catalog/has_table": {"post": {
+        "operationId": "hasTable",
+        "summary": "Whether a table the caller may use exists (Dialect.has_table); other names: false.",
+        "security": _AUTH,
+        "requestBody": _body(_obj({"name": {"type": "string"}, "schema": {"type": ["string", "null"]}},
+                                  ("name",))),
+        "responses": {"200": _answer("the answer", _obj({"exists": {"type": "boolean"}}, ("exists",))),
+                      **_errors(400, 401, 403, 413)}}},
+    "/catalog/reflect": {"post": {
+        "operationId": "reflect",
+        "summary": "A dialect reflection method (get_columns, get_multi_indexes...) on the tables the caller "
+        "may use.",
+        "security": _AUTH,
+        "requestBody": _body(_obj({"method": {"type": "string"}, "args": {"type": "object"}}, ("method",))),
+        "responses": {"200": _answer("the result, or the NoSuchTableError to raise", _obj(
+                          {"result": {}, "raise": {"type": "string"}, "message": {"type": "string"}})),
+                      **_errors(400, 401, 403, 413)}}},
     "/methods": {"get": {
         "operationId": "listMethods", "summary": "The named methods this server serves, with signatures.",
         "security": _AUTH,
@@ -149,8 +175,11 @@ PATHS: dict[str, dict[str, Any]] = {
 def _components() -> dict[str, Any]:
     value = _ref("Value")
     return {
-        "ExecuteRequest": _obj({
+        "ExecuteRequest": {**_obj({
             "stmt": _ref("StatementDocument"),
+            "stmt_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$",
+                          "description": "SHA-256 of the document; alone, it names a document the server "
+                                         "holds (409 unknown_statement if it does not)"},
             "sql": {"type": "string", "description": "fingerprint of the SQL the client compiled"},
             "params": {"type": "array", "items": {"type": "object", "additionalProperties": value},
                        "description": "parameter sets: bind name -> value"},
@@ -162,7 +191,22 @@ def _components() -> dict[str, Any]:
             "begin": {"type": "boolean"},
             "keys": {"type": "array", "items": {"type": "string"}},
             "stream": {"type": "integer", "minimum": 1, "maximum": _PAGE_MAX},
-        }, ("stmt", "sql"), extra=True),
+        }, ("sql",), extra=True), "anyOf": [{"required": ["stmt"]}, {"required": ["stmt_hash"]}]},
+        "BatchRequest": _obj({
+            "txn": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"},
+            "seq": {"type": "integer"},
+            "begin": {"type": "boolean"},
+            "commit": {"type": "boolean"},
+            "statements": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"allOf": [
+                _ref("ExecuteRequest"),
+                {"type": "object", "properties": {"expect": {"type": ["integer", "null"],
+                 "description": "the row count the statement must match, or null for no check"}}}]}},
+        }, ("txn", "seq", "statements"), extra=True),
+        "BatchResult": _obj({
+            "outcome": {"enum": ["committed"]},
+            "failed": _obj({"index": {"type": "integer"}, "rowcount": {"type": "integer"}}, ("index", "rowcount")),
+            "commit_error": {"type": "object", "description": "the Error envelope's inner object"},
+        }, extra=True),
         "ExecuteResult": _obj({
             "rowcount": {"type": "integer"},
             "lastrowid": value,

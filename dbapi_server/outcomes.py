@@ -28,7 +28,9 @@ memory is then gone, and the database is the only witness. So:
   retry later than the ttl could find no row and be fenced as "not committed".
 
 The table belongs to the server: it is not in the application's ``MetaData`` (no client statement
-can name it), it is created by the DB-API's login role at start (``create``), and the database
+can name it); on PostgreSQL it lives in a schema of its own (``dbapi``), so the application's schema
+- and what inspecting it or Alembic's autogenerate sees - stays the application's; it is created by
+the DB-API's login role at start (``create``), and the database
 roles of the second wall (:mod:`dbapi_server.db_roles`) are never granted it - under the wall the
 row is written as the login role (``DatabaseWall.server_work``). Owners are kept as SHA-256 of the
 token subject, so a commit retried by another subject is refused as before.
@@ -45,7 +47,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from .errors import APIError
 
@@ -54,6 +56,7 @@ __all__ = ["COMMITTED", "DEFAULT_TABLE", "NOT_COMMITTED", "CommitInDoubt", "Comm
 log = logging.getLogger("dbapi_server.outcomes")
 
 DEFAULT_TABLE = "dbapi_commit_outcomes"
+DEFAULT_SCHEMA = "dbapi"  # on PostgreSQL: out of the application's schema (and its inspection)
 COMMITTED = "committed"
 NOT_COMMITTED = "rolled_back"
 
@@ -77,8 +80,8 @@ def _nothing(*args: Any) -> Iterator[None]:
 class CommitOutcomes:
     """The outcome table of one database (see the module docstring)."""
 
-    def __init__(self, engine: sa.Engine, *, table_name: str = DEFAULT_TABLE, ttl: float = 3600.0,
-                 settle_timeout: float = 10.0,
+    def __init__(self, engine: sa.Engine, *, table_name: str = DEFAULT_TABLE, schema: str | None = "",
+                 ttl: float = 3600.0, settle_timeout: float = 10.0,
                  as_server: Callable[[], AbstractContextManager[None]] = _nothing,
                  server_work: Callable[[sa.Connection], AbstractContextManager[None]] = _nothing) -> None:
         self.engine = engine
@@ -86,10 +89,16 @@ class CommitOutcomes:
         self.settle_timeout = settle_timeout
         self._as_server = as_server  # fresh connections checked out as the login role
         self._server_work = server_work  # the login role inside a client's transaction
-        self.metadata = sa.MetaData()
+        if schema == "":  # the default: a schema of its own on PostgreSQL, beside the application's
+            schema = DEFAULT_SCHEMA if engine.dialect.name == "postgresql" else None
+        self.schema = schema
+        self.metadata = sa.MetaData(schema=schema)
         self.table = sa.Table(
             table_name, self.metadata,
-            sa.Column("txn_id", sa.String(128), primary_key=True),
+            # compared byte for byte on MySQL/MariaDB too (their default collations fold case:
+            # "AB" and "ab" would share a row)
+            sa.Column("txn_id", sa.String(128).with_variant(
+                mysql.VARCHAR(128, charset="ascii", collation="ascii_bin"), "mysql", "mariadb"), primary_key=True),
             sa.Column("outcome", sa.String(16), nullable=False),
             sa.Column("owner", sa.String(64), nullable=True),  # SHA-256 of the token subject
             sa.Column("decided_at", sa.BigInteger, nullable=False),  # Unix seconds
@@ -102,23 +111,30 @@ class CommitOutcomes:
         """Create the table if it is missing (several instances may start at once)."""
         with self._as_server():
             try:
+                if self.schema is not None and not sa.inspect(self.engine).has_schema(self.schema):
+                    with self.engine.begin() as conn:
+                        conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
                 self.metadata.create_all(self.engine, checkfirst=True)
             except sa.exc.DBAPIError as exc:
                 # another instance created it between our check and our CREATE - or the DB-API's
                 # login may not create tables: then a DBA creates it (the DDL is in the message)
-                if not sa.inspect(self.engine).has_table(self.table.name):
+                if not sa.inspect(self.engine).has_table(self.table.name, schema=self.schema):
                     raise ValueError(
                         f"The DB-API cannot create its commit outcome table {self.table.name!r} "
                         f"({type(exc.orig).__name__}: {str(exc.orig).splitlines()[0]}). Create it as the "
-                        f"owner, with privileges for the DB-API's login only:\n{self.ddl()}\nor set "
+                        f"owner, the DB-API's login allowed to use it (schema USAGE; SELECT, INSERT, DELETE on "
+                        f"the table) and no one else:\n{self.ddl()}\nor set "
                         "DBAPI_COMMIT_OUTCOMES=memory (outcomes then end with the process).") from None
 
     def ddl(self) -> str:
         """The CREATE statements of the table and its index, for this database."""
-        from sqlalchemy.schema import CreateIndex, CreateTable
+        from sqlalchemy.schema import CreateIndex, CreateSchema, CreateTable
 
         dialect = self.engine.dialect
-        statements = [CreateTable(self.table).compile(dialect=dialect)]
+        statements: list[Any] = []
+        if self.schema is not None:
+            statements.append(CreateSchema(self.schema, if_not_exists=True).compile(dialect=dialect))
+        statements.append(CreateTable(self.table).compile(dialect=dialect))
         statements += [CreateIndex(index).compile(dialect=dialect) for index in self.table.indexes]
         return ";\n".join(str(s).strip() for s in statements) + ";"
 
@@ -178,8 +194,11 @@ class CommitOutcomes:
                     conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
                 conn.execute(fence)
             row = conn.execute(sa.select(self.table.c.outcome, self.table.c.owner)
-                               .where(self.table.c.txn_id == txn_id)).one()
+                               .where(self.table.c.txn_id == txn_id)).first()
             conn.rollback()
+        if row is None:  # the fence was not stored as sent (it cannot be, for the ids the API takes)
+            raise CommitInDoubt(f"The outcome of transaction {txn_id} could not be recorded; ask again.",
+                                retryable=True)
         return str(row.outcome), row.owner
 
     def _insert_if_absent(self, values: dict[str, Any]) -> sa.Executable:

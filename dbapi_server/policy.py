@@ -32,6 +32,7 @@ from query_translation.size import DocumentSize
 from . import _statement_scan
 from ._node_rules import NODE_RULES
 from .auth import Principal
+from .connection_settings import sqlite_pragma
 from .refusals import LimitExceeded, PolicyViolation
 from .row_filters import BIND_PREFIX, ROW_FILTER_BIND, filtered_statement
 
@@ -72,6 +73,14 @@ SAFE_CUSTOM_OPERATORS = frozenset({
 })
 
 ALL = "*"
+
+# Transaction-scoped settings a client may make as SQL text (PostgreSQL ``SET LOCAL``): applications
+# bound their own lock waits (Airflow's ``with_db_lock_timeout``). ``SET LOCAL`` ends with the
+# transaction, so it never reaches another caller's requests on a pooled connection; the value is
+# a plain duration. ``statement_timeout`` is not here: it would lift the policy's own limit.
+DEFAULT_SETTINGS = frozenset({"lock_timeout", "idle_in_transaction_session_timeout"})
+_SET_LOCAL = re.compile(r"\s*SET\s+LOCAL\s+([A-Za-z_]{1,63})\s*(?:=|\s+TO\s)\s*'?\d{1,9}(?:ms|s|min)?'?\s*;?\s*",
+                        re.IGNORECASE)
 
 
 class PolicyError(ValueError):
@@ -164,6 +173,9 @@ class TableGrant:
                 and not self.row_filter)
 
 
+READ_ONLY = TableGrant(read=ALL)
+
+
 @dataclass(frozen=True)
 class RolePolicy:
     """Everything one role may do. Tables not in ``tables`` are refused unless ``any_table`` is set."""
@@ -176,11 +188,26 @@ class RolePolicy:
     limits: Limits = Limits()
     any_table: TableGrant | None = None  # presets: this grant for every table not listed
     denied_tables: frozenset[str] = frozenset()
+    # presets: tables ``any_table`` grants only reading (the served extra tables, extra_tables.py)
+    read_only_tables: frozenset[str] = frozenset()
 
     def grant(self, table: str) -> TableGrant | None:
         if table in self.denied_tables:
             return None
-        return self.tables.get(table, self.any_table)
+        found = self.tables.get(table)
+        if found is not None:
+            return found
+        if self.any_table is not None and table in self.read_only_tables:
+            return READ_ONLY
+        return self.any_table
+
+    def unrestricted_for(self, info: StatementInfo) -> bool:
+        """:attr:`unrestricted`, unless the statement touches a read-only table of a preset."""
+        if not self.unrestricted:
+            return False
+        if not self.read_only_tables:
+            return True
+        return not (self.read_only_tables & (info.read_tables | {info.write_table}))
 
     @cached_property
     def unrestricted(self) -> bool:
@@ -210,9 +237,13 @@ class Policy:
     def __init__(self, roles: Mapping[str, RolePolicy] | None = None, *, limits: Limits = Limits(),
                  fallback: RolePolicy | None = None, denied_functions: frozenset[str] = DANGEROUS_FUNCTIONS,
                  allowed_literals: frozenset[str] = frozenset({"*"}),
-                 allowed_custom_operators: frozenset[str] = SAFE_CUSTOM_OPERATORS) -> None:
+                 allowed_custom_operators: frozenset[str] = SAFE_CUSTOM_OPERATORS,
+                 extra_tables: Iterable[str] = (), allowed_settings: frozenset[str] = DEFAULT_SETTINGS) -> None:
         self.roles = dict(roles or {})
         self.limits = limits
+        # tables outside the metadata the server reflects and serves (policy file's extra_tables)
+        self.extra_tables = frozenset(extra_tables)
+        self.allowed_settings = allowed_settings
         self.fallback = fallback  # the role of every caller whose role is not listed (presets only)
         self.denied_functions = denied_functions
         self.allowed_literals = allowed_literals
@@ -254,6 +285,14 @@ class Policy:
         from ._policy_file import policy_from_dict
 
         return policy_from_dict(data)
+
+    def serve_extra_tables(self, names: Iterable[str]) -> None:
+        """The served metadata has these extra tables: the preset role may only read them.
+
+        A listed role reads or writes them only as its own grants say (deny by default)."""
+        names = frozenset(names)
+        if self.fallback is not None and names:
+            self.fallback = replace(self.fallback, read_only_tables=self.fallback.read_only_tables | names)
 
     def validate(self, metadata: sa.MetaData) -> None:
         """Raise :class:`PolicyError` naming the first table or column *metadata* does not have."""
@@ -315,6 +354,8 @@ class Policy:
                 raise PolicyViolation("The statement uses a node type the DB-API's policy has no access rule for.",
                                       node=node_type if node_type.isidentifier() and len(node_type) <= 40
                                       else "<invalid>")
+        if self.is_allowed_setting(info):
+            return
         self._check_depth(info.depth, limits)
         self._check_literal_sql(info, role)
         self._check_custom_operators(info.custom_operators, role)
@@ -337,7 +378,7 @@ class Policy:
         role = self.role_for(principal)
         limits = self._limits_of(role)
         self._check_statement(info, role, limits)
-        if role.unrestricted or info.kind in DRIVER_SQL_KINDS or info.kind in (
+        if role.unrestricted_for(info) or self.is_allowed_setting(info) or info.kind in DRIVER_SQL_KINDS or info.kind in (
                 "savepoint", "rollback_to_savepoint", "release_savepoint"):
             return Plan(statement, limits)
         if info.literal_sql and role.raw_sql:
@@ -352,6 +393,17 @@ class Policy:
         return self._filtered(statement, access, role, principal, params or [{}], written, limits,
                               dialect if isinstance(dialect, sa.engine.Dialect) else None,
                               dialect.name if isinstance(dialect, sa.engine.Dialect) else dialect)
+
+    def is_allowed_setting(self, info: StatementInfo) -> bool:
+        """A whole statement ``SET LOCAL <allowed setting> = <duration>`` (``DEFAULT_SETTINGS``), or
+        a known SQLite ``PRAGMA name = value``, which is checked against the connection and never
+        run (:mod:`dbapi_server.connection_settings`)."""
+        if info.kind != "text" or len(info.literal_sql) != 1 or info.read_tables or info.functions:
+            return False
+        if sqlite_pragma(info) is not None:
+            return True
+        found = _SET_LOCAL.fullmatch(info.literal_sql[0])
+        return found is not None and found.group(1).lower() in self.allowed_settings
 
     def check_method(self, name: str, principal: Principal) -> None:
         """Refuse a named method the caller's role may not invoke."""

@@ -76,6 +76,7 @@ class ServerState:
     wall: DatabaseWall | None = None  # database roles per policy role (db_wall), when configured
     # the commit outcome table (dbapi_server.outcomes); None: outcomes in this process's memory only
     outcome_table: str | None = DEFAULT_TABLE
+    outcome_schema: str = ""  # "": the default (a schema of its own on PostgreSQL)
     outcome_ttl: float = 3600.0
     executor: StatementExecutor = field(init=False)
     read_engine: sa.Engine = field(init=False)
@@ -98,8 +99,9 @@ class ServerState:
             if self.outcome_table in self.metadata.tables:
                 raise ValueError(f"The commit outcome table {self.outcome_table!r} is one of the application's "
                                  "tables; name another (DBAPI_COMMIT_OUTCOME_TABLE).")
-            outcomes = CommitOutcomes(self.engine, table_name=self.outcome_table, ttl=self.outcome_ttl,
-                                      as_server=self._as_server, server_work=self._server_work)
+            outcomes = CommitOutcomes(self.engine, table_name=self.outcome_table, schema=self.outcome_schema,
+                                      ttl=self.outcome_ttl, as_server=self._as_server,
+                                      server_work=self._server_work)
             outcomes.create()
         self.transactions = TransactionManager(self.engine, idle_timeout=self.idle_timeout, outcomes=outcomes)
         self.cursors = CursorRegistry(idle_timeout=self.idle_timeout)

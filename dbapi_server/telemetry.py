@@ -30,6 +30,7 @@ __all__ = ["STATEMENT_KINDS", "TOKEN_FAILURES", "RequestLabels", "current", "lab
 
 # what ``kind`` may be; "none" for requests that carry no statement (info, probes...)
 STATEMENT_KINDS = frozenset({"select", "insert", "update", "delete", "ddl", "sql", "method", "commit",
+                             "batch", "batch_commit",
                              "rollback", "fetch", "close", "other", "none"})
 # why a token was refused (``Unauthenticated.reason``)
 TOKEN_FAILURES = frozenset({"missing", "malformed", "algorithm", "no_kid", "unknown_kid", "expired",

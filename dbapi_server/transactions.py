@@ -212,6 +212,10 @@ class TransactionManager:
                                f"here ({txn.last_seq}); it was not committed.", status=409, code="out_of_order")
             return self._end(txn, verb)
 
+    def finished(self, txn_id: str, verb: str, owner: str | None = None) -> str:
+        """The answer to *verb* asked again of a transaction that has ended (its outcome)."""
+        return self._finished(txn_id, verb, owner)
+
     def _finished(self, txn_id: str, verb: str, owner: str | None = None) -> str:
         label(replayed=True)  # asked again: answered from the remembered outcome
         outcome = self.outcome(txn_id)
@@ -226,6 +230,25 @@ class TransactionManager:
                 f"Transaction {txn_id} was not committed: it was {outcome.replace('_', ' ')}.",
                 outcome=outcome)
         return outcome
+
+    def end_locked(self, txn: Transaction, verb: str) -> str:
+        """Commit or roll back a transaction whose lock the caller holds (a committing batch).
+
+        With the outcome table, a commit whose outcome row exists already is a committing batch
+        asked again on this instance after an earlier attempt ended the transaction on another
+        (its instance died before answering): this attempt is rolled back, and the answer is the
+        row's outcome - committed, or ``TransactionNotHere`` - never a second commit.
+        """
+        try:
+            return self._end(txn, verb)
+        except TransactionGone:
+            if verb != "commit" or self.outcomes is None:
+                raise
+            return self._settled(txn.id, txn.owner)
+
+    def is_open(self, txn_id: str) -> bool:
+        with self._lock:
+            return txn_id in self._open
 
     def lose(self, txn: Transaction) -> None:
         """End *txn*, whose database connection was lost (call holding ``txn.lock``): outcome

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 
 from query_translation import TRANSMITTED_BUILTINS, decode_rows, decode_value
+from query_translation.reflection import decode_reflected
 
 from .config import get_settings
 from .exceptions import DBAPIRequestError
@@ -77,6 +78,7 @@ class DisconnectError(OperationalError):
 
 
 DEFAULT_COMMIT_RETRY_DEADLINE = 30.0
+NOT_SERVED: Any = object()  # an older DB-API without the catalog routes
 
 
 class CommitOutcomeUnknownError(sa_exc.DontWrapMixin, sa_exc.OperationalError, DisconnectError):
@@ -162,15 +164,44 @@ class Connection:
         self.txn: str | None = None
         self.seq = 0
         self.closed = False
+        # A commit's final flush (dbsession._commit_batch): its UPDATEs wait here, with the row
+        # count the ORM expects, and travel together - with the COMMIT at the end of the flush.
+        self.deferral: Any = None
+        self.deferred: list[Deferred] = []
+        self.commit_error: BaseException | None = None  # what the COMMIT that travelled with them raised
+        self.registered_functions: dict[str, Any] = {}
+
+    # sqlite3's user-defined SQL functions, which applications register in a "connect" listener
+    # (MLflow: REGEXP, PERCENTILE). Statements run on the DB-API's connections, so a function must
+    # be registered there (by the DB-API's deployment); here the registration is only recorded,
+    # and a statement using a function the DB-API lacks fails there as it would directly
+    # (OperationalError "no such function").
+    def create_function(self, name: str, narg: int, func: Any, *, deterministic: bool = False) -> None:
+        self.registered_functions[name.lower()] = func
+
+    def create_aggregate(self, name: str, n_arg: int, aggregate_class: Any) -> None:
+        self.registered_functions[name.lower()] = aggregate_class
+
+    def create_window_function(self, name: str, num_params: int, aggregate_class: Any) -> None:
+        self.registered_functions[name.lower()] = aggregate_class
+
+    def create_collation(self, name: str, callable: Any) -> None:
+        self.registered_functions[name.lower()] = callable
 
     def cursor(self, stream: bool = False) -> Cursor:
         return StreamingCursor(self) if stream else Cursor(self)
 
     # -- transaction control ----------------------------------------------------------------
     def commit(self) -> None:
+        if self.commit_error is not None:  # the batch's COMMIT failed or was lost: raised here, as directly
+            error, self.commit_error = self.commit_error, None
+            raise error
+        if self.deferred:
+            self.deferral.send_pending(self, commit=False)
         self._finish("commit")
 
     def rollback(self) -> None:
+        self.deferred, self.commit_error = [], None  # never sent: nothing of them ran
         self._finish("rollback")
 
     def _finish(self, verb: str) -> None:
@@ -210,6 +241,7 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        self.deferred, self.commit_error = [], None
         if self.txn is not None:
             try:
                 self.rollback()
@@ -226,6 +258,8 @@ class Connection:
         """
         if self.closed:
             raise InterfaceError("This DB-API connection is closed.")
+        if self.deferred:  # they come first, as they would have run first
+            self.deferral.send_pending(self, commit=False)
         begin = False
         if self.txn is None and (needs_txn or self.eager_transactions):
             self.txn, self.seq, begin = uuid.uuid4().hex, 0, True
@@ -235,8 +269,8 @@ class Connection:
             if begin:
                 payload["begin"] = True
         try:
-            return self.transport.post(path, payload, replay_safe=True,  # type: ignore[no-any-return]
-                                       route=self.txn if self.txn is not None else route)
+            return self._post(path, payload, [payload],  # type: ignore[no-any-return]
+                              route=self.txn if self.txn is not None else route)
         except ServerUnreachable as exc:
             self.txn = None
             raise DisconnectError(str(exc)) from exc
@@ -258,6 +292,133 @@ class Connection:
             self._unless_recorded(exc.txn_state, begin)
             raise
 
+    def has_table(self, name: str, schema: str | None) -> bool | None:
+        """``Dialect.has_table`` answered by the DB-API (tables it serves to this caller), or None
+        from a DB-API that predates the question."""
+        if self.closed:
+            raise InterfaceError("This DB-API connection is closed.")
+        try:
+            reply = self.transport.post("/catalog/has_table", {"name": name, "schema": schema}, replay_safe=True)
+        except ServerUnreachable as exc:
+            raise DisconnectError(str(exc)) from exc
+        except DBAPIRequestError as exc:
+            if exc.status == 404 and exc.code == "not_found":
+                return None
+            raise
+        return bool(reply.get("exists"))
+
+    def reflect(self, method: str, args: dict[str, Any]) -> Any:
+        """A dialect reflection method run by the DB-API (``dbapi_server.reflection``); raises
+        ``NoSuchTableError`` as the server's dialect did, or returns :data:`NOT_SERVED` from a
+        DB-API that predates the question."""
+        if self.closed:
+            raise InterfaceError("This DB-API connection is closed.")
+        try:
+            reply = self.transport.post("/catalog/reflect", {"method": method, "args": args}, replay_safe=True)
+        except ServerUnreachable as exc:
+            raise DisconnectError(str(exc)) from exc
+        except DBAPIRequestError as exc:
+            if exc.status == 404 and exc.code == "not_found":
+                return NOT_SERVED
+            raise
+        if reply.get("raise") == "NoSuchTableError":
+            raise sa_exc.NoSuchTableError(str(reply.get("message", "")))
+        if reply.get("raise") == "NotImplementedError":  # Inspector skips what a dialect lacks
+            raise NotImplementedError(str(reply.get("message", "")))
+        return decode_reflected(reply.get("result"))
+
+    def run_batch(self, statements: list[dict[str, Any]], *, commit: bool) -> dict[str, Any]:
+        """Send statements of this connection's transaction in one request (``POST /batch``).
+
+        Each statement carries ``expect``: the row count it must match (or None). With *commit*
+        the server commits if and only if all ran and matched. The answer is the server's:
+        ``{"outcome": "committed"}``, ``{}`` (ran, not committing), ``{"failed": {"index",
+        "rowcount"}}`` or ``{"commit_error": envelope}``. A statement's error is raised as
+        :meth:`run` raises it, with ``batch_index`` naming the statement. A committing batch whose
+        answer was lost is asked again up to the commit deadline, as a commit is; if its outcome
+        stays unknown, ``commit_error`` holds the :class:`CommitOutcomeUnknownError` to raise at
+        ``commit()``.
+        """
+        if self.closed:
+            raise InterfaceError("This DB-API connection is closed.")
+        begin = False
+        if self.txn is None:
+            self.txn, self.seq, begin = uuid.uuid4().hex, 0, True
+        txn = self.txn
+        self.seq += 1
+        payload: dict[str, Any] = {"txn": txn, "seq": self.seq, "statements": statements}
+        if begin:
+            payload["begin"] = True
+        if commit:
+            payload["commit"] = True
+        try:
+            reply: dict[str, Any] = self._post("/batch", payload, statements, route=txn,
+                                               deadline=self.commit_retry_deadline if commit else None)
+        except ServerUnreachable as exc:
+            self.txn = None
+            if commit and exc.answer_lost:
+                self.commit_error = CommitOutcomeUnknownError(
+                    txn, f"{exc} (commit_retry_deadline sets how long the client keeps asking.)")
+                return {"outcome": "unknown"}
+            raise DisconnectError(str(exc)) from exc  # never reached the server: nothing ran
+        except DatabaseErrorReply as exc:
+            lost = exc.envelope.get("txn_state") == "lost"
+            if lost:  # the server's database connection died: the transaction is gone (a disconnect)
+                self.txn = None
+            else:
+                self._unless_recorded(exc.envelope.get("txn_state"), begin)
+            error = _database_error(exc, disconnect=lost)
+            error.batch_index = exc.envelope.get("index")  # type: ignore[attr-defined]
+            raise error from None
+        except DBAPIRequestError as exc:
+            if commit and exc.answer_lost and not (exc.status == 410 and exc.outcome):
+                self.txn = None
+                self.commit_error = CommitOutcomeUnknownError(
+                    txn, f"an attempt's answer was lost, and the DB-API that answered the retry "
+                    f"cannot tell: {exc}")
+                return {"outcome": "unknown"}
+            if exc.code == "transaction_not_here":  # its instance is gone: lost, as run() says
+                self.txn = None
+                raise DisconnectError(str(exc)) from exc
+            self._unless_recorded(exc.txn_state, begin)
+            raise
+        if "commit_error" in reply:
+            self.txn = None
+            self.commit_error = _database_error(DatabaseErrorReply(reply["commit_error"]))
+        elif reply.get("outcome") == "committed":
+            self.txn = None
+        return reply
+
+    def _post(self, path: str, payload: dict[str, Any], statements: list[dict[str, Any]],
+              deadline: float | None = None, route: str | None = None) -> Any:
+        """POST *payload*, whose *statements* leave out the documents this host already has.
+
+        A statement travels as its document's hash once it has been sent to this host (by any
+        connection of the process). A DB-API that does not hold it (restarted, evicted, another
+        instance) answers ``unknown_statement`` before anything runs; the request is then sent
+        again with the documents, under the same sequence number.
+        """
+        known = self.transport.known_statements
+        slim = [s for s in statements if s.get("stmt_hash") in known]
+        if slim:
+            documents = [(s, s.pop("stmt")) for s in slim]
+            try:
+                return self.transport.post(path, payload, replay_safe=True, deadline=deadline, route=route)
+            except DBAPIRequestError as exc:
+                if exc.code != "unknown_statement":
+                    raise
+                for statement, _document in documents:
+                    known.discard(statement["stmt_hash"])
+            finally:
+                for statement, document in documents:
+                    statement["stmt"] = document
+        try:
+            return self.transport.post(path, payload, replay_safe=True, deadline=deadline, route=route)
+        finally:
+            for statement in statements:
+                if "stmt_hash" in statement:
+                    known.add(statement["stmt_hash"])
+
     def _unless_recorded(self, txn_state: str | None, begin: bool) -> None:
         """After an error: did the request reach the server transaction (and use its number)?"""
         if txn_state == "open":
@@ -266,6 +427,16 @@ class Connection:
             self.txn = None  # refused before the transaction existed
         elif self.txn is not None:
             self.seq -= 1  # refused before reaching it (e.g. authentication): number unused
+
+
+class Deferred:
+    """A statement held back until the batch it travels in: its request, the row count it must
+    match (None: no check) and the execution context that raises its errors."""
+
+    __slots__ = ("context", "expect", "payload")
+
+    def __init__(self, payload: dict[str, Any], expect: int | None, context: Any) -> None:
+        self.payload, self.expect, self.context = payload, expect, context
 
 
 class Cursor:
@@ -294,6 +465,11 @@ class Cursor:
         self._pos = 0
         self.rowcount = reply.get("rowcount", -1)
         self.lastrowid = decode_value(reply["lastrowid"]) if "lastrowid" in reply else None
+
+    def defer(self, payload: dict[str, Any], expect: int | None, rowcount: int, context: Any) -> None:
+        """Hold the statement back (``Connection.deferred``); report *rowcount*, no rows."""
+        self.connection.deferred.append(Deferred(payload, expect, context))
+        self.description, self._rows, self._pos, self.rowcount, self.lastrowid = None, [], 0, rowcount, None
 
     def execute(self, operation: Any, parameters: Any = None) -> None:
         raise NotSupportedError(

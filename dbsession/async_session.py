@@ -16,10 +16,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
-from . import guard
-from .config import Settings, get_settings
+from .config import Settings
 from .dialect import isolated_url
-from .session import _is_isolated_bind, on_release
+from .session import on_release, resolve_bind
 
 __all__ = ["AsyncDBSession", "create_isolated_async_engine", "isolated_async_engine"]
 
@@ -79,21 +78,8 @@ class AsyncDBSession(AsyncSession):
                  database_api_host: str | None = None, token: str | None = None,
                  token_file: str | None = None, commit_retry_deadline: float | None = None,
                  **kw: Any) -> None:
-        settings = get_settings(database_access_isolation=database_access_isolation,
-                                database_api_host=database_api_host, token=token, token_file=token_file,
-                                commit_retry_deadline=commit_retry_deadline)
-        self.isolated = settings.database_access_isolation
-        if self.isolated:
-            for candidate in [bind, *(kw.get("binds") or {}).values()]:
-                if candidate is not None and not _is_isolated_bind(candidate):
-                    raise guard.refuse(
-                        f"AsyncDBSession was given a direct database bind ({candidate!r}) while "
-                        "database_access_isolation is on; leave bind unset - the session talks "
-                        "to the DB-API at database_api_host.")
-            if bind is None and not kw.get("binds"):
-                bind = isolated_async_engine(settings)
-            arguments = (database_access_isolation, database_api_host, token, token_file, commit_retry_deadline)
-            process = settings if all(a is None for a in arguments) else get_settings()
-            if process.database_access_isolation:
-                guard.install()  # the process itself is in isolation mode, not just this session
+        self.isolated, bind = resolve_bind(
+            "AsyncDBSession", bind, kw, isolated_async_engine,
+            database_access_isolation=database_access_isolation, database_api_host=database_api_host,
+            token=token, token_file=token_file, commit_retry_deadline=commit_retry_deadline)
         super().__init__(bind=bind, **kw)

@@ -35,7 +35,8 @@ from sqlalchemy.sql import compiler as sql_compiler
 from sqlalchemy.util import memoized_property
 
 from query_translation import WIRE_VERSION, driver_sql_document, driver_sql_params, encode_params, to_wire
-from query_translation.fingerprint import sql_fingerprint, text_fingerprint
+from query_translation.fingerprint import document_hash, sql_fingerprint, text_fingerprint
+from query_translation.reflection import REFLECTION_METHODS
 
 from . import _adapt_psycopg, _dbapi
 from ._adapt import adapter_for
@@ -167,7 +168,7 @@ def _context_for(base: type) -> type:
 
 
 # -- the dialect ---------------------------------------------------------------------------------
-_wire_cache: weakref.WeakKeyDictionary[Any, tuple[dict[str, Any], str, bool]] = weakref.WeakKeyDictionary()
+_wire_cache: weakref.WeakKeyDictionary[Any, tuple[dict[str, Any], str, bool, str | None]] = weakref.WeakKeyDictionary()
 
 
 def _has_dml(document: Any) -> bool:
@@ -183,8 +184,9 @@ def _has_dml(document: Any) -> bool:
     return False
 
 
-def _wire_for(compiled: sql_compiler.SQLCompiler) -> tuple[dict[str, Any], str, bool]:
-    """(wire document, SQL hash, needs a transaction) for a compiled statement, cached on it."""
+def _wire_for(compiled: sql_compiler.SQLCompiler) -> tuple[dict[str, Any], str, bool, str | None]:
+    """(wire document, SQL hash, needs a transaction, document hash) for a compiled statement,
+    cached on it."""
     cached = _wire_cache.get(compiled)
     if cached is None:
         root = compiled.compile_state.statement if compiled.compile_state is not None else compiled.statement
@@ -193,7 +195,7 @@ def _wire_for(compiled: sql_compiler.SQLCompiler) -> tuple[dict[str, Any], str, 
         needs_txn = (node["t"] not in ("select", "compound_select") or _locks(node)
                      or _has_dml(document))  # a SELECT writing through a data-modifying CTE
         digest = sql_fingerprint(compiled)
-        cached = _wire_cache[compiled] = (document, digest, needs_txn)
+        cached = _wire_cache[compiled] = (document, digest, needs_txn, document_hash(document))
     return cached
 
 
@@ -232,6 +234,14 @@ def _locks(node: Any) -> bool:
 
 _FORWARDED_OPTIONS = ("preserve_rowcount", "insertmanyvalues_page_size")
 _DEFAULT_PAGE_ROWS = 1000  # stream_results without yield_per / max_row_buffer
+
+
+def _remote_reflection(method: str) -> Any:
+    def reflect(self: Any, connection: Any, *args: Any, **kw: Any) -> Any:
+        return self._dbs_reflect(method, connection, args, kw)
+    reflect.__name__ = reflect.__qualname__ = method
+    reflect.__doc__ = f"``{method}``, answered by the DB-API for the tables it serves to this caller."
+    return reflect
 
 
 class _IsolatedDialectMixin:
@@ -293,6 +303,39 @@ class _IsolatedDialectMixin:
     def initialize(self, connection: Any) -> None:
         _apply_state(self, self._dbs_state)
 
+    def has_table(self, connection: Any, table_name: str, schema: str | None = None, **kw: Any) -> bool:
+        """Asked of the DB-API: the database's catalog is not readable as structure, and alembic's
+        ``MigrationContext`` (Airflow's and MLflow's migration checks) asks before it reads
+        ``alembic_version``. Tables the server does not serve to this caller do not exist."""
+        self._ensure_has_table_connection(connection)  # type: ignore[attr-defined]
+        found = connection.connection.dbapi_connection.has_table(table_name, schema)
+        if found is None:  # an older DB-API: the dialect's own catalog query (raw SQL, if allowed)
+            return super().has_table(connection, table_name, schema, **kw)  # type: ignore[misc,no-any-return]
+        return bool(found)
+
+    def _dbs_reflect(self, method: str, connection: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+        """One reflection method, answered by the DB-API (``dbapi_server.reflection``)."""
+        names = REFLECTION_METHODS[method]
+        sent: dict[str, Any] = dict(zip(names, args, strict=False))
+        options: dict[str, Any] = {}
+        for name, value in kw.items():
+            if name in ("info_cache", "unreflectable"):
+                continue
+            if name in ("schema", "filter_names", "table_name", "index_name"):
+                sent[name] = list(value) if name == "filter_names" and value is not None else value
+            elif name in ("kind", "scope"):
+                sent[name] = value.value
+            elif name.startswith(f"{self.name}_") and isinstance(value, (str, int, float, bool, type(None))):  # type: ignore[attr-defined]
+                options[name] = value  # the dialect's own options (postgresql_ignore_search_path...)
+        if options:
+            sent["kw"] = options
+        found = connection.connection.dbapi_connection.reflect(method, sent)
+        if found is _dbapi.NOT_SERVED:  # an older DB-API: the dialect's own catalog queries
+            return getattr(super(), method)(connection, *args, **kw)
+        if method.startswith("get_multi_"):
+            return [(tuple(k), v) for k, v in found]
+        return found
+
     def get_default_isolation_level(self, dbapi_conn: Any) -> Any:
         return self._dbs_state.get("default_isolation_level")
 
@@ -352,9 +395,12 @@ class _IsolatedDialectMixin:
             # silently as the compiled statement
             self._dbs_send_text(cursor, context, None, many=many, sql=sql)
             return
-        document, digest, needs_txn = _wire_for(compiled)
+        document, digest, needs_txn, doc_hash = _wire_for(compiled)
+        # the connection leaves the document out once this host has it (``stmt_hash`` suffices)
         payload: dict[str, Any] = {"stmt": document, "sql": digest,
                                    "params": encode_params(driver_parameters(context, self._dbs_adapter))}
+        if doc_hash is not None:
+            payload["stmt_hash"] = doc_hash
         if many or context.executemany:
             payload["many"] = True
         if compiled.isinsert and ("select" in document["statement"] or "multi_values" in document["statement"]):
@@ -369,6 +415,13 @@ class _IsolatedDialectMixin:
         options = {k: context.execution_options[k] for k in _FORWARDED_OPTIONS if k in context.execution_options}
         if options:
             payload["options"] = options
+        deferral = cursor.connection.deferral
+        if deferral is not None:  # a commit's final flush: its UPDATEs may travel with the COMMIT
+            n_params = len(payload["params"])
+            held, expect = deferral.expectation(context, compiled, cursor, n_params)
+            if held:
+                cursor.defer(payload, expect, n_params, context)
+                return
         cursor.run(payload, needs_txn=needs_txn)
 
     def _dbs_send_text(self, cursor: Any, context: Any, compiled: Any, *, many: bool,
@@ -443,6 +496,12 @@ def isolated_url(api_host: str) -> URL:
 # capabilities of the client side itself, never taken from the server: streamed results always
 # come page by page through the DB-API, whatever the server's driver calls its cursors
 _CLIENT_OWNED = frozenset({"supports_server_side_cursors", "server_side_cursors"})
+
+
+# The catalog is read with SQL text, which an isolated client may not send: the DB-API runs the
+# server dialect's own reflection methods on the tables it serves to the caller.
+for _name in REFLECTION_METHODS:
+    setattr(_IsolatedDialectMixin, _name, _remote_reflection(_name))
 
 
 def _apply_state(dialect: Any, state: Mapping[str, Any]) -> None:

@@ -83,6 +83,7 @@ class DBAPIRequestError(DBSessionError):
         self.outcome = outcome  # a finished transaction's remembered outcome (410 on commit)
         # True when this answered a retry after an earlier attempt's answer was lost
         self.answer_lost = False
+        self.batch_index: int | None = None  # the statement of a batch (POST /batch) it answers
         refused = refused or {}
         # what a policy refusal names (None when it does not apply)
         self.role: str | None = refused.get("role")

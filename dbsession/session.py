@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from . import guard
+from . import _commit_batch, guard
 from .config import Settings, get_settings
 from .dialect import create_isolated_engine, forget_server_info
 from .transport import discard_transports
@@ -66,6 +66,31 @@ def _is_isolated_bind(bind: Any) -> bool:
     return bool(getattr(getattr(bind, "dialect", None), "is_dbsession", False))
 
 
+def resolve_bind(kind: str, bind: Any, kw: dict[str, Any], make_engine: Callable[[Settings], Any],
+                 **arguments: Any) -> tuple[bool, Any]:
+    """(isolated, bind) for a ``DBSession`` or ``AsyncDBSession`` built with *arguments*.
+
+    Isolated: a direct bind is refused loudly, no bind means the isolated engine
+    (*make_engine*), and a process whose own settings say isolation gets the guard. Direct: the
+    bind as given - the session is then a plain ``Session`` / ``AsyncSession``.
+    """
+    settings = get_settings(**arguments)
+    if not settings.database_access_isolation:
+        return False, bind
+    for candidate in [bind, *(kw.get("binds") or {}).values()]:
+        if candidate is not None and not _is_isolated_bind(candidate):
+            raise guard.refuse(
+                f"{kind} was given a direct database bind ({candidate!r}) while "
+                "database_access_isolation is on; leave bind unset - the session talks "
+                "to the DB-API at database_api_host.")
+    if bind is None and not kw.get("binds"):
+        bind = make_engine(settings)
+    process = settings if all(a is None for a in arguments.values()) else get_settings()
+    if process.database_access_isolation:
+        guard.install()  # the process itself is in isolation mode, not just this session
+    return True, bind
+
+
 class DBSession(Session):
     """A ``Session`` that, when ``database_access_isolation`` is on, talks to the DB-API."""
 
@@ -73,21 +98,30 @@ class DBSession(Session):
                  database_api_host: str | None = None, token: str | None = None,
                  token_file: str | None = None, commit_retry_deadline: float | None = None,
                  **kw: Any) -> None:
-        settings = get_settings(database_access_isolation=database_access_isolation,
-                                database_api_host=database_api_host, token=token, token_file=token_file,
-                                commit_retry_deadline=commit_retry_deadline)
-        self.isolated = settings.database_access_isolation
-        if self.isolated:
-            for candidate in [bind, *(kw.get("binds") or {}).values()]:
-                if candidate is not None and not _is_isolated_bind(candidate):
-                    raise guard.refuse(
-                        f"DBSession was given a direct database bind ({candidate!r}) while "
-                        "database_access_isolation is on; leave bind unset - the session talks "
-                        "to the DB-API at database_api_host.")
-            if bind is None and not kw.get("binds"):
-                bind = isolated_engine(settings)
-            arguments = (database_access_isolation, database_api_host, token, token_file, commit_retry_deadline)
-            process = settings if all(a is None for a in arguments) else get_settings()
-            if process.database_access_isolation:
-                guard.install()  # the process itself is in isolation mode, not just this session
+        self.isolated, bind = resolve_bind(
+            "DBSession", bind, kw, isolated_engine, database_access_isolation=database_access_isolation,
+            database_api_host=database_api_host, token=token, token_file=token_file,
+            commit_retry_deadline=commit_retry_deadline)
         super().__init__(bind=bind, **kw)
+
+    def commit(self) -> None:
+        """``Session.commit()``; isolated, its final flush may carry the COMMIT (``_commit_batch``)."""
+        if not self.isolated:
+            return super().commit()
+        self._dbs_committing = True
+        try:
+            super().commit()
+        finally:
+            self._dbs_committing = False
+
+    def flush(self, objects: Any = None) -> None:
+        if objects is not None or not getattr(self, "_dbs_committing", False) or self._flushing:
+            return super().flush(objects)
+        plan = _commit_batch.commit_flush_for(self)
+        if plan is None:
+            return super().flush()
+        with plan:
+            super().flush()
+
+
+_commit_batch.install(DBSession)

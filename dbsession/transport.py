@@ -122,7 +122,8 @@ class Transport:
     """
 
     def __init__(self, base_url: str, token: TokenSource, *, timeout: float = 30.0,
-                 maxsize: int = 16, connect_attempts: int = 4, ssl_context: ssl.SSLContext | None = None) -> None:
+                 maxsize: int = 16, connect_attempts: int = 4, ssl_context: ssl.SSLContext | None = None,
+                 pool: Any = None) -> None:
         parts = urlsplit(base_url if "://" in base_url else f"http://{base_url}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"database_api_host must look like http://host:port, got {base_url!r}.")
@@ -138,7 +139,12 @@ class Transport:
         self._common_headers = (f"Host: {host_header}\r\nAccept: application/json\r\n"
                                 f"User-Agent: dbsession\r\n").encode("latin-1")
         self._auth_line: tuple[str | None, bytes] = (None, b"")
-        self._pool = self._open_pool(parts.scheme, parts.hostname, port, timeout, maxsize, ssl_context)
+        # hashes of the statement documents this host has been sent (dbsession._dbapi): later
+        # requests carry the hash alone
+        self.known_statements: set[str] = set()
+        # *pool*: another transport's for the same host (transport_for: one pool per host, not per token)
+        self._pool = pool if pool is not None else self._open_pool(parts.scheme, parts.hostname, port, timeout,
+                                                                   maxsize, ssl_context)
 
     def _open_pool(self, scheme: str, host: str, port: int, timeout: float, maxsize: int,
                    ssl_context: ssl.SSLContext | None) -> Any:
@@ -282,11 +288,13 @@ class Transport:
                 f"{self.base_url} really a DB-API server?", status=status, request_id=request_id)
         if status == 422 and envelope.get("code") in ("database_error", "statement_error", "driver_error"):
             raise DatabaseErrorReply(envelope, request_id)
-        raise error_class_for(status, envelope.get("code"))(
+        error = error_class_for(status, envelope.get("code"))(
             envelope.get("message", f"HTTP {status}"), code=envelope.get("code", "error"),
             error_id=envelope.get("error_id"), request_id=request_id, status=status, details=envelope.get("details"),
             txn_state=envelope.get("txn_state"), outcome=envelope.get("outcome"),
             refused={k: envelope[k] for k in REFUSAL_FIELDS if k in envelope})
+        error.batch_index = envelope.get("index")  # which statement of a batch (POST /batch) it was
+        raise error
 
 
 def _check_path(path: str) -> None:
@@ -313,23 +321,33 @@ def _envelope_code(response: Response) -> str | None:
 
 _registry_lock = threading.Lock()
 _registry: dict[tuple[str, str | None, str | None], Transport] = {}
+_pools: dict[tuple[str, float], Any] = {}
 
 
 def transport_for(host: str, token: str | None = None, token_file: str | None = None,
                   timeout: float = 30.0) -> Transport:
-    """The shared, pooled transport for (host, token source); created on first use."""
+    """The shared transport for (host, token source); created on first use.
+
+    Transports of one host share one keep-alive connection pool (per timeout): a process whose
+    sessions use many tokens (one per task) keeps one set of sockets, not one per token. A
+    request's token travels in its own header, so sharing a socket shares nothing else.
+    """
     key = (host, token, token_file)
     with _registry_lock:
         transport = _registry.get(key)
         if transport is None:
-            transport = _registry[key] = Transport(host, TokenSource(token, token_file), timeout=timeout)
+            pool = _pools.get((host, timeout))
+            transport = _registry[key] = Transport(host, TokenSource(token, token_file), timeout=timeout, pool=pool)
+            _pools.setdefault((host, timeout), transport._pool)
         return transport
 
 
 def discard_transports(host: str) -> list[str]:
-    """Close and forget the transports for *host*; returns their base URLs."""
+    """Close and forget the transports (and their pools) for *host*; returns their base URLs."""
     with _registry_lock:
         found = [_registry.pop(key) for key in [k for k in _registry if k[0] == host]]
+        for key in [k for k in _pools if k[0] == host]:
+            del _pools[key]
     for transport in found:
         transport.close()
     return [transport.base_url for transport in found]

@@ -11,7 +11,13 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-__all__ = ["sql_fingerprint", "text_fingerprint"]
+import orjson
+
+__all__ = ["MAX_HASHED_DOCUMENT", "document_hash", "sql_fingerprint", "text_fingerprint"]
+
+# the largest document the DB-API keeps decoded under its hash (its decode cache's bound); a larger
+# one travels whole every time, without a hash
+MAX_HASHED_DOCUMENT = 32 << 10
 
 
 def sql_fingerprint(compiled: Any) -> str:
@@ -30,3 +36,15 @@ def sql_fingerprint(compiled: Any) -> str:
 def text_fingerprint(sql: str) -> str:
     """Hex digest of SQL sent as text (DDL, driver SQL): what the server will run."""
     return hashlib.sha1(sql.encode(), usedforsecurity=False).hexdigest()
+
+
+def document_hash(document: Any) -> str | None:
+    """The id of a statement document on the wire: SHA-256 of its JSON as orjson writes it
+    (None for a document larger than :data:`MAX_HASHED_DOCUMENT`, which is never sent by hash).
+
+    A client sends a statement's document once per DB-API host and process, then only this hash;
+    the server verifies it against the document the first time (so no client can make a hash
+    name another document) and answers ``unknown_statement`` when it does not know it.
+    """
+    raw = orjson.dumps(document)
+    return hashlib.sha256(raw).hexdigest() if len(raw) <= MAX_HASHED_DOCUMENT else None

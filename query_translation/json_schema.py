@@ -9,6 +9,7 @@ which also checks what JSON Schema cannot say (operators, names resolved against
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from marshmallow import fields, validate
@@ -57,6 +58,8 @@ def _field_schema(field: fields.Field[Any]) -> dict[str, Any]:
         schema = {"type": "string"}
     elif isinstance(field, fields.List):
         schema = {"type": "array", "items": _field_schema(field.inner)}
+    elif isinstance(field, fields.Nested):  # an object of its own fields (an upsert, a hint, a prefix)
+        schema = _object_schema(field.schema.fields)
     elif isinstance(field, fields.Dict):
         schema = {"type": "object"}
     else:  # fields.Raw: any JSON (a value or a node, told apart by the decoder)
@@ -67,9 +70,9 @@ def _field_schema(field: fields.Field[Any]) -> dict[str, Any]:
     return schema
 
 
-def _node_schema(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-    properties: dict[str, Any] = {"t": {"const": kind}, "@": {"type": "integer"}, "al": _ref("Name")}
-    required = ["t"] if kind != "ref" else ["t", "@"]
+def _object_schema(spec: Mapping[str, Any], properties: dict[str, Any] | None = None,
+                   required: list[str] | None = None) -> dict[str, Any]:
+    properties, required = dict(properties or {}), list(required or [])
     for name, field in spec.items():
         key = field.data_key or name
         properties[key] = _field_schema(field)
@@ -77,6 +80,11 @@ def _node_schema(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
             required.append(key)
     return {"type": "object", "properties": properties, "required": required,
             "additionalProperties": False}
+
+
+def _node_schema(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return _object_schema(spec, {"t": {"const": kind}, "@": {"type": "integer"}, "al": _ref("Name")},
+                          ["t"] if kind != "ref" else ["t", "@"])
 
 
 def _value_schema() -> dict[str, Any]:

@@ -233,15 +233,18 @@ def test_other_databases_refuse_the_setting(tmp_path: Any) -> None:
 def test_the_commit_outcome_table_is_the_servers_alone(backend: Backend, roles: DatabaseRoles) -> None:
     """The server writes a commit's outcome row as the login role (the caller's role has no privilege
     on that table, which is not the application's: no wall role is granted it, nor PUBLIC)."""
-    from dbapi_server.outcomes import DEFAULT_TABLE
+    from dbapi_server.outcomes import DEFAULT_SCHEMA, DEFAULT_TABLE
 
+    table = f"{DEFAULT_SCHEMA}.{DEFAULT_TABLE}"
     with backend.worker() as s, s.begin():
         ti = s.get(TaskInstance, 1)
         assert ti is not None
         ti.hostname = "outcome-host"
     with backend.engine.connect() as conn:
-        assert conn.scalar(sa.text(f"SELECT count(*) FROM {DEFAULT_TABLE}"))  # the commit wrote its row
+        assert conn.scalar(sa.text(f"SELECT count(*) FROM {table}"))  # the commit wrote its row
         for role in [*(r.name for r in roles.roles.values()), "public"]:
+            assert not conn.scalar(sa.text("SELECT has_schema_privilege(:r, :s, 'USAGE')"),
+                                   {"r": role, "s": DEFAULT_SCHEMA}), role
             for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"):
                 assert not conn.scalar(sa.text("SELECT has_table_privilege(:r, :t, :p)"),
-                                       {"r": role, "t": DEFAULT_TABLE, "p": privilege}), (role, privilege)
+                                       {"r": role, "t": table, "p": privilege}), (role, privilege)

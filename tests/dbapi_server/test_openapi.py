@@ -72,6 +72,10 @@ STATEMENTS = {
     "subquery": lambda: sa.select(items.c.id).where(
         items.c.qty == sa.select(sa.func.max(items.c.qty)).scalar_subquery()),
     "case": lambda: sa.select(sa.case((items.c.qty > 1, "many"), else_="few").label("n")),
+    # hints and prefixes for other dialects: they travel (nested objects), and do not render here
+    "hints": lambda: sa.select(items.c.id).with_hint(items, "USE INDEX (PRIMARY)", dialect_name="mysql")
+    .prefix_with("HIGH_PRIORITY", dialect="mysql").suffix_with("FOR x", dialect="mssql")
+    .with_statement_hint("OPTION (y)", dialect_name="mssql"),
 }
 
 
@@ -102,5 +106,7 @@ def test_the_description_refuses_what_the_server_refuses() -> None:
     for bad in ({"version": 1, "statement": {"t": "select"}},                       # cols required
                 {"version": 1, "statement": {"t": "nope"}},                         # unknown kind
                 {"version": 1, "statement": {"t": "null", "extra": 1}},             # unknown field
-                {"version": 1, "statement": {"t": "function", "name": "_x", "args": []}}):  # bad name
+                {"version": 1, "statement": {"t": "function", "name": "_x", "args": []}},  # bad name
+                {"version": 1, "statement": {"t": "select", "cols": [{"t": "null"}],    # hint: no text
+                                             "hints": [{"from": {"t": "null"}, "dialect": "mysql"}]}}):
         assert not validator.is_valid(bad), bad

@@ -274,7 +274,7 @@ def test_a_login_that_may_not_create_tables_is_told_the_ddl(pg: sa.Engine, monke
     authenticator = JWTAuthenticator(_PUBLIC, algorithms=["EdDSA"])
     monkeypatch.setenv("DBAPI_COMMIT_OUTCOME_TABLE", table)
     try:
-        with pytest.raises(ConfigError, match=f"CREATE TABLE {table}") as refused:
+        with pytest.raises(ConfigError, match=f"CREATE TABLE dbapi.{table}") as refused:
             create_app(engine=login, metadata=metadata, authenticator=authenticator)
         assert "DBAPI_COMMIT_OUTCOMES=memory" in str(refused.value)
         ddl = CommitOutcomes(engine, table_name=table).ddl()
@@ -282,7 +282,8 @@ def test_a_login_that_may_not_create_tables_is_told_the_ddl(pg: sa.Engine, monke
             for statement in ddl.split(";"):
                 if statement.strip():
                     conn.exec_driver_sql(statement)
-            conn.exec_driver_sql(f"GRANT SELECT, INSERT, DELETE ON {table} TO {role}")
+            conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA dbapi TO {role}")
+            conn.exec_driver_sql(f"GRANT SELECT, INSERT, DELETE ON dbapi.{table} TO {role}")
         app = create_app(engine=login, metadata=metadata, authenticator=authenticator)
         manager = app.extensions["dbapi_server"].transactions
         txn, _ = manager.begin("granted", "owner")
@@ -293,6 +294,30 @@ def test_a_login_that_may_not_create_tables_is_told_the_ddl(pg: sa.Engine, monke
     finally:
         login.dispose()
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS dbapi.{table}")
             conn.exec_driver_sql(f"DROP OWNED BY {role}")
             conn.exec_driver_sql(f"DROP ROLE {role}")
+
+
+def test_ids_differing_in_case_are_two_transactions(networked: sa.Engine) -> None:
+    """MariaDB compares strings without case by default: the id column compares bytes, so a commit
+    of 'ABC...' is never answered with the outcome of 'abc...'."""
+    a, b = instance(networked), instance(networked)
+    lower = "case" + new_id()
+    txn, _ = a.begin(lower, "owner")
+    txn.connection.execute(sa.insert(ledger).values(ref=lower[:40]))
+    assert a.finish(lower, "commit", "owner", seq=1) == "committed"
+    with pytest.raises(APIError) as other:
+        b.finish(lower.upper(), "commit", "owner", seq=1)
+    assert (other.value.code, other.value.extra["outcome"]) == ("transaction_not_here", "rolled_back")
+    assert b.finish(lower, "commit", "owner", seq=1) == "committed"
+    a.close()
+    b.close()
+
+
+def test_a_transaction_id_outside_the_alphabet_is_refused_before_the_database(pg: sa.Engine) -> None:
+    with running_dbapi(pg, metadata) as server:
+        api = RawApi(server)
+        for bad in ("x" * 129, "abc%20", "caf%C3%A9"):
+            reply = api.post(f"/transactions/{bad}/commit", {"seq": 1})
+            assert (reply.status, reply.error["code"]) == (400, "malformed_request"), bad

@@ -141,6 +141,15 @@ def test_committing_an_unknown_transaction(api: RawApi) -> None:
     assert (reply.status, reply.error["code"], reply.error["outcome"]) == (410, "transaction_not_here", "rolled_back")
 
 
+@pytest.mark.parametrize("txn_id", ["x" * 129, "a%20b", "%C3%A9t%C3%A9", "a.b"])
+def test_a_malformed_transaction_id_is_refused_before_the_outcome_table(api: RawApi, txn_id: str) -> None:
+    """The outcome table keys ids of 1-128 letters, digits, '-', '_' exactly; anything else (the
+    worker fuzzer's mutations) made MariaDB's INSERT IGNORE store another key - a 500."""
+    for verb in ("commit", "rollback"):
+        reply = api.post(f"/transactions/{txn_id}/{verb}", {"seq": 1})
+        assert (reply.status, reply.error["code"]) == (400, "malformed_request")
+
+
 def test_rolling_back_an_unknown_transaction_is_harmless(api: RawApi) -> None:
     """Nothing of an unknown transaction can remain, so rolling it back cannot fail."""
     reply = api.post(f"/transactions/{uuid.uuid4().hex}/rollback", {"seq": 1})

@@ -322,7 +322,8 @@ def test_two_servers_of_one_dialect_keep_their_own_state(database: tuple[str, sa
                 dbapi_process(other_url, METADATA, policy=TESTING) as second:
             engines = [_engine(first, name), _engine(second, name)]
             MD.create_all(engines[1])
-            assert [sa.inspect(e).get_table_names() for e in engines] == [[], ["things"]]
+            # (the DB-API keeps tables of its own there too, e.g. its commit outcomes)
+            assert ["things" in sa.inspect(e).get_table_names() for e in engines] == [False, True]
             assert [e.dialect.default_schema_name for e in engines] == [url.database, other_url.database]
             for e in engines:
                 e.dispose()

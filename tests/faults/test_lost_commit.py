@@ -108,6 +108,46 @@ def test_new_rows_of_a_lost_commit_exist_once(
     assert session.get(Entry, session.scalars(sa.select(Entry.id).where(Entry.ref == f"{ref}-a")).one()).amount == 1
 
 
+def modify(session: DBSession, ref: str, amount: int, note: str = "") -> None:
+    """get + modify: the commit's flush sends this UPDATE with the COMMIT (``POST /batch``)."""
+    entry = session.scalars(sa.select(Entry).where(Entry.ref == ref)).one()
+    entry.amount += amount
+    entry.note = note
+
+
+@pytest.mark.parametrize("fault", ["request", "response", "cut"])
+def test_a_lost_committing_batch_is_applied_exactly_once(
+        proxy: FaultProxy, clients: list[DBSession], database: sa.Engine, account: str, fault: str) -> None:
+    """Lost on the way, lost on the way back, or cut while the COMMIT still runs (0.5 s): the retry
+    (same sequence number) is answered from memory or from the remembered outcome."""
+    session = isolated(clients, proxy.url)
+    modify(session, account, 5, note="slow" if fault == "cut" else "")
+    proxy.arm(fault, "/batch")
+    session.commit()  # returns: committed, once
+    assert [f for f, _ in proxy.fired] == [fault]
+    assert len(forwarded(proxy, "/transactions/")) == 0  # the COMMIT travelled in the batch
+    assert entries(database, account) == [(account, 105)]
+
+
+def test_a_committing_batch_whose_answer_stays_lost_raises_outcome_unknown_from_the_commit(
+        proxy: FaultProxy, clients: list[DBSession], database: sa.Engine, account: str) -> None:
+    """As a lost COMMIT: the flush succeeded, ``commit()`` says the outcome is unknown (it committed)."""
+    session = isolated(clients, proxy.url, commit_retry_deadline=SHORT_DEADLINE)
+    modify(session, account, 5)
+    proxy.arm("response", "/batch", then_down=math.inf)
+    started = time.monotonic()
+    with pytest.raises(CommitOutcomeUnknownError) as unknown:
+        session.commit()
+    assert SHORT_DEADLINE <= time.monotonic() - started < SHORT_DEADLINE + 5
+    assert "may have succeeded" in str(unknown.value)
+    proxy.up()
+    assert entries(database, account) == [(account, 105)]
+    session.rollback()
+    modify(session, account, 1)  # the same session works again
+    session.commit()
+    assert entries(database, account) == [(account, 106)]
+
+
 # -- the DB-API out of reach for longer than the ordinary retries -------------------------------
 OUTAGE = 2.0  # longer than the transport's ordinary retries: 4 attempts over about 1 s
 SHORT_DEADLINE = 1.5
