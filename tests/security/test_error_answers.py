@@ -305,3 +305,14 @@ def test_a_cte_or_subquery_of_a_table_is_refused(served: tuple[sa.Engine, DBAPIP
                                                         "txn": f"cte-of-table-{n}", "seq": 1, "begin": True})
         post(open_server, f"/transactions/cte-of-table-{n}/rollback", {})
         assert (status, answer["error"]["code"]) == (400, "malformed_statement"), (from_, answer)
+
+
+def test_a_commit_of_an_impossible_transaction_id_is_refused(
+        served: tuple[sa.Engine, DBAPIProcess, DBAPIProcess]) -> None:
+    """Found by the fuzzer on MariaDB: a 300-character id in the commit URL went into the outcome
+    table's 128-character key (INSERT IGNORE truncated it), the read-back found nothing (500)."""
+    _, open_server, _ = served
+    for txn_id in ("x" * 300, "a.b", "%20"):
+        for verb in ("commit", "rollback"):
+            status, answer = post(open_server, f"/transactions/{txn_id}/{verb}", {})
+            assert (status, answer["error"]["code"]) == (400, "malformed_request"), (txn_id, verb, answer)
