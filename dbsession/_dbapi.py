@@ -292,35 +292,34 @@ class Connection:
             self._unless_recorded(exc.txn_state, begin)
             raise
 
-    def has_table(self, name: str, schema: str | None) -> bool | None:
-        """``Dialect.has_table`` answered by the DB-API (tables it serves to this caller), or None
-        from a DB-API that predates the question."""
+    def _catalog(self, route: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """A catalog question (``/catalog/...``) answered by the DB-API, or None from a DB-API that
+        predates it (404 ``not_found``)."""
         if self.closed:
             raise InterfaceError("This DB-API connection is closed.")
         try:
-            reply = self.transport.post("/catalog/has_table", {"name": name, "schema": schema}, replay_safe=True)
+            reply: dict[str, Any] = self.transport.post(f"/catalog/{route}", body, replay_safe=True)
+            return reply
         except ServerUnreachable as exc:
             raise DisconnectError(str(exc)) from exc
         except DBAPIRequestError as exc:
             if exc.status == 404 and exc.code == "not_found":
                 return None
             raise
-        return bool(reply.get("exists"))
+
+    def has_table(self, name: str, schema: str | None) -> bool | None:
+        """``Dialect.has_table`` answered by the DB-API (tables it serves to this caller), or None
+        from a DB-API that predates the question."""
+        reply = self._catalog("has_table", {"name": name, "schema": schema})
+        return None if reply is None else bool(reply.get("exists"))
 
     def reflect(self, method: str, args: dict[str, Any]) -> Any:
         """A dialect reflection method run by the DB-API (``dbapi_server.reflection``); raises
         ``NoSuchTableError`` as the server's dialect did, or returns :data:`NOT_SERVED` from a
         DB-API that predates the question."""
-        if self.closed:
-            raise InterfaceError("This DB-API connection is closed.")
-        try:
-            reply = self.transport.post("/catalog/reflect", {"method": method, "args": args}, replay_safe=True)
-        except ServerUnreachable as exc:
-            raise DisconnectError(str(exc)) from exc
-        except DBAPIRequestError as exc:
-            if exc.status == 404 and exc.code == "not_found":
-                return NOT_SERVED
-            raise
+        reply = self._catalog("reflect", {"method": method, "args": args})
+        if reply is None:
+            return NOT_SERVED
         if reply.get("raise") == "NoSuchTableError":
             raise sa_exc.NoSuchTableError(str(reply.get("message", "")))
         if reply.get("raise") == "NotImplementedError":  # Inspector skips what a dialect lacks
