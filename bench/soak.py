@@ -179,13 +179,10 @@ def client_main(client: int, api_host: str, token: str, started: float, until: f
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------------
-class SystemPostgres:
-    """The machine's cluster: a fresh database in it; restarted with pg_ctlcluster."""
+class _Postgres:
+    """What both kinds of cluster share: a fresh database of the soak's in it."""
 
-    def __init__(self) -> None:
-        self.admin_url = sa.make_url(os.environ.get("DBSESSION_TEST_PG_ADMIN_URL",
-                                                    "postgresql+psycopg://root@127.0.0.1:5432/postgres"))
-        self.version = sorted(os.listdir("/etc/postgresql"))[0]
+    admin_url: sa.URL
 
     def create(self, name: str) -> sa.URL:
         engine = sa.create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
@@ -193,6 +190,15 @@ class SystemPostgres:
             conn.exec_driver_sql(f"CREATE DATABASE {name}")
         engine.dispose()
         return self.admin_url.set(database=name)
+
+
+class SystemPostgres(_Postgres):
+    """The machine's cluster: a fresh database in it; restarted with pg_ctlcluster."""
+
+    def __init__(self) -> None:
+        self.admin_url = sa.make_url(os.environ.get("DBSESSION_TEST_PG_ADMIN_URL",
+                                                    "postgresql+psycopg://root@127.0.0.1:5432/postgres"))
+        self.version = sorted(os.listdir("/etc/postgresql"))[0]
 
     def drop(self, name: str) -> None:
         engine = sa.create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
@@ -208,7 +214,7 @@ class SystemPostgres:
         pass
 
 
-class OwnPostgres:
+class OwnPostgres(_Postgres):
     """A throwaway cluster (``tests.faults.processes.ThrowawayPostgres``), restarted with pg_ctl."""
 
     def __init__(self) -> None:
@@ -217,13 +223,6 @@ class OwnPostgres:
         self.cluster = ThrowawayPostgres()
         self.cluster.start()
         self.admin_url = self.cluster.url
-
-    def create(self, name: str) -> sa.URL:
-        engine = sa.create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {name}")
-        engine.dispose()
-        return self.admin_url.set(database=name)
 
     def drop(self, name: str) -> None:
         pass
