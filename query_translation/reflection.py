@@ -23,6 +23,7 @@ from sqlalchemy import types as sqltypes
 from sqlalchemy.types import TypeEngine
 
 from .exceptions import MalformedValueError
+from .type_codec import _same
 
 __all__ = ["REFLECTION_METHODS", "decode_reflected", "encode_reflected"]
 
@@ -90,13 +91,6 @@ def _encode_type(type_: TypeEngine[Any], depth: int) -> dict[str, Any]:
     if kwargs:
         node["k"] = kwargs
     return node
-
-
-def _same(a: Any, b: Any) -> bool:
-    try:
-        return bool(a == b) and type(a) is type(b)
-    except Exception:  # pragma: no cover - exotic __eq__
-        return a is b
 
 
 def decode_reflected(data: Any, _depth: int = 0) -> Any:
