@@ -55,10 +55,8 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
 
 from query_translation import MethodRegistry
 
@@ -70,12 +68,12 @@ from .connect_wait import wait_for_connections
 from .db_roles import DatabaseRoles
 from .db_wall import DatabaseWall, open_wall
 from .engine_options import EngineOptions, EngineOptionsError
-from .errors import APIError, envelope_for_exception
 from .extra_tables import ExtraTableError, parse_names, served_metadata
 from .logs import attach_request_ids
 from .methods import load_methods, methods_api
 from .observability import MetricsAccess, ObservedApp
 from .outcomes import DEFAULT_TABLE
+from .pipeline import HotRoutes, check_headers, error_answer
 from .policy import Policy, PolicyError
 from .probes import probes
 from .state import ServerState
@@ -202,9 +200,12 @@ def create_app(database_url: str | sa.URL | None = None, metadata: sa.MetaData |
     app.before_request(_check_headers)
     app.before_request(_label_route)
     attach_request_ids()
+    # the hot routes (/execute, /batch) are answered by their own pipeline, without Flask's
+    # machinery (dbapi_server/pipeline.py); every other request goes on to Flask's views
+    hot = HotRoutes(app.wsgi_app, state, app.config)
     # outermost layer: timing, metrics, the access log line and the request id for every request,
     # whatever path it takes inside (dbapi_server/observability.py)
-    app.wsgi_app = ObservedApp(app.wsgi_app, state.metrics,  # type: ignore[method-assign]
+    app.wsgi_app = ObservedApp(hot, state.metrics,  # type: ignore[method-assign]
                                metrics_access if metrics_access is not None else MetricsAccess.from_env())
     if state.wall is not None:
         app.teardown_request(lambda exc: DatabaseWall.end_request())
@@ -228,16 +229,9 @@ def _label_route() -> None:
         label(route=request.url_rule.rule)
 
 
-MAX_HEADER_BYTES = 64 << 10  # a token is about 1 KiB; the HTTP servers' own limits are higher
-
-
 def _check_headers() -> None:
-    """Header fields over MAX_HEADER_BYTES: 431 in the JSON envelope (the HTTP servers' own 431,
-    for still larger ones, is theirs: docs/security.md, "Errors")."""
-    size = sum(len(name) + len(value) + 4 for name, value in request.headers.items())
-    if size > MAX_HEADER_BYTES:
-        raise APIError(f"The request's header fields ({size} bytes) are larger than the DB-API accepts "
-                       f"({MAX_HEADER_BYTES} bytes).", status=431, code="headers_too_large")
+    """Header fields over ``pipeline.MAX_HEADER_BYTES``: 431 (the hot routes check the same)."""
+    check_headers(request.environ)
 
 
 def _wall(state: ServerState, db_roles: str | DatabaseRoles | None) -> DatabaseWall | None:
@@ -278,12 +272,6 @@ def _validate(policy: Policy, metadata: sa.MetaData) -> None:
 
 
 def _handle_error(exc: Exception) -> Response:
-    if isinstance(exc, HTTPException):
-        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.code or 500, "http_error")
-        message = exc.description or exc.name
-        if exc.code == 413:
-            message = "The request body is larger than the DB-API accepts (DBAPI_MAX_BODY_BYTES)."
-        body = {"error": {"code": code, "message": message, "error_id": None, "retryable": False}}
-        return Response(orjson.dumps(body), status=exc.code or 500, mimetype="application/json")
-    status, envelope = envelope_for_exception(exc)
-    return Response(orjson.dumps(envelope), status=status, mimetype="application/json")
+    """Every error of a Flask view, answered as the hot routes answer theirs."""
+    status, payload = error_answer(exc)
+    return Response(payload, status=status, mimetype="application/json")

@@ -2,8 +2,9 @@
 
 Built from the code, not written beside it: the statement document, node and value schemas come
 from ``query_translation.json_schema`` (itself derived from the marshmallow schemas and the value
-codec), the execute options from the executor's allowlist, the page size bound from the views.
-A test checks that every route of the blueprint is described and every described path is a route.
+codec); the ``/execute`` and ``/batch`` request bodies are rendered from the declaration the
+request pipeline validates them with (:mod:`dbapi_server._request_schema`). A test checks that
+every route (Flask's and the pipeline's) is described and every described path is a route.
 Long-form semantics stay in ``docs/wire-format.md``; this document is for tools (client
 generators, schema-driven fuzzers such as the one in ``tests/security``).
 """
@@ -17,13 +18,12 @@ from typing import Any
 from query_translation import WIRE_VERSION
 from query_translation.json_schema import wire_schema_definitions
 
-from .executor import _FORWARDED_OPTIONS as FORWARDED_OPTIONS
+from ._request_schema import BATCH_REQUEST, EXECUTE_REQUEST
 
 __all__ = ["PATHS", "openapi_document"]
 
 PREFIX = "/dbapi/v1"
 _JSON = "application/json"
-_PAGE_MAX = 100_000  # views.MAX_PAGE_ROWS; views imports this module, so it cannot import views
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -175,33 +175,9 @@ PATHS: dict[str, dict[str, Any]] = {
 def _components() -> dict[str, Any]:
     value = _ref("Value")
     return {
-        "ExecuteRequest": {**_obj({
-            "stmt": _ref("StatementDocument"),
-            "stmt_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$",
-                          "description": "SHA-256 of the document; alone, it names a document the server "
-                                         "holds (409 unknown_statement if it does not)"},
-            "sql": {"type": "string", "description": "fingerprint of the SQL the client compiled"},
-            "params": {"type": "array", "items": {"type": "object", "additionalProperties": value},
-                       "description": "parameter sets: bind name -> value"},
-            "many": {"type": "boolean"},
-            "options": {"type": "object", "properties": {k: {} for k in FORWARDED_OPTIONS},
-                        "description": "execution options; only the listed ones are honoured"},
-            "txn": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"},
-            "seq": {"type": "integer", "description": "required with txn"},
-            "begin": {"type": "boolean"},
-            "keys": {"type": "array", "items": {"type": "string"}},
-            "stream": {"type": "integer", "minimum": 1, "maximum": _PAGE_MAX},
-        }, ("sql",), extra=True), "anyOf": [{"required": ["stmt"]}, {"required": ["stmt_hash"]}]},
-        "BatchRequest": _obj({
-            "txn": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"},
-            "seq": {"type": "integer"},
-            "begin": {"type": "boolean"},
-            "commit": {"type": "boolean"},
-            "statements": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"allOf": [
-                _ref("ExecuteRequest"),
-                {"type": "object", "properties": {"expect": {"type": ["integer", "null"],
-                 "description": "the row count the statement must match, or null for no check"}}}]}},
-        }, ("txn", "seq", "statements"), extra=True),
+        # the request bodies: generated from the declaration that validates them (_request_schema.py)
+        EXECUTE_REQUEST.name: EXECUTE_REQUEST.openapi(),
+        BATCH_REQUEST.name: BATCH_REQUEST.openapi(),
         "BatchResult": _obj({
             "outcome": {"enum": ["committed"]},
             "failed": _obj({"index": {"type": "integer"}, "rowcount": {"type": "integer"}}, ("index", "rowcount")),

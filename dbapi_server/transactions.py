@@ -24,15 +24,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
-from .errors import APIError
+from .errors import APIError, envelope_for_exception
 from .outcomes import COMMITTED, CommitInDoubt, CommitOutcomes, owner_key
 from .telemetry import label
 
 log = logging.getLogger("dbapi_server.transactions")
 
-__all__ = ["Transaction", "TransactionManager", "TransactionNotHere"]
+__all__ = ["Answer", "Transaction", "TransactionManager", "TransactionNotHere"]
+
+Answer = tuple[int, bytes]  # an HTTP status and the JSON body sent with it
 
 
 class TransactionGone(APIError):
@@ -180,6 +183,77 @@ class TransactionManager:
         with self._lock:
             found = self._outcomes.get(txn_id)
         return found[1] if found else None
+
+    # -- the replay protocol: one request of a transaction ------------------------------------
+    def run_request(self, txn_id: str, owner: str | None, seq: int, *, begin: bool,
+                    run: Callable[[sa.Connection], dict[str, Any] | None],
+                    then: Callable[[Transaction], dict[str, Any]] | None = None,
+                    enter: Callable[[sa.Connection], object] | None = None,
+                    on_lost: Callable[[], object] | None = None) -> Answer:
+        """Run *run* as request *seq* of transaction *txn_id*, exactly once; the answer to send.
+
+        The protocol every request of a client transaction follows (``/execute``, ``/batch``,
+        named methods):
+
+        * *begin*: the transaction is created by this request (or is the one an earlier attempt
+          of it created); otherwise it must be open here, and the caller's (410, 403 otherwise);
+        * under the transaction's lock, a retried request (*seq* equal to the last one's) is
+          answered with the stored answer, and nothing runs (``replayed``);
+        * a transaction that ended while the request waited for it: 410 with its outcome - or,
+          for a committing batch (*then* given), the outcome itself, as a retried commit;
+        * *seq* must follow the last request's (409 ``out_of_order``);
+        * *enter* (the database wall), then *run*, on the transaction's connection. What it raises
+          is answered in the error envelope with ``txn_state``: ``open`` (the transaction stays
+          open, as after a failed statement on a direct connection), or ``lost`` when the
+          database connection was lost - then the transaction ends at once (*on_lost* first:
+          what the owner held with it, its cursors) and the client raises a disconnect. An
+          exception carrying ``batch_index`` says which statement of a batch it was (``index``);
+        * *then*, if given, runs when *run* answered ``None`` (every statement of a batch
+          matched), still holding the lock: a committing batch commits there, so no other
+          request of the transaction comes between its statements and its commit.
+
+        The answer, error or not, is stored as the one a retry of *seq* gets. What is raised
+        before the lock (unknown transaction, another owner, shutting down) is not stored: such a
+        request reached no transaction.
+        """
+        txn = self.begin(txn_id, owner)[0] if begin else self.get(txn_id, owner)
+        with txn.lock:
+            if txn.last_reply is not None and seq == txn.last_seq:
+                label(replayed=True)  # a retry: answer as before, run nothing
+                return txn.last_reply
+            if txn.ended:  # committed, rolled back or reaped while this request waited for it
+                if then is not None:  # a committing batch asked again of a transaction that has ended
+                    return 200, orjson.dumps({"outcome": self.finished(txn_id, "commit", owner)})
+                self.get(txn_id, owner)  # raises 410 with the reason
+            if seq != txn.last_seq + 1:
+                raise APIError(f"Request {seq} of transaction {txn_id} arrived out of order "
+                               f"(expected {txn.last_seq + 1}).", status=409, code="out_of_order")
+            answer: dict[str, Any] | None
+            try:
+                if enter is not None:
+                    enter(txn.connection)
+                answer = run(txn.connection)
+            except Exception as exc:  # answered in the envelope; the transaction stays open...
+                status, envelope = envelope_for_exception(exc)
+                # ...unless its database connection was lost (the database restarted): then the
+                # transaction is gone, as a direct connection's would be; it ends here at once (its
+                # connection back to the pool) and the client raises a disconnect
+                lost = isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+                envelope["error"]["txn_state"] = "lost" if lost else "open"
+                index = getattr(exc, "batch_index", None)
+                if index is not None:  # which statement of a batch
+                    envelope["error"]["index"] = index
+                payload = orjson.dumps(envelope)
+                if lost:
+                    if on_lost is not None:
+                        on_lost()
+                    self.lose(txn)
+            else:
+                if answer is None and then is not None:
+                    answer = then(txn)  # the transaction may be over now (committed)
+                status, payload = 200, orjson.dumps(answer if answer is not None else {})
+            txn.last_seq, txn.last_reply, txn.last_used = seq, (status, payload), time.monotonic()
+        return status, payload
 
     # -- ending -------------------------------------------------------------------------------
     def finish(self, txn_id: str, verb: str, owner: str | None, seq: int | None = None,
