@@ -29,6 +29,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -158,8 +159,12 @@ class ObservedApp:
             "token_failure": labels.token_failure, "bytes_in": _int(environ.get("CONTENT_LENGTH")),
             "bytes_out": _int(_header(headers, "content-length")), "trace_id": trace_id,
         }
-        access_log.log(level, "%s %s %d %.1fms", method, labels.route, status, seconds * 1000,
-                       extra={k: v for k, v in fields.items() if v is not None})
+        # the record Logger.log makes, without its search of the stack for the caller (this line)
+        caller = sys._getframe()
+        record = access_log.makeRecord(access_log.name, level, caller.f_code.co_filename, caller.f_lineno,
+                                       "%s %s %d %.1fms", (method, labels.route, status, seconds * 1000), None,
+                                       caller.f_code.co_name, {k: v for k, v in fields.items() if v is not None})
+        access_log.handle(record)
 
 
 def _error(start: Callable[..., Any], status: str, code: str, message: str) -> list[bytes]:
@@ -218,9 +223,29 @@ class _Tracer:
         self._context, self._propagate, self._trace = context, propagate, trace
         self._provider = provider  # None: the process's (trace.set_tracer_provider)
         self._getter: Any = _EnvironGetter()  # duck-typed: opentelemetry's Getter protocol
+        self._proxy = trace.ProxyTracerProvider
+        self._real = provider is not None  # a provider that records: known once seen (it is set once)
+        self._textmap: Any = None
+        self._carriers: tuple[str, ...] = ()  # the environ keys of the propagator's headers
 
-    def start(self, environ: dict[str, Any]) -> tuple[Any, Any]:
+    def start(self, environ: dict[str, Any]) -> tuple[Any, Any] | None:
+        """The request's server span and its context token; None when there is nothing to record.
+
+        Without a tracer provider (no OpenTelemetry SDK configured) a span records nothing: the
+        only thing it would carry is the client's trace id (into the access log), so unless the
+        request carries trace context headers nothing is made (the span's cost is ~10 us).
+        """
         trace = self._trace
+        if not self._real:
+            if not isinstance(trace.get_tracer_provider(), self._proxy):
+                self._real = True
+            else:
+                textmap = self._propagate.get_global_textmap()
+                if textmap is not self._textmap:
+                    self._carriers = tuple("HTTP_" + f.upper().replace("-", "_") for f in textmap.fields)
+                    self._textmap = textmap
+                if not any(key in environ for key in self._carriers):
+                    return None
         parent = self._propagate.extract(environ, getter=self._getter)
         span = trace.get_tracer("dbapi_server", tracer_provider=self._provider).start_span(
             f"{environ.get('REQUEST_METHOD', '')} dbapi", context=parent, kind=trace.SpanKind.SERVER)

@@ -245,6 +245,19 @@ def test_server_spans_continue_the_clients_trace(server: RunningServer) -> None:
     assert span.attributes["http.response.status_code"] == 200
 
 
+def test_without_an_sdk_no_span_is_made_but_the_clients_trace_id_is_logged(
+        api: RawApi, caplog: pytest.LogCaptureFixture) -> None:
+    # the process has no tracer provider (the test above uses one of its own): a span would
+    # record nothing, so none is made - unless the client sent trace context, whose id is logged
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with caplog.at_level(logging.INFO, logger="dbapi_server.access"):
+        api.request("GET", "/info", headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+        api.request("GET", "/info")
+    traced, plain = (vars(r) for r in caplog.records if r.name == "dbapi_server.access")
+    assert traced["trace_id"] == trace_id
+    assert "trace_id" not in plain
+
+
 # -- as an operator sees it: dbapi-server serve in its own process ---------------------------------
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
