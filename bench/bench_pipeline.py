@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=5000, help="timed requests per case")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (the best is reported)")
     parser.add_argument("--profile", metavar="CASE", help="cProfile one case")
+    parser.add_argument("--profile-out", metavar="PATH", help="and write its stats there (pstats)")
     parser.add_argument("--log", choices=["json", "text", "off"], default="json",
                         help="access log as dbapi-server serve writes it (to /dev/null), or off")
     args = parser.parse_args()
@@ -138,6 +139,8 @@ def main() -> None:
             for _ in range(args.n):
                 one(method, path, body)
             profiler.disable()
+            if args.profile_out:
+                profiler.dump_stats(args.profile_out)
             out = io.StringIO()
             pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(35)
             print(out.getvalue())

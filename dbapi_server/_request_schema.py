@@ -25,8 +25,8 @@ from typing import Any
 from .errors import APIError
 from .executor import _FORWARDED_OPTIONS
 
-__all__ = ["BATCH_ITEM", "BATCH_REQUEST", "EXECUTE_REQUEST", "MAX_BATCH_STATEMENTS", "MAX_PAGE_ROWS",
-           "Field", "Shape"]
+__all__ = ["BATCH_ITEM", "BATCH_REQUEST", "EXECUTE_REQUEST", "FINISH_REQUEST", "MAX_BATCH_STATEMENTS",
+           "MAX_PAGE_ROWS", "Field", "Shape"]
 
 MAX_PAGE_ROWS = 100_000  # the largest page of a streamed result (``stream``)
 MAX_BATCH_STATEMENTS = 1000
@@ -196,4 +196,10 @@ BATCH_REQUEST = Shape("BatchRequest", (
           min_items=1, max_items=MAX_BATCH_STATEMENTS,
           length_message=f"'statements' holds 1 to {MAX_BATCH_STATEMENTS} statements.",
           schema={"items": BATCH_ITEM.openapi()}),
+))
+
+# ``POST /transactions/<id>/commit`` (or ``rollback``): the body is optional
+FINISH_REQUEST = Shape("FinishRequest", (
+    Field("seq", int, description="the number of this request in the transaction; a commit that does not "
+                                  "follow the last request held here is refused (409 out_of_order)"),
 ))

@@ -18,7 +18,7 @@ from typing import Any
 from query_translation import WIRE_VERSION
 from query_translation.json_schema import wire_schema_definitions
 
-from ._request_schema import BATCH_REQUEST, EXECUTE_REQUEST
+from ._request_schema import BATCH_REQUEST, EXECUTE_REQUEST, FINISH_REQUEST
 
 __all__ = ["PATHS", "openapi_document"]
 
@@ -129,7 +129,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "parameters": [_path_param("txn_id", "the id the client chose when it began the transaction",
                                    pattern="^[A-Za-z0-9_-]{1,128}$"),
                        _path_param("verb", "what to do", enum=["commit", "rollback"])],
-        "requestBody": _body(_obj({"seq": {"type": "integer"}}), required=False),
+        "requestBody": _body(FINISH_REQUEST.openapi(), required=False),
         "responses": {"200": _answer("the outcome", _obj(
                           {"outcome": {"enum": ["committed", "rolled_back", "expired", "failed",
                                                "rolled_back_at_shutdown"]}},

@@ -1,7 +1,8 @@
-"""The request pipeline of the hot routes: ``POST /dbapi/v1/execute`` and ``POST /dbapi/v1/batch``.
+"""The request pipeline of the hot routes: ``POST /dbapi/v1/execute``, ``POST /dbapi/v1/batch`` and
+``POST /dbapi/v1/transactions/<txn_id>/<verb>`` (commit, rollback).
 
 :class:`HotRoutes` is a WSGI middleware inside ``app.wsgi_app`` (under the observability layer,
-:class:`dbapi_server.observability.ObservedApp`, which wraps every request): it answers those two
+:class:`dbapi_server.observability.ObservedApp`, which wraps every request): it answers those
 URLs itself - every method, every server (granian, waitress, ``flask run``, Flask's test client) -
 and hands every other request to the Flask application, whose views serve the cold routes. There
 is no second copy of these routes in Flask: this is the one path.
@@ -26,6 +27,7 @@ observability layer).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +43,7 @@ from query_translation import count_values, measure_document
 from query_translation.decode import StatementInfo
 from query_translation.size import DocumentSize
 
-from ._request_schema import BATCH_ITEM, BATCH_REQUEST, EXECUTE_REQUEST, MAX_PAGE_ROWS
+from ._request_schema import BATCH_ITEM, BATCH_REQUEST, EXECUTE_REQUEST, FINISH_REQUEST, MAX_PAGE_ROWS
 from .auth import Principal
 from .connection_settings import answer_pragma, sqlite_pragma
 from .db_wall import DatabaseWall
@@ -56,10 +58,14 @@ from .transactions import Answer, Transaction
 __all__ = ["ROUTES", "HotRoutes", "StatementRequest", "check_headers", "error_answer", "too_many_rows"]
 
 PREFIX = "/dbapi/v1"
-ROUTES = (f"{PREFIX}/execute", f"{PREFIX}/batch")  # the routes answered here: POST only
+_TRANSACTIONS = f"{PREFIX}/transactions/"
+# the routes answered here (POST only), as Flask spells route templates (the metrics' route label)
+ROUTES = (f"{PREFIX}/execute", f"{PREFIX}/batch", f"{_TRANSACTIONS}<txn_id>/<verb>")
+_TXN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _JSON = "application/json"
 MAX_HEADER_BYTES = 64 << 10  # a token is about 1 KiB; the HTTP servers' own limits are higher
 _WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+_Route = tuple[str, Callable[..., "Answer"], tuple[str, ...]]  # template, handler, path arguments
 _STATUS_LINES = {code: f"{code} {reason.upper()}" for code, reason in HTTP_STATUS_CODES.items()}
 _HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
@@ -72,15 +78,15 @@ class HotRoutes:
         self.app = app
         self.state = state
         self.config = config  # the Flask app's: MAX_CONTENT_LENGTH, read per request as Flask does
-        handlers: dict[str, Callable[[HotRoutes, dict[str, Any]], Answer]] = {
-            f"{PREFIX}/execute": HotRoutes.execute, f"{PREFIX}/batch": HotRoutes.batch}
-        routes = {path: (path, handlers[path]) for path in ROUTES}
+        routes: dict[str, _Route] = {path: (path, handler, ()) for path, handler in (
+            (f"{PREFIX}/execute", HotRoutes.execute), (f"{PREFIX}/batch", HotRoutes.batch))}
         # the Flask routes they replace matched with a trailing slash too (strict_slashes off)
         self.routes = {**routes, **{path + "/": route for path, route in routes.items()}}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        route = self.routes.get(environ.get("PATH_INFO", ""))
-        if route is None:
+        path = environ.get("PATH_INFO", "")
+        route = self.routes.get(path)
+        if route is None and (not path.startswith(_TRANSACTIONS) or (route := _finish_route(path)) is None):
             return self.app(environ, start_response)
         method = environ.get("REQUEST_METHOD", "")
         try:
@@ -93,7 +99,7 @@ class HotRoutes:
                     return []
                 raise MethodNotAllowed()  # no route label: Flask matched no rule either
             label(route=route[0])
-            status, payload = route[1](self, environ)
+            status, payload = route[1](self, environ, *route[2])
         except Exception as exc:
             status, payload = error_answer(exc)
         finally:
@@ -174,6 +180,27 @@ class HotRoutes:
         return run_in_transaction(state, principal, txn_id, values["seq"], begin, run,
                                   then=then_commit if commit else None)
 
+    def finish(self, environ: dict[str, Any], txn_id: str, verb: str) -> Answer:
+        """``POST /transactions/<txn_id>/<verb>``: commit or roll back; asking again answers the
+        remembered outcome (``TransactionManager.finish``)."""
+        if verb not in ("commit", "rollback"):
+            raise APIError(f"Unknown transaction action {verb!r}; use commit or rollback.",
+                           status=404, code="not_found")
+        if not _TXN_ID.fullmatch(txn_id):  # as in /execute: what the outcome table can key exactly
+            raise APIError("A transaction id is 1 to 128 letters, digits, '-' or '_'.", code="malformed_request")
+        label(kind=verb, txn=txn_id)
+        principal = self._principal(environ)
+        seq = None  # the body is optional
+        if get_content_length(environ.get("CONTENT_LENGTH"), environ.get("HTTP_TRANSFER_ENCODING")):
+            seq = FINISH_REQUEST.validate(self._body(environ, principal))["seq"]
+        state = self.state
+        # the transaction's cursors end with it - but only once the caller is known to own it: a
+        # stranger's commit is refused (403) before anything of the owner's is touched
+        outcome = state.transactions.finish(
+            txn_id, verb, principal.subject, seq,
+            before_end=lambda: state.cursors.close_for_transaction(txn_id, principal.subject))
+        return 200, orjson.dumps({"outcome": outcome})
+
     # -- the steps ----------------------------------------------------------------------------
     def _principal(self, environ: Mapping[str, Any]) -> Principal:
         """The verified caller (401 otherwise); from here on, connections run under its wall role."""
@@ -199,6 +226,18 @@ class HotRoutes:
         data = stream.read() if limit is None else _read_at_most(stream, limit + 1)
         policy.check_body_size(len(data), principal)
         return parse_json_object(data)
+
+
+def _finish_route(path: str) -> _Route | None:
+    """``<PREFIX>/transactions/<txn_id>/<verb>`` (a trailing slash allowed, as Flask matched it)."""
+    parts = path[len(_TRANSACTIONS):].split("/")
+    if len(parts) == 3 and parts[2] == "":
+        parts.pop()
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        return None  # Flask's: 404
+    if not path.isascii():  # the path as werkzeug decodes it (WSGI hands it over as latin-1)
+        parts = [part.encode("latin-1").decode(errors="replace") for part in parts]
+    return ROUTES[2], HotRoutes.finish, (parts[0], parts[1])
 
 
 def run_in_transaction(state: ServerState, principal: Principal, txn_id: str, seq: int, begin: bool,

@@ -9,8 +9,8 @@ POST    ``/batch``                           statements of a transaction, each w
                                              optionally committing if and only if all matched  [1]
 POST    ``/cursors/<id>/fetch``              next page of a streamed result (numbered, replayable)
 POST    ``/cursors/<id>/close``              end a streamed result early
-POST    ``/transactions/<id>/commit``        commit; asking again returns the same outcome
-POST    ``/transactions/<id>/rollback``      roll back
+POST    ``/transactions/<id>/commit``        commit; asking again returns the same outcome     [1]
+POST    ``/transactions/<id>/rollback``      roll back                                         [1]
 POST    ``/catalog/has_table``               whether a served table exists (``dialect.has_table``)
 POST    ``/catalog/reflect``                 a dialect reflection method on served tables
 ======  ===================================  ==================================================
@@ -22,7 +22,6 @@ The request and answer formats are documented in ``docs/wire-format.md``.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -47,7 +46,6 @@ __all__ = ["MAX_PAGE_ROWS", "api"]
 api = Blueprint("dbapi", __name__, url_prefix="/dbapi/v1")
 
 _JSON = "application/json"
-_TXN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def _state() -> ServerState:
@@ -167,25 +165,6 @@ def close_cursor(cursor_id: str) -> Response:
         return _json({"closed": True})
     state.cursors.close(cursor_id)
     return _json({"closed": True})
-
-
-@api.post("/transactions/<txn_id>/<verb>")
-def finish_transaction(txn_id: str, verb: str) -> Response:
-    if verb not in ("commit", "rollback"):
-        raise APIError(f"Unknown transaction action {verb!r}; use commit or rollback.",
-                       status=404, code="not_found")
-    if not _TXN_ID.fullmatch(txn_id):  # as in /execute: what the outcome table can key exactly
-        raise APIError("A transaction id is 1 to 128 letters, digits, '-' or '_'.", code="malformed_request")
-    label(kind=verb, txn=txn_id)
-    principal = _principal()
-    seq = _field(_body(principal), "seq", int) if request.content_length else None
-    state = _state()
-    # the transaction's cursors end with it - but only once the caller is known to own it: a
-    # stranger's commit is refused (403) before anything of the owner's is touched
-    outcome = state.transactions.finish(
-        txn_id, verb, principal.subject, seq,
-        before_end=lambda: state.cursors.close_for_transaction(txn_id, principal.subject))
-    return _json({"outcome": outcome})
 
 
 @api.post("/catalog/has_table")

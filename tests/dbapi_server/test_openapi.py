@@ -36,7 +36,7 @@ def test_every_route_is_described_and_every_description_is_a_route(api: RawApi) 
     routes = {(_flask_rule_as_openapi(rule.rule), method.lower())
               for rule in app.url_map.iter_rules() if rule.endpoint.split(".")[0] in ("dbapi", "dbapi_methods", "dbapi_probes")
               for method in rule.methods - {"HEAD", "OPTIONS"}}
-    routes |= {(path.removeprefix(openapi.PREFIX), "post") for path in pipeline.ROUTES}  # answered before Flask
+    routes |= {(_flask_rule_as_openapi(path), "post") for path in pipeline.ROUTES}  # answered before Flask
     described = {(path, method) for path, item in PATHS.items() for method in item}
     assert routes == described
 
