@@ -257,14 +257,14 @@ def check_headers(environ: Mapping[str, Any]) -> None:
     for still larger ones, is theirs: docs/security.md, "Errors"). Counted as werkzeug lists
     them: name, value and 4 bytes of each field."""
     size = 0
-    for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            if key == "HTTP_CONTENT_TYPE" or key == "HTTP_CONTENT_LENGTH":
-                continue
+    for name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        value = environ.get(name)
+        if value:
+            size += len(name) + len(value) + 4
+    for key, value in environ.items():  # (granian's environ also holds the process environment)
+        if key[:5] == "HTTP_" and key != "HTTP_CONTENT_TYPE" and key != "HTTP_CONTENT_LENGTH":
             # the name as werkzeug spells it; title-casing changes the length of a few non-ASCII letters
             size += (len(key) - 5 if key.isascii() else len(key[5:].replace("_", "-").title())) + len(value) + 4
-        elif (key == "CONTENT_TYPE" or key == "CONTENT_LENGTH") and value:
-            size += len(key) + len(value) + 4
     if size > MAX_HEADER_BYTES:
         raise APIError(f"The request's header fields ({size} bytes) are larger than the DB-API accepts "
                        f"({MAX_HEADER_BYTES} bytes).", status=431, code="headers_too_large")
