@@ -73,26 +73,30 @@ class _JsonFormatter(OrjsonFormatter):
     """
 
     _second: tuple[int, str] = (-1, "")
+    _plain: bool | None = None  # configured as json_formatter() does (decided at the first record)
 
     def format(self, record: logging.LogRecord) -> str:
-        if (record.exc_info or record.exc_text or record.stack_info or type(record.msg) is not str
-                or self.defaults or self.static_fields or self.timestamp or self.rename_fields_keep_missing
-                or self.datefmt is not None or self._required_fields != _FIELDS):
+        plain = self._plain
+        if plain is None:
+            plain = self._plain = not (self.defaults or self.static_fields or self.timestamp
+                                       or self.rename_fields_keep_missing or self.datefmt is not None
+                                       or self._required_fields != _FIELDS)
+        if not plain or record.exc_info or record.exc_text or record.stack_info or type(record.msg) is not str:
             return super().format(record)
-        record.message = record.getMessage()
+        record.message = message = record.getMessage()
         second, stamp = self._second
         if int(record.created) != second:
             second, stamp = int(record.created), time.strftime(self.default_time_format,
                                                                self.converter(record.created))
             self._second = second, stamp
-        record.asctime = self.default_msec_format % (stamp, record.msecs)  # type: ignore[operator]
+        record.asctime = asctime = self.default_msec_format % (stamp, record.msecs)  # type: ignore[operator]
         rename = self.rename_fields
-        data: dict[str, Any] = {rename.get("asctime", "asctime"): record.asctime,
+        data: dict[str, Any] = {rename.get("asctime", "asctime"): asctime,
                                 rename.get("levelname", "levelname"): record.levelname,
-                                rename.get("name", "name"): record.name, rename.get("message", "message"): record.message}
+                                rename.get("name", "name"): record.name, rename.get("message", "message"): message}
         attributes = record.__dict__
         for key in filterfalse(self._skip_fields.__contains__, attributes):  # the extras, in order
-            if not (hasattr(key, "startswith") and key.startswith("_")):
+            if key[:1] != "_" if type(key) is str else not (hasattr(key, "startswith") and key.startswith("_")):
                 data[rename.get(key, key)] = attributes[key]
         data = self.process_log_record(data)
         return self.prefix + orjson.dumps(data, default=self.json_default, option=orjson.OPT_NON_STR_KEYS).decode()
