@@ -70,6 +70,24 @@ def test_unknown_routes_answer_with_the_envelope(api: RawApi, method: str, path:
     assert reply.error["code"] == code
 
 
+@pytest.mark.parametrize("path", ["/execute", "/batch", "/transactions/abc/commit", "/execute/"])
+def test_the_pipelines_routes_answer_other_methods_as_flask_did(api: RawApi, path: str) -> None:
+    # answered before Flask (dbapi_server/pipeline.py): OPTIONS as Flask's automatic answer, any
+    # other method but POST 405 in the envelope (HEAD without its body)
+    options = api.request("OPTIONS", path)
+    assert options.status == 200 and options.body == b""
+    assert sorted(options.headers["allow"].split(", ")) == ["OPTIONS", "POST"]
+    head = api.request("HEAD", path)
+    assert head.status == 405 and head.body == b"" and int(head.headers["content-length"]) > 0
+    put = api.request("PUT", path, {})
+    assert (put.status, put.error["code"]) == (405, "method_not_allowed")
+
+
+def test_oversized_headers_are_refused_before_the_token_is_read(api: RawApi) -> None:
+    reply = api.request("POST", "/execute", {}, token=None, headers={"X-Padding": "x" * (64 << 10)})
+    assert (reply.status, reply.error["code"]) == (431, "headers_too_large")
+
+
 # -- executing ------------------------------------------------------------------------------------
 def test_read_without_transaction_returns_raw_rows(api: RawApi) -> None:
     reply = api.execute(sa.select(items.c.name, items.c.qty).where(items.c.qty > 0).order_by(items.c.id))
