@@ -169,24 +169,7 @@ class _Connection:
         if end > MAX_HEAD_BYTES:
             raise AnswerLost(f"the answer's head is larger than {MAX_HEAD_BYTES} bytes")
         self._buffer = buffer[end + 4:]
-        lines = buffer[:end].split(b"\r\n")
-        version, _, rest = lines[0].partition(b" ")
-        code = rest[:3]
-        if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit() or rest[3:4] not in (b"", b" "):
-            raise AnswerLost(f"the server's answer is not HTTP/1.x: {lines[0][:80]!r}")
-        if len(lines) > MAX_HEADERS + 1:
-            raise AnswerLost(f"the answer has more than {MAX_HEADERS} headers")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or not name or b" " in name or b"\t" in name:
-                raise AnswerLost(f"malformed header line in the answer: {line[:80]!r}")
-            key = name.decode("latin-1").lower()
-            text = value.strip().decode("latin-1")
-            if key in headers and key == "content-length" and headers[key] != text:
-                raise AnswerLost("the answer has conflicting Content-Length headers")
-            headers[key] = f"{headers[key]}, {text}" if key in headers and key != "content-length" else text
-        return int(code), version, headers
+        return _parse_head(buffer[:end])
 
     def _read_exact(self, length: int) -> bytes:
         buffer = self._buffer
@@ -239,6 +222,42 @@ class _Connection:
         while data := self.sock.recv(_RECV):
             parts.append(data)
         return b"".join(parts)
+
+
+_BLANKS = " \t\n\r\x0b\x0c"  # what bytes.strip() strips (str.strip() would strip more)
+
+
+def _parse_head(head: bytes) -> tuple[int, bytes, dict[str, str]]:
+    """Status, version and headers of a head (*head*: without its final blank line).
+
+    Decoded once as latin-1 (byte for byte, as decoding each name and value would be), then
+    split: per field, one ``partition`` and the checks.
+    """
+    first = head.find(b"\r\n")
+    status_line = head if first < 0 else head[:first]
+    version, _, rest = status_line.partition(b" ")
+    code = rest[:3]
+    if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit() or rest[3:4] not in (b"", b" "):
+        raise AnswerLost(f"the server's answer is not HTTP/1.x: {status_line[:80]!r}")
+    headers: dict[str, str] = {}
+    if first < 0:
+        return int(code), version, headers
+    lines = head[first + 2:].decode("latin-1").split("\r\n")
+    if len(lines) > MAX_HEADERS:
+        raise AnswerLost(f"the answer has more than {MAX_HEADERS} headers")
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if not colon or not name or " " in name or "\t" in name:
+            raise AnswerLost(f"malformed header line in the answer: {line[:80].encode('latin-1')!r}")
+        key = name.lower()
+        text = value.strip(_BLANKS)
+        if key not in headers:
+            headers[key] = text
+        elif key != "content-length":
+            headers[key] = f"{headers[key]}, {text}"
+        elif headers[key] != text:
+            raise AnswerLost("the answer has conflicting Content-Length headers")
+    return int(code), version, headers
 
 
 def _keeps_alive(version: bytes, connection: str) -> bool:
