@@ -303,6 +303,12 @@ def _decode_decimal(payload: Any, _: EnumResolver | None = None) -> decimal.Deci
 
 _zones: dict[str, ZoneInfo] = {}  # by key: a dictionary look-up instead of ZoneInfo's own cache
 _ZONES_MAX = 1024  # keys come off the wire: a bounded number is remembered
+# Zones whose offset is 0 at every instant (the database's and most applications' UTC): a wall
+# time there is never repeated or skipped, so a decoded value needs no fold check.
+_UTC_KEYS = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Etc/Zulu", "Zulu",
+                       "GMT", "Etc/GMT", "Etc/GMT0", "Etc/GMT+0", "Etc/GMT-0", "GMT0", "GMT+0", "GMT-0",
+                       "Etc/Greenwich", "Greenwich"})
+_constant_zones: set[str] = set()  # keys of _UTC_KEYS whose ZoneInfo was seen to keep offset 0
 
 
 def _zone(key: str) -> ZoneInfo:
@@ -318,7 +324,19 @@ def _zone(key: str) -> ZoneInfo:
         ) from exc
     if len(_zones) < _ZONES_MAX:
         _zones[key] = zone
+        if key in _UTC_KEYS and _keeps_offset_zero(zone):
+            _constant_zones.add(key)
     return zone
+
+
+def _keeps_offset_zero(zone: ZoneInfo) -> bool:
+    """Whether *zone* has offset 0 and no transitions (as its UTC name promises)."""
+    if zone.utcoffset(None) not in (None, timedelta(0)):
+        return False
+    probes = (datetime(1, 1, 2), datetime(1900, 1, 1), datetime(1970, 1, 1), datetime(2000, 6, 1),
+              datetime(2038, 1, 20), datetime(9999, 12, 30))
+    return all(zone.utcoffset(p.replace(fold=f)) == timedelta(0) for p in probes for f in (0, 1)) and \
+        not getattr(zone, "_trans_utc", ())
 
 
 def _decode_zoned(payload: Any, _: EnumResolver | None = None) -> datetime:
@@ -327,11 +345,13 @@ def _decode_zoned(payload: Any, _: EnumResolver | None = None) -> datetime:
     else:
         iso, key = map(_str, _array(payload, 2))
     parsed = datetime.fromisoformat(iso)
-    offset = parsed.utcoffset()
-    if offset is None:
+    if parsed.tzinfo is None:
         raise ValueError("the ISO string must carry a UTC offset")
     # parsed.replace(tzinfo=zone), at a third of its cost (keyword arguments are slow there)
     wall = datetime.combine(parsed.date(), parsed.time(), _zone(key))
+    if key in _constant_zones:
+        return wall  # offset 0 at every wall time: no fold to choose
+    offset = parsed.utcoffset()
     if wall.utcoffset() != offset and wall.replace(fold=1).utcoffset() == offset:
         return wall.replace(fold=1)  # the later of a repeated or skipped wall time
     return wall
