@@ -339,6 +339,10 @@ def _keeps_offset_zero(zone: ZoneInfo) -> bool:
         not getattr(zone, "_trans_utc", ())
 
 
+_fromisoformat = datetime.fromisoformat
+_combine = datetime.combine
+
+
 def _decode_zoned(payload: Any, _: EnumResolver | None = None) -> datetime:
     if type(payload) is list and len(payload) == 2 and type(payload[0]) is str and type(payload[1]) is str:
         iso, key = payload  # the usual shape, checked without the helpers' calls
@@ -453,6 +457,18 @@ def _short(data: Any) -> str:
 
 
 def _decode_tagged(data: dict[str, Any], resolver: EnumResolver | None) -> Any:
+    # The common case first: a timestamp of a UTC-zoned column (PostgreSQL's timestamptz on a
+    # UTC session), decoded here without three further calls; exactly what _decode_zoned returns
+    payload = data.get("$dtz")
+    if type(payload) is list and len(data) == 1 and len(payload) == 2 and payload[1] in _constant_zones \
+            and type(payload[0]) is str:
+        try:
+            parsed = _fromisoformat(payload[0])
+        except ValueError:
+            pass  # reported by the general path below
+        else:
+            if parsed.tzinfo is not None:
+                return _combine(parsed.date(), parsed.time(), _zones[payload[1]])
     if len(data) != 1:
         raise MalformedValueError(
             f"a tagged value must be a JSON object with exactly one '$tag' key, got "
