@@ -41,6 +41,8 @@ import os
 import select
 import socket
 import ssl
+import struct
+import sys
 import threading
 import weakref
 from dataclasses import dataclass
@@ -119,12 +121,14 @@ class _Connection:
         try:
             sent = self.sock.send(view[:_TLS_RECORD] if self.tls else view)
         except OSError as exc:  # timeout, reset, broken pipe: the kernel took nothing
-            raise NotSent(f"the connection failed before the request was written ({exc})") from exc
+            reason = "timed out" if isinstance(exc, BlockingIOError) else exc  # SO_SNDTIMEO (_set_timeout)
+            raise NotSent(f"the connection failed before the request was written ({reason})") from exc
         if sent < len(data):
             try:
                 self.sock.sendall(view[sent:])
             except OSError as exc:
-                raise AnswerLost(f"the connection failed while the request was written ({exc})") from exc
+                reason = "timed out" if isinstance(exc, BlockingIOError) else exc
+                raise AnswerLost(f"the connection failed while the request was written ({reason})") from exc
 
     def read_response(self, method: str) -> tuple[Response, bool]:
         """The next answer and whether the connection may be reused; skips ``1xx`` answers."""
@@ -150,6 +154,8 @@ class _Connection:
                 body, keep_alive = self._read_to_end(), False
         except _EndOfStream:
             raise AnswerLost("the server closed the connection before its answer was complete") from None
+        except BlockingIOError as exc:  # the kernel's SO_RCVTIMEO (_set_timeout)
+            raise AnswerLost("no answer within the read timeout (timed out)") from exc
         except TimeoutError as exc:
             raise AnswerLost(f"no answer within the read timeout ({exc})") from exc
         except OSError as exc:
@@ -356,7 +362,9 @@ class ConnectionPool:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._ssl is not None:
                 sock = self._ssl.wrap_socket(sock, server_hostname=self.host)  # handshake: nothing sent yet
-            sock.settimeout(self._read_timeout)
+                sock.settimeout(self._read_timeout)
+            else:
+                _set_timeout(sock, self._read_timeout)
         except (OSError, ssl.SSLError) as exc:
             sock.close()
             raise NotSent(f"cannot open a TLS connection to {self.host}:{self.port} ({exc})") from exc
@@ -367,6 +375,30 @@ class ConnectionPool:
         idle, self._idle, self._lock = self._idle, [], threading.Lock()
         for conn in idle:
             conn.close()
+
+
+_KERNEL_TIMEOUTS = sys.platform.startswith("linux")
+
+
+def _set_timeout(sock: socket.socket, seconds: float | None) -> None:
+    """The read/write timeout of a plain TCP socket, kept by the kernel where it can be.
+
+    A Python socket with a timeout calls ``poll()`` before every ``send`` and ``recv``: three extra
+    system calls per request. On Linux the socket stays blocking and the kernel applies the
+    timeout (``SO_RCVTIMEO`` / ``SO_SNDTIMEO``); a call that times out fails with ``EAGAIN``
+    (:class:`BlockingIOError`), which the connection reports as Python's timeout would be.
+    """
+    if not _KERNEL_TIMEOUTS or seconds is None or seconds <= 0:
+        sock.settimeout(seconds)
+        return
+    whole = int(seconds)
+    micros = int((seconds - whole) * 1e6)  # below 1e6
+    if whole == 0 and micros == 0:
+        micros = 1  # a zero timeval would mean no timeout at all
+    timeval = struct.pack("@ll", whole, micros)
+    sock.settimeout(None)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
 def _default_ssl_context() -> ssl.SSLContext:
