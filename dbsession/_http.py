@@ -9,7 +9,9 @@ connection, so the protocol subset needed is small and fully specified here:
 * persistent sockets (TCP_NODELAY; TLS through an ``ssl`` context for ``https://``) in a small
   LIFO pool, thread-safe; idle ones beyond ``maxsize`` are closed; a forked child forgets the
   parent's sockets;
-* one ``send`` of head and body together per request;
+* one ``send`` of head and body together per request; on Linux a plain TCP socket stays blocking
+  and the kernel keeps its timeout (no ``poll`` before each ``send``/``recv``); ``recv`` asks for
+  32 KiB at a time (Python allocates what is asked before each call);
 * answers framed by ``Content-Length``, ``Transfer-Encoding: chunked`` or the connection's end;
   ``1xx`` interim answers skipped; ``Connection: close`` and HTTP/1.0 honoured; head size,
   header count and chunk-size lines bounded.
