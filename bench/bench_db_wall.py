@@ -53,7 +53,7 @@ from dbapi_server.db_roles import DatabaseRoles
 from dbapi_server.db_wall import DatabaseWall
 from dbsession import DBSession
 
-DEFAULT_URL = "postgresql+psycopg://root@127.0.0.1/dbsession_bench_wall"
+DEFAULT_URL = f"postgresql+psycopg://root@127.0.0.1/dbsession_bench_wall_{os.getpid()}"  # the run's own
 NAMESPACE = "bench"
 POLICY = """
 [roles.worker]

@@ -41,6 +41,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -48,6 +49,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -70,7 +72,10 @@ from dbapi_server import mint_token  # noqa: E402
 from dbapi_server.keys import write_keypair  # noqa: E402
 from dbsession import DBSession  # noqa: E402
 
-DEFAULT_URL = "postgresql+psycopg://root@127.0.0.1/dbsession_bench"
+# The database is this run's own (the pid in its name): two runs at once do not drop each other's.
+# A database a run created is marked with its host and pid (COMMENT ON DATABASE); the next run
+# drops those whose run no longer exists (killed before it could drop its own; see fresh_database).
+DEFAULT_URL = f"postgresql+psycopg://root@127.0.0.1/dbsession_bench_{os.getpid()}"
 METADATA_PATH = "bench.models:Base.metadata"
 
 N_DAGS, N_RUNS, N_PLAIN_TASKS, N_MAPPED = 4, 5, 12, 3  # 4 * 5 * (12 + 3) = 300 task instances
@@ -170,36 +175,133 @@ OPS: dict[str, tuple[str, Callable[[Maker, int], Any]]] = {
 
 
 # -- database lifecycle ----------------------------------------------------------------------------
+RUN_MARK = "dbsession bench run"
+_RUN_COMMENT = re.compile(r"dbsession bench run: host=(?P<host>\S+) pid=(?P<pid>[0-9]+)")
+
+
+def _run_comment() -> str:
+    return f"{RUN_MARK}: host={socket.gethostname()} pid={os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sweep_stale_databases(admin: sa.Engine) -> list[str]:
+    """Drop the databases earlier runs on this host created and never dropped (they were killed).
+
+    Only databases marked by a run (``COMMENT ON DATABASE``) of this host whose process is gone,
+    and without ``FORCE``: one still in use (a server the dead run left behind) is left alone.
+    """
+    with admin.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database").all()
+    dropped = []
+    for name, comment in rows:
+        mark = _RUN_COMMENT.fullmatch(comment or "")
+        if mark is None or mark["host"] != socket.gethostname() or _pid_alive(int(mark["pid"])):
+            continue
+        try:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {_quoted(name)}")
+        except sa.exc.DBAPIError:
+            continue  # still in use, or not ours to drop
+        dropped.append(name)
+    if dropped:
+        print(f"dropped {len(dropped)} database(s) left by killed benchmark runs: {', '.join(dropped)}",
+              file=sys.stderr)
+    return dropped
+
+
+def _sweep_stale_tempdirs() -> None:
+    """Remove temporary directories of killed runs on this machine (``dbsession_bench_<pid>_...``)."""
+    for path in Path(tempfile.gettempdir()).glob("dbsession_bench_*"):
+        mark = re.fullmatch(r"dbsession_bench_(?:run_)?([0-9]+)_.*", path.name)
+        if mark and path.is_dir() and path.stat().st_uid == os.getuid() and not _pid_alive(int(mark[1])):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def run_tempdir(kind: str = "") -> str:
+    """A temporary directory named after this run's pid (removed by a later run if this one is killed)."""
+    with contextlib.suppress(OSError):
+        _sweep_stale_tempdirs()
+    return tempfile.mkdtemp(prefix=f"dbsession_bench_{kind}{os.getpid()}_")
+
+
+@contextlib.contextmanager
+def exit_on_termination() -> Iterator[None]:
+    """SIGTERM / SIGHUP end the run through ``SystemExit``, so its ``finally`` blocks clean up.
+
+    (SIGINT already does, as ``KeyboardInterrupt``.) Only where the signal still has its default
+    handler, in the main thread.
+    """
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(signum) is signal.SIG_DFL:
+                previous[signum] = signal.signal(signum, _exit_for_signal)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _exit_for_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 @contextlib.contextmanager
 def fresh_database(url: str | None, use_sqlite: bool, keep: bool) -> Iterator[str]:
-    """A new, empty database: a temporary SQLite file, or a PostgreSQL database created and dropped."""
-    if use_sqlite:
-        tmp = tempfile.mkdtemp(prefix="dbsession_bench_")
+    """A new, empty database: a temporary SQLite file, or a PostgreSQL database created and dropped.
+
+    A PostgreSQL database is marked as this run's; databases of earlier runs on this host that were
+    killed before dropping theirs are dropped first (:func:`sweep_stale_databases`). With *keep*
+    the database stays, unmarked.
+    """
+    with exit_on_termination():
+        if use_sqlite:
+            tmp = tempfile.mkdtemp(prefix="dbsession_bench_kept_") if keep else run_tempdir()
+            try:
+                yield f"sqlite:///{tmp}/bench.db"
+            finally:
+                if not keep:
+                    shutil.rmtree(tmp, ignore_errors=True)
+            return
+        assert url is not None
+        parsed = sa.make_url(url)
+        if parsed.get_backend_name() != "postgresql":
+            raise SystemExit(f"--database-url: only PostgreSQL URLs are supported (or --sqlite), got {parsed!r}")
+        name = parsed.database
+        if not name or not name.replace("_", "").isalnum():
+            raise SystemExit(f"--database-url must name a plain database, got {name!r}")
+        admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        dbsession.guard.exempt(admin)  # trusted side: usable even if the process is in isolation mode
         try:
-            yield f"sqlite:///{tmp}/bench.db"
-        finally:
-            if not keep:
-                shutil.rmtree(tmp, ignore_errors=True)
-        return
-    assert url is not None
-    parsed = sa.make_url(url)
-    if parsed.get_backend_name() != "postgresql":
-        raise SystemExit(f"--database-url: only PostgreSQL URLs are supported (or --sqlite), got {parsed!r}")
-    name = parsed.database
-    if not name or not name.replace("_", "").isalnum():
-        raise SystemExit(f"--database-url must name a plain database, got {name!r}")
-    admin = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    dbsession.guard.exempt(admin)  # trusted side: usable even if the process is in isolation mode
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        yield parsed.render_as_string(hide_password=False)
-    finally:
-        if not keep:
+            with contextlib.suppress(sa.exc.DBAPIError):
+                sweep_stale_databases(admin)
             with admin.connect() as conn:
                 conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+                conn.exec_driver_sql(f"COMMENT ON DATABASE \"{name}\" IS '{_run_comment()}'")
+            yield parsed.render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                if keep:
+                    conn.exec_driver_sql(f"COMMENT ON DATABASE \"{name}\" IS '{RUN_MARK}, kept (--keep-db)'")
+                else:
+                    conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.dispose()
 
 
 # -- the DB-API subprocess -------------------------------------------------------------------------
@@ -224,7 +326,8 @@ class Server:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self._command(url, port, threads, metadata),
-                                     cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+                                     cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         self.pids = [self.proc.pid]
         self.http = urllib3.HTTPConnectionPool("127.0.0.1", port, maxsize=1, retries=False,
                                                timeout=urllib3.Timeout(connect=1.0, read=10.0))
@@ -282,6 +385,16 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+def _die_with_parent() -> None:
+    """In the server's child process (Linux): SIGTERM when the benchmark dies, even by SIGKILL, so
+    no orphaned server keeps the run's database in use."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -677,7 +790,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", default=DEFAULT_URL,
-                        help=f"PostgreSQL URL of a database to create, use and drop (default {DEFAULT_URL})")
+                        help="PostgreSQL URL of a database to create, use and drop (default: "
+                             "dbsession_bench_<pid> on 127.0.0.1, this run's own)")
     parser.add_argument("--sqlite", action="store_true", help="use a temporary SQLite file instead")
     parser.add_argument("--iterations", "-n", type=int, default=500, help="timed calls per op, mode and round")
     parser.add_argument("--warmup", type=int, default=50, help="untimed calls per op and mode first")
@@ -738,7 +852,7 @@ def check_equivalence(direct: Maker, isolated: Maker, ops: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    workdir = Path(tempfile.mkdtemp(prefix="dbsession_bench_run_"))
+    workdir = Path(run_tempdir("run_"))
     try:
         with fresh_database(None if args.sqlite else args.database_url, args.sqlite, args.keep_db) as url:
             return _run(args, url, workdir)

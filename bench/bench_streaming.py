@@ -75,8 +75,8 @@ from bench.bench_isolation import (  # noqa: E402
 from bench.models import Payload, StreamingBase  # noqa: E402
 from dbsession import DBSession  # noqa: E402
 
-DEFAULT_PG_URL = "postgresql+psycopg://root@127.0.0.1/dbsession_bench_streaming"
-DEFAULT_MYSQL_URL = "mysql+pymysql://root@127.0.0.1:3306/dbsession_bench_streaming"
+DEFAULT_PG_URL = f"postgresql+psycopg://root@127.0.0.1/dbsession_bench_streaming_{os.getpid()}"  # the run's own
+DEFAULT_MYSQL_URL = f"mysql+pymysql://root@127.0.0.1:3306/dbsession_bench_streaming_{os.getpid()}"
 METADATA_PATH = "bench.models:StreamingBase.metadata"
 PAYLOAD_BYTES = 100
 SAMPLE_INTERVAL = 0.02

@@ -14,6 +14,7 @@ connection, and committing or rolling back a connection that never wrote costs n
 
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
@@ -78,6 +79,12 @@ class DisconnectError(OperationalError):
 
 
 DEFAULT_COMMIT_RETRY_DEADLINE = 30.0
+
+
+def new_txn_id() -> str:
+    """A transaction's id: 128 random bits as 32 hex digits (``uuid.uuid4().hex`` costs 5x more)."""
+    return os.urandom(16).hex()
+
 NOT_SERVED: Any = object()  # an older DB-API without the catalog routes
 
 
@@ -262,7 +269,7 @@ class Connection:
             self.deferral.send_pending(self, commit=False)
         begin = False
         if self.txn is None and (needs_txn or self.eager_transactions):
-            self.txn, self.seq, begin = uuid.uuid4().hex, 0, True
+            self.txn, self.seq, begin = new_txn_id(), 0, True
         if self.txn is not None:
             self.seq += 1
             payload["txn"], payload["seq"] = self.txn, self.seq
@@ -342,7 +349,7 @@ class Connection:
             raise InterfaceError("This DB-API connection is closed.")
         begin = False
         if self.txn is None:
-            self.txn, self.seq, begin = uuid.uuid4().hex, 0, True
+            self.txn, self.seq, begin = new_txn_id(), 0, True
         txn = self.txn
         self.seq += 1
         payload: dict[str, Any] = {"txn": txn, "seq": self.seq, "statements": statements}

@@ -22,7 +22,6 @@ that the server's database is of that kind.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -168,9 +167,6 @@ def _context_for(base: type) -> type:
 
 
 # -- the dialect ---------------------------------------------------------------------------------
-_wire_cache: weakref.WeakKeyDictionary[Any, tuple[dict[str, Any], str, bool, str | None]] = weakref.WeakKeyDictionary()
-
-
 def _has_dml(document: Any) -> bool:
     stack = [document]
     while stack:
@@ -187,7 +183,7 @@ def _has_dml(document: Any) -> bool:
 def _wire_for(compiled: sql_compiler.SQLCompiler) -> tuple[dict[str, Any], str, bool, str | None]:
     """(wire document, SQL hash, needs a transaction, document hash) for a compiled statement,
     cached on it."""
-    cached = _wire_cache.get(compiled)
+    cached = compiled.__dict__.get("_dbs_wire")  # on the compiled statement: lives and dies with it
     if cached is None:
         root = compiled.compile_state.statement if compiled.compile_state is not None else compiled.statement
         document = to_wire(root, compiled=compiled, core_statements=getattr(compiled, "_dbs_core", None))
@@ -195,7 +191,7 @@ def _wire_for(compiled: sql_compiler.SQLCompiler) -> tuple[dict[str, Any], str, 
         needs_txn = (node["t"] not in ("select", "compound_select") or _locks(node)
                      or _has_dml(document))  # a SELECT writing through a data-modifying CTE
         digest = sql_fingerprint(compiled)
-        cached = _wire_cache[compiled] = (document, digest, needs_txn, document_hash(document))
+        cached = compiled._dbs_wire = (document, digest, needs_txn, document_hash(document))  # type: ignore[attr-defined]
     return cached
 
 
@@ -203,18 +199,17 @@ def _wire_for(compiled: sql_compiler.SQLCompiler) -> tuple[dict[str, Any], str, 
 # PostgreSQL. Not application tables the server's metadata knows, so those statements travel as
 # driver SQL - allowed only where the policy allows raw SQL.
 _SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
-_catalog_cache: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 def _reads_system_catalog(compiled: sql_compiler.SQLCompiler) -> bool:
-    found = _catalog_cache.get(compiled)
+    found: bool | None = compiled.__dict__.get("_dbs_reads_catalog")
     if found is None:
         from sqlalchemy.sql.util import find_tables
         statement = compiled.statement
         found = statement is not None and any(
             getattr(t, "schema", None) in _SYSTEM_SCHEMAS
             for t in find_tables(statement, check_columns=True, include_aliases=True, include_joins=True))
-        _catalog_cache[compiled] = found
+        compiled._dbs_reads_catalog = found  # type: ignore[attr-defined]
     return found
 
 
