@@ -331,26 +331,15 @@ def batch() -> Response:
 def _streamed(state: ServerState, principal: Principal, conn: sa.Connection, plan: Plan,
               params: list[dict[str, Any]], sql_hash: str, page_size: int, options: Any,
               txn_id: str | None, release: Callable[[], None]) -> dict[str, Any]:
+    # the row limit is the statement run's: a first page over it is refused there (result closed)
     reply, result = execute_plan_streamed(state.policy, state.executor, conn, plan, params, sql_hash=sql_hash,
                                           page_size=page_size, options=options)
-    max_rows = plan.limits.max_rows
-    if max_rows is not None and len(reply.get("rows", ())) > max_rows:
-        if result is not None:
-            result.close()
-        release()
-        raise _too_many_rows(max_rows)
     if result is None:
         release()
     else:
         cursor = state.cursors.open(principal.subject, result, page_size, txn_id, release)
-        cursor.max_rows, cursor.rows_sent = max_rows, len(reply["rows"])
         reply["cursor"] = cursor.id
     return reply
-
-
-def _too_many_rows(max_rows: int) -> LimitExceeded:
-    return LimitExceeded(f"The result has more than the {max_rows} rows this role may fetch; narrow the "
-                         "query.", limit="result_rows", maximum=max_rows)
 
 
 def _in_transaction(state: ServerState, principal: Principal, txn_id: str, seq: int, begin: bool,
@@ -419,11 +408,11 @@ def fetch_cursor(cursor_id: str) -> Response:
         if page != cursor.page + 1 or cursor.closed:
             raise APIError(f"Page {page} of cursor {cursor_id} cannot be fetched now (expected "
                            f"{cursor.page + 1}).", status=409, code="out_of_order")
-        rows, more = fetch_page(cursor.result, cursor.page_size)
-        cursor.rows_sent += len(rows)
-        if cursor.max_rows is not None and cursor.rows_sent > cursor.max_rows:
+        try:
+            rows, more = fetch_page(cursor.result, cursor.page_size)  # counted by the statement's run
+        except LimitExceeded:
             state.cursors.close(cursor_id)  # counted across pages: this page and the rest refused
-            raise _too_many_rows(cursor.max_rows)
+            raise
         if not more:
             cursor.close()  # exhausted: connection freed now; the entry stays for a replay
         cursor.page, cursor.last_reply, cursor.last_used = page, {"rows": rows, "more": more}, time.monotonic()
