@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 def _read(state: Any, req: Any, plan: Any, params: Any) -> Any:
     """What ``/execute`` does for a read outside a transaction (views.execute's block)."""
     from dbapi_server.enforcement import execute_plan
-    with state.read_engine.connect() as conn:
+    connect = getattr(state, "read_connection", None) or state.read_engine.connect
+    with connect() as conn:
         return execute_plan(state.policy, state.executor, conn, plan, params, many=req.many,
                             sql_hash=req.sql_hash, options=req.options, column_keys=req.column_keys)
 

@@ -149,7 +149,7 @@ class StatementExecutor:
         """
         return self.driver_values.wrap(decode_params(params or [{}], enum_resolver=self.types.resolve_enum))
 
-    def run(self, run: StatementRun, *, stream: int | None = None) -> sa.CursorResult[Any]:
+    def run(self, run: StatementRun, *, stream: int | None = None) -> Any:
         """Execute *run*'s statement (its plan's), compiled in the client statements' cache; with
         *stream*, a server-side cursor buffering that many rows."""
         connection, statement, params = run.connection, run.plan.statement, run.params

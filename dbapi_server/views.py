@@ -261,7 +261,7 @@ def execute() -> Response:
         except BaseException:
             conn.close()
             raise
-    with state.read_engine.connect() as conn:
+    with state.read_connection() as conn:
         return _json(execute_plan(state.policy, state.executor, conn, plan, params, many=req.many,
                                   sql_hash=req.sql_hash, options=req.options, column_keys=req.column_keys))
 
