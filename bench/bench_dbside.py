@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import sys
 import time
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(os.environ.get("DBSIDE_REPO") or Path(__file__).resolve().parent.parent)  # another checkout's code
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
@@ -64,13 +65,18 @@ def capture(server: Any, ops: list[str]) -> dict[str, list[tuple[Any, Any, bool]
     return found
 
 
-def cpu_per_call(fn: Callable[[], Any], n: int) -> float:
+def cpu_per_call(fn: Callable[[], Any], n: int, chunks: int = 10) -> float:
+    """CPU µs per call: the best of *chunks* chunks (a shared machine only ever adds time)."""
     for _ in range(min(200, n)):
         fn()
-    start = time.process_time()
-    for _ in range(n):
-        fn()
-    return (time.process_time() - start) / n * 1e6
+    best = float("inf")
+    size = max(1, n // chunks)
+    for _ in range(chunks):
+        start = time.process_time()
+        for _ in range(size):
+            fn()
+        best = min(best, (time.process_time() - start) / size * 1e6)
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,9 +137,13 @@ class StatementRun:
 
     def description(self, context: Any) -> list[list[Any]] | None:
         """The cursor description as JSON (cached on the compiled statement), or None."""
-        if self.cursor is None:
+        cursor = self.cursor
+        if cursor is None:
             return None
-        description = self.cursor.description
+        cached = getattr(getattr(context, "compiled", None), "_dbs_description", None)
+        if cached is not None and cursor.width() == len(cached):
+            return cached  # type: ignore[no-any-return]
+        description = cursor.description
         if description is None:
             return None
         return _encoded_description(context, description)
@@ -167,7 +171,15 @@ class StatementRun:
             reply["lastrowid"] = encode_value(self.lastrowid)
         description = self.description(context)  # before the cursor closes
         imv_rows = getattr(context, "_insertmanyvalues_rows", None)
-        if result.returns_rows:
+        if isinstance(result, RawRows):  # a SELECT: the rows straight from the driver
+            try:
+                if self.max_rows is None:
+                    result.cursor.fetchall()
+                else:
+                    result.cursor.fetchmany(self.max_rows + 1)
+            except BaseException as exc:  # wrapped as SQLAlchemy's result would (SQLite steps here)
+                context.root_connection._handle_dbapi_exception(exc, None, None, result.cursor, context)
+        elif result.returns_rows:
             max_rows = self.max_rows
             if max_rows is None:
                 result.cursor_strategy.fetchall(result, result.cursor)  # drain through the recorder
@@ -231,6 +243,16 @@ class RecordingCursor:
             description = self._description = self._cursor.description
         return description
 
+    def width(self) -> int | None:
+        """The number of columns in the description (None: no description), without building it
+        when the driver is psycopg (its result knows the count)."""
+        if self._description is _UNSET:
+            result = getattr(self._cursor, "pgresult", None)
+            if result is not None and result.status == _TUPLES_OK and result.nfields:
+                return int(result.nfields)
+        description = self.description
+        return None if description is None else len(description)
+
     def fetchone(self) -> Any:
         row = self._cursor.fetchone()
         if row is not None and self._record:
@@ -251,6 +273,27 @@ class RecordingCursor:
 
 
 _UNSET: Any = object()
+_TUPLES_OK = 2  # libpq's PGRES_TUPLES_OK (psycopg.pq.ExecStatus.TUPLES_OK): psycopg then describes nfields columns
+
+
+class RawRows:
+    """A plain SELECT's result, straight from the recorded driver cursor.
+
+    SQLAlchemy's result set-up (``CursorResult``, its metadata adapted to the statement, the
+    cursor description it needs for that) serves result processing, which the server never does:
+    the client processes the raw rows. ``_RunContextMixin._setup_result_proxy`` answers with this
+    instead for a SELECT that is not streamed, on a connection without execute events.
+    """
+
+    __slots__ = ("context", "cursor")
+    returns_rows = True
+
+    def __init__(self, context: Any) -> None:
+        self.context = context
+        self.cursor = context.cursor
+
+    def close(self) -> None:
+        self.cursor.close()
 
 
 def _encoded_description(context: Any, description: Any) -> list[list[Any]]:
@@ -297,9 +340,26 @@ class _RunContextMixin:
 
     _dbs_run: StatementRun  # the one attribute: set by run_context_constructor
 
+    is_crud: bool
+    is_text: bool
+    compiled: Any
+    execution_options: Any
+    root_connection: Any
+
     def post_exec(self) -> None:
         super().post_exec()  # type: ignore[misc]
         self._dbs_run.executed(self)
+
+    def _setup_result_proxy(self) -> Any:
+        """A plain SELECT (not streamed, no out parameters, no execute events to see a result):
+        the raw rows, without SQLAlchemy's result set-up (:class:`RawRows`)."""
+        run = self._dbs_run
+        connection = self.root_connection
+        if (not run.streamed and not self.is_crud and not self.is_text and self.compiled is not None
+                and not self.compiled.has_out_parameters and not connection._has_events
+                and not connection.engine._has_events and run.cursor is not None):
+            return RawRows(self)
+        return super()._setup_result_proxy()  # type: ignore[misc]
 
 
 _run_contexts: dict[type, type] = {}
