@@ -342,6 +342,7 @@ class _RunContextMixin:
 
     is_crud: bool
     is_text: bool
+    isddl: bool
     compiled: Any
     execution_options: Any
     root_connection: Any
@@ -351,12 +352,13 @@ class _RunContextMixin:
         self._dbs_run.executed(self)
 
     def _setup_result_proxy(self) -> Any:
-        """A plain SELECT (not streamed, no out parameters, no execute events to see a result):
+        """A plain SELECT (returning rows, not streamed, no out parameters, no execute events to see a result):
         the raw rows, without SQLAlchemy's result set-up (:class:`RawRows`)."""
         run = self._dbs_run
         connection = self.root_connection
-        if (not run.streamed and not self.is_crud and not self.is_text and self.compiled is not None
-                and not self.compiled.has_out_parameters and not connection._has_events
+        compiled = self.compiled
+        if (not run.streamed and not self.is_crud and not self.is_text and not self.isddl and compiled is not None
+                and compiled.statement.is_select and not compiled.has_out_parameters and not connection._has_events
                 and not connection.engine._has_events and run.cursor is not None):
             return RawRows(self)
         return super()._setup_result_proxy()  # type: ignore[misc]
