@@ -105,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
                     def read(req: Any = req, principal: Any = principal) -> Any:
                         plan, info, params = req.prepare(state, principal)
-                        return views._run_read(state, req, plan, params) if hasattr(views, "_run_read") \
-                            else _read(state, req, plan, params)
+                        return _read(state, req, plan, params)
 
                     txn_conn = state.engine.connect()
                     txn_conn.begin()
