@@ -40,8 +40,6 @@ class OpenCursor:
     page: int = 0
     last_reply: dict[str, Any] | None = None
     last_used: float = field(default_factory=time.monotonic)
-    max_rows: int | None = None  # the caller's row limit, counted across pages
-    rows_sent: int = 0
     closed: bool = False
 
     def close(self) -> None:

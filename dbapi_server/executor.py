@@ -9,9 +9,10 @@ compiled objects are marked *pre-processed*: no bind processor and no Python-sid
 again (the client evaluated those too). The server's own statements (named methods) use the
 engine's normal cache and processing. Two guards make a rebuild mistake loud instead of subtly
 wrong: every bound parameter is *required* (a missing value is an error, never NULL), and the SQL
-the server compiles must hash to what the client compiled (checked at the cursor, for free).
-Rows are taken from the cursor before result processing, so the client's own result processors
-run exactly once.
+the server compiles must hash to what the client compiled (checked once, right after the compile,
+before anything runs). Rows are taken from the cursor before result processing, so the client's
+own result processors run exactly once. What belongs to one execution - timeout, fingerprint
+check, raw rows, row limit - is the :class:`~dbapi_server.statement_run.StatementRun`'s.
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ from query_translation import (
     TranslationError,
     TypeResolver,
     decode_params,
-    encode_row,
-    encode_value,
     from_wire,
 )
 from query_translation.decode import StatementInfo
@@ -45,20 +44,14 @@ from query_translation.size import DocumentSize
 
 from ._driver_values import DriverValues
 from .errors import APIError
-from .refusals import LimitExceeded
+from .statement_run import StatementMismatch, StatementRun, run_context_constructor
 
-__all__ = ["StatementExecutor", "StatementMismatch", "UnknownStatement", "execute_preprocessed",
+__all__ = ["StatementExecutor", "StatementMismatch", "UnknownStatement", "execute_preprocessed", "fetch_page",
            "mark_preprocessed"]
 
 log = logging.getLogger("dbapi_server")
 
-_EXPECTED_SQL = "dbs_expected_sql"  # execution option: the client's fingerprint, checked once per run
-
 _FORWARDED_OPTIONS = ("preserve_rowcount", "insertmanyvalues_page_size")
-
-
-class StatementMismatch(APIError):
-    code = "statement_mismatch"
 
 
 class UnknownStatement(APIError):
@@ -156,70 +149,37 @@ class StatementExecutor:
         """
         return self.driver_values.wrap(decode_params(params or [{}], enum_resolver=self.types.resolve_enum))
 
-    def execute(self, connection: sa.Connection, statement: Any, params: list[dict[str, Any]],
-                *, many: bool, sql_hash: str | None, options: Mapping[str, Any] | None = None,
-                column_keys: list[str] | None = None, max_rows: int | None = None) -> dict[str, Any]:
-        """Execute and answer; ``sql_hash=None`` only when the caller verified the SQL already."""
-        return _reply(_checked_execute(connection, statement, params, many=many, sql_hash=sql_hash,
-                                       options=options, column_keys=column_keys, cache=self.compiled_cache),
-                      max_rows)
-
-    def execute_streamed(self, connection: sa.Connection, statement: Any, params: list[dict[str, Any]],
-                         *, sql_hash: str | None, page_size: int, options: Mapping[str, Any] | None = None,
-                         ) -> tuple[dict[str, Any], sa.CursorResult[Any] | None]:
-        """Execute with a server-side cursor; answer the first page.
-
-        Returns the reply and, when more rows remain, the open result to fetch them from later.
-        """
-        result = _checked_execute(connection, statement, params, many=False, sql_hash=sql_hash,
-                                  options=options, stream=page_size, cache=self.compiled_cache)
-        if not result.returns_rows:
-            return _reply(result), None
-        description, rowcount, _ = getattr(result.context, "_dbs_cursor", None) or (None, -1, None)
-        rows, more = fetch_page(result, page_size)
-        reply = {"rowcount": rowcount, "description": _encoded_description(result.context, description),
-                 "rows": rows, "more": more}
-        return reply, (result if more else None)
-
-
-def _checked_execute(connection: sa.Connection, statement: Any, params: list[dict[str, Any]], *,
-                     many: bool, sql_hash: str | None, options: Mapping[str, Any] | None,
-                     column_keys: list[str] | None = None, stream: int | None = None,
-                     cache: Any = None) -> Any:
-    """Execute with the forwarded options, refusing at the cursor unless the SQL fingerprints as
-    the client's (see ``_check_sql``)."""
-    opts = {k: v for k, v in (options or {}).items() if k in _FORWARDED_OPTIONS}
-    if isinstance(statement, DriverSQL):
-        return _execute_text(connection, statement, params, many=many, sql_hash=sql_hash, options=opts,
-                             stream=stream)
-    if stream is not None:
-        opts.update(stream_results=True, max_row_buffer=stream)
-    if sql_hash is not None:
-        opts[_EXPECTED_SQL] = sql_hash
-    return execute_preprocessed(connection, statement, params if many else params[:1], opts, cache,
-                                column_keys=column_keys)
+    def run(self, run: StatementRun, *, stream: int | None = None) -> Any:
+        """Execute *run*'s statement (its plan's), compiled in the client statements' cache; with
+        *stream*, a server-side cursor buffering that many rows."""
+        connection, statement, params = run.connection, run.plan.statement, run.params
+        opts = {k: v for k, v in (run.options or {}).items() if k in _FORWARDED_OPTIONS}
+        if stream is not None:
+            run.streamed = True
+            opts.update(stream_results=True, max_row_buffer=stream)
+        if isinstance(statement, DriverSQL):
+            return _execute_text(connection, statement, params, many=run.many, run=run, options=opts)
+        return execute_preprocessed(connection, statement, params if run.many else params[:1], opts,
+                                    self.compiled_cache, column_keys=run.column_keys, run=run)
 
 
 def _execute_text(connection: sa.Connection, statement: DriverSQL, params: list[dict[str, Any]], *,
-                  many: bool, sql_hash: str | None, options: dict[str, Any], stream: int | None) -> Any:
+                  many: bool, run: StatementRun, options: dict[str, Any]) -> Any:
     """DDL / driver SQL (allowed by the policy already): the text, as the client's driver got it."""
-    if sql_hash is None or text_fingerprint(statement.sql) != sql_hash:  # text is never rewritten
-        raise StatementMismatch("The SQL text does not match its fingerprint. Nothing was executed.")
-    if stream is not None:
-        options.update(stream_results=True, max_row_buffer=stream)
+    run.verify(text_fingerprint(statement.sql))  # text is never rewritten
     driver_params = statement.driver_params(params)
     # what ``exec_driver_sql`` does, with the run's execution context (raw rows recorded)
     distilled: list[Any] = list(driver_params) if many else (
         [driver_params[0]] if driver_params and driver_params[0] else [])
     conn: Any = connection
     exec_opts = conn._execution_options.merge_with(options or None)
-    return conn._execute_context(conn.dialect, _run_context(conn.dialect)._init_statement, statement.sql, None,
-                                 exec_opts, statement.sql, distilled)
+    return conn._execute_context(conn.dialect, run_context_constructor(conn.dialect, run, "_init_statement"),
+                                 statement.sql, None, exec_opts, statement.sql, distilled)
 
 
 def execute_preprocessed(connection: sa.Connection, statement: Any, params: list[dict[str, Any]],
                          options: Mapping[str, Any] | None, cache: Any, *,
-                         column_keys: list[str] | None = None) -> Any:
+                         column_keys: list[str] | None = None, run: StatementRun | None = None) -> Any:
     """``Connection.execute(statement, params)`` for values the client processed already.
 
     What ``Connection._execute_clauseelement`` does (the same in SQLAlchemy 2.0 and 2.1: events,
@@ -228,7 +188,10 @@ def execute_preprocessed(connection: sa.Connection, statement: Any, params: list
     marked pre-processed before it runs (:func:`mark_preprocessed`). With *column_keys*, those
     decide crud's choices (which Python defaults an ``INSERT ... FROM SELECT`` adds to its SELECT,
     how multi-row VALUES binds are named) instead of the parameters' keys, which also carry the
-    client's evaluated defaults. Private SQLAlchemy API; the fingerprint check catches any drift.
+    client's evaluated defaults. With *run*, the compile is checked against the client's
+    fingerprint before anything else happens (:meth:`StatementRun.verify`) and the execution
+    context carries the run (raw rows). Private SQLAlchemy API; the fingerprint check catches any
+    drift.
     """
     conn: Any = connection
     dialect = conn.dialect
@@ -242,12 +205,14 @@ def execute_preprocessed(connection: sa.Connection, statement: Any, params: list
         dialect=dialect, compiled_cache=cache, column_keys=keys, for_executemany=len(params) > 1,
         schema_translate_map=exec_opts.get("schema_translate_map"),
         linting=dialect.compiler_linting | sql_compiler.WARN_LINTING)
+    if run is not None:
+        run.verify(sql_fingerprint(compiled))
     mark_preprocessed(compiled)
     extra = {"cache_hit": rest[-1]}
     if len(rest) == 2:  # 2.1 also returns the collected parameters
         extra["param_dict"] = rest[0]
-    result = conn._execute_context(dialect, _run_context(dialect)._init_compiled, compiled, params,
-                                   exec_opts, compiled, params, statement, extracted, **extra)
+    result = conn._execute_context(dialect, run_context_constructor(dialect, run, "_init_compiled"), compiled,
+                                   params, exec_opts, compiled, params, statement, extracted, **extra)
     if has_events:
         conn.dispatch.after_execute(conn, statement, event_multiparams, event_params, exec_opts, result)
     return result
@@ -277,12 +242,11 @@ def mark_preprocessed(compiled: Any) -> None:
 
 
 def fetch_page(result: sa.CursorResult[Any], size: int) -> tuple[list[list[Any]], bool]:
-    """The next *size* raw rows of a streamed result, and whether more may follow."""
-    raw = result.cursor_strategy.fetchmany(result, result.cursor, size)
-    more = len(raw) == size
-    if not more:
-        result.close()
-    return [encode_row(row) for row in raw], more
+    """The next *size* raw rows of a streamed result, and whether more may follow: its run's
+    :meth:`~dbapi_server.statement_run.StatementRun.page`, which counts them against the row
+    limit (``LimitExceeded``) and closes the result once exhausted."""
+    run: StatementRun = result.context._dbs_run  # type: ignore[attr-defined]
+    return run.page(result, size)
 
 
 def _rebuild(document: Mapping[str, Any], metadata: sa.MetaData, types: TypeResolver,
@@ -302,143 +266,3 @@ def _rebuild(document: Mapping[str, Any], metadata: sa.MetaData, types: TypeReso
             {"statement": [f"cannot be rebuilt ({type(exc).__name__})"]},
             "The statement document is malformed: it cannot be rebuilt into a statement "
             f"({type(exc).__name__}); make sure client and server run the same versions.") from None
-
-
-class _RecordingCursor:
-    """Wraps the DBAPI cursor after execution and keeps every row fetched from it, raw.
-
-    SQLAlchemy may consume rows itself before we see the result (``return_defaults()`` fetches
-    and processes the RETURNING row); the raw rows are what the client needs.
-    """
-
-    def __init__(self, cursor: Any) -> None:
-        self._cursor = cursor
-        self.rows: list[Any] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cursor, name)
-
-    def fetchone(self) -> Any:
-        row = self._cursor.fetchone()
-        if row is not None:
-            self.rows.append(row)
-        return row
-
-    def fetchmany(self, *args: Any) -> Any:
-        rows = self._cursor.fetchmany(*args)
-        self.rows.extend(rows)
-        return rows
-
-    def fetchall(self) -> Any:
-        rows = self._cursor.fetchall()
-        self.rows.extend(rows)
-        return rows
-
-
-def _reply(result: sa.CursorResult[Any], max_rows: int | None = None) -> dict[str, Any]:
-    context: Any = result.context
-    description, rowcount, lastrowid = getattr(context, "_dbs_cursor", None) or (None, -1, None)
-    reply: dict[str, Any] = {"rowcount": rowcount}
-    if lastrowid is not None:
-        reply["lastrowid"] = encode_value(lastrowid)
-    imv_rows = getattr(context, "_insertmanyvalues_rows", None)
-    if result.returns_rows:
-        if max_rows is None:
-            result.cursor_strategy.fetchall(result, result.cursor)  # drain through the recorder
-        else:  # one row more than allowed tells "too many" without reading them all
-            result.cursor_strategy.fetchmany(result, result.cursor, max_rows + 1)
-    result.close()
-    if imv_rows is not None:
-        raw = imv_rows  # insertmanyvalues: the batches' RETURNING rows, raw and in order
-    elif isinstance(context.cursor, _RecordingCursor):
-        raw = context.cursor.rows
-    else:
-        raw = []
-    if max_rows is not None and len(raw) > max_rows:
-        raise LimitExceeded(f"The result has more than the {max_rows} rows this role may fetch at once; "
-                            "narrow the query, or page it (LIMIT / yield_per).", limit="result_rows",
-                            maximum=max_rows)
-    if description is not None:
-        reply["description"] = _encoded_description(context, description)
-        reply["rows"] = [encode_row(row) for row in raw]
-    return reply
-
-
-def _encoded_description(context: Any, description: Any) -> list[list[Any]]:
-    """The cursor description as JSON, cached on the compiled statement.
-
-    Drivers compute the seven fields lazily (psycopg: ~5 µs a column); for one compiled
-    statement they do not change, so the work is done once.
-    """
-    compiled = getattr(context, "compiled", None)
-    cached = getattr(compiled, "_dbs_description", None)
-    if cached is not None and len(cached) == len(description):
-        return cached  # type: ignore[no-any-return]
-    encoded = [[encode_value(x) for x in tuple(d)[:7]] for d in description]
-    if compiled is not None:
-        compiled._dbs_description = encoded
-    return encoded
-
-
-def _own_lastrowid(cursor: Any, context: Any) -> Any:
-    """The driver's last row id when it is this statement's own, else None.
-
-    SQLite's cursor reports the last row id inserted *on the connection* after any statement, and
-    the pooled connections serve every caller: after a SELECT, UPDATE, DELETE or an INSERT that
-    added no row it would be another caller's, possibly of a row its policy hides. SQL text keeps
-    the driver's value, as on a direct connection: only a raw-SQL role, trusted with the
-    connection, can send it.
-    """
-    compiled = getattr(context, "compiled", None)
-    if compiled is not None and not isinstance(compiled.statement, sa.TextClause) and (
-            not context.isinsert or cursor.rowcount == 0):
-        return None
-    try:
-        return cursor.lastrowid
-    except Exception:  # some drivers raise when there is no last row id
-        return None
-
-
-class _RunContextMixin:
-    """The execution context of a client statement (mixed in front of the dialect's own).
-
-    It checks the SQL fingerprint once - after the parameters are built, before the cursor runs
-    anything, for every batch of an insertmanyvalues statement together - and records the cursor
-    raw after execution (``post_exec``, before SQLAlchemy sets up the result and may consume rows
-    itself, as ``return_defaults()`` does). Only client statements run with it (the executor passes
-    its constructor to ``_execute_context``); the server's own statements keep the dialect's
-    context and no engine event runs for any statement.
-    """
-
-    cursor: Any
-    compiled: Any
-    execution_options: Any
-
-    def pre_exec(self) -> None:
-        super().pre_exec()  # type: ignore[misc]
-        expected = self.execution_options.get(_EXPECTED_SQL)
-        if expected is not None and (self.compiled is None or sql_fingerprint(self.compiled) != expected):
-            self.cursor.close()
-            raise StatementMismatch(
-                "The statement rebuilt on the server does not compile to the SQL the client "
-                "compiled; client and server disagree about the schema or the library version. "
-                "Nothing was executed.")
-
-    def post_exec(self) -> None:
-        super().post_exec()  # type: ignore[misc]
-        cursor = self.cursor
-        self._dbs_cursor = (cursor.description, cursor.rowcount, _own_lastrowid(cursor, self))  # encoded later
-        if not self.execution_options.get("stream_results"):  # streamed: taken page by page, never all kept
-            self.cursor = _RecordingCursor(cursor)
-
-
-_run_contexts: dict[type, type] = {}
-
-
-def _run_context(dialect: Any) -> Any:
-    """The run context class for *dialect*'s execution context class (made once per class)."""
-    base = dialect.execution_ctx_cls
-    found = _run_contexts.get(base)
-    if found is None:
-        found = _run_contexts[base] = type(f"DBAPIRun{base.__name__}", (_RunContextMixin, base), {})
-    return found

@@ -50,12 +50,11 @@ from .db_wall import DatabaseWall
 from .enforcement import execute_plan, execute_plan_streamed
 from .errors import APIError, envelope_for_exception
 from .policy import Plan
-from .refusals import LimitExceeded
 from .state import ServerState
 from .telemetry import label, statement_kind
 from .transactions import Answer, Transaction
 
-__all__ = ["ROUTES", "HotRoutes", "StatementRequest", "check_headers", "error_answer", "too_many_rows"]
+__all__ = ["ROUTES", "HotRoutes", "StatementRequest", "check_headers", "error_answer"]
 
 PREFIX = "/dbapi/v1"
 _TRANSACTIONS = f"{PREFIX}/transactions/"
@@ -316,11 +315,6 @@ def error_answer(exc: Exception) -> Answer:
     return status, orjson.dumps(envelope)
 
 
-def too_many_rows(max_rows: int) -> LimitExceeded:
-    return LimitExceeded(f"The result has more than the {max_rows} rows this role may fetch; narrow the "
-                         "query.", limit="result_rows", maximum=max_rows)
-
-
 # -- the parsed request, and the database side ----------------------------------------------------
 # Every call into the executor, the policy and enforcement the hot routes make is in this section.
 @dataclass(frozen=True)
@@ -415,7 +409,7 @@ class StatementRequest:
             except BaseException:
                 conn.close()
                 raise
-        with state.read_engine.connect() as conn:
+        with state.read_connection() as conn:
             return execute_plan(state.policy, state.executor, conn, plan, params, many=self.many,
                                 sql_hash=self.sql_hash, options=self.options, column_keys=self.column_keys)
 
@@ -423,18 +417,12 @@ class StatementRequest:
 def _streamed(state: ServerState, principal: Principal, conn: sa.Connection, plan: Plan,
               params: list[dict[str, Any]], sql_hash: str, page_size: int, options: Any,
               txn_id: str | None, release: Callable[[], None]) -> dict[str, Any]:
+    # the row limit is the statement run's: a first page over it is refused there (result closed)
     reply, result = execute_plan_streamed(state.policy, state.executor, conn, plan, params, sql_hash=sql_hash,
                                           page_size=page_size, options=options)
-    max_rows = plan.limits.max_rows
-    if max_rows is not None and len(reply.get("rows", ())) > max_rows:
-        if result is not None:
-            result.close()
-        release()
-        raise too_many_rows(max_rows)
     if result is None:
         release()
     else:
         cursor = state.cursors.open(principal.subject, result, page_size, txn_id, release)
-        cursor.max_rows, cursor.rows_sent = max_rows, len(reply["rows"])
         reply["cursor"] = cursor.id
     return reply

@@ -16,6 +16,7 @@ a policy file runs; :class:`DefaultPolicy` is that preset with today's keyword a
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
@@ -81,6 +82,9 @@ ALL = "*"
 DEFAULT_SETTINGS = frozenset({"lock_timeout", "idle_in_transaction_session_timeout"})
 _SET_LOCAL = re.compile(r"\s*SET\s+LOCAL\s+([A-Za-z_]{1,63})\s*(?:=|\s+TO\s)\s*'?\d{1,9}(?:ms|s|min)?'?\s*;?\s*",
                         re.IGNORECASE)
+
+
+_PLAN_CACHE_SIZE = 8192  # plans kept per policy (statements x roles x key sets); cleared when full
 
 
 class PolicyError(ValueError):
@@ -211,6 +215,12 @@ class RolePolicy:
         return not (self.read_only_tables & (info.read_tables | {info.write_table}))
 
     @cached_property
+    def row_filtered(self) -> bool:
+        """Some table of this role has a row filter (its plans depend on claims and values)."""
+        grants = [*self.tables.values(), *([self.any_table] if self.any_table is not None else [])]
+        return any(grant.row_filter for grant in grants)
+
+    @cached_property
     def unrestricted(self) -> bool:
         """Every table, every column, no row filter: the statement needs no column-level walk."""
         return (self.any_table is not None and self.any_table.is_full
@@ -254,6 +264,9 @@ class Policy:
             every.append(fallback.limits)
         self.uses_timeouts = any(lim.statement_timeout is not None for lim in every)
         self._merged_limits: dict[int, Limits] = {}
+        # plans of roles without row filters, by (statement, role, parameter keys, column keys,
+        # dialect): what plan() answers then depends on nothing else (see plan())
+        self._plans: dict[tuple[Any, ...], tuple[weakref.ref[Any], RolePolicy, Limits]] = {}
 
     # -- presets and loading --------------------------------------------------------------------
     @classmethod
@@ -377,6 +390,32 @@ class Policy:
         types' bind processors too, so both sides are compared - and bound - in that same form.
         """
         role = self.role_for(principal)
+        if role.row_filtered:  # the plan depends on the caller's claims and the values sent
+            return self._plan(statement, info, role, principal, params, column_keys, dialect)
+        # Otherwise it depends only on the statement (its structure: one object per decoded
+        # structure), the role, which parameter keys and column keys name written columns, and the
+        # dialect - never on values or claims. Only allowed plans are kept; a refusal is judged anew.
+        key = (id(statement), id(role), frozenset().union(*params) if params else None,
+               tuple(column_keys) if column_keys is not None else None,
+               dialect if dialect is None or isinstance(dialect, str) else id(dialect))
+        hit = self._plans.get(key)
+        if hit is not None and hit[0]() is statement and hit[1] is role:
+            return Plan(statement, hit[2])
+        plan = self._plan(statement, info, role, principal, params, column_keys, dialect)
+        if plan.statement is not statement or plan.original is not None:
+            return plan  # (never without row filters; kept only in the form the hit rebuilds)
+        try:  # weakly: a statement too large for the decode cache is not kept alive here either
+            ref = weakref.ref(statement)
+        except TypeError:
+            return plan
+        if len(self._plans) >= _PLAN_CACHE_SIZE:
+            self._plans.clear()
+        self._plans[key] = (ref, role, plan.limits)  # a dead statement's entry never matches a new one
+        return plan
+
+    def _plan(self, statement: Any, info: StatementInfo, role: RolePolicy, principal: Principal,
+              params: list[dict[str, Any]] | None, column_keys: Iterable[str] | None,
+              dialect: str | sa.Dialect | None) -> Plan:
         limits = self._limits_of(role)
         self._check_statement(info, role, limits)
         if role.unrestricted_for(info) or self.is_allowed_setting(info) or info.kind in DRIVER_SQL_KINDS or info.kind in (

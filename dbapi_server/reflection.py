@@ -61,7 +61,7 @@ def reflect(state: ServerState, principal: Principal, method: str, args: Mapping
     if not isinstance(extra, Mapping) or not all(isinstance(k, str) and k.startswith(prefix) and isinstance(v, _SIMPLE)
                                                  for k, v in extra.items()):
         raise APIError(f"'kw' may only carry {prefix}* options with plain values.", code="malformed_request")
-    with state.read_engine.connect() as conn:
+    with state.read_connection() as conn:
         run = getattr(dialect, method)
         if method in ("get_table_names", "get_view_names"):
             listed = run(conn, schema=schema, **extra)

@@ -20,6 +20,7 @@ from .executor import StatementExecutor
 from .metrics import Metrics
 from .outcomes import DEFAULT_TABLE, CommitOutcomes
 from .policy import Policy
+from .read_connections import ReadConnections
 from .shutdown import Drain
 from .transactions import TransactionManager
 
@@ -80,6 +81,7 @@ class ServerState:
     outcome_ttl: float = 3600.0
     executor: StatementExecutor = field(init=False)
     read_engine: sa.Engine = field(init=False)
+    reads: ReadConnections = field(init=False)
     transactions: TransactionManager = field(init=False)
     cursors: CursorRegistry = field(init=False)
     info: dict[str, Any] = field(init=False)
@@ -92,8 +94,10 @@ class ServerState:
         # warned when it compiled the statement; here a client could only fill the server's log
         self.engine.dialect.compiler_linting = sa_compiler.NO_LINTING
         # one-shot reads (no client transaction) run in autocommit: a single SELECT is then one
-        # database round trip instead of BEGIN + SELECT + ROLLBACK, with the same visibility
-        self.read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        # database round trip instead of BEGIN + SELECT + ROLLBACK, with the same visibility; the
+        # connections are kept between reads (read_connections.py)
+        self.reads = ReadConnections(self.engine)
+        self.read_engine = self.reads.read_engine
         outcomes = None
         if self.outcome_table is not None:
             if self.outcome_table in self.metadata.tables:
@@ -141,6 +145,14 @@ class ServerState:
         with DatabaseWall.server_work(connection):
             yield
 
+    def read_connection(self) -> contextlib.AbstractContextManager[sa.Connection]:
+        """An autocommit connection for one read outside a client transaction (``with``): a kept
+        one (:mod:`dbapi_server.read_connections`); under the database wall, one checked out now,
+        whose checkout puts it under the caller's database role."""
+        if self.wall is not None:
+            return self.read_engine.connect()
+        return self.reads.connection()
+
     @property
     def draining(self) -> bool:
         """Shutting down: no new transactions, not ready (:mod:`dbapi_server.shutdown`)."""
@@ -149,4 +161,5 @@ class ServerState:
     def close(self) -> None:
         self.cursors.close_all()
         self.transactions.close()
+        self.reads.close()
         self.engine.dispose()

@@ -36,8 +36,9 @@ from .cursors import CursorGone
 from .errors import APIError
 from .executor import fetch_page
 from .openapi import openapi_document
-from .pipeline import check_content_type, parse_json_object, run_in_transaction, too_many_rows
+from .pipeline import check_content_type, parse_json_object, run_in_transaction
 from .reflection import reflect as run_reflection
+from .refusals import LimitExceeded
 from .state import ServerState
 from .telemetry import label
 
@@ -143,11 +144,11 @@ def fetch_cursor(cursor_id: str) -> Response:
         if page != cursor.page + 1 or cursor.closed:
             raise APIError(f"Page {page} of cursor {cursor_id} cannot be fetched now (expected "
                            f"{cursor.page + 1}).", status=409, code="out_of_order")
-        rows, more = fetch_page(cursor.result, cursor.page_size)
-        cursor.rows_sent += len(rows)
-        if cursor.max_rows is not None and cursor.rows_sent > cursor.max_rows:
+        try:
+            rows, more = fetch_page(cursor.result, cursor.page_size)  # counted by the statement's run
+        except LimitExceeded:
             state.cursors.close(cursor_id)  # counted across pages: this page and the rest refused
-            raise too_many_rows(cursor.max_rows)
+            raise
         if not more:
             cursor.close()  # exhausted: connection freed now; the entry stays for a replay
         cursor.page, cursor.last_reply, cursor.last_used = page, {"rows": rows, "more": more}, time.monotonic()
@@ -183,7 +184,7 @@ def has_table() -> Response:
     if key == state.outcome_table or not role.raw_sql and (key not in state.metadata.tables
                                                           or role.grant(key) is None):
         return _json({"exists": False})  # a role allowed raw SQL could ask the catalog itself
-    with state.read_engine.connect() as conn:
+    with state.read_connection() as conn:
         return _json({"exists": bool(state.engine.dialect.has_table(conn, name, schema))})
 
 
