@@ -116,10 +116,12 @@ class ObservedApp:
             status = answer.get("status", 500)
             error: Mapping[str, Any] = {}
             if status >= 400:  # error answers are small: read the envelope for its code and id
-                chunks = list(body)
-                _close(body)
-                body = chunks
-                error = _envelope(b"".join(chunks))
+                body = _collected(body)
+                error = _envelope(b"".join(body))
+            elif not isinstance(body, list) and _small(answer.get("headers")):
+                # Flask answers with an iterator, which granian sends as a stream: the head in one
+                # write, the body in another, and the client wakes twice. A list goes in one write.
+                body = _collected(body)
         except BaseException:
             # only BaseExceptions reach here (Flask answers every Exception): recorded, re-raised
             self._record(environ, labels, 500, started, {"code": "internal_error"}, None, span)
@@ -180,6 +182,21 @@ def _envelope(data: bytes) -> Mapping[str, Any]:
         return {}
     error = document.get("error") if isinstance(document, dict) else None
     return error if isinstance(error, dict) else {}
+
+
+_SMALL_ANSWER = 1 << 20
+
+
+def _small(headers: list[tuple[str, str]] | None) -> bool:
+    """Whether the answer declares a length of at most 1 MiB (never a stream of unknown length)."""
+    length = _header(headers, "content-length")
+    return length is not None and length.isdigit() and int(length) <= _SMALL_ANSWER
+
+
+def _collected(body: Iterable[bytes]) -> list[bytes]:
+    chunks = list(body)
+    _close(body)
+    return chunks
 
 
 def _close(body: Iterable[bytes]) -> None:
