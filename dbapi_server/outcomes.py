@@ -164,12 +164,15 @@ class CommitOutcomes:
 
     def joins_commit(self, connection: sa.Connection, txn_id: str) -> bool:
         """Whether :meth:`record_and_commit` sends the row and COMMIT in one round trip on
-        *connection*: PostgreSQL with psycopg 3, a transaction no failed statement aborted, the
-        login role in force (no wall role to leave for the row and come back to), an id the API
-        takes (letters, digits, '-', '_': written as a literal, nothing to escape), and nothing
+        *connection*: PostgreSQL with psycopg 3, a transaction begun that no failed statement
+        aborted, the login role in force (no wall role to leave for the row and come back to), an
+        id the API takes (letters, digits, '-', '_': written as a literal, nothing to escape), and nothing
         listening for SQLAlchemy's ``commit`` event (its listeners run before COMMIT is sent)."""
         return (self._joined_insert is not None and _TXN_LITERAL.fullmatch(txn_id) is not None
-                and not connection.dispatch.commit and not _aborted(connection)
+                and not connection.dispatch.commit
+                # psycopg 3: inside a transaction block, no failed statement (pq.TransactionStatus.INTRANS)
+                and getattr(connection.connection.driver_connection, "pgconn", None) is not None
+                and connection.connection.driver_connection.pgconn.transaction_status == 2  # type: ignore[union-attr]
                 and _effective_role(connection) == _LOGIN)
 
     def record_and_commit(self, connection: sa.Connection, txn_id: str, owner: str | None) -> None:
