@@ -187,8 +187,26 @@ class CommitOutcomes:
         key = owner_key(owner)  # hex digits, or NULL
         owner_sql = "NULL" if key is None else f"'{key}'"
         sql = f"{self._joined_insert}('{txn_id}', '{COMMITTED}', {owner_sql}, {int(time.time())}); COMMIT"
-        # without parameters psycopg sends the simple query protocol, which takes several statements
-        connection.exec_driver_sql(sql, execution_options={"no_parameters": True})
+        try:
+            # without parameters psycopg sends the simple query protocol, which takes several statements
+            connection.exec_driver_sql(sql, execution_options={"no_parameters": True})
+        except sa.exc.DBAPIError as exc:
+            if not self.fenced(exc):
+                # COMMIT's own failure (a deferred constraint, a serialization failure...): reported
+                # as SQLAlchemy reports a failed COMMIT, without a statement
+                exc.statement, exc.params = None, None
+            raise
+
+    def fenced(self, exc: sa.exc.DBAPIError) -> bool:
+        """Whether *exc* is this table's unique key refusing the ``committed`` row: another
+        instance fenced the transaction (and not, say, a deferred constraint failing at COMMIT)."""
+        if not isinstance(exc, sa.exc.IntegrityError):
+            return False
+        diag = getattr(exc.orig, "diag", None)
+        if diag is None:  # not psycopg: the row's INSERT ran alone (record), its only statement
+            return True
+        return (getattr(exc.orig, "sqlstate", None) == "23505" and diag.table_name == self.table.name
+                and (self.schema is None or diag.schema_name == self.schema))
 
     # -- for a commit this instance does not hold ----------------------------------------------
     def settle(self, txn_id: str, owner: str | None) -> tuple[str, str | None]:

@@ -389,7 +389,9 @@ class TransactionManager:
                         outcomes.record_and_commit(txn.connection, txn.id, txn.owner)
                     else:
                         outcomes.record(txn.connection, txn.id, txn.owner)
-                except sa.exc.IntegrityError:
+                except sa.exc.IntegrityError as exc:
+                    if not outcomes.fenced(exc):
+                        raise  # COMMIT's own failure, sent with the row (a deferred constraint)
                     raise TransactionGone(
                         f"Transaction {txn.id} was not committed: another DB-API instance answered a "
                         "retried commit of it first (as not committed).", outcome="rolled_back") from None

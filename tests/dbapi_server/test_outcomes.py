@@ -254,6 +254,33 @@ def test_on_postgresql_the_row_travels_with_commit(pg: sa.Engine) -> None:
     b.close()
 
 
+def test_a_commit_that_fails_itself_is_not_taken_for_a_fence(pg: sa.Engine) -> None:
+    """A deferred unique constraint fails at COMMIT, sent with the row: the database's
+    IntegrityError, as a direct COMMIT raises it (no statement text), nothing committed, no row -
+    not "another instance answered first"."""
+    a = instance(pg)
+    with pg.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS outcome_deferred (code integer, "
+                             "CONSTRAINT outcome_deferred_code_key UNIQUE (code) DEFERRABLE INITIALLY DEFERRED)")
+        conn.exec_driver_sql("DELETE FROM outcome_deferred")
+    try:
+        txn_id = new_id()
+        txn, _ = a.begin(txn_id, "owner")
+        txn.connection.exec_driver_sql("INSERT INTO outcome_deferred VALUES (1), (1)")
+        with pytest.raises(sa.exc.IntegrityError) as failed:
+            a.finish(txn_id, "commit", "owner", seq=1)
+        assert failed.value.statement is None
+        assert "outcome_deferred_code_key" in str(failed.value.orig)
+        assert a.outcome(txn_id) == "failed"
+        assert outcome_row(pg, txn_id) is None
+        with pg.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM outcome_deferred").scalar() == 0
+    finally:
+        a.close()
+        with pg.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS outcome_deferred")
+
+
 def test_a_connection_broken_during_the_joined_commit_is_settled(pg: sa.Engine) -> None:
     """The connection dies as the row and COMMIT are sent together: whether COMMIT ran is unknown,
     so the instance asks the table, as for a broken COMMIT - here nothing committed, so the answer
