@@ -6,7 +6,9 @@ memory is then gone, and the database is the only witness. So:
 
 * **Written in the transaction, just before COMMIT** (:meth:`CommitOutcomes.record`): a row
   ``(txn_id, 'committed', owner, decided_at)`` in the server's own table. The row commits with the
-  work or not at all: the table is the truth.
+  work or not at all: the table is the truth. On PostgreSQL with psycopg the INSERT and COMMIT are
+  one statement string, one round trip (:meth:`CommitOutcomes.record_and_commit`): a fenced
+  transaction fails at the INSERT and PostgreSQL runs nothing after it, so it never commits.
 * **Settled by any instance** (:meth:`CommitOutcomes.settle`) for a commit of a transaction it
   does not hold: it inserts ``(txn_id, 'rolled_back', ...)`` *if no row exists* (``INSERT ... ON
   CONFLICT DO NOTHING`` / ``INSERT IGNORE`` / ``INSERT OR IGNORE``), then reads the row. The insert
