@@ -6,7 +6,9 @@ memory is then gone, and the database is the only witness. So:
 
 * **Written in the transaction, just before COMMIT** (:meth:`CommitOutcomes.record`): a row
   ``(txn_id, 'committed', owner, decided_at)`` in the server's own table. The row commits with the
-  work or not at all: the table is the truth.
+  work or not at all: the table is the truth. On PostgreSQL with psycopg the INSERT and COMMIT are
+  one statement string, one round trip (:meth:`CommitOutcomes.record_and_commit`): a fenced
+  transaction fails at the INSERT and PostgreSQL runs nothing after it, so it never commits.
 * **Settled by any instance** (:meth:`CommitOutcomes.settle`) for a commit of a transaction it
   does not hold: it inserts ``(txn_id, 'rolled_back', ...)`` *if no row exists* (``INSERT ... ON
   CONFLICT DO NOTHING`` / ``INSERT IGNORE`` / ``INSERT OR IGNORE``), then reads the row. The insert
@@ -41,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -49,6 +52,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
+from .db_roles import LOGIN as _LOGIN
+from .db_wall import _effective as _effective_role
 from .errors import APIError
 
 __all__ = ["COMMITTED", "DEFAULT_TABLE", "NOT_COMMITTED", "CommitInDoubt", "CommitOutcomes"]
@@ -105,6 +110,13 @@ class CommitOutcomes:
             sa.Index(f"ix_{table_name}_decided_at", "decided_at"),
         )
         self._last_prune = 0.0
+        self._insert = sa.insert(self.table)  # built once: executed with each commit's values
+        # PostgreSQL with psycopg 3: the row and COMMIT go in one round trip (record_and_commit)
+        self._joined_insert: str | None = None
+        if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
+            preparer = engine.dialect.identifier_preparer
+            columns = ", ".join(preparer.format_column(c) for c in self.table.c)
+            self._joined_insert = f"INSERT INTO {preparer.format_table(self.table)} ({columns}) VALUES "
 
     # -- setup --------------------------------------------------------------------------------
     def create(self) -> None:
@@ -149,8 +161,54 @@ class CommitOutcomes:
         if _aborted(connection):
             return
         with self._server_work(connection):
-            connection.execute(sa.insert(self.table).values(
-                txn_id=txn_id, outcome=COMMITTED, owner=owner_key(owner), decided_at=int(time.time())))
+            connection.execute(self._insert, {"txn_id": txn_id, "outcome": COMMITTED, "owner": owner_key(owner),
+                                              "decided_at": int(time.time())})
+
+    def joins_commit(self, connection: sa.Connection, txn_id: str) -> bool:
+        """Whether :meth:`record_and_commit` sends the row and COMMIT in one round trip on
+        *connection*: PostgreSQL with psycopg 3, a transaction begun that no failed statement
+        aborted, the login role in force (no wall role to leave for the row and come back to), an
+        id the API takes (letters, digits, '-', '_': written as a literal, nothing to escape), and nothing
+        listening for SQLAlchemy's ``commit`` event (its listeners run before COMMIT is sent)."""
+        return (self._joined_insert is not None and _TXN_LITERAL.fullmatch(txn_id) is not None
+                and not connection.dispatch.commit
+                # psycopg 3: inside a transaction block, no failed statement (pq.TransactionStatus.INTRANS)
+                and getattr(connection.connection.driver_connection, "pgconn", None) is not None
+                and connection.connection.driver_connection.pgconn.transaction_status == 2  # type: ignore[union-attr]
+                and _effective_role(connection) == _LOGIN)
+
+    def record_and_commit(self, connection: sa.Connection, txn_id: str, owner: str | None) -> None:
+        """The ``committed`` row and COMMIT as one statement string, one database round trip
+        (call only when :meth:`joins_commit`): what :meth:`record` then COMMIT do, one round trip
+        less. A fenced transaction fails at the INSERT (``IntegrityError``) and the COMMIT after
+        it never runs (PostgreSQL stops a query string at its first error); the transaction is
+        then aborted, as after :meth:`record` raised. If the connection breaks, whether COMMIT ran
+        is unknown: the caller settles it as for a broken COMMIT. The caller still ends
+        SQLAlchemy's transaction (``commit()``: psycopg sends nothing for an idle connection)."""
+        assert self._joined_insert is not None
+        key = owner_key(owner)  # hex digits, or NULL
+        owner_sql = "NULL" if key is None else f"'{key}'"
+        sql = f"{self._joined_insert}('{txn_id}', '{COMMITTED}', {owner_sql}, {int(time.time())}); COMMIT"
+        try:
+            # without parameters psycopg sends the simple query protocol, which takes several statements
+            connection.exec_driver_sql(sql, execution_options={"no_parameters": True})
+        except sa.exc.DBAPIError as exc:
+            if not self.fenced(exc):
+                # COMMIT's own failure (a deferred constraint, a serialization failure...): reported
+                # as SQLAlchemy reports a failed COMMIT, without a statement
+                exc.statement, exc.params = None, None
+            raise
+
+    def fenced(self, exc: sa.exc.DBAPIError) -> bool:
+        """Whether *exc* is this table's unique key refusing the ``committed`` row: another
+        instance fenced the transaction (and not, say, a deferred constraint failing at COMMIT)."""
+        if not isinstance(exc, sa.exc.IntegrityError):
+            return False
+        diag = getattr(exc.orig, "diag", None)
+        if diag is None:  # not psycopg: the row's INSERT ran alone (record), its only statement
+            return True
+        return (getattr(exc.orig, "sqlstate", None) == "23505" and diag.table_name == self.table.name
+                and (self.schema is None or diag.schema_name == self.schema))
 
     # -- for a commit this instance does not hold ----------------------------------------------
     def settle(self, txn_id: str, owner: str | None) -> tuple[str, str | None]:
@@ -226,6 +284,9 @@ class CommitOutcomes:
     def count(self) -> int:
         with self._as_server(), self.engine.connect() as conn:
             return int(conn.scalar(sa.select(sa.func.count()).select_from(self.table)) or 0)
+
+
+_TXN_LITERAL = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def _aborted(connection: sa.Connection) -> bool:

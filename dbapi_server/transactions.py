@@ -373,23 +373,37 @@ class TransactionManager:
         return outcome
 
     def _commit(self, txn: Transaction) -> None:
-        """COMMIT, with the outcome row written just before it; a broken COMMIT is settled."""
-        if self.outcomes is not None:
-            try:
-                self.outcomes.record(txn.connection, txn.id, txn.owner)
-            except sa.exc.IntegrityError:
-                raise TransactionGone(
-                    f"Transaction {txn.id} was not committed: another DB-API instance answered a "
-                    "retried commit of it first (as not committed).", outcome="rolled_back") from None
+        """COMMIT, with the outcome row written just before it; a broken COMMIT is settled.
+
+        On PostgreSQL (psycopg) the row and COMMIT travel in one round trip
+        (``CommitOutcomes.record_and_commit``); a connection that breaks during it is settled
+        like a broken COMMIT, since whether COMMIT ran is then unknown.
+        """
+        outcomes = self.outcomes
+        committing = False  # whether COMMIT was sent (a break then leaves the outcome unknown)
         try:
-            txn.root.commit()
+            if outcomes is not None:
+                try:
+                    if outcomes.joins_commit(txn.connection, txn.id):
+                        committing = True
+                        outcomes.record_and_commit(txn.connection, txn.id, txn.owner)
+                    else:
+                        outcomes.record(txn.connection, txn.id, txn.owner)
+                except sa.exc.IntegrityError as exc:
+                    if not outcomes.fenced(exc):
+                        raise  # COMMIT's own failure, sent with the row (a deferred constraint)
+                    raise TransactionGone(
+                        f"Transaction {txn.id} was not committed: another DB-API instance answered a "
+                        "retried commit of it first (as not committed).", outcome="rolled_back") from None
+            committing = True
+            txn.root.commit()  # after a joined COMMIT: ends SQLAlchemy's transaction, nothing sent
         except sa.exc.DBAPIError as exc:
-            if self.outcomes is None or not exc.connection_invalidated:
-                raise
+            if outcomes is None or not exc.connection_invalidated or not committing:
+                raise  # (the row's own INSERT broke: no COMMIT was sent, nothing committed)
             # the connection broke during COMMIT: the database alone knows; ask it (fencing)
             log.warning("the connection broke while committing transaction %s; settling its outcome",
                         txn.id, extra={"txn": txn.id})
-            outcome, _ = self.outcomes.settle(txn.id, txn.owner)
+            outcome, _ = outcomes.settle(txn.id, txn.owner)
             with self._lock:
                 self._settled_counts[outcome] += 1
             if outcome != COMMITTED:

@@ -226,6 +226,87 @@ def test_a_broken_commit_is_settled_from_the_table(pg: sa.Engine) -> None:
     a.close()
 
 
+def test_on_postgresql_the_row_travels_with_commit(pg: sa.Engine) -> None:
+    """psycopg: the outcome row and COMMIT are one statement string, one round trip; the row and
+    the work commit together, and a fenced transaction still fails at its row and commits nothing."""
+    a, b = instance(pg), instance(pg)
+    txn_id, prefix = new_id(), new_id()[:8]
+    txn, _ = a.begin(txn_id, "owner")
+    txn.connection.execute(sa.insert(ledger).values(ref=prefix))
+    sent: list[str] = []
+    sa.event.listen(txn.connection, "before_cursor_execute", lambda conn, cursor, sql, *args: sent.append(sql))
+    assert a.finish(txn_id, "commit", "owner", seq=1) == "committed"
+    assert len(sent) == 1 and sent[0].endswith("; COMMIT")
+    assert refs(pg, prefix) == [prefix]
+    assert outcome_row(pg, txn_id)[0] == "committed"  # type: ignore[index]
+    fenced, prefix = new_id(), new_id()[:8]
+    txn, _ = a.begin(fenced, "owner")
+    txn.connection.execute(sa.insert(ledger).values(ref=prefix))
+    with pytest.raises(APIError) as refused:  # b answers a retry first: not committed, fenced
+        b.finish(fenced, "commit", "owner", seq=1)
+    assert refused.value.extra.get("outcome") == "rolled_back"
+    with pytest.raises(APIError) as late:
+        a.finish(fenced, "commit", "owner", seq=1)
+    assert late.value.extra.get("outcome") == "rolled_back"
+    assert refs(pg, prefix) == []
+    assert outcome_row(pg, fenced)[0] == "rolled_back"  # type: ignore[index]
+    a.close()
+    b.close()
+
+
+def test_a_commit_that_fails_itself_is_not_taken_for_a_fence(pg: sa.Engine) -> None:
+    """A deferred unique constraint fails at COMMIT, sent with the row: the database's
+    IntegrityError, as a direct COMMIT raises it (no statement text), nothing committed, no row -
+    not "another instance answered first"."""
+    a = instance(pg)
+    with pg.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS outcome_deferred (code integer, "
+                             "CONSTRAINT outcome_deferred_code_key UNIQUE (code) DEFERRABLE INITIALLY DEFERRED)")
+        conn.exec_driver_sql("DELETE FROM outcome_deferred")
+    try:
+        txn_id = new_id()
+        txn, _ = a.begin(txn_id, "owner")
+        txn.connection.exec_driver_sql("INSERT INTO outcome_deferred VALUES (1), (1)")
+        with pytest.raises(sa.exc.IntegrityError) as failed:
+            a.finish(txn_id, "commit", "owner", seq=1)
+        assert failed.value.statement is None
+        assert "outcome_deferred_code_key" in str(failed.value.orig)
+        assert a.outcome(txn_id) == "failed"
+        assert outcome_row(pg, txn_id) is None
+        with pg.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM outcome_deferred").scalar() == 0
+    finally:
+        a.close()
+        with pg.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS outcome_deferred")
+
+
+def test_a_connection_broken_during_the_joined_commit_is_settled(pg: sa.Engine) -> None:
+    """The connection dies as the row and COMMIT are sent together: whether COMMIT ran is unknown,
+    so the instance asks the table, as for a broken COMMIT - here nothing committed, so the answer
+    is the database's error, and the transaction is fenced."""
+    engine = pg
+    a = instance(engine)
+    txn_id, prefix = new_id(), new_id()[:8]
+    txn, _ = a.begin(txn_id, "owner")
+    txn.connection.execute(sa.insert(ledger).values(ref=prefix))
+    backend = txn.connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+
+    def kill_backend(conn: sa.Connection, cursor: object, statement: str, *args: object) -> None:
+        if statement.endswith("; COMMIT"):
+            with engine.connect() as killer:
+                killer.exec_driver_sql(f"SELECT pg_terminate_backend({int(backend)})")  # type: ignore[arg-type]
+                time.sleep(0.2)
+
+    sa.event.listen(txn.connection, "before_cursor_execute", kill_backend)
+    with pytest.raises(sa.exc.OperationalError) as broken:
+        a.finish(txn_id, "commit", "owner", seq=1)
+    assert broken.value.connection_invalidated
+    assert outcome_row(engine, txn_id)[0] == "rolled_back"  # type: ignore[index]  # settled, fenced
+    assert refs(engine, prefix) == []
+    a.close()
+
+
 def test_old_rows_are_pruned(engine: sa.Engine) -> None:
     outcomes = CommitOutcomes(engine, ttl=3600)
     outcomes.create()
