@@ -40,7 +40,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.sql import compiler as sql_compiler
 
-from query_translation import encode_row, encode_value
+from query_translation import encode_result_row, encode_value
 from query_translation.fingerprint import sql_fingerprint
 
 from .errors import APIError
@@ -195,7 +195,7 @@ class StatementRun:
         self.take_rows(len(raw))
         if description is not None:
             reply["description"] = description
-            reply["rows"] = [encode_row(row) for row in raw]
+            reply["rows"] = [encode_result_row(row) for row in raw]
         return reply
 
     def first_page(self, result: sa.CursorResult[Any], page_size: int) -> tuple[dict[str, Any], bool]:
@@ -218,7 +218,7 @@ class StatementRun:
         if not more:
             result.close()
         self.take_rows(len(raw))
-        return [encode_row(row) for row in raw], more
+        return [encode_result_row(row) for row in raw], more
 
 
 class RecordingCursor:

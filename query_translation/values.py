@@ -28,7 +28,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import Any, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -55,6 +55,7 @@ __all__ = [
     "decode_rows",
     "decode_value",
     "encode_params",
+    "encode_result_row",
     "encode_row",
     "encode_value",
     "enum_path",
@@ -240,6 +241,67 @@ def encode_row(row: Iterable[Any]) -> list[JSONable]:
         or (t is int and _INT64_MIN <= v <= _INT64_MAX)
         or (t is float and v - v == 0.0)
         else encode_value(v)
+        for v in row
+    ]
+
+
+_UTC = UTC
+#: tzinfo -> the ``$dt`` / ``$dtz`` tag orjson may write its datetimes under, or None (isoformat()).
+_native_zones: dict[Any, tuple[str, str | None] | None] = {}
+_UNKNOWN: Any = object()
+_NATIVE_ZONES_MAX = 1024  # zones come from the driver and the database's data: a bounded number is kept
+
+
+def _native_zone(tz: Any) -> tuple[str, str | None] | None:
+    """Whether orjson writes datetimes in *tz* exactly as ``isoformat()`` does, and under which tag.
+
+    orjson writes a datetime as RFC 3339, which is ``isoformat()``'s text except for UTC offsets
+    with seconds (orjson rounds them to minutes): safe are naive datetimes, fixed offsets of whole
+    minutes, and ``ZoneInfo`` zones whose offset is 0 at every instant (UTC; the usual session zone
+    of a database). Other zones keep ``isoformat()`` (their offsets in old years have seconds).
+    """
+    if tz in _native_zones:
+        return _native_zones[tz]
+    native: tuple[str, str | None] | None = None
+    if type(tz) is timezone:
+        offset = tz.utcoffset(None)
+        if offset.seconds % 60 == 0 and not offset.microseconds:
+            native = ("$dt", None)
+    elif type(tz) is ZoneInfo and tz.key is not None and tz.key in _UTC_KEYS and _keeps_offset_zero(tz):
+        native = ("$dtz", tz.key)
+    if len(_native_zones) < _NATIVE_ZONES_MAX:
+        _native_zones[tz] = native
+    return native
+
+
+def _encode_result_value(value: Any) -> Any:
+    """:func:`encode_value` for a value of a result row, with the datetime itself in its tag where
+    orjson writes it exactly as ``isoformat()`` would (at a fifth of the cost)."""
+    if type(value) is datetime:
+        tz = value.tzinfo
+        if tz is None or tz is _UTC:
+            return {"$dt": value}
+        native = _native_zones.get(tz, _UNKNOWN)
+        if native is _UNKNOWN:
+            native = _native_zone(tz)
+        if native is not None:
+            tag, key = native
+            return {"$dt": value} if key is None else {"$dtz": [value, key]}
+    return encode_value(value)
+
+
+def encode_result_row(row: Iterable[Any]) -> list[Any]:
+    """Encode a result row for ``orjson.dumps`` (without options): the same JSON text as
+    ``orjson.dumps(encode_row(row))``, but datetimes are left to orjson where it writes them
+    exactly as ``isoformat()`` does. Only for data that goes straight to ``orjson.dumps`` (the
+    server's answers); Python code that reads the encoded row needs :func:`encode_row`."""
+    return [
+        v
+        if (t := type(v)) is str
+        or v is None
+        or (t is int and _INT64_MIN <= v <= _INT64_MAX)
+        or (t is float and v - v == 0.0)
+        else _encode_result_value(v)
         for v in row
     ]
 
