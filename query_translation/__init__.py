@@ -56,6 +56,7 @@ from .values import (
     encode_value,
     enum_path,
     enum_resolver_for,
+    result_row_encoder,
 )
 
 __all__ = [
@@ -106,6 +107,7 @@ __all__ = [
     "encode_value",
     "enum_path",
     "enum_resolver_for",
+    "result_row_encoder",
     "from_wire",
     "register_safe_exception",
     "safe_exceptions",

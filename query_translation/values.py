@@ -60,6 +60,7 @@ __all__ = [
     "encode_value",
     "enum_path",
     "enum_resolver_for",
+    "result_row_encoder",
 ]
 
 JSONable: TypeAlias = (
@@ -257,6 +258,8 @@ _UTC = UTC
 #: tzinfo -> the ``$dt`` / ``$dtz`` tag orjson may write its datetimes under, or None (isoformat()).
 _native_zones: dict[Any, tuple[str, str | None] | None] = {}
 _UNKNOWN: Any = object()
+#: The UTC ZoneInfo zones among them -> their key: encode_result_row's inline path.
+_utc_zone_keys: dict[ZoneInfo, str] = {}
 _NATIVE_ZONES_MAX = 1024  # zones come from the driver and the database's data: a bounded number is kept
 
 
@@ -279,11 +282,9 @@ def _native_zone(tz: Any) -> tuple[str, str | None] | None:
         native = ("$dtz", tz.key)
     if len(_native_zones) < _NATIVE_ZONES_MAX:
         _native_zones[tz] = native
+        if native is not None and native[1] is not None:
+            _utc_zone_keys[tz] = native[1]
     return native
-
-
-#: UTC ZoneInfo zones (checked by _native_zone) -> their key: encode_result_row's inline path.
-_utc_zone_keys: dict[ZoneInfo, str] = {}
 
 
 def _encode_result_value(value: Any) -> Any:
@@ -298,12 +299,8 @@ def _encode_result_value(value: Any) -> Any:
             if native is _UNKNOWN:
                 native = _native_zone(tz)
             if native is not None:
-                tag, key = native
-                if key is None:
-                    return {"$dt": value}
-                if len(_utc_zone_keys) < _NATIVE_ZONES_MAX:
-                    _utc_zone_keys[tz] = key
-                return {"$dtz": [value, key]}
+                key = native[1]
+                return {"$dt": value} if key is None else {"$dtz": [value, key]}
     return encode_value(value)
 
 
@@ -323,6 +320,61 @@ def encode_result_row(row: Iterable[Any]) -> list[Any]:
         else _encode_result_value(v)
         for v in row
     ]
+
+
+def _encode_result_one(v: Any) -> Any:
+    """One value as :func:`encode_result_row` encodes it (a row encoder's fallback)."""
+    if (t := type(v)) is str or v is None or (t is int and _INT64_MIN <= v <= _INT64_MAX) or (
+            t is float and v - v == 0.0):
+        return v
+    return _encode_result_value(v)
+
+
+def result_row_encoder(sample: Iterable[Any]) -> Callable[[Any], list[Any]]:
+    """A row encoder for the rows of one result whose first row is *sample*: the same output as
+    :func:`encode_result_row` for every row of the same width, with each column's check chosen
+    from the sample's value (its exact type; a UTC zone by identity) instead of a chain of checks
+    per value. A value of any other type, in any column, takes the general path. Cache it per
+    compiled statement and width (a column's type comes from the statement and the driver).
+    """
+    columns = []
+    namespace: dict[str, Any] = {"_any": _encode_result_one, "_dict": _encode_dict, "_dt": datetime, "_MIN": _INT64_MIN,
+                                 "_MAX": _INT64_MAX}
+    for i, v in enumerate(sample):
+        t = type(v)
+        if t is str:
+            columns.append(f"v{i} if type(v{i}) is str or v{i} is None else _any(v{i})")
+        elif t is int and _INT64_MIN <= v <= _INT64_MAX:
+            columns.append(f"v{i} if (type(v{i}) is int and _MIN <= v{i} <= _MAX) or v{i} is None else _any(v{i})")
+        elif t is float and v - v == 0.0:
+            columns.append(f"v{i} if (type(v{i}) is float and v{i} - v{i} == 0.0) or v{i} is None else _any(v{i})")
+        elif t is datetime and type(v.tzinfo) is ZoneInfo and (_native_zone(v.tzinfo) or ("", None))[1] is not None \
+                and v.tzinfo in _utc_zone_keys:
+            namespace[f"z{i}"], namespace[f"k{i}"] = v.tzinfo, _utc_zone_keys[v.tzinfo]
+            columns.append(f'{{"$dtz": [v{i}, k{i}]}} if type(v{i}) is _dt and v{i}.tzinfo is z{i} else _any(v{i})')
+        elif t is bool:
+            columns.append(f"v{i} if type(v{i}) is bool or v{i} is None else _any(v{i})")
+        elif t is dict:  # a JSON column's object
+            columns.append(f"_dict(v{i}) if type(v{i}) is dict else _any(v{i})")
+        else:
+            columns.append(f"_any(v{i})")
+    if not columns:
+        return encode_result_row
+    key = (*columns, *(namespace[k] for k in namespace if k[0] == "z"))
+    encode = _row_encoders.get(key)
+    if encode is None:
+        names = ", ".join(f"v{i}" for i in range(len(columns)))
+        source = f"def encode(row):\n    {names}, = row\n    return [\n        " + ",\n        ".join(columns) + "]\n"
+        exec(source, namespace)  # the source holds column numbers only; values are in namespace
+        encode = namespace["encode"]
+        if len(_row_encoders) < _ROW_ENCODERS_MAX:
+            _row_encoders[key] = encode
+    return encode
+
+
+#: Row encoders by their columns' checks (and zones): made once per shape of row.
+_row_encoders: dict[tuple[Any, ...], Callable[[Any], list[Any]]] = {}
+_ROW_ENCODERS_MAX = 512
 
 
 def encode_params(params: Iterable[Mapping[str, Any]]) -> list[dict[str, JSONable]]:

@@ -565,3 +565,18 @@ def test_encode_result_row_refuses_what_encode_row_refuses() -> None:
 
     with pytest.raises(exc.UnsupportedValueError):
         encode_result_row([Sub(2025, 1, 1)])
+
+
+def test_a_row_encoder_writes_what_encode_row_writes_for_any_value_in_any_column() -> None:
+    samples = _result_samples()
+    kinds = ["s", 1, 2**70, 1.5, float("inf"), True, None, {"a": 1}, [1], datetime(2025, 1, 1, tzinfo=ZoneInfo("UTC")),
+             datetime(2025, 1, 1, tzinfo=ZoneInfo("Etc/UTC")), datetime(2025, 1, 1, tzinfo=UTC),
+             datetime(2025, 1, 1, tzinfo=ZoneInfo("Europe/Berlin")), datetime(2025, 1, 1), Decimal("1.5"), b"x"]
+    encode = values.result_row_encoder(kinds)
+    assert orjson.dumps(encode(kinds)) == orjson.dumps(encode_row(kinds))
+    for value in samples + kinds:
+        row = [value] * len(kinds)
+        assert orjson.dumps(encode(row)) == orjson.dumps(encode_row(row)), value
+    assert values.result_row_encoder(list(kinds)) is encode  # one per shape of row
+    with pytest.raises(ValueError):
+        encode(kinds[:-1])  # a row of another width: the caller keeps one encoder per width
