@@ -298,7 +298,7 @@ class RawRows:
 
 def encode_rows(context: Any, raw: list[Any]) -> list[list[Any]]:
     """Raw rows for the answer (``values.encode_result_row``), with the row encoder of the compiled
-    statement: made from a sample row the second time the statement answers rows of that width
+    statement: made from the rows the second time the statement answers rows of that width
     (a statement answered once keeps the general encoder), then kept on the compiled statement."""
     if not raw:
         return []
@@ -311,7 +311,7 @@ def encode_rows(context: Any, raw: list[Any]) -> list[list[Any]]:
         encode = found[1]
     else:
         encode = encode_result_row
-        compiled._dbs_row_encoder = (width, None if found is None else result_row_encoder(raw[0]))
+        compiled._dbs_row_encoder = (width, None if found is None else result_row_encoder(raw))
     return [encode(row) for row in raw]
 
 

@@ -26,7 +26,7 @@ import enum
 import math
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import Any, TypeAlias
@@ -330,17 +330,19 @@ def _encode_result_one(v: Any) -> Any:
     return _encode_result_value(v)
 
 
-def result_row_encoder(sample: Iterable[Any]) -> Callable[[Any], list[Any]]:
-    """A row encoder for the rows of one result whose first row is *sample*: the same output as
-    :func:`encode_result_row` for every row of the same width, with each column's check chosen
-    from the sample's value (its exact type; a UTC zone by identity) instead of a chain of checks
-    per value. A value of any other type, in any column, takes the general path. Cache it per
-    compiled statement and width (a column's type comes from the statement and the driver).
+def result_row_encoder(rows: Sequence[Sequence[Any]]) -> Callable[[Any], list[Any]]:
+    """A row encoder for rows like *rows* (one result's, all of one width): the same output as
+    :func:`encode_result_row` for every row of that width, with each column's check chosen from
+    the column's first value that is not None (its exact type; a UTC zone by identity) instead of a
+    chain of checks per value. A value of any other type, in any column, takes the general path.
+    Cache it per compiled statement and width (a column's type comes from the statement and the
+    driver).
     """
     columns = []
-    namespace: dict[str, Any] = {"_any": _encode_result_one, "_dict": _encode_dict, "_dt": datetime, "_MIN": _INT64_MIN,
-                                 "_MAX": _INT64_MAX}
-    for i, v in enumerate(sample):
+    namespace: dict[str, Any] = {"_any": _encode_result_one, "_dict": _encode_dict, "_dt": datetime,
+                                 "_MIN": _INT64_MIN, "_MAX": _INT64_MAX}
+    for i in range(len(rows[0]) if rows else 0):
+        v: Any = next((row[i] for row in rows if row[i] is not None), None)
         t = type(v)
         if t is str:
             columns.append(f"v{i} if type(v{i}) is str or v{i} is None else _any(v{i})")
@@ -351,13 +353,14 @@ def result_row_encoder(sample: Iterable[Any]) -> Callable[[Any], list[Any]]:
         elif t is datetime and type(v.tzinfo) is ZoneInfo and (_native_zone(v.tzinfo) or ("", None))[1] is not None \
                 and v.tzinfo in _utc_zone_keys:
             namespace[f"z{i}"], namespace[f"k{i}"] = v.tzinfo, _utc_zone_keys[v.tzinfo]
-            columns.append(f'{{"$dtz": [v{i}, k{i}]}} if type(v{i}) is _dt and v{i}.tzinfo is z{i} else _any(v{i})')
+            columns.append(f'{{"$dtz": [v{i}, k{i}]}} if type(v{i}) is _dt and v{i}.tzinfo is z{i} '
+                           f'else v{i} if v{i} is None else _any(v{i})')
         elif t is bool:
             columns.append(f"v{i} if type(v{i}) is bool or v{i} is None else _any(v{i})")
         elif t is dict:  # a JSON column's object
-            columns.append(f"_dict(v{i}) if type(v{i}) is dict else _any(v{i})")
+            columns.append(f"_dict(v{i}) if type(v{i}) is dict else v{i} if v{i} is None else _any(v{i})")
         else:
-            columns.append(f"_any(v{i})")
+            columns.append(f"v{i} if v{i} is None else _any(v{i})")
     if not columns:
         return encode_result_row
     key = (*columns, *(namespace[k] for k in namespace if k[0] == "z"))

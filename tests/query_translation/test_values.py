@@ -572,11 +572,14 @@ def test_a_row_encoder_writes_what_encode_row_writes_for_any_value_in_any_column
     kinds = ["s", 1, 2**70, 1.5, float("inf"), True, None, {"a": 1}, [1], datetime(2025, 1, 1, tzinfo=ZoneInfo("UTC")),
              datetime(2025, 1, 1, tzinfo=ZoneInfo("Etc/UTC")), datetime(2025, 1, 1, tzinfo=UTC),
              datetime(2025, 1, 1, tzinfo=ZoneInfo("Europe/Berlin")), datetime(2025, 1, 1), Decimal("1.5"), b"x"]
-    encode = values.result_row_encoder(kinds)
+    encode = values.result_row_encoder([[None] * len(kinds), kinds])
     assert orjson.dumps(encode(kinds)) == orjson.dumps(encode_row(kinds))
     for value in samples + kinds:
         row = [value] * len(kinds)
         assert orjson.dumps(encode(row)) == orjson.dumps(encode_row(row)), value
-    assert values.result_row_encoder(list(kinds)) is encode  # one per shape of row
+    assert values.result_row_encoder([list(kinds)]) is encode  # one per shape of row
     with pytest.raises(ValueError):
         encode(kinds[:-1])  # a row of another width: the caller keeps one encoder per width
+    empty = values.result_row_encoder([[None, None]])  # a column of NULLs only: the general path
+    for value in samples:
+        assert orjson.dumps(empty([value, None])) == orjson.dumps(encode_row([value, None])), value
