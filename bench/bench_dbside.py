@@ -36,7 +36,7 @@ from sqlalchemy.orm import sessionmaker  # noqa: E402
 
 from bench.bench_isolation import OPS, fresh_database, seed  # noqa: E402
 from bench.models import Base  # noqa: E402
-from dbapi_server import views  # noqa: E402
+from dbapi_server import pipeline as views  # noqa: E402  (StatementRequest lives in pipeline.py)
 from dbsession import DBSession  # noqa: E402
 from tests.servers import running_dbapi  # noqa: E402
 

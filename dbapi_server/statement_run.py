@@ -40,7 +40,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.sql import compiler as sql_compiler
 
-from query_translation import encode_row, encode_value
+from query_translation import encode_result_row, encode_value, result_row_encoder
 from query_translation.fingerprint import sql_fingerprint
 
 from .errors import APIError
@@ -195,7 +195,7 @@ class StatementRun:
         self.take_rows(len(raw))
         if description is not None:
             reply["description"] = description
-            reply["rows"] = [encode_row(row) for row in raw]
+            reply["rows"] = encode_rows(context, raw)
         return reply
 
     def first_page(self, result: sa.CursorResult[Any], page_size: int) -> tuple[dict[str, Any], bool]:
@@ -218,7 +218,7 @@ class StatementRun:
         if not more:
             result.close()
         self.take_rows(len(raw))
-        return [encode_row(row) for row in raw], more
+        return encode_rows(result.context, raw), more
 
 
 class RecordingCursor:
@@ -294,6 +294,25 @@ class RawRows:
 
     def close(self) -> None:
         self.cursor.close()
+
+
+def encode_rows(context: Any, raw: list[Any]) -> list[list[Any]]:
+    """Raw rows for the answer (``values.encode_result_row``), with the row encoder of the compiled
+    statement: made from the rows the second time the statement answers rows of that width
+    (a statement answered once keeps the general encoder), then kept on the compiled statement."""
+    if not raw:
+        return []
+    compiled = getattr(context, "compiled", None)
+    if compiled is None:
+        return [encode_result_row(row) for row in raw]
+    width = len(raw[0])
+    found = getattr(compiled, "_dbs_row_encoder", None)
+    if found is not None and found[0] == width and found[1] is not None:
+        encode = found[1]
+    else:
+        encode = encode_result_row
+        compiled._dbs_row_encoder = (width, None if found is None else result_row_encoder(raw))
+    return [encode(row) for row in raw]
 
 
 def _encoded_description(context: Any, description: Any) -> list[list[Any]]:

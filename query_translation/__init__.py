@@ -51,10 +51,12 @@ from .values import (
     decode_rows,
     decode_value,
     encode_params,
+    encode_result_row,
     encode_row,
     encode_value,
     enum_path,
     enum_resolver_for,
+    result_row_encoder,
 )
 
 __all__ = [
@@ -99,11 +101,13 @@ __all__ = [
     "decode_value",
     "encode_exception",
     "encode_params",
+    "encode_result_row",
     "encode_row",
     "encode_type",
     "encode_value",
     "enum_path",
     "enum_resolver_for",
+    "result_row_encoder",
     "from_wire",
     "register_safe_exception",
     "safe_exceptions",

@@ -26,6 +26,7 @@ from query_translation.values import (
     decode_rows,
     decode_value,
     encode_params,
+    encode_result_row,
     encode_row,
     encode_value,
     enum_path,
@@ -533,3 +534,52 @@ def test_exception_tree() -> None:
 def test_decimal_context_does_not_round() -> None:
     with decimal.localcontext(prec=3):
         assert str(_via_value(Decimal("1.23456789"))) == "1.23456789"
+
+
+# -- the server's result rows: orjson writes datetimes itself where that is exact -------------------
+
+def _result_samples() -> list[Any]:
+    zones: list[Any] = [None, UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-3)),
+                        timezone(timedelta(seconds=30)), timezone(timedelta(minutes=1, microseconds=5)),
+                        ZoneInfo("UTC"), ZoneInfo("Etc/UTC"), ZoneInfo("Europe/Amsterdam"), ZoneInfo("Africa/Monrovia"),
+                        ZoneInfo("America/New_York")]
+    walls = [datetime(1, 1, 1), datetime(9999, 12, 31, 23, 59, 59, 999999), datetime(999, 5, 5, 5, 5, 5, 50),
+             datetime(1890, 1, 1, 12, 0, 0, 5), datetime(1937, 6, 30, 23, 59, 59, 1), datetime(2024, 10, 27, 2, 30),
+             datetime(2024, 10, 27, 2, 30, fold=1), datetime(2024, 11, 3, 1, 30, 0, 99999, fold=1),
+             datetime(2025, 1, 1, 4, 9, 42, 30648), datetime(2025, 1, 1, 0, 0, 0, 100000)]
+    values: list[Any] = [w.replace(tzinfo=z) for z in zones for w in walls]
+    return values + [None, "x", 1, 2**70, 1.5, float("nan"), True, {"a": [1, datetime(2025, 1, 1)]},
+                     [datetime(2025, 1, 1, tzinfo=UTC)], time(1, 2, 3, 4), date(999, 1, 1)]
+
+
+def test_encode_result_row_writes_the_same_json_as_encode_row() -> None:
+    values = _result_samples()
+    for value in values:
+        assert orjson.dumps(encode_result_row(["pad", value])) == orjson.dumps(encode_row(["pad", value])), value
+    assert orjson.dumps(encode_result_row(values)) == orjson.dumps(encode_row(values))
+
+
+def test_encode_result_row_refuses_what_encode_row_refuses() -> None:
+    class Sub(datetime):
+        pass
+
+    with pytest.raises(exc.UnsupportedValueError):
+        encode_result_row([Sub(2025, 1, 1)])
+
+
+def test_a_row_encoder_writes_what_encode_row_writes_for_any_value_in_any_column() -> None:
+    samples = _result_samples()
+    kinds = ["s", 1, 2**70, 1.5, float("inf"), True, None, {"a": 1}, [1], datetime(2025, 1, 1, tzinfo=ZoneInfo("UTC")),
+             datetime(2025, 1, 1, tzinfo=ZoneInfo("Etc/UTC")), datetime(2025, 1, 1, tzinfo=UTC),
+             datetime(2025, 1, 1, tzinfo=ZoneInfo("Europe/Berlin")), datetime(2025, 1, 1), Decimal("1.5"), b"x"]
+    encode = values.result_row_encoder([[None] * len(kinds), kinds])
+    assert orjson.dumps(encode(kinds)) == orjson.dumps(encode_row(kinds))
+    for value in samples + kinds:
+        row = [value] * len(kinds)
+        assert orjson.dumps(encode(row)) == orjson.dumps(encode_row(row)), value
+    assert values.result_row_encoder([list(kinds)]) is encode  # one per shape of row
+    with pytest.raises(ValueError):
+        encode(kinds[:-1])  # a row of another width: the caller keeps one encoder per width
+    empty = values.result_row_encoder([[None, None]])  # a column of NULLs only: the general path
+    for value in samples:
+        assert orjson.dumps(empty([value, None])) == orjson.dumps(encode_row([value, None])), value
