@@ -11,7 +11,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -201,29 +202,35 @@ def test_the_fence_waits_for_a_commit_in_flight(networked: sa.Engine, commits: b
     assert refs(engine, prefix) == ([prefix] if commits else [])
 
 
-def test_a_broken_commit_is_settled_from_the_table(pg: sa.Engine) -> None:
-    """The connection dies during COMMIT (PostgreSQL: its backend is terminated): the instance asks
-    the table instead of guessing - here the database had not committed, so the answer is the
-    database's error, and the transaction is fenced."""
-    engine = pg
+def _broken_commit_is_settled(engine: sa.Engine, event: str, at_commit: Callable[[Any], bool]) -> None:
+    """Kill the transaction's backend from the *event* listener on its connection, when
+    *at_commit* says the commit is being sent; the instance must settle it from the table."""
     a = instance(engine)
     txn_id, prefix = new_id(), new_id()[:8]
     txn, _ = a.begin(txn_id, "owner")
     txn.connection.execute(sa.insert(ledger).values(ref=prefix))
     backend = txn.connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
 
-    def kill_backend(conn: sa.Connection) -> None:
-        with engine.connect() as killer:
-            killer.exec_driver_sql(f"SELECT pg_terminate_backend({int(backend)})")  # type: ignore[arg-type]
-            time.sleep(0.2)
+    def kill_backend(*args: Any) -> None:
+        if at_commit(args):
+            with engine.connect() as killer:
+                killer.exec_driver_sql(f"SELECT pg_terminate_backend({int(backend)})")  # type: ignore[arg-type]
+                time.sleep(0.2)
 
-    sa.event.listen(txn.connection, "commit", kill_backend)
+    sa.event.listen(txn.connection, event, kill_backend)
     with pytest.raises(sa.exc.OperationalError) as broken:
         a.finish(txn_id, "commit", "owner", seq=1)
     assert broken.value.connection_invalidated
     assert outcome_row(engine, txn_id)[0] == "rolled_back"  # type: ignore[index]  # settled, fenced
     assert refs(engine, prefix) == []
     a.close()
+
+
+def test_a_broken_commit_is_settled_from_the_table(pg: sa.Engine) -> None:
+    """The connection dies during COMMIT (PostgreSQL: its backend is terminated): the instance asks
+    the table instead of guessing - here the database had not committed, so the answer is the
+    database's error, and the transaction is fenced."""
+    _broken_commit_is_settled(pg, "commit", lambda args: True)
 
 
 def test_on_postgresql_the_row_travels_with_commit(pg: sa.Engine) -> None:
@@ -285,26 +292,7 @@ def test_a_connection_broken_during_the_joined_commit_is_settled(pg: sa.Engine) 
     """The connection dies as the row and COMMIT are sent together: whether COMMIT ran is unknown,
     so the instance asks the table, as for a broken COMMIT - here nothing committed, so the answer
     is the database's error, and the transaction is fenced."""
-    engine = pg
-    a = instance(engine)
-    txn_id, prefix = new_id(), new_id()[:8]
-    txn, _ = a.begin(txn_id, "owner")
-    txn.connection.execute(sa.insert(ledger).values(ref=prefix))
-    backend = txn.connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-
-    def kill_backend(conn: sa.Connection, cursor: object, statement: str, *args: object) -> None:
-        if statement.endswith("; COMMIT"):
-            with engine.connect() as killer:
-                killer.exec_driver_sql(f"SELECT pg_terminate_backend({int(backend)})")  # type: ignore[arg-type]
-                time.sleep(0.2)
-
-    sa.event.listen(txn.connection, "before_cursor_execute", kill_backend)
-    with pytest.raises(sa.exc.OperationalError) as broken:
-        a.finish(txn_id, "commit", "owner", seq=1)
-    assert broken.value.connection_invalidated
-    assert outcome_row(engine, txn_id)[0] == "rolled_back"  # type: ignore[index]  # settled, fenced
-    assert refs(engine, prefix) == []
-    a.close()
+    _broken_commit_is_settled(pg, "before_cursor_execute", lambda args: args[2].endswith("; COMMIT"))
 
 
 def test_old_rows_are_pruned(engine: sa.Engine) -> None:
