@@ -169,16 +169,7 @@ def replay(recording: Recording, op: str, n: int, rounds: int, warmup: int = 50)
         with isolated() as probe:
             probe.get_bind()  # the handshake
         script.play(recording[op])
-        fn = OPS[op][1]
-        for _ in range(warmup):
-            fn(isolated, KEY)
-        best = float("inf")
-        for _ in range(rounds):
-            cpu0 = time.process_time()
-            for _ in range(n):
-                fn(isolated, KEY)
-            best = min(best, (time.process_time() - cpu0) / n)
-        return best
+        return _best_cpu(OPS[op][1], isolated, n, rounds, warmup)
     finally:
         http.ConnectionPool._connect = real_connect  # type: ignore[method-assign]
         release_api_host(base)
@@ -186,20 +177,24 @@ def replay(recording: Recording, op: str, n: int, rounds: int, warmup: int = 50)
         os.close(write_end)
 
 
+def _best_cpu(fn: Any, maker: Any, n: int, rounds: int, warmup: int) -> float:
+    """Process CPU seconds per call of ``fn(maker, KEY)``: the best of *rounds* rounds of *n*."""
+    for _ in range(warmup):
+        fn(maker, KEY)
+    best = float("inf")
+    for _ in range(rounds):
+        cpu0 = time.process_time()
+        for _ in range(n):
+            fn(maker, KEY)
+        best = min(best, (time.process_time() - cpu0) / n)
+    return best
+
+
 def direct_cpu(url: str, op: str, n: int, rounds: int, warmup: int = 50) -> float:
     engine = dbsession.guard.exempt(sa.create_engine(url))
     try:
         direct = sessionmaker(bind=engine)
-        fn = OPS[op][1]
-        for _ in range(warmup):
-            fn(direct, KEY)
-        best = float("inf")
-        for _ in range(rounds):
-            cpu0 = time.process_time()
-            for _ in range(n):
-                fn(direct, KEY)
-            best = min(best, (time.process_time() - cpu0) / n)
-        return best
+        return _best_cpu(OPS[op][1], direct, n, rounds, warmup)
     finally:
         engine.dispose()
 

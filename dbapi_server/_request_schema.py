@@ -152,7 +152,9 @@ class Shape:
         return own
 
 
-_TXN_ID = r"[A-Za-z0-9_-]{1,128}"
+#: a transaction id: what the commit URL, the balancer's hash and the outcome table key exactly
+TXN_ID = r"[A-Za-z0-9_-]{1,128}"
+TXN_ID_RE = re.compile(TXN_ID)
 _TXN_MESSAGE = "'txn' must be 1 to 128 letters, digits, '-' or '_' (a random UUID is best)."
 
 # what one statement of a request carries (``/execute``'s body, an item of a batch)
@@ -173,7 +175,7 @@ _STATEMENT = (
 
 EXECUTE_REQUEST = Shape("ExecuteRequest", (
     *_STATEMENT,
-    Field("txn", str, pattern=_TXN_ID, pattern_message=_TXN_MESSAGE),
+    Field("txn", str, pattern=TXN_ID, pattern_message=_TXN_MESSAGE),
     Field("seq", int, description="required with txn"),
     Field("begin", bool),
     Field("stream", int, minimum=1, maximum=MAX_PAGE_ROWS,
@@ -188,7 +190,7 @@ BATCH_ITEM = Shape("BatchStatement", (
 
 BATCH_REQUEST = Shape("BatchRequest", (
     Field("txn", str, required=True, required_message="A batch runs in a transaction: send 'txn' and 'seq'.",
-          pattern=_TXN_ID, pattern_message=_TXN_MESSAGE),
+          pattern=TXN_ID, pattern_message=_TXN_MESSAGE),
     Field("seq", int, required=True),
     Field("begin", bool),
     Field("commit", bool),

@@ -18,7 +18,7 @@ from typing import Any
 from query_translation import WIRE_VERSION
 from query_translation.json_schema import wire_schema_definitions
 
-from ._request_schema import BATCH_REQUEST, EXECUTE_REQUEST, FINISH_REQUEST
+from ._request_schema import BATCH_REQUEST, EXECUTE_REQUEST, FINISH_REQUEST, TXN_ID
 
 __all__ = ["PATHS", "openapi_document"]
 
@@ -127,7 +127,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "summary": "Commit or roll back; asking again returns the remembered outcome.",
         "security": _AUTH,
         "parameters": [_path_param("txn_id", "the id the client chose when it began the transaction",
-                                   pattern="^[A-Za-z0-9_-]{1,128}$"),
+                                   pattern=f"^{TXN_ID}$"),
                        _path_param("verb", "what to do", enum=["commit", "rollback"])],
         "requestBody": _body(FINISH_REQUEST.openapi(), required=False),
         "responses": {"200": _answer("the outcome", _obj(

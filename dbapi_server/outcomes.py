@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -52,6 +51,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
+from ._request_schema import TXN_ID_RE
 from .db_roles import LOGIN as _LOGIN
 from .db_wall import _effective as _effective_role
 from .errors import APIError
@@ -170,7 +170,7 @@ class CommitOutcomes:
         aborted, the login role in force (no wall role to leave for the row and come back to), an
         id the API takes (letters, digits, '-', '_': written as a literal, nothing to escape), and nothing
         listening for SQLAlchemy's ``commit`` event (its listeners run before COMMIT is sent)."""
-        return (self._joined_insert is not None and _TXN_LITERAL.fullmatch(txn_id) is not None
+        return (self._joined_insert is not None and TXN_ID_RE.fullmatch(txn_id) is not None
                 and not connection.dispatch.commit
                 # psycopg 3: inside a transaction block, no failed statement (pq.TransactionStatus.INTRANS)
                 and getattr(connection.connection.driver_connection, "pgconn", None) is not None
@@ -286,7 +286,6 @@ class CommitOutcomes:
             return int(conn.scalar(sa.select(sa.func.count()).select_from(self.table)) or 0)
 
 
-_TXN_LITERAL = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def _aborted(connection: sa.Connection) -> bool:

@@ -27,7 +27,6 @@ observability layer).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +42,14 @@ from query_translation import count_values, measure_document
 from query_translation.decode import StatementInfo
 from query_translation.size import DocumentSize
 
-from ._request_schema import BATCH_ITEM, BATCH_REQUEST, EXECUTE_REQUEST, FINISH_REQUEST, MAX_PAGE_ROWS
+from ._request_schema import (
+    BATCH_ITEM,
+    BATCH_REQUEST,
+    EXECUTE_REQUEST,
+    FINISH_REQUEST,
+    MAX_PAGE_ROWS,
+    TXN_ID_RE,
+)
 from .auth import Principal
 from .connection_settings import answer_pragma, sqlite_pragma
 from .db_wall import DatabaseWall
@@ -60,7 +66,6 @@ PREFIX = "/dbapi/v1"
 _TRANSACTIONS = f"{PREFIX}/transactions/"
 # the routes answered here (POST only), as Flask spells route templates (the metrics' route label)
 ROUTES = (f"{PREFIX}/execute", f"{PREFIX}/batch", f"{_TRANSACTIONS}<txn_id>/<verb>")
-_TXN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _JSON = "application/json"
 MAX_HEADER_BYTES = 64 << 10  # a token is about 1 KiB; the HTTP servers' own limits are higher
 _WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -185,7 +190,7 @@ class HotRoutes:
         if verb not in ("commit", "rollback"):
             raise APIError(f"Unknown transaction action {verb!r}; use commit or rollback.",
                            status=404, code="not_found")
-        if not _TXN_ID.fullmatch(txn_id):  # as in /execute: what the outcome table can key exactly
+        if not TXN_ID_RE.fullmatch(txn_id):  # as in /execute: what the outcome table can key exactly
             raise APIError("A transaction id is 1 to 128 letters, digits, '-' or '_'.", code="malformed_request")
         label(kind=verb, txn=txn_id)
         principal = self._principal(environ)
@@ -231,7 +236,7 @@ class HotRoutes:
             data = environ["wsgi.input"].read(length) if length else b""
         else:
             stream = get_input_stream(environ, max_content_length=maximum)
-            data = stream.read() if limit is None else _read_at_most(stream, limit + 1)
+            data = stream.read() if limit is None else read_at_most(stream, limit + 1)
         policy.check_body_size(len(data), principal)
         return parse_json_object(data)
 
@@ -298,7 +303,7 @@ def parse_json_object(data: bytes) -> Mapping[str, Any]:
     return body
 
 
-def _read_at_most(stream: Any, size: int) -> bytes:
+def read_at_most(stream: Any, size: int) -> bytes:
     """The body, or its first *size* bytes (a WSGI server may return less than asked per read)."""
     parts, total = [], 0
     while total < size:

@@ -36,7 +36,7 @@ from .cursors import CursorGone
 from .errors import APIError
 from .executor import fetch_page
 from .openapi import openapi_document
-from .pipeline import check_content_type, parse_json_object, run_in_transaction
+from .pipeline import check_content_type, parse_json_object, read_at_most, run_in_transaction
 from .reflection import reflect as run_reflection
 from .refusals import LimitExceeded
 from .state import ServerState
@@ -77,21 +77,9 @@ def _body(principal: Principal | None = None) -> Mapping[str, Any]:
         limit = policy.limits_for(principal).max_body_bytes
         if request.content_length is not None:
             policy.check_body_size(request.content_length, principal)
-        data = request.get_data(cache=False) if limit is None else _read_at_most(limit + 1)
+        data = request.get_data(cache=False) if limit is None else read_at_most(request.stream, limit + 1)
         policy.check_body_size(len(data), principal)
     return parse_json_object(data)
-
-
-def _read_at_most(size: int) -> bytes:
-    """The body, or its first *size* bytes (a WSGI server may return less than asked per read)."""
-    parts, total = [], 0
-    while total < size:
-        chunk = request.stream.read(min(1 << 16, size - total))
-        if not chunk:
-            break
-        parts.append(chunk)
-        total += len(chunk)
-    return b"".join(parts)
 
 
 def _field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...], required: bool = False) -> Any:
